@@ -1,0 +1,159 @@
+"""The ``orgaseg`` command line: one subcommand per pipeline step.
+
+Each subcommand only parses its options and calls the step's function in ``orgaseg_core``;
+the album solutions call the same functions. Errors the user can fix are printed as one line
+(``error: <file>: <problem>``) with exit status 1; bad option values exit with status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import __version__
+from .errors import OrgasegError
+from .logs import configure_logging
+from .params import parse_pair
+
+app = typer.Typer(
+    name="orgaseg",
+    help="Organoid segmentation and classification for brightfield microscopy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+log = logging.getLogger("orgaseg")
+
+OVERWRITE_HELP = "Allow writing into a non-empty output folder (files of the same name are replaced)."
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"orgaseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debugging details."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    configure_logging(verbose)
+
+
+@app.command("demo-data")
+def demo_data_cmd(
+    out: Path = typer.Option(..., help="Folder to write the example data to."),
+    n_images: int = typer.Option(8, "--n-images", min=1, help="Number of images to generate."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same data."),
+    size: str = typer.Option("760x1008", help="Image size as HEIGHTxWIDTH in pixels."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
+) -> None:
+    """Generate synthetic brightfield organoid images laid out like a QuPath project export."""
+    from .demo import make_demo_data
+
+    result = make_demo_data(out, n_images=n_images, seed=seed, size=parse_pair(size, what="--size"),
+                            overwrite=overwrite)
+    typer.echo(result.summary())
+
+
+@app.command("sort-crops")
+def sort_crops_cmd(
+    crops: Path = typer.Option(..., help="Folder with QuPath crops named like 'imgAnnotation (Cyst)_1.tif'."),
+    out: Path = typer.Option(..., help="Folder to create one sub-folder per class in."),
+    move: bool = typer.Option(False, "--move", help="Move the crops instead of copying them (changes the input folder)."),
+    class_map: Optional[Path] = typer.Option(None, help="JSON or CSV file mapping class-name aliases to class names."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
+) -> None:
+    """Sort QuPath per-object crops into one folder per class."""
+    from .sort_crops import sort_crops
+
+    result = sort_crops(crops, out, move=move, class_map=class_map, overwrite=overwrite)
+    typer.echo(result.summary())
+
+
+@app.command("annotations-to-masks")
+def annotations_to_masks_cmd(
+    annotations: Path = typer.Option(..., help="Folder with QuPath GeoJSON files, one per image."),
+    images: Path = typer.Option(..., help="Folder with the annotated images (to read their size)."),
+    out: Path = typer.Option(..., help="Folder for the label images and object tables."),
+    keep_unclassified: bool = typer.Option(False, "--keep-unclassified", help="Also draw annotations without a class."),
+    class_map: Optional[Path] = typer.Option(None, help="JSON or CSV file mapping class-name aliases to class names."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
+) -> None:
+    """Turn QuPath GeoJSON annotations into instance label images and per-object class tables."""
+    from .masks import annotations_to_masks
+
+    result = annotations_to_masks(annotations, images, out, keep_unclassified=keep_unclassified,
+                                  class_map=class_map, overwrite=overwrite)
+    typer.echo(result.summary())
+
+
+@app.command("preprocess")
+def preprocess_cmd(
+    images: Path = typer.Option(..., help="Folder with images."),
+    out: Path = typer.Option(..., help="Folder for images/ and masks/."),
+    masks: Optional[Path] = typer.Option(None, help="Folder with label images of the same names (optional)."),
+    scale: float = typer.Option(1.0, min=0.01, max=10.0, help="Resize factor, e.g. 0.25 for a quarter of the size."),
+    tiles: str = typer.Option("1x1", help="Cut each image into ROWSxCOLUMNS tiles, e.g. 2x2."),
+    remove_vignette: bool = typer.Option(False, "--remove-vignette", help="Replace the dark microscope vignette with the background level."),
+    flatten_background: bool = typer.Option(False, "--flatten-background", help="Even out uneven illumination."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
+) -> None:
+    """Convert to grey, clean up, tile and rescale images (and their label images)."""
+    from .preprocess import preprocess
+
+    result = preprocess(images, out, masks=masks, scale=scale, tiles=parse_pair(tiles, what="--tiles"),
+                        remove_vignette=remove_vignette, flatten_background=flatten_background,
+                        overwrite=overwrite)
+    typer.echo(result.summary())
+
+
+@app.command("split")
+def split_cmd(
+    data: Path = typer.Option(..., help="Folder with images/ + masks/ (segmentation) or one folder per class (classification)."),
+    out: Path = typer.Option(..., help="Folder for train/, val/, test/ and split.csv."),
+    mode: str = typer.Option(..., help="'segmentation' or 'classification'."),
+    train: float = typer.Option(0.7, help="Fraction of source images for training."),
+    val: float = typer.Option(0.15, help="Fraction of source images for validation."),
+    test: float = typer.Option(0.15, help="Fraction of source images for the final test."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same split."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
+) -> None:
+    """Split data into train/val/test, seeded, stratified by class, without leakage between splits."""
+    from .split import split_dataset
+
+    result = split_dataset(data, out, mode=mode, train=train, val=val, test=test, seed=seed,
+                           overwrite=overwrite)
+    typer.echo(result.summary())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``orgaseg`` console script."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except OrgasegError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 1
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except Exception as exc:  # click usage errors carry their own exit code (2)
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

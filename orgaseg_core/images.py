@@ -1,0 +1,182 @@
+"""Reading images and label images, listing folders, and pairing files by stem.
+
+Images are numpy arrays shaped (Y, X) for grey or (Y, X, C) for colour; all pixel
+coordinates are (row, column) = (y, x) in pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import InputFileError, OrgasegError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a visible file with one of :data:`IMAGE_SUFFIXES` (any case)."""
+    path = Path(path)
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def image_stem(name: str | Path) -> str:
+    """File name without its suffixes that name image formats or GeoJSON.
+
+    QuPath keeps the image extension in exported names, so ``a.jpg.geojson`` and ``a.tif``
+    both have the stem ``a``.
+    """
+    name = Path(name).name
+    while True:
+        base, dot, ext = name.rpartition(".")
+        if dot and base and ("." + ext.lower()) in IMAGE_SUFFIXES + (".geojson", ".json"):
+            name = base
+        else:
+            return name
+
+
+def list_images(folder: Path, *, what: str = "images") -> list[Path]:
+    """Sorted image files directly in ``folder``; a clear error if the folder is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputFileError(folder, f"{what} folder does not exist or is not a folder")
+    return sorted(p for p in folder.iterdir() if is_image_file(p))
+
+
+def index_by_stem(files: Iterable[Path], *, what: str = "files") -> dict[str, Path]:
+    """Map stem -> file. Two files with the same stem (``a.tif`` and ``a.jpg``) are ambiguous.
+
+    A TIFF wins over other formats for the same stem (it is the lossless copy QuPath or the
+    user made); any other clash is an error naming both files.
+    """
+    by_stem: dict[str, Path] = {}
+    for f in sorted(files):
+        stem = image_stem(f)
+        other = by_stem.get(stem)
+        if other is None:
+            by_stem[stem] = f
+            continue
+        tiffs = [p for p in (other, f) if p.suffix.lower() in TIFF_SUFFIXES]
+        if len(tiffs) == 1:
+            by_stem[stem] = tiffs[0]
+            log.info("%s: %s and %s share a stem; using the TIFF", what, other.name, f.name)
+        else:
+            raise InputFileError(f, f"has the same name stem as {other}; cannot tell which "
+                                    f"of the two {what} to use")
+    return by_stem
+
+
+def pair_by_stem(first: Sequence[Path], second: Sequence[Path], *,
+                 first_what: str = "images", second_what: str = "masks"
+                 ) -> tuple[list[tuple[str, Path, Path]], list[Path], list[Path]]:
+    """Pair two file lists by stem, never by position.
+
+    Returns (pairs as (stem, first, second) sorted by stem, unmatched of ``first``,
+    unmatched of ``second``).
+    """
+    a = index_by_stem(first, what=first_what)
+    b = index_by_stem(second, what=second_what)
+    pairs = [(s, a[s], b[s]) for s in sorted(a.keys() & b.keys())]
+    only_a = [a[s] for s in sorted(a.keys() - b.keys())]
+    only_b = [b[s] for s in sorted(b.keys() - a.keys())]
+    return pairs, only_a, only_b
+
+
+def report_unmatched(only_a: Sequence[Path], only_b: Sequence[Path], *, first_what: str,
+                     second_what: str) -> list[str]:
+    """Log unmatched files by name and return one message line per file."""
+    lines = [f"{p}: no matching {second_what} file" for p in only_a]
+    lines += [f"{p}: no matching {first_what} file" for p in only_b]
+    for line in lines:
+        log.warning(line)
+    return lines
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image file (TIFF, JPEG, PNG) as an array (Y, X) or (Y, X, C).
+
+    Raises InputFileError naming the file when it is missing, empty or cannot be decoded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "file does not exist")
+    if path.stat().st_size == 0:
+        raise InputFileError(path, "file is empty (0 bytes)")
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            array = tifffile.imread(path)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+                array = np.asarray(im)
+    except Exception as exc:  # decoders raise many types; all mean "not a readable image"
+        raise InputFileError(path, f"cannot be read as an image ({type(exc).__name__}: {exc})") from exc
+    array = np.asarray(array)
+    # A multi-page TIFF of one plane, or singleton axes, are squeezed; real stacks are refused.
+    if array.ndim > 2:
+        squeezed = np.squeeze(array)
+        if squeezed.ndim == 2 or (squeezed.ndim == 3 and squeezed.shape[-1] in (3, 4)):
+            array = squeezed
+    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
+        array = np.moveaxis(array, 0, -1)  # channels-first TIFF
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 2, 3, 4))):
+        raise InputFileError(path, f"is not a 2D grey or colour image (array shape {array.shape})")
+    if array.size == 0:
+        raise InputFileError(path, "image has no pixels")
+    return array
+
+
+def read_image_shape(path: Path) -> tuple[int, int]:
+    """(height, width) of an image in pixels, without decoding all pixels where possible."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "file does not exist")
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.series[0].shape
+                axes = tif.series[0].axes
+            if "Y" in axes and "X" in axes:
+                return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+            return int(shape[0]), int(shape[1])
+        from PIL import Image
+
+        with Image.open(path) as im:
+            width, height = im.size
+        return int(height), int(width)
+    except Exception as exc:
+        raise InputFileError(path, f"cannot be read as an image ({type(exc).__name__}: {exc})") from exc
+
+
+def read_labels(path: Path) -> np.ndarray:
+    """Read a label image: 2D integer array, 0 = background. Errors name the file."""
+    labels = read_image(path)
+    if labels.ndim != 2:
+        raise InputFileError(path, f"label image must be 2D, got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if np.issubdtype(labels.dtype, np.floating) and np.all(np.mod(labels, 1) == 0) and labels.min() >= 0:
+            labels = labels.astype(np.uint32)
+        else:
+            raise InputFileError(path, f"label image must hold non-negative integers, got {labels.dtype} values")
+    if labels.min() < 0:
+        raise InputFileError(path, "label image has negative values")
+    return labels
+
+
+def label_dtype(max_label: int) -> np.dtype:
+    """uint16 for up to 65,535 objects, uint32 beyond (the orgaseg label image convention)."""
+    if max_label > np.iinfo(np.uint32).max:
+        raise OrgasegError(f"too many objects for a label image: {max_label}")
+    return np.dtype(np.uint16) if max_label <= np.iinfo(np.uint16).max else np.dtype(np.uint32)

@@ -1,0 +1,201 @@
+"""Safe output writing: refuse to clobber, write atomically, record how outputs were made.
+
+Every file is written to a temporary name in the destination folder and renamed into place,
+so an interrupted run never leaves a half-written file under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .errors import OutputError
+
+log = logging.getLogger(__name__)
+
+RUN_RECORD_NAME = "run.json"
+
+# Packages whose versions go into every run record.
+_RECORDED_PACKAGES = (
+    "orgaseg-core", "numpy", "scipy", "scikit-image", "tifffile", "pandas", "shapely",
+    "stardist", "csbdeep", "tensorflow-cpu", "tensorflow", "torch", "torchvision",
+)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and of the installed packages that can influence results."""
+    versions = {"python": platform.python_version()}
+    for name in _RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def prepare_output_dir(out: Path, *, overwrite: bool = False,
+                       inputs: Sequence[Path | None] = ()) -> Path:
+    """Create ``out`` (and parents) and check it is safe to write to.
+
+    Raises OutputError when ``out`` already holds files and ``overwrite`` is False, and when
+    ``out`` is one of the input folders or lies inside one (outputs would mix with inputs)
+    or contains one (``--overwrite`` could then replace input files).
+    """
+    out = Path(out)
+    for inp in inputs:
+        if inp is None:
+            continue
+        inp = Path(inp)
+        if inp.exists() and (_is_within(out, inp) or _is_within(inp, out)):
+            raise OutputError(
+                f"{out}: the output folder must not be, contain, or lie inside the input {inp}; "
+                "choose a separate output folder")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputError(
+            f"{out}: output folder is not empty; choose an empty folder or pass --overwrite "
+            "to replace files of the same name")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix,
+                               dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically (Paths and numpy values are converted)."""
+    return write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def write_csv(path: Path, table) -> Path:
+    """Write a pandas DataFrame as CSV (no index) atomically."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def write_tiff(path: Path, array: np.ndarray, *, compress: bool = True) -> Path:
+    """Write a 2D (or YX+channels) array as TIFF atomically, zlib-compressed by default."""
+    import tifffile
+
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, np.ascontiguousarray(array),
+                         compression="zlib" if compress else None)
+    return Path(path)
+
+
+def copy_file(src: Path, dst: Path) -> Path:
+    """Copy ``src`` to ``dst`` atomically, keeping the modification time (like ``cp -p``)."""
+    import shutil
+
+    with atomic_path(dst) as tmp:
+        shutil.copy2(src, tmp)
+    return Path(dst)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+class RunRecord:
+    """The ``run.json`` of one step run: step, arguments, versions, start and end time, results.
+
+    Use :func:`step_run`; add result figures with ``record.results[...] = value``.
+    """
+
+    def __init__(self, step: str, out: Path, arguments: dict[str, Any]):
+        self.step = step
+        self.out = Path(out)
+        self.arguments = dict(arguments)
+        self.started = _now()
+        self.results: dict[str, Any] = {}
+
+    def as_dict(self, status: str, error: str | None = None) -> dict[str, Any]:
+        record = {
+            "step": self.step,
+            "status": status,
+            "arguments": self.arguments,
+            "versions": package_versions(),
+            "command": sys.argv,
+            "started": self.started,
+            "ended": _now(),
+            "results": self.results,
+        }
+        if error:
+            record["error"] = error
+        return record
+
+    def write(self, status: str, error: str | None = None) -> Path:
+        return write_json(self.out / RUN_RECORD_NAME, self.as_dict(status, error))
+
+
+@contextlib.contextmanager
+def step_run(step: str, out: Path, arguments: dict[str, Any], *, overwrite: bool = False,
+             inputs: Sequence[Path | None] = ()) -> Iterator[RunRecord]:
+    """Prepare the output folder of a step and write its ``run.json`` when the step ends.
+
+    The record is written with status ``failed`` (and the error) if the block raises, so a
+    partly filled output folder always says how it came about.
+    """
+    out = prepare_output_dir(Path(out), overwrite=overwrite, inputs=inputs)
+    record = RunRecord(step, out, arguments)
+    log.info("%s: writing to %s", step, out)
+    try:
+        yield record
+    except BaseException as exc:
+        record.write("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    record.write("ok")
