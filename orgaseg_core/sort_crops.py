@@ -1,0 +1,132 @@
+"""``sort-crops``: QuPath per-object crops into one folder per class.
+
+QuPath's export names a crop ``<imageName><object>_<i>.tif`` where ``<object>`` is the
+object's ``toString()``, e.g. ``plate1_A3.jpgAnnotation (Cyst)_4.tif``; the class is the text
+in parentheses. Crops without a class are listed in ``skipped.csv``, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from .classes import load_class_map, normalise_class_name, validate_class_name
+from .errors import InputFileError, OrgasegError
+from .images import list_images
+from .outputs import copy_file, step_run, write_csv
+
+log = logging.getLogger(__name__)
+
+# QuPath object types as they appear in toString(); the class follows in parentheses.
+_QUPATH_OBJECT = re.compile(r"(?:Annotation|Detection|Cell|Tile|TMA core|Object)\s*\(([^()]*)\)")
+_ANY_PARENTHESES = re.compile(r"\(([^()]*)\)")
+
+
+def class_from_crop_name(name: str) -> str | None:
+    """The raw class text of a QuPath crop file name, or None when it names no class.
+
+    The text after a QuPath object type (``Annotation (Cyst)``) wins; otherwise the LAST
+    parenthesised text, because image names themselves may contain ``(1)``-style copies and the
+    class always comes after the image name. Empty parentheses give ``""`` (an invalid class
+    that :func:`plan_sorting` refuses), not None: they are a mistake, not an unclassified object.
+    """
+    stem = Path(name).stem
+    match = _QUPATH_OBJECT.search(stem)
+    text = match.group(1) if match else None
+    if text is None:
+        found = _ANY_PARENTHESES.findall(stem)
+        text = found[-1] if found else None
+    return text
+
+
+@dataclass
+class SortCropsResult:
+    """What ``sort_crops`` did: files per class, skipped files, output folder."""
+
+    out: Path
+    moved: bool
+    class_counts: dict[str, int] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        verb = "moved" if self.moved else "copied"
+        total = sum(self.class_counts.values())
+        lines = [f"sort-crops: {verb} {total} crops into {len(self.class_counts)} class folders in {self.out}"]
+        lines += [f"  {name}: {count}" for name, count in sorted(self.class_counts.items())]
+        if self.skipped:
+            lines.append(f"  skipped {len(self.skipped)} files without a class (see {self.out / 'skipped.csv'})")
+        return "\n".join(lines)
+
+
+def plan_sorting(files: list[Path], class_map: dict[str, str] | None = None
+                 ) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
+    """Decide the class folder of every crop without touching any file.
+
+    Returns (list of (file, class folder name), list of (file name, reason skipped)).
+    Raises UnsafeClassNameError naming the file if a class cannot be a folder name, so
+    nothing at all is written when one name is bad.
+    """
+    planned, skipped = [], []
+    for path in files:
+        raw = class_from_crop_name(path.name)
+        if raw is None:
+            skipped.append((path.name, "no class in parentheses in the file name"))
+            continue
+        # Validate the raw text too: normalising must not turn "../x" into something harmless-looking.
+        validate_class_name(raw, source=path)
+        name = normalise_class_name(raw, class_map)
+        validate_class_name(name, source=path)
+        planned.append((path, name))
+    return planned, skipped
+
+
+def sort_crops(crops: Path, out: Path, *, move: bool = False, class_map: Path | None = None,
+               overwrite: bool = False) -> SortCropsResult:
+    """Copy (or, with ``move``, move) QuPath crops from ``crops`` into ``out/<class>/``.
+
+    Class names are normalised (``Filled-in`` = ``Filled in``) and mapped through the optional
+    alias file ``class_map`` (JSON or CSV, see :func:`orgaseg_core.classes.load_class_map`).
+    Writes ``out/sorted.csv`` (file, class, destination) and ``out/skipped.csv`` (file, reason).
+    """
+    crops, out = Path(crops), Path(out)
+    files = list_images(crops, what="crops")
+    if not files:
+        raise InputFileError(crops, "contains no image files (.tif, .tiff, .jpg, .jpeg, .png)")
+    mapping = load_class_map(class_map)
+    planned, skipped = plan_sorting(files, mapping)
+    if not planned:
+        raise InputFileError(crops, f"none of the {len(files)} image files names a class in "
+                                    "parentheses, e.g. 'imageAnnotation (Cyst)_1.tif'")
+    arguments = {"crops": crops, "out": out, "move": move, "class_map": class_map, "overwrite": overwrite}
+    with step_run("sort-crops", out, arguments, overwrite=overwrite, inputs=[crops]) as record:
+        result = SortCropsResult(out=out, moved=move, skipped=skipped)
+        rows = []
+        out_root = out.resolve()
+        for path, name in tqdm(planned, desc="sort-crops", unit="crop", disable=None):
+            target = out / name / path.name
+            # Defence in depth: the destination must stay inside the output folder.
+            if out_root not in target.resolve().parents:
+                raise OrgasegError(f"{path}: class {name!r} would write outside {out}")
+            if move:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(path), str(target))
+            else:
+                copy_file(path, target)
+            rows.append({"file": path.name, "class": name, "destination": str(target.relative_to(out))})
+        result.class_counts = dict(Counter(r["class"] for r in rows))
+        write_csv(out / "sorted.csv", pd.DataFrame(rows, columns=["file", "class", "destination"]))
+        write_csv(out / "skipped.csv", pd.DataFrame(skipped, columns=["file", "reason"]))
+        for name, reason in skipped:
+            log.warning("%s: skipped, %s", crops / name, reason)
+        log.info("read %d crops from %s; %s %d into %d class folders in %s; %d skipped",
+                 len(files), crops, "moved" if move else "copied", len(rows),
+                 len(result.class_counts), out, len(skipped))
+        record.results.update(class_counts=result.class_counts, skipped=len(skipped))
+    return result

@@ -1,0 +1,141 @@
+"""Tests of the shared modules: image IO and pairing, class names, safe outputs, parameters."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from orgaseg_core.classes import (canonical_class_name, class_colour, load_class_map,
+                                  normalise_class_name, validate_class_name, UnsafeClassNameError)
+from orgaseg_core.errors import InputFileError, OrgasegError, OutputError
+from orgaseg_core.images import (image_stem, index_by_stem, label_dtype, pair_by_stem, read_image,
+                                 read_image_shape, read_labels)
+from orgaseg_core.outputs import atomic_path, prepare_output_dir, step_run
+from orgaseg_core.params import parse_pair
+
+
+@pytest.mark.parametrize("name, stem", [
+    ("a.tif", "a"), ("a.jpg.geojson", "a"), ("a.JPG", "a"), ("plate.1.tiff", "plate.1"),
+    ("a_r0c1.tif", "a_r0c1"), ("a.geojson", "a"), ("noext", "noext"),
+])
+def test_image_stem(name, stem):
+    assert image_stem(name) == stem
+
+
+def test_pair_by_stem_never_by_position(tmp_path):
+    images = [tmp_path / n for n in ("a.jpg", "b.tif", "c.png")]
+    masks = [tmp_path / n for n in ("b.tif", "c.tif", "d.tif")]
+    pairs, only_images, only_masks = pair_by_stem(images, masks)
+    assert [(s, i.name, m.name) for s, i, m in pairs] == [("b", "b.tif", "b.tif"), ("c", "c.png", "c.tif")]
+    assert [p.name for p in only_images] == ["a.jpg"]
+    assert [p.name for p in only_masks] == ["d.tif"]
+
+
+def test_index_by_stem_prefers_tiff_and_refuses_ambiguity(tmp_path):
+    assert index_by_stem([tmp_path / "a.jpg", tmp_path / "a.tif"])["a"].name == "a.tif"
+    with pytest.raises(InputFileError, match="same name stem"):
+        index_by_stem([tmp_path / "a.jpg", tmp_path / "a.png"])
+
+
+def test_read_image_formats_and_errors(tmp_path):
+    grey = (np.arange(12 * 10) % 251).astype(np.uint8).reshape(12, 10)
+    tifffile.imwrite(tmp_path / "g.tif", grey)
+    Image.fromarray(np.dstack([grey] * 3)).save(tmp_path / "c.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "g.tif"), grey)
+    assert read_image(tmp_path / "c.png").shape == (12, 10, 3)
+    assert read_image_shape(tmp_path / "g.tif") == (12, 10)
+    assert read_image_shape(tmp_path / "c.png") == (12, 10)
+    (tmp_path / "bad.tif").write_bytes(b"this is not a tiff")
+    with pytest.raises(InputFileError, match=r"bad\.tif: cannot be read as an image"):
+        read_image(tmp_path / "bad.tif")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(InputFileError, match=r"empty\.jpg: file is empty"):
+        read_image(tmp_path / "empty.jpg")
+    with pytest.raises(InputFileError, match="does not exist"):
+        read_image(tmp_path / "missing.tif")
+
+
+def test_read_labels_checks_integers(tmp_path):
+    tifffile.imwrite(tmp_path / "f.tif", np.full((4, 4), 0.5, np.float32))
+    with pytest.raises(InputFileError, match="non-negative integers"):
+        read_labels(tmp_path / "f.tif")
+    tifffile.imwrite(tmp_path / "i.tif", np.arange(16, dtype=np.uint16).reshape(4, 4))
+    assert read_labels(tmp_path / "i.tif").max() == 15
+
+
+def test_label_dtype():
+    assert label_dtype(65535) == np.uint16
+    assert label_dtype(65536) == np.uint32
+
+
+def test_class_names():
+    assert canonical_class_name("Filled-in") == canonical_class_name("filled  IN") == "Filled in"
+    assert normalise_class_name("Early_branching") == "Early branching"
+    assert normalise_class_name("Filled-in", {"filled in": "Solid"}) == "Solid"
+    assert class_colour("Cyst") == class_colour("cyst")
+    assert class_colour("Something new") == class_colour("something-new")
+    for bad in ("..", ".", "", "a/b", "a\\b", "a\x00b", "nul\n"):
+        with pytest.raises(UnsafeClassNameError):
+            validate_class_name(bad)
+    assert validate_class_name("Early branching") == "Early branching"
+
+
+def test_load_class_map_errors(tmp_path):
+    bad = tmp_path / "m.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(InputFileError, match=r"m\.json"):
+        load_class_map(bad)
+    unsafe = tmp_path / "u.json"
+    unsafe.write_text(json.dumps({"Cyst": "../up"}))
+    with pytest.raises(UnsafeClassNameError, match=r"u\.json"):
+        load_class_map(unsafe)
+    three = tmp_path / "t.csv"
+    three.write_text("a,b,c\n")
+    with pytest.raises(InputFileError, match="two columns"):
+        load_class_map(three)
+
+
+def test_prepare_output_dir(tmp_path):
+    out = prepare_output_dir(tmp_path / "new" / "deep")
+    assert out.is_dir()
+    (out / "x").write_text("1")
+    with pytest.raises(OutputError, match="not empty"):
+        prepare_output_dir(out)
+    prepare_output_dir(out, overwrite=True)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    with pytest.raises(OutputError):
+        prepare_output_dir(inp / "sub", inputs=[inp])
+    with pytest.raises(OutputError):
+        prepare_output_dir(tmp_path, inputs=[inp], overwrite=True)
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "t.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(target) as tmp:
+        tmp.write_text("whole")
+    assert target.read_text() == "whole" and list(tmp_path.iterdir()) == [target]
+
+
+def test_step_run_records_failure(tmp_path):
+    with pytest.raises(ValueError):
+        with step_run("x", tmp_path / "o", {"a": 1}) as record:
+            record.results["n"] = 3
+            raise ValueError("boom")
+    record = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert record["status"] == "failed" and "boom" in record["error"]
+    assert record["arguments"] == {"a": 1} and "numpy" in record["versions"]
+
+
+def test_parse_pair():
+    assert parse_pair("2x3") == (2, 3) and parse_pair("4032X3040") == (4032, 3040)
+    for bad in ("2", "0x2", "axb", "2x-1"):
+        with pytest.raises(OrgasegError):
+            parse_pair(bad)
