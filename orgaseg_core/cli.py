@@ -133,6 +133,22 @@ def split_cmd(
     typer.echo(result.summary())
 
 
+@app.command("example")
+def example_cmd(
+    out: Path = typer.Option(Path("orgaseg-demo"), help="Folder for the example data and every step's results."),
+    n_images: int = typer.Option(8, "--n-images", min=2, help="Number of example images to generate."),
+    seed: int = typer.Option(0, help="Random seed for the data and the splits."),
+    size: str = typer.Option("760x1008", help="Example image size as HEIGHTxWIDTH in pixels."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
+) -> None:
+    """Run the whole pipeline on generated example data and print where the results are."""
+    from .example import run_example
+
+    result = run_example(out, n_images=n_images, seed=seed, size=parse_pair(size, what="--size"),
+                         overwrite=overwrite)
+    typer.echo(result.summary())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``orgaseg`` console script."""
     try:
