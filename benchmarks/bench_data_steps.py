@@ -53,7 +53,7 @@ def make_inputs(folder: Path, n_objects: int, seed: int = 0) -> None:
 
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 step, folder, out, options = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4])
 start = time.perf_counter()
@@ -64,7 +64,10 @@ else:
     from orgaseg_core.preprocess import preprocess
     preprocess(folder / "images", out, masks=folder / "masks", **options)
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM is this process's own peak resident memory; ru_maxrss would include the parent's
+# peak from before exec on Linux.
+hwm_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"seconds": seconds, "max_rss_mib": hwm_kib / 1024}))
 """
 
 
