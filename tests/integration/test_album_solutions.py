@@ -1,0 +1,272 @@
+"""Every solution through the real album CLI: install from the catalog, run, album test, uninstall.
+
+Inputs are generated with orgaseg_core in this process; the runs themselves happen in the
+solution environments album creates (venvs with the orgaseg-core wheel of the checkout, see
+conftest.py and tests/album_support/micromamba_standin.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+pytestmark = pytest.mark.integration
+
+VERSION = "0.1.0"
+STEPS = ("demo-data", "sort-crops", "annotations-to-masks", "preprocess", "split")
+CLASSES = {"Cyst", "Filled in", "Early branching", "Branched", "Burned out"}
+
+
+def coordinates(step: str) -> str:
+    return f"orgaseg:{step}:{VERSION}"
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``folder`` (to prove inputs were not touched)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def error_line(output: str, *needles: str) -> str:
+    """The ERROR line of album's output that contains all ``needles`` (fails if there is none)."""
+    for line in output.splitlines():
+        if "ERROR" in line and all(n in line for n in needles):
+            return line
+    pytest.fail(f"no ERROR line with {needles} in:\n{output}")
+
+
+@contextlib.contextmanager
+def installed(album, step: str):
+    """``album install`` the solution from the orgaseg catalog; ``album uninstall`` it afterwards."""
+    result = album("install", coordinates(step))
+    assert f"Installed {step}!" in result.output, result.output
+    assert f"orgaseg:{coordinates(step)}" in album.installed()
+    try:
+        yield
+    finally:
+        album("uninstall", coordinates(step))
+        assert f"orgaseg:{coordinates(step)}" not in album.installed()
+
+
+@pytest.fixture(scope="module")
+def demo(album, tmp_path_factory) -> Path:
+    """Two small generated images with QuPath-style annotations and crops (made in this process)."""
+    from orgaseg_core.demo import make_demo_data
+
+    out = tmp_path_factory.mktemp("inputs") / "demo"
+    make_demo_data(out, n_images=2, seed=11, size=(240, 320))
+    return out
+
+
+def test_catalog_offers_every_solution(album):
+    out = album("index", "--json").output
+    index = json.loads(out[out.index("{"):])
+    catalog = next(c for c in index["catalogs"] if c["name"] == "orgaseg")
+    assert catalog["src"] == str(album.catalog_repo)
+    offered = {s["setup"]["name"]: s["setup"] for s in catalog["solutions"]}
+    assert set(offered) == set(STEPS)
+    for step, setup in offered.items():
+        assert setup["version"] == VERSION and setup["group"] == "orgaseg"
+        assert all(arg["type"] and arg["description"] for arg in setup["args"]), step
+
+
+def test_demo_data(album):
+    step = coordinates("demo-data")
+    with installed(album, "demo-data"):
+        out = album.workdir / "demo-data"
+        run = album("run", step, "--out", out, "--n-images", "2", "--seed", "3", "--size", "240x320")
+        assert "demo-data: 2 images of 240x320 px" in run.output
+        images = sorted((out / "images").iterdir())
+        assert [p.name for p in images] == ["demo_000.jpg", "demo_001.tif"]
+        assert tifffile.imread(images[1]).shape == (240, 320)
+        objects = pd.read_csv(out / "objects.csv", keep_default_na=False)
+        for image in images:
+            features = json.loads((out / "geojsons" / f"{image.name}.geojson").read_text())["features"]
+            assert len(features) == (objects["image"] == image.name).sum() > 5
+        assert set(objects.loc[objects["class"] != "", "class"]) <= CLASSES
+        assert len(list((out / "crops").iterdir())) == (objects["crop"] != "").sum()
+        record = json.loads((out / "run.json").read_text())
+        assert record["arguments"]["n_images"] == 2 and record["arguments"]["size"] == [240, 320]
+
+        # album's argument parser rejects a value of the wrong type before anything runs
+        bad = album("run", step, "--out", album.workdir / "never", "--n-images", "abc", expect=2)
+        assert "argument --n-images: invalid int value: 'abc'" in bad.output
+        # values the solution checks end the run with one ERROR line and exit status 1
+        bad = album("run", step, "--out", album.workdir / "never", "--size", "big", expect=1)
+        error_line(bad.output, "--size must look like 2x3")
+        assert "Traceback" not in bad.output
+        assert not (album.workdir / "never").exists()
+        # the output folder of the first run is refused without overwrite
+        again = album("run", step, "--out", out, "--n-images", "2", "--size", "240x320", expect=1)
+        error_line(again.output, str(out))
+
+        album("test", step)
+
+
+def test_sort_crops(album, demo):
+    step = coordinates("sort-crops")
+    crops = demo / "crops"
+    truth = pd.read_csv(demo / "objects.csv", keep_default_na=False)
+    classified = truth[truth["class"] != ""]
+    with installed(album, "sort-crops"):
+        before = digest(crops)
+        out = album.workdir / "sorted-copy"
+        run = album("run", step, "--crops", crops, "--out", out, "--move", "False")
+        n_classes = classified["class"].nunique()
+        assert f"copied {len(classified)} crops into {n_classes} class folders" in run.output
+        # "--move False" is False: the crops are copied, the input folder is untouched
+        assert digest(crops) == before
+        for crop, cls in zip(classified["crop"], classified["class"]):
+            assert (out / cls / crop).read_bytes() == (crops / crop).read_bytes()
+        assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(set(classified["class"]))
+        assert list(pd.read_csv(out / "skipped.csv")["file"]) == \
+            list(truth.loc[(truth["class"] == "") & (truth["crop"] != ""), "crop"])
+
+        # "--move True" is True: the classified crops leave their folder
+        scratch = album.workdir / "crops-to-move"
+        shutil.copytree(crops, scratch)
+        moved_out = album.workdir / "sorted-moved"
+        album("run", step, "--crops", scratch, "--out", moved_out, "--move", "True")
+        assert sorted(p.name for p in scratch.iterdir()) == \
+            sorted(truth.loc[(truth["class"] == "") & (truth["crop"] != ""), "crop"])
+        moved = {f"{c}/{n}" for n, c in zip(classified["crop"], classified["class"])}
+        assert moved <= digest(moved_out).keys()
+
+        # a boolean that is neither true nor false is refused by the parser
+        bad = album("run", step, "--crops", crops, "--out", album.workdir / "never", "--move", "maybe",
+                    expect=2)
+        assert "argument --move" in bad.output
+        # a missing input folder: exit status 1, the folder named in an ERROR line, no output
+        missing = album.workdir / "no-such-crops"
+        bad = album("run", step, "--crops", missing, "--out", album.workdir / "never", expect=1)
+        error_line(bad.output, str(missing), "does not exist")
+        assert not (album.workdir / "never").exists()
+
+        album("test", step)
+
+
+def test_annotations_to_masks(album, demo):
+    step = coordinates("annotations-to-masks")
+    truth = pd.read_csv(demo / "objects.csv", keep_default_na=False)
+    organoids = truth[(truth["kind"] == "organoid") & (truth["class"] != "")]
+    with installed(album, "annotations-to-masks"):
+        before = digest(demo)
+        out = album.workdir / "masks"
+        run = album("run", step, "--annotations", demo / "geojsons", "--images", demo / "images",
+                    "--out", out)
+        assert f"2 label images with {len(organoids)} objects" in run.output
+        for image in sorted((demo / "images").iterdir()):
+            labels = tifffile.imread(out / f"{image.stem}.tif")
+            table = pd.read_csv(out / f"{image.stem}_objects.csv")
+            expected = organoids[organoids["image"] == image.name]
+            assert labels.dtype == np.uint16 and labels.shape == (240, 320)
+            assert sorted(table["class"]) == sorted(expected["class"])
+            ids, counts = np.unique(labels[labels > 0], return_counts=True)
+            drawn = table[table["area_px"] > 0]
+            assert list(ids) == list(drawn["label"]) and list(counts) == list(drawn["area_px"])
+        assert digest(demo) == before
+
+        # "--keep-unclassified True" also draws the annotation without a class
+        kept = album.workdir / "masks-unclassified"
+        album("run", step, "--annotations", demo / "geojsons", "--images", demo / "images",
+              "--out", kept, "--keep-unclassified", "True")
+        unclassified = truth[(truth["class"] == "") & (truth["geometry"] != "LineString")]
+        assert len(unclassified) >= 1
+        for image in sorted((demo / "images").iterdir()):
+            table = pd.read_csv(kept / f"{image.stem}_objects.csv")
+            extra = (unclassified["image"] == image.name).sum()
+            assert (table["class"] == "Unclassified").sum() == extra
+            assert tifffile.imread(kept / f"{image.stem}.tif").max() == \
+                (organoids["image"] == image.name).sum() + extra
+
+        album("test", step)
+
+
+def test_preprocess(album, demo, tmp_path):
+    from orgaseg_core.masks import annotations_to_masks
+
+    step = coordinates("preprocess")
+    masks = tmp_path / "masks"
+    annotations_to_masks(demo / "geojsons", demo / "images", masks)
+    with installed(album, "preprocess"):
+        out = album.workdir / "preprocessed"
+        album("run", step, "--images", demo / "images", "--masks", masks, "--out", out,
+              "--tiles", "2x2", "--scale", "0.5", "--remove-vignette", "True",
+              "--flatten-background", "False")
+        names = sorted(f"{s}_r{r}c{c}.tif" for s in ("demo_000", "demo_001") for r in (0, 1) for c in (0, 1))
+        assert sorted(p.name for p in (out / "images").iterdir()) == names
+        assert sorted(p.name for p in (out / "masks").iterdir()) == names
+        tiles = pd.read_csv(out / "tiles.csv", dtype={"vanished_objects": str}, keep_default_na=False)
+        for row in tiles.itertuples():
+            image = tifffile.imread(out / "images" / row.file)
+            mask = tifffile.imread(out / "masks" / row.file)
+            assert image.shape == mask.shape == (60, 80) and image.ndim == 2
+            n = len(np.unique(mask[mask > 0]))
+            assert n == row.n_objects and mask.max() == n  # renumbered 1..n per tile
+        record = json.loads((out / "run.json").read_text())
+        assert record["arguments"]["remove_vignette"] is True
+        assert record["arguments"]["flatten_background"] is False
+        assert record["arguments"]["tiles"] == [2, 2] and record["arguments"]["scale"] == 0.5
+
+        bad = album("run", step, "--images", demo / "images", "--out", album.workdir / "never",
+                    "--tiles", "2by2", expect=1)
+        error_line(bad.output, "--tiles must look like 2x3")
+        bad = album("run", step, "--images", demo / "images", "--out", album.workdir / "never",
+                    "--scale", "half", expect=2)
+        assert "argument --scale: invalid float value: 'half'" in bad.output
+
+        album("test", step)
+
+
+def test_split(album, demo, tmp_path):
+    from orgaseg_core.sort_crops import sort_crops
+
+    step = coordinates("split")
+    sorted_crops = tmp_path / "sorted"
+    sort_crops(demo / "crops", sorted_crops)
+    with installed(album, "split"):
+        out = album.workdir / "split-classification"
+        album("run", step, "--data", sorted_crops, "--out", out, "--mode", "classification",
+              "--train", "0.5", "--val", "0", "--test", "0.5", "--seed", "1")
+        table = pd.read_csv(out / "split.csv")
+        crops = sorted(p.relative_to(sorted_crops).as_posix() for p in sorted_crops.glob("*/*.tif"))
+        assert sorted(table["file"]) == crops  # every crop once, as <Class>/<file>
+        # the crops of one source image never end up in two splits: two images, two splits
+        assert table.groupby("group")["split"].nunique().max() == 1
+        assert set(table["group"]) == {"demo_000", "demo_001"}
+        assert set(table["split"]) == {"train", "test"} and not (out / "val").exists()
+        for row in table.itertuples():
+            assert (out / row.split / row.file).read_bytes() == (sorted_crops / row.file).read_bytes()
+
+        bad = album("run", step, "--data", sorted_crops, "--out", album.workdir / "never",
+                    "--mode", "classification", "--train", "0.8", "--val", "0.3", "--test", "0.2", expect=1)
+        error_line(bad.output, "must add up to 1")
+        bad = album("run", step, "--data", sorted_crops, "--out", album.workdir / "never",
+                    "--mode", "clustering", expect=1)
+        error_line(bad.output, "--mode must be 'segmentation' or 'classification'")
+        assert not (album.workdir / "never").exists()
+
+        album("test", step)
+
+
+def test_install_from_solution_folder(album, demo):
+    """``album install solutions/<step>``: a solution installs from its source folder too."""
+    folder = album.catalog_repo / "solutions" / "sort-crops"
+    result = album("install", folder)
+    assert "Installed sort-crops!" in result.output
+    assert f"cache_catalog:{coordinates('sort-crops')}" in album.installed()
+    try:
+        out = album.workdir / "sorted-from-folder"
+        album("run", folder, "--crops", demo / "crops", "--out", out)
+        assert (out / "sorted.csv").is_file() and (out / "Cyst").is_dir()
+    finally:
+        album("uninstall", folder)
+    assert f"cache_catalog:{coordinates('sort-crops')}" not in album.installed()
