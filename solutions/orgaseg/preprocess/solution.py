@@ -8,26 +8,15 @@ from album.runner.api import get_args, setup
 
 
 def run():
-    import sys
-
-    from album.runner.album_logging import get_active_logger
-    from orgaseg_core.errors import OrgasegError
-    from orgaseg_core.logs import configure_logging
+    from orgaseg_core.album_support import run_step
     from orgaseg_core.params import parse_pair
     from orgaseg_core.preprocess import preprocess
 
     args = get_args()
-    configure_logging()
-    get_active_logger().propagate = False  # album prints its own lines; the root handler must not repeat them
-    try:
-        result = preprocess(args.images, args.out, masks=args.masks, scale=args.scale,
-                            tiles=parse_pair(args.tiles, what="--tiles"),
-                            remove_vignette=args.remove_vignette,
-                            flatten_background=args.flatten_background, overwrite=args.overwrite)
-    except OrgasegError as exc:  # a problem the user can fix: one line naming the file, no traceback
-        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
-    print(result.summary(), flush=True)
+    run_step(lambda: preprocess(args.images, args.out, masks=args.masks, scale=args.scale,
+                                 tiles=parse_pair(args.tiles, what="--tiles"),
+                                 remove_vignette=args.remove_vignette,
+                                 flatten_background=args.flatten_background, overwrite=args.overwrite))
 
 
 def pre_test():

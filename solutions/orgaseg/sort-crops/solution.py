@@ -8,23 +8,12 @@ from album.runner.api import get_args, setup
 
 
 def run():
-    import sys
-
-    from album.runner.album_logging import get_active_logger
-    from orgaseg_core.errors import OrgasegError
-    from orgaseg_core.logs import configure_logging
+    from orgaseg_core.album_support import run_step
     from orgaseg_core.sort_crops import sort_crops
 
     args = get_args()
-    configure_logging()
-    get_active_logger().propagate = False  # album prints its own lines; the root handler must not repeat them
-    try:
-        result = sort_crops(args.crops, args.out, move=args.move, class_map=args.class_map,
-                            overwrite=args.overwrite)
-    except OrgasegError as exc:  # a problem the user can fix: one line naming the file, no traceback
-        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
-    print(result.summary(), flush=True)
+    run_step(lambda: sort_crops(args.crops, args.out, move=args.move, class_map=args.class_map,
+                                 overwrite=args.overwrite))
 
 
 def pre_test():

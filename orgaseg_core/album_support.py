@@ -1,0 +1,32 @@
+"""What every album solution's ``run`` does around its step function.
+
+Imported only inside ``run`` (album reads ``solution.py`` before the environment exists).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from .errors import OrgasegError
+from .logs import configure_logging
+
+
+def run_step(call: Callable[[], object]) -> None:
+    """Run ``call`` (a step function with its arguments bound) the way a solution should.
+
+    Logs orgaseg's INFO lines once (album's own logger must not repeat them through the root
+    handler), prints the result's ``summary()``, and turns an :class:`OrgasegError` (a problem
+    the user can fix) into one ``ERROR: <file>: <problem>`` line and exit status 1 instead of a
+    traceback.
+    """
+    from album.runner.album_logging import get_active_logger
+
+    configure_logging()
+    get_active_logger().propagate = False
+    try:
+        result = call()
+    except OrgasegError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    print(result.summary(), flush=True)
