@@ -201,6 +201,33 @@ def release_tags(root: Path = REPO) -> list[str]:
     return sorted("-".join([s["group"], s["name"], s["version"]]) for s in solutions)
 
 
+def create_release_tags(root: Path = REPO) -> tuple[list[str], list[str]]:
+    """Tag HEAD with every release tag that does not exist yet; returns (created, already there).
+
+    Refuses when the committed catalog differs from the working tree, because album installs
+    what the tagged commit holds, not what is on disk.
+    """
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True,
+                              text=True).stdout
+
+    catalog_paths = list(CATALOG_FILES) + [SOLUTIONS]
+    if git("status", "--porcelain", "--", *catalog_paths).strip():
+        raise CatalogBuildError("the catalog files or solutions/ have uncommitted changes; "
+                                "commit them before tagging a release")
+    existing = set(git("tag", "--list").split())
+    created, kept = [], []
+    for tag in release_tags(root):
+        if tag in existing:
+            kept.append(tag)
+        else:
+            git("tag", tag)
+            created.append(tag)
+    return created, kept
+
+
 def _index_export(db: Path, name: str) -> list:
     from album.core.model.catalog_index import CatalogIndex
 
@@ -260,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="only compare the committed catalog files with a fresh build")
     action.add_argument("--tags", action="store_true",
                         help="print the git tags that a release of the current catalog needs")
+    action.add_argument("--tag", action="store_true",
+                        help="create the missing release tags at HEAD (after committing a build), "
+                             "so that album can install from this clone")
     args = parser.parse_args(argv)
     # album reports through the root logger: show its warnings (e.g. that no lock file is
     # written), not its notice that an entry of the same version is replaced, which every build does
@@ -274,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
                 print("run: python catalog/build_catalog.py", file=sys.stderr)
                 return 1
             print("catalog files are up to date")
+            return 0
+        if args.tag:
+            created, kept = create_release_tags(REPO)
+            print("created tags: " + (" ".join(created) or "none"))
+            if kept:
+                print("already tagged (a released version does not change): " + " ".join(kept))
             return 0
         if args.tags:
             for tag in release_tags(REPO):
