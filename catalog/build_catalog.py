@@ -1,4 +1,4 @@
-"""Build the album catalog files at the repository root from the solutions in ``solutions/<step>/``.
+"""Build the album catalog files of this repository from the solutions in ``solutions/<step>/``.
 
 The repository is an album catalog of type "direct". album reads from its git repository:
 
@@ -6,17 +6,18 @@ The repository is an album catalog of type "direct". album reads from its git re
 * ``album_catalog_index.db``: the SQLite index of every solution version; ``album add-catalog``
   and ``album update`` take it from the branch ``main``.
 * ``album_solution_list.json``: the same index as readable JSON (written with the index).
-* ``solutions/<group>/<name>/``: the deployed solution. ``album install group:name:version``
-  clones the tag ``<group>-<name>-<version>`` and copies this folder: ``solution.py``,
-  ``environment.yml``, ``README.md``, ``CHANGELOG.md`` from ``solutions/<step>/``, plus what
-  album deploy writes next to them: ``solution.yml`` (the metadata) and
-  ``solution.environment.yml`` (the environment album installs, with album-solution-api added).
+* ``solutions/<group>/<name>/`` AT THE TAG ``<group>-<name>-<version>``: ``album install``
+  clones that tag and copies this folder (``solution.py``, ``environment.yml``, ``README.md``,
+  ``CHANGELOG.md`` from ``solutions/<step>/``, plus what album deploy writes next to them:
+  ``solution.yml`` and ``solution.environment.yml``).
 
-The source of each solution is ``solutions/<step>/``; this script deploys every one of them
-into ``solutions/orgaseg/<step>/`` and the index, with album's own code (the steps of
-``album deploy <folder> <catalog> --no-conda-lock``: album's solution loader and schema check,
-replicability checks, changelog handling, ``Catalog.add`` and ``ResourceManager.write_solution_files``),
-without the git part: commit the result, then tag it (``--tags`` prints the tags).
+So ``main`` holds only the sources (``solutions/<step>/``) and the index; the deployed folders
+exist only in release commits: ``--tag`` makes one commit on top of HEAD that adds
+``solutions/<group>/<step>/`` for every solution (never checked out, never on ``main``) and
+points each missing release tag at it. The deployed files are made with album's own code (the
+steps of ``album deploy <folder> <catalog> --no-conda-lock``: album's solution loader and schema
+check, replicability checks, changelog handling, ``Catalog.add`` and
+``ResourceManager.write_solution_files``), without its git push.
 
 No lock file is written (conda-lock needs conda-forge); album installs the environment from
 ``solution.environment.yml`` and says so. The release date in each ``CHANGELOG.md`` is the
@@ -24,18 +25,20 @@ timestamp of the version, so a build is reproducible and ``--check`` can compare
 
 Usage (from the repository root, with the project venv)::
 
-    python catalog/build_catalog.py            # rebuild the catalog files in place
-    python catalog/build_catalog.py --check    # exit 1 if the committed files are out of date
+    python catalog/build_catalog.py            # rebuild the index files in place
+    python catalog/build_catalog.py --check    # exit 1 if the committed index is out of date
     python catalog/build_catalog.py --tags     # the git tags a release of this state needs
+    python catalog/build_catalog.py --tag      # after committing: create the missing release tags
 """
 
 from __future__ import annotations
 
 import argparse
-import filecmp
 import json
+import os
 import logging
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -102,11 +105,12 @@ def _release_timestamp(folder: Path, version: str) -> str:
     return f"{date}T00:00:00.000000"
 
 
-def build_catalog(root: Path = REPO, out: Path | None = None) -> list[str]:
-    """Deploy every ``root/solutions/<step>/`` into the catalog files under ``out`` (default: root).
+def build_catalog(root: Path = REPO, out: Path | None = None, deploy_root: Path | None = None) -> list[str]:
+    """Deploy every ``root/solutions/<step>/`` into the index files under ``out`` (default: root).
 
     ``out`` must hold ``album_catalog_index.json``; an existing index there is updated (other
-    solutions and versions stay in it), each solution's deployed folder is written anew.
+    solutions and versions stay in it). The deployed folders ``solutions/<group>/<step>/`` are
+    written under ``deploy_root`` (default: a temporary folder, discarded), never into ``root``.
     album stamps every index entry with the time it was written; when nothing but those stamps
     changed, the previous index files are kept, so a build without changes changes no file.
     Returns the coordinates ``group:name:version`` deployed.
@@ -116,7 +120,8 @@ def build_catalog(root: Path = REPO, out: Path | None = None) -> list[str]:
     for name in (INDEX_FILE, SOLUTION_LIST_FILE):
         if (out_dir / name).is_file():
             previous[name] = (out_dir / name).read_bytes()
-    deployed = _deploy_all(root, out_dir)
+    with tempfile.TemporaryDirectory(prefix="orgaseg-deployed-") as tmp:
+        deployed = _deploy_all(root, out_dir, Path(deploy_root) if deploy_root else Path(tmp))
     if len(previous) == 2:
         name = catalog_meta(out_dir)["name"]
         with tempfile.TemporaryDirectory() as tmp:
@@ -142,7 +147,7 @@ def _normalised(entries: list) -> list:
     return sorted(result, key=lambda e: json.dumps(e, sort_keys=True))
 
 
-def _deploy_all(root: Path, out: Path) -> list[str]:
+def _deploy_all(root: Path, out: Path, deploy_root: Path) -> list[str]:
     from album.core.controller.deploy_manager import DeployManager
     from album.core.model.catalog import Catalog
     from album.core.utils.export.changelog import process_changelog_file
@@ -175,13 +180,13 @@ def _deploy_all(root: Path, out: Path) -> list[str]:
                 process_changelog_file(catalog, solution, folder)
                 DeployManager._carry_forward_doi(catalog, solution)
                 solution.setup()["timestamp"] = _release_timestamp(folder, coordinates.version())
-                target = out.joinpath(controller.configuration()
-                                      .get_solution_path_suffix_unversioned(coordinates))
+                target = deploy_root.joinpath(controller.configuration()
+                                              .get_solution_path_suffix_unversioned(coordinates))
                 if target.exists():
                     shutil.rmtree(target)
                 catalog.add(solution, force_overwrite=True)
                 controller.resource_manager().write_solution_files(
-                    catalog, str(out), solution, folder, no_conda_lock=True)
+                    catalog, str(deploy_root), solution, folder, no_conda_lock=True)
                 deployed.append(str(coordinates))
         finally:
             catalog.dispose()
@@ -202,30 +207,55 @@ def release_tags(root: Path = REPO) -> list[str]:
 
 
 def create_release_tags(root: Path = REPO) -> tuple[list[str], list[str]]:
-    """Tag HEAD with every release tag that does not exist yet; returns (created, already there).
+    """Tag a release commit for every release tag that does not exist yet.
 
-    Refuses when the committed catalog differs from the working tree, because album installs
-    what the tagged commit holds, not what is on disk.
+    The release commit is HEAD plus the deployed ``solutions/<group>/<step>/`` folders, made
+    with git plumbing and a private index, so neither ``main``, the working tree nor the user's
+    staging area change. Refuses when the index files are out of date or not committed, because
+    album reads the index from ``main``. Returns (tags created, tags that already existed).
     """
-    import subprocess
 
-    def git(*args: str) -> str:
+    def git(*args: str, env: dict | None = None) -> str:
         return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True,
-                              text=True).stdout
+                              text=True, env=env).stdout.strip()
 
-    catalog_paths = list(CATALOG_FILES) + [SOLUTIONS]
-    if git("status", "--porcelain", "--", *catalog_paths).strip():
+    problems = check_catalog(root)
+    if problems:
+        raise CatalogBuildError("the catalog index is out of date (" + "; ".join(problems)
+                                + "): run python catalog/build_catalog.py and commit")
+    if git("status", "--porcelain", "--", *CATALOG_FILES, SOLUTIONS):
         raise CatalogBuildError("the catalog files or solutions/ have uncommitted changes; "
                                 "commit them before tagging a release")
     existing = set(git("tag", "--list").split())
-    created, kept = [], []
-    for tag in release_tags(root):
-        if tag in existing:
-            kept.append(tag)
-        else:
-            git("tag", tag)
-            created.append(tag)
-    return created, kept
+    wanted = release_tags(root)
+    missing = [tag for tag in wanted if tag not in existing]
+    if not missing:
+        return [], wanted
+    with tempfile.TemporaryDirectory(prefix="orgaseg-release-") as tmp:
+        deploy_root = Path(tmp) / "tree"
+        # the committed index is current (checked above); the build is for the deployed folders
+        scratch = Path(tmp) / "index"
+        scratch.mkdir()
+        for name in CATALOG_FILES:
+            shutil.copy2(Path(root) / name, scratch / name)
+        build_catalog(root, scratch, deploy_root)
+        env = dict(os.environ, GIT_INDEX_FILE=str(Path(tmp) / "git-index"))
+        # a commit needs an identity; use the configured one, else a neutral release identity
+        for key, value in (("GIT_AUTHOR_NAME", "orgaseg release"), ("GIT_AUTHOR_EMAIL", "release@orgaseg.invalid"),
+                           ("GIT_COMMITTER_NAME", "orgaseg release"), ("GIT_COMMITTER_EMAIL", "release@orgaseg.invalid")):
+            configured = subprocess.run(["git", "-C", str(root), "config",
+                                         "user.email" if key.endswith("EMAIL") else "user.name"],
+                                        capture_output=True, text=True).stdout.strip()
+            env.setdefault(key, configured or value)
+        git("read-tree", "HEAD", env=env)
+        git("--work-tree", str(deploy_root), "add", "-f", "--", SOLUTIONS, env=env)
+        tree = git("write-tree", env=env)
+        commit = git("commit-tree", tree, "-p", "HEAD", "-m",
+                     "Release " + " ".join(missing) + "\n\nThe deployed album solutions of this "
+                     "release; made by catalog/build_catalog.py --tag, not part of main.", env=env)
+    for tag in missing:
+        git("tag", tag, commit)
+    return missing, [tag for tag in wanted if tag in existing]
 
 
 def _index_export(db: Path, name: str) -> list:
@@ -241,10 +271,9 @@ def _index_export(db: Path, name: str) -> list:
 
 
 def check_catalog(root: Path = REPO) -> list[str]:
-    """Rebuild the catalog in a temporary copy and list how the committed files differ (empty: up to date)."""
+    """Rebuild the index in a temporary folder and list how the committed files differ (empty: up to date)."""
     root = Path(root).resolve()
     meta = catalog_meta(root)
-    group_dir = Path(SOLUTIONS) / meta["name"]
     problems = []
     for name in (INDEX_FILE, SOLUTION_LIST_FILE):
         if not (root / name).is_file():
@@ -255,27 +284,16 @@ def check_catalog(root: Path = REPO) -> list[str]:
         fresh = Path(tmp)
         for name in CATALOG_FILES:
             shutil.copy2(root / name, fresh / name)
-        if (root / group_dir).is_dir():
-            shutil.copytree(root / group_dir, fresh / group_dir)
         build_catalog(root, fresh)
-
         fresh_index = _normalised(_index_export(fresh / INDEX_FILE, meta["name"]))
         if _normalised(_index_export(root / INDEX_FILE, meta["name"])) != fresh_index:
             problems.append(f"{INDEX_FILE} differs from a fresh build")
         committed_list = json.loads((root / SOLUTION_LIST_FILE).read_text(encoding="utf-8"))
         if _normalised(committed_list) != fresh_index:
             problems.append(f"{SOLUTION_LIST_FILE} differs from a fresh build")
-        committed = {p.relative_to(root) for p in (root / group_dir).rglob("*") if p.is_file()} \
-            if (root / group_dir).is_dir() else set()
-        built = {p.relative_to(fresh) for p in (fresh / group_dir).rglob("*") if p.is_file()}
-        for rel in sorted(built - committed):
-            problems.append(f"{rel} is missing")
-        for rel in sorted(committed - built):
-            if rel.name != "README.md" or rel.parent != group_dir:
-                problems.append(f"{rel} is not produced by a build (left over?)")
-        for rel in sorted(built & committed):
-            if not filecmp.cmp(root / rel, fresh / rel, shallow=False):
-                problems.append(f"{rel} differs from a fresh build")
+    if (root / SOLUTIONS / meta["name"]).exists():
+        problems.append(f"{SOLUTIONS}/{meta['name']}/ is in the tree; the deployed solutions live only "
+                        "in release commits (build_catalog.py --tag): remove it")
     return problems
 
 
@@ -317,10 +335,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         for coordinates in build_catalog(REPO):
             print(f"deployed {coordinates}")
-        print(f"wrote {INDEX_FILE}, {SOLUTION_LIST_FILE} and {SOLUTIONS}/{catalog_meta(REPO)['name']}/; "
-              "commit them, then tag the commit: " + " ".join(release_tags(REPO)))
+        print(f"wrote {INDEX_FILE} and {SOLUTION_LIST_FILE}; commit them, then run "
+              "python catalog/build_catalog.py --tag to make the release tags: " + " ".join(release_tags(REPO)))
         return 0
-    except CatalogBuildError as exc:
+    except (CatalogBuildError, subprocess.CalledProcessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
