@@ -248,7 +248,9 @@ def create_release_tags(root: Path = REPO) -> tuple[list[str], list[str]]:
                                         capture_output=True, text=True).stdout.strip()
             env.setdefault(key, configured or value)
         git("read-tree", "HEAD", env=env)
-        git("--work-tree", str(deploy_root), "add", "-f", "--", SOLUTIONS, env=env)
+        # only the group folder: adding all of solutions/ would stage the sources as deleted
+        git("--work-tree", str(deploy_root), "add", "-f", "--",
+            f"{SOLUTIONS}/{catalog_meta(root)['name']}", env=env)
         tree = git("write-tree", env=env)
         commit = git("commit-tree", tree, "-p", "HEAD", "-m",
                      "Release " + " ".join(missing) + "\n\nThe deployed album solutions of this "
