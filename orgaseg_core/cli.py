@@ -149,6 +149,21 @@ def example_cmd(
     typer.echo(result.summary())
 
 
+@app.command("evaluate-segmentation")
+def evaluate_segmentation_cmd(
+    truth: Path = typer.Option(..., help="Folder with the ground-truth label images (e.g. from annotations-to-masks)."),
+    pred: Path = typer.Option(..., help="Folder with the predicted label images of the same names (e.g. from segment)."),
+    out: Path = typer.Option(..., help="Folder for the metric tables, the plot and the overlays."),
+    images: Optional[Path] = typer.Option(None, help="Folder with the images, drawn under the outline overlays (optional)."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
+) -> None:
+    """Compare predicted with true label images: precision, recall, F1, AP per IoU threshold, merges, splits."""
+    from .evaluation import evaluate_segmentation
+
+    result = evaluate_segmentation(truth, pred, out, images=images, overwrite=overwrite)
+    typer.echo(result.summary())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``orgaseg`` console script."""
     try:
@@ -161,10 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         typer.echo("aborted", err=True)
         return 130
-    except Exception as exc:  # click usage errors carry their own exit code (2)
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        # Usage errors carry their own message and exit code (2). Recent typer versions ship their
+        # own copy of click, so the class is recognised by what it offers, not by its module.
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             return exc.exit_code
         raise
