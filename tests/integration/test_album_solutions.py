@@ -21,7 +21,7 @@ import tifffile
 pytestmark = pytest.mark.integration
 
 VERSION = "0.1.0"
-STEPS = ("demo-data", "sort-crops", "annotations-to-masks", "preprocess", "split")
+STEPS = ("demo-data", "sort-crops", "annotations-to-masks", "preprocess", "split", "evaluate-segmentation")
 CLASSES = {"Cyst", "Filled in", "Early branching", "Branched", "Burned out"}
 
 
@@ -252,6 +252,45 @@ def test_split(album, demo, tmp_path):
         bad = album("run", step, "--data", sorted_crops, "--out", album.workdir / "never",
                     "--mode", "clustering", expect=1)
         error_line(bad.output, "--mode must be 'segmentation' or 'classification'")
+        assert not (album.workdir / "never").exists()
+
+        album("test", step)
+
+
+def test_evaluate_segmentation(album, demo, tmp_path):
+    from orgaseg_core.masks import annotations_to_masks
+
+    step = coordinates("evaluate-segmentation")
+    truth = tmp_path / "truth"
+    annotations_to_masks(demo / "geojsons", demo / "images", truth)
+    # prediction: the truth with other label ids (ids must not matter) and one object removed
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    n_true = 0
+    for path in sorted(truth.glob("*.tif")):
+        labels = tifffile.imread(path).astype(np.uint32)
+        n_true += len(np.unique(labels[labels > 0]))
+        renamed = np.where(labels > 0, labels * 7 + 1000, 0).astype(np.uint32)
+        if path.stem == "demo_000":
+            renamed[labels == labels.max()] = 0
+        tifffile.imwrite(pred / path.name, renamed)
+    with installed(album, "evaluate-segmentation"):
+        before = digest(truth), digest(pred)
+        out = album.workdir / "evaluation"
+        album("run", step, "--truth", truth, "--pred", pred, "--out", out, "--images", demo / "images")
+        metrics = pd.read_csv(out / "metrics.csv").set_index("threshold")
+        # every other object is identical (IoU 1), so the counts are the same at every threshold
+        for threshold in (0.5, 0.7, 0.9):
+            row = metrics.loc[threshold]
+            assert (row["tp"], row["fn"], row["fp"]) == (n_true - 1, 1, 0), threshold
+            assert row["precision"] == 1.0 and row["mean_matched_iou"] == 1.0
+        assert sorted(p.name for p in (out / "overlays").iterdir()) == ["demo_000.png", "demo_001.png"]
+        assert (out / "ap_vs_iou.png").stat().st_size > 1000
+        assert (digest(truth), digest(pred)) == before
+
+        bad = album("run", step, "--truth", truth, "--pred", album.workdir / "missing",
+                    "--out", album.workdir / "never", expect=1)
+        error_line(bad.output, "missing")
         assert not (album.workdir / "never").exists()
 
         album("test", step)
