@@ -19,6 +19,7 @@ from typing import Mapping, Sequence, Union
 import numpy as np
 
 from .outputs import atomic_path
+from .preprocess import to_grey
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +33,6 @@ AGREE_COLOUR: Colour = (255, 255, 255)    # white: true and predicted outline on
 OTHER_COLOUR: Colour = (160, 160, 160)    # labels missing from a per-label colour mapping
 BLANK_FILL = 60                           # grey of the first layer's objects without an image
 DEFAULT_MAX_SIDE = 2048
-
-
-def to_grey(image: np.ndarray) -> np.ndarray:
-    """Grey version (Y, X) float32 of a grey or colour image (luminance; alpha is dropped)."""
-    a = np.asarray(image)
-    if a.ndim == 3:
-        if a.shape[-1] >= 3:
-            a = a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        else:
-            a = a[..., 0]
-    if a.ndim != 2:
-        raise ValueError(f"expected a 2D grey or colour image, got shape {a.shape}")
-    return a.astype(np.float32, copy=False)
 
 
 def stretch_contrast(grey: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
@@ -186,7 +174,8 @@ def contour_overlay(image: np.ndarray | None, layers: Sequence[tuple[np.ndarray,
     target = fit_shape(shape, max_side)
     small = [resize_labels(labels, target) for labels, _, _ in layers]
     if image is not None:
-        grey = to_grey(image)
+        # the same grey conversion as preprocess and segment, so overlays show what the model saw
+        grey = to_grey(np.asarray(image)).astype(np.float32, copy=False)
         if grey.shape != shape:
             raise ValueError(f"image shape {grey.shape} differs from the label shape {shape}")
         grey = stretch_contrast(resize_grey(grey, target))
