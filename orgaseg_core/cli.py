@@ -164,6 +164,80 @@ def evaluate_segmentation_cmd(
     typer.echo(result.summary())
 
 
+@app.command("train-segmentation")
+def train_segmentation_cmd(
+    data: Path = typer.Option(..., help="Folder written by 'orgaseg split --mode segmentation' (train/ and val/ with images/ and masks/)."),
+    model_out: Path = typer.Option(..., "--model-out", help="Folder for the trained model (weights, thresholds, report, TensorBoard logs)."),
+    epochs: int = typer.Option(40, min=1, help="Number of training epochs."),
+    steps_per_epoch: int = typer.Option(25, "--steps-per-epoch", min=1, help="Training steps (batches) per epoch."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Image patches per training step."),
+    patch_size: Optional[str] = typer.Option(None, "--patch-size", help="Training patch size in pixels, N or HEIGHTxWIDTH (multiples of 16); default: automatic, up to 256, fitting the smallest image."),
+    n_rays: int = typer.Option(32, "--n-rays", min=3, help="Number of rays of each object's star-convex polygon."),
+    grid: str = typer.Option("2x2", help="StarDist output grid (subsampling) as ROWSxCOLUMNS."),
+    learning_rate: float = typer.Option(3e-4, "--learning-rate", help="Initial learning rate."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Random flips, rotations and brightness changes of the training patches."),
+    norm_low: float = typer.Option(1.0, "--norm-low", help="Lower percentile of the per-image intensity normalisation."),
+    norm_high: float = typer.Option(99.8, "--norm-high", help="Upper percentile of the per-image intensity normalisation."),
+    seed: int = typer.Option(0, help="Random seed (patches, augmentation, network initialisation)."),
+    init_model: Optional[Path] = typer.Option(None, "--init-model", help="Local model folder to continue training from (same rays and grid)."),
+    scale: Optional[float] = typer.Option(None, help="Pixel scale of the training images relative to the originals (default: read from the preprocess run, else 1)."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
+) -> None:
+    """Train a StarDist model on split image/mask pairs; optimise thresholds; report validation quality."""
+    from .train_segmentation import train_segmentation
+
+    patch = None
+    if patch_size is not None:
+        patch = int(patch_size) if patch_size.strip().isdigit() else parse_pair(patch_size, what="--patch-size")
+    result = train_segmentation(data, model_out, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                batch_size=batch_size, patch_size=patch, n_rays=n_rays,
+                                grid=parse_pair(grid, what="--grid"), learning_rate=learning_rate,
+                                augment=augment, norm_percentiles=(norm_low, norm_high), seed=seed,
+                                init_model=init_model, scale=scale, overwrite=overwrite)
+    typer.echo(result.summary())
+
+
+@app.command("segment")
+def segment_cmd(
+    model: Path = typer.Option(..., help="Model folder written by train-segmentation."),
+    images: Path = typer.Option(..., help="An image file or a folder of images to segment."),
+    out: Path = typer.Option(..., help="Folder for the label images, QuPath GeoJSON files and object tables."),
+    n_tiles: Optional[str] = typer.Option(None, "--n-tiles", help="Predict in ROWSxCOLUMNS tiles (default: automatic, tiles of at most 1024 px)."),
+    prob_thresh: Optional[float] = typer.Option(None, "--prob-thresh", help="Object probability threshold (default: the model's optimised value)."),
+    nms_thresh: Optional[float] = typer.Option(None, "--nms-thresh", help="Overlap threshold of non-maximum suppression (default: the model's optimised value)."),
+    image_scale: float = typer.Option(1.0, "--image-scale", help="Pixel scale of the images relative to the original images (1 = full size)."),
+    preprocessing: bool = typer.Option(True, "--preprocessing/--no-preprocessing", help="Repeat the model's training preprocessing (vignette removal, background flattening)."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
+) -> None:
+    """Segment images with a trained StarDist model: label images, QuPath GeoJSON and object tables."""
+    from .segment import segment
+
+    result = segment(model, images, out,
+                     n_tiles=parse_pair(n_tiles, what="--n-tiles") if n_tiles else None,
+                     prob_thresh=prob_thresh, nms_thresh=nms_thresh, image_scale=image_scale,
+                     preprocessing=preprocessing, overwrite=overwrite)
+    typer.echo(result.summary())
+
+
+@app.command("extract-objects")
+def extract_objects_cmd(
+    images: Path = typer.Option(..., help="Folder with the images."),
+    masks: Path = typer.Option(..., help="Folder with label images (masks) of the same names, e.g. from segment."),
+    out: Path = typer.Option(..., help="Folder for crops/, objects.csv and skipped.csv."),
+    padding: int = typer.Option(10, min=0, help="Pixels of context added around each object's bounding box."),
+    mask_background: bool = typer.Option(False, "--mask-background", help="Set crop pixels outside the object to the image's background level."),
+    min_area: int = typer.Option(0, "--min-area", min=0, help="Skip objects smaller than this many pixels."),
+    exclude_border: bool = typer.Option(False, "--exclude-border", help="Skip objects touching the image border."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
+) -> None:
+    """Cut one crop per object out of each image and measure every object's shape and intensity."""
+    from .extract_objects import extract_objects
+
+    result = extract_objects(images, masks, out, padding=padding, mask_background=mask_background,
+                             min_area=min_area, exclude_border=exclude_border, overwrite=overwrite)
+    typer.echo(result.summary())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``orgaseg`` console script."""
     try:
