@@ -17,7 +17,7 @@ import typer
 from . import __version__
 from .errors import OrgasegError
 from .logs import configure_logging
-from .params import parse_pair
+from .params import parse_optional_size, parse_pair
 
 app = typer.Typer(
     name="orgaseg",
@@ -186,11 +186,9 @@ def train_segmentation_cmd(
     """Train a StarDist model on split image/mask pairs; optimise thresholds; report validation quality."""
     from .train_segmentation import train_segmentation
 
-    patch = None
-    if patch_size is not None:
-        patch = int(patch_size) if patch_size.strip().isdigit() else parse_pair(patch_size, what="--patch-size")
     result = train_segmentation(data, model_out, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                                batch_size=batch_size, patch_size=patch, n_rays=n_rays,
+                                batch_size=batch_size,
+                                patch_size=parse_optional_size(patch_size, what="--patch-size"), n_rays=n_rays,
                                 grid=parse_pair(grid, what="--grid"), learning_rate=learning_rate,
                                 augment=augment, norm_percentiles=(norm_low, norm_high), seed=seed,
                                 init_model=init_model, scale=scale, overwrite=overwrite)
@@ -206,16 +204,20 @@ def segment_cmd(
     prob_thresh: Optional[float] = typer.Option(None, "--prob-thresh", help="Object probability threshold (default: the model's optimised value)."),
     nms_thresh: Optional[float] = typer.Option(None, "--nms-thresh", help="Overlap threshold of non-maximum suppression (default: the model's optimised value)."),
     image_scale: float = typer.Option(1.0, "--image-scale", help="Pixel scale of the images relative to the original images (1 = full size)."),
-    preprocessing: bool = typer.Option(True, "--preprocessing/--no-preprocessing", help="Repeat the model's training preprocessing (vignette removal, background flattening)."),
+    preprocessing: bool = typer.Option(True, "--preprocessing/--no-preprocessing", help="Repeat the model's training preprocessing (vignette removal, background flattening); use --no-preprocessing for images that were preprocessed already (e.g. the test split)."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Segment images with a trained StarDist model: label images, QuPath GeoJSON and object tables."""
-    from .segment import segment
+    from .segment import SegmentFailed, segment
 
-    result = segment(model, images, out,
-                     n_tiles=parse_pair(n_tiles, what="--n-tiles") if n_tiles else None,
-                     prob_thresh=prob_thresh, nms_thresh=nms_thresh, image_scale=image_scale,
-                     preprocessing=preprocessing, overwrite=overwrite)
+    try:
+        result = segment(model, images, out,
+                         n_tiles=parse_pair(n_tiles, what="--n-tiles") if n_tiles else None,
+                         prob_thresh=prob_thresh, nms_thresh=nms_thresh, image_scale=image_scale,
+                         preprocessing=preprocessing, overwrite=overwrite)
+    except SegmentFailed as exc:
+        typer.echo(exc.result.summary())  # what was written; the error (exit status 1) follows
+        raise
     typer.echo(result.summary())
 
 
@@ -235,6 +237,75 @@ def extract_objects_cmd(
 
     result = extract_objects(images, masks, out, padding=padding, mask_background=mask_background,
                              min_area=min_area, exclude_border=exclude_border, overwrite=overwrite)
+    typer.echo(result.summary())
+
+
+def _comma_list(text: str, kind, what: str, *, minimum: float, strict: bool) -> list:
+    """``"1e-3,3e-4"`` -> [0.001, 0.0003]; bad items are a usage error (exit status 2)."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise typer.BadParameter(f"give at least one value, e.g. {what}", param_hint=what)
+    values = []
+    for item in items:
+        try:
+            value = kind(item)
+        except ValueError:
+            raise typer.BadParameter(f"{item!r} is not a {'whole ' if kind is int else ''}number",
+                                     param_hint=what) from None
+        if not (value > minimum if strict else value >= minimum) or value != value:
+            raise typer.BadParameter(f"{item!r} must be {'>' if strict else '>='} {minimum:g}",
+                                     param_hint=what)
+        values.append(value)
+    return values
+
+
+# Defaults repeat orgaseg_core.train_classifier.DEFAULT_* (not imported here: the CLI module must
+# load without the classification extra); tests/test_classifier.py checks that they agree.
+@app.command("train-classifier")
+def train_classifier_cmd(
+    data: Path = typer.Option(..., help="Folder written by 'orgaseg split --mode classification' (train/, val/, test/ with one sub-folder per class)."),
+    model_out: Path = typer.Option(..., "--model-out", help="Folder for the trained model (model.pt), reports, grid results and TensorBoard logs."),
+    architectures: str = typer.Option("resnet18", help="Network architectures to try, comma-separated: resnet18, resnet50, resnext50_32x4d, wide_resnet50_2, densenet121, efficientnet_b0, mobilenet_v3_small, convnext_tiny."),
+    learning_rates: str = typer.Option("1e-3,3e-4", "--learning-rates", help="Learning rates to try, comma-separated."),
+    batch_sizes: str = typer.Option("32", "--batch-sizes", help="Batch sizes (crops per training step) to try, comma-separated."),
+    weight_decays: str = typer.Option("1e-4", "--weight-decays", help="Weight decays (regularisation) to try, comma-separated."),
+    grid_epochs: int = typer.Option(3, "--grid-epochs", min=1, help="Epochs of each short grid-search run."),
+    epochs: int = typer.Option(15, min=1, help="Most epochs of the final run of the best setting."),
+    patience: int = typer.Option(5, min=1, help="Stop the final run after this many epochs without a better validation macro-F1."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", min=32, max=1024, help="Network input size in pixels (default: learned from the training crops)."),
+    weights: Optional[Path] = typer.Option(None, help="Local weights file (a torchvision state_dict of the architecture) to start from; nothing is downloaded."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same model on the CPU."),
+    num_workers: int = typer.Option(0, "--num-workers", min=0, help="Worker processes that prepare crops (0 = in the main process)."),
+    device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda' (default: cuda when available)."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
+) -> None:
+    """Train a crop classifier: grid search and early stopping on the validation split, report on the test split."""
+    from .train_classifier import train_classifier
+
+    result = train_classifier(
+        data, model_out,
+        architectures=[a.strip() for a in architectures.split(",") if a.strip()],
+        learning_rates=_comma_list(learning_rates, float, "--learning-rates", minimum=0, strict=True),
+        batch_sizes=_comma_list(batch_sizes, int, "--batch-sizes", minimum=1, strict=False),
+        weight_decays=_comma_list(weight_decays, float, "--weight-decays", minimum=0, strict=False),
+        grid_epochs=grid_epochs, epochs=epochs, patience=patience, input_size=input_size,
+        weights=weights, seed=seed, num_workers=num_workers, device=device, overwrite=overwrite)
+    typer.echo(result.summary())
+
+
+@app.command("classify")
+def classify_cmd(
+    model: Path = typer.Option(..., help="model.pt written by train-classifier."),
+    objects: Path = typer.Option(..., help="Folder written by extract-objects (objects.csv + crops/), or a folder of crops."),
+    out: Path = typer.Option(..., help="Folder for predictions.csv."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Crops classified at once."),
+    device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda' (default: cuda when available)."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
+) -> None:
+    """Classify every object crop: predicted class, confidence and one probability per class."""
+    from .classify import classify
+
+    result = classify(model, objects, out, batch_size=batch_size, device=device, overwrite=overwrite)
     typer.echo(result.summary())
 
 

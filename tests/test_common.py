@@ -139,3 +139,14 @@ def test_parse_pair():
     for bad in ("2", "0x2", "axb", "2x-1"):
         with pytest.raises(OrgasegError):
             parse_pair(bad)
+
+
+def test_parse_optional_size():
+    from orgaseg_core.params import parse_optional_size
+
+    assert parse_optional_size(None) is None and parse_optional_size("auto") is None
+    assert parse_optional_size("") is None
+    assert parse_optional_size("256") == 256 and parse_optional_size("128x64") == (128, 64)
+    for bad in ("0", "12x", "big"):
+        with pytest.raises(OrgasegError):
+            parse_optional_size(bad)

@@ -21,7 +21,8 @@ import tifffile
 pytestmark = pytest.mark.integration
 
 VERSION = "0.1.0"
-STEPS = ("demo-data", "sort-crops", "annotations-to-masks", "preprocess", "split", "evaluate-segmentation")
+STEPS = ("demo-data", "sort-crops", "annotations-to-masks", "preprocess", "split", "evaluate-segmentation",
+         "train-segmentation", "segment")
 CLASSES = {"Cyst", "Filled in", "Early branching", "Branched", "Burned out"}
 
 
@@ -293,6 +294,52 @@ def test_evaluate_segmentation(album, demo, tmp_path):
         error_line(bad.output, "missing")
         assert not (album.workdir / "never").exists()
 
+        album("test", step)
+
+
+def test_train_segmentation_then_segment(album, demo, tmp_path):
+    """The StarDist pair: a tiny model trained through album, then used through album."""
+    from orgaseg_core.masks import annotations_to_masks
+    from orgaseg_core.preprocess import preprocess
+    from orgaseg_core.split import split_dataset
+
+    annotations_to_masks(demo / "geojsons", demo / "images", tmp_path / "masks")
+    preprocess(demo / "images", tmp_path / "pre", masks=tmp_path / "masks")
+    split_dataset(tmp_path / "pre", tmp_path / "split", mode="segmentation", train=0.5, val=0.5, test=0.0)
+    model = album.workdir / "model"
+    with installed(album, "train-segmentation"):
+        step = coordinates("train-segmentation")
+        before = digest(tmp_path / "split")
+        album("run", step, "--data", tmp_path / "split", "--model-out", model, "--epochs", "1",
+              "--steps-per-epoch", "2", "--batch-size", "2", "--patch-size", "64", "--augment", "False")
+        meta = json.loads((model / "orgaseg_model.json").read_text())
+        assert meta["kind"] == "orgaseg-stardist2d" and (model / "thresholds.json").is_file()
+        assert set(pd.read_csv(model / "report.csv")["threshold"].round(2)) >= {0.5, 0.7, 0.9}
+        assert digest(tmp_path / "split") == before
+        # no validation data: refused with the reason, before any training
+        no_val = tmp_path / "no-val"
+        shutil.copytree(tmp_path / "split" / "train", no_val / "train")
+        bad = album("run", step, "--data", no_val, "--model-out", album.workdir / "never", expect=1)
+        error_line(bad.output, "val")
+        assert not (album.workdir / "never").exists()
+        album("test", step)
+
+    with installed(album, "segment"):
+        step = coordinates("segment")
+        out = album.workdir / "segmented"
+        album("run", step, "--model", model, "--images", demo / "images", "--out", out)
+        for image in sorted((demo / "images").iterdir()):
+            labels = tifffile.imread(out / f"{image.stem}.tif")
+            assert labels.shape == (240, 320)
+            ids = sorted(int(i) for i in np.unique(labels) if i)
+            assert sorted(pd.read_csv(out / f"{image.stem}_objects.csv")["label"]) == ids
+            features = json.loads((out / f"{image.stem}.geojson").read_text())["features"]
+            assert len(features) == len(ids)
+        # a folder that is not a model: one error line naming it, nothing written
+        bad = album("run", step, "--model", demo / "images", "--images", demo / "images",
+                    "--out", album.workdir / "never", expect=1)
+        error_line(bad.output, str(demo / "images"))
+        assert not (album.workdir / "never").exists()
         album("test", step)
 
 

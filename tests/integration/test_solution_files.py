@@ -177,7 +177,8 @@ def test_arguments_are_typed_described_and_defaulted(folder, loaded):
                 assert isinstance(arg["default"], DEFAULT_TYPES[arg["type"]]), where
                 if arg["type"] != "boolean":
                     assert not isinstance(arg["default"], bool), where
-    assert [a for a in args if a["name"] == "out"][0].get("required") is True
+    outputs = [a for a in args if a["name"] in ("out", "model-out")]
+    assert len(outputs) == 1 and outputs[0].get("required") is True, where
     if folder.name in DATA_STEPS:  # same names as the command line (design: same names everywhere)
         assert {a["name"] for a in args} == cli_options(folder.name)
 
@@ -186,12 +187,13 @@ def test_arguments_are_typed_described_and_defaulted(folder, loaded):
 def test_boolean_arguments_really_parse(folder, loaded):
     """The original scripts took "--flag False" for True; album's parser must not."""
     parsed = loaded[folder.name]["parsed_booleans"]
-    booleans = [a["name"] for a in loaded[folder.name]["args"] if a["type"] == "boolean"]
-    assert set(parsed) == set(booleans) and "overwrite" in parsed
+    defaults = {a["name"]: a["default"] for a in loaded[folder.name]["args"] if a["type"] == "boolean"}
+    assert set(parsed) == set(defaults) and "overwrite" in parsed
+    assert defaults["overwrite"] is False  # earlier results are protected unless asked
     for name, values in parsed.items():
         assert values["False"] is False and values["false"] is False and values["0"] is False, name
         assert values["True"] is True and values["yes"] is True, name
-        assert values["<default>"] is False, name
+        assert isinstance(defaults[name], bool) and values["<default>"] is defaults[name], name
         assert values["maybe"] == "exit 2", name
 
 

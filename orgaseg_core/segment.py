@@ -1,0 +1,358 @@
+"""``segment``: StarDist prediction for one image or a folder of images, any size.
+
+For each input image ``<stem>.<ext>`` it writes into ``out``:
+
+* ``<stem>.tif`` - instance label image, same height and width as the input, 0 = background,
+  objects 1..N (uint16, uint32 beyond 65,535 objects), zlib-compressed TIFF;
+* ``<stem>.geojson`` - a QuPath FeatureCollection with one ``detection`` per object (StarDist's
+  polygon, in input-image pixels), measurements ``Label``, ``Probability``, ``Area px``;
+  drag it onto the image in QuPath;
+* ``<stem>_objects.csv`` - one row per object: image, label, bounding box (min inclusive, max
+  exclusive, like scikit-image), centroid (row, col), area in pixels, probability;
+
+and ``run.json``. Per image: grey (:func:`orgaseg_core.preprocess.to_grey`) -> the grey-level
+preprocessing the model was trained with (vignette removal, background flattening; from the
+model folder) -> rescale by ``model scale / image_scale`` to the model's pixel scale ->
+percentile normalisation with the model's percentiles -> StarDist in tiles -> labels back to
+the input size (nearest neighbour), polygons scaled back.
+
+Unreadable files are reported and skipped; the others are still written, and the step fails at
+the end naming them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+from tqdm import tqdm
+
+from .errors import InputFileError, OrgasegError
+from .images import image_stem, index_by_stem, is_image_file, label_dtype, list_images, read_image
+from .outputs import step_run, write_csv, write_tiff
+from .params import parse_pair
+from .preprocess import process_image, relabel_consecutive, rescale_image, to_grey
+from .qupath import make_feature, stable_object_id, write_feature_collection
+from .resample import nearest_indices, output_length
+from .stardist_model import (LoadedModel, auto_n_tiles, check_model_folder, load_model, normalize_image,
+                             quiet_stardist)
+
+log = logging.getLogger(__name__)
+
+OBJECT_COLUMNS = ["image", "label", "bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col",
+                  "centroid_row", "centroid_col", "area_px", "probability"]
+
+
+# --------------------------------------------------------------------------- array functions
+
+@dataclass
+class Segmentation:
+    """The objects found in one image, at the input image's resolution.
+
+    labels: (Y, X) uint16/uint32, objects 1..N. polygons[i]: (n_rays, 2) float array of (x, y)
+    vertices of object i + 1 in QuPath pixel coordinates of the input image (pixel (r, c)
+    covers [c, c + 1) x [r, r + 1)). probabilities[i]: StarDist's object probability of
+    object i + 1. model_shape: (Y, X) of the image the network saw; n_tiles: its tiling.
+    """
+
+    labels: np.ndarray
+    polygons: list[np.ndarray]
+    probabilities: np.ndarray
+    model_shape: tuple[int, int]
+    n_tiles: tuple[int, int]
+
+    @property
+    def n_objects(self) -> int:
+        return len(self.polygons)
+
+
+def prepare_image(image: np.ndarray, loaded: LoadedModel, *, image_scale: float = 1.0,
+                  preprocessing: bool = True) -> tuple[np.ndarray, float]:
+    """The network input for ``image``: grey, preprocessed, rescaled, normalised (float32).
+
+    Returns (array at model scale, factor) with factor = model scale / ``image_scale`` (the
+    size of the network input relative to ``image``).
+    """
+    info = loaded.info
+    grey = to_grey(image)
+    if preprocessing and any(info.preprocessing.values()):
+        grey = process_image(grey, vignette=info.preprocessing.get("remove_vignette", False),
+                             flatten=info.preprocessing.get("flatten_background", False))
+    factor = info.scale / float(image_scale)
+    small_shape = (output_length(grey.shape[0], factor), output_length(grey.shape[1], factor))
+    if small_shape != grey.shape:
+        grey = rescale_image(grey, factor)
+    if min(grey.shape) < 1:
+        raise OrgasegError(f"image of {image.shape[0]}x{image.shape[1]} px is empty at the model's scale")
+    return normalize_image(grey, info.norm_percentiles), factor
+
+
+def upscale_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a label image to ``shape`` with nearest neighbour (the label under each centre)."""
+    if labels.shape == tuple(shape):
+        return labels
+    rows = nearest_indices(labels.shape[0], shape[0])
+    cols = nearest_indices(labels.shape[1], shape[1])
+    return labels[rows][:, cols]
+
+
+def segment_array(image: np.ndarray, loaded: LoadedModel, *, image_scale: float = 1.0,
+                  n_tiles: tuple[int, int] | None = None, prob_thresh: float | None = None,
+                  nms_thresh: float | None = None, preprocessing: bool = True) -> Segmentation:
+    """Segment one image (Y, X) or (Y, X, C) with a loaded model; see :class:`Segmentation`.
+
+    image_scale: the input's pixel scale relative to the original images (1.0 = full size);
+    the image is rescaled to the model's scale for prediction and the results brought back.
+    n_tiles: (rows, cols) tiles at model scale, None = at most 1024 px per tile side.
+    prob_thresh / nms_thresh: None = the model's optimised thresholds. preprocessing: repeat
+    the vignette removal / background flattening the model was trained with.
+    """
+    x, _ = prepare_image(image, loaded, image_scale=image_scale, preprocessing=preprocessing)
+    tiles = tuple(n_tiles) if n_tiles is not None else auto_n_tiles(x.shape)
+    with quiet_stardist():
+        small, details = loaded.model.predict_instances(
+            x, n_tiles=tiles, prob_thresh=prob_thresh, nms_thresh=nms_thresh,
+            show_tile_progress=False)
+    height, width = image.shape[:2]
+    # Renumber on the smaller of the two label images: enlarging keeps every object, shrinking
+    # back (factor > 1) can lose tiny ones, so then renumber after resizing.
+    if small.size <= height * width:
+        labels, id_map = relabel_consecutive(small)
+        labels = upscale_labels(labels, (height, width))
+    else:
+        labels, id_map = relabel_consecutive(upscale_labels(small, (height, width)))
+    coord = np.asarray(details.get("coord", np.zeros((0, 2, 0))), dtype=np.float64)
+    prob = np.asarray(details.get("prob", np.zeros(0)), dtype=np.float64)
+    # StarDist's label k is details entry k - 1; objects hidden by others or lost when shrinking
+    # back have no pixels and are dropped with their polygons (id_map lists the survivors).
+    old_ids = np.array(sorted(id_map, key=id_map.get), dtype=np.int64)
+    # Exact per-axis size ratios (the network input was rounded to whole pixels).
+    sy, sx = height / small.shape[0], width / small.shape[1]
+    polygons = []
+    for old in old_ids:
+        yx = coord[old - 1]  # (2, n_rays): rows, cols in pixel indices at model scale
+        # Pixel index i has its centre at i + 0.5 in corner-aligned coordinates.
+        xy = np.stack([(yx[1] + 0.5) * sx, (yx[0] + 0.5) * sy], axis=1)
+        xy[:, 0] = np.clip(xy[:, 0], 0.0, width)
+        xy[:, 1] = np.clip(xy[:, 1], 0.0, height)
+        polygons.append(xy)
+    probabilities = prob[old_ids - 1] if old_ids.size else np.zeros(0)
+    return Segmentation(labels=labels, polygons=polygons, probabilities=probabilities,
+                        model_shape=x.shape, n_tiles=tiles)
+
+
+def object_table(labels: np.ndarray, probabilities: Sequence[float], image: str) -> pd.DataFrame:
+    """One row per object of ``labels`` (ids 1..N): :data:`OBJECT_COLUMNS`.
+
+    One :func:`scipy.ndimage.find_objects` pass, then each object is measured inside its own
+    bounding box (never a full-image scan per object). ``probabilities[i]`` belongs to label
+    i + 1; bbox max row/col are exclusive.
+    """
+    rows = []
+    for index, box in enumerate(ndimage.find_objects(labels)):
+        if box is None:
+            continue
+        label = index + 1
+        rr, cc = np.nonzero(labels[box] == label)
+        rows.append({"image": image, "label": label,
+                     "bbox_min_row": box[0].start, "bbox_min_col": box[1].start,
+                     "bbox_max_row": box[0].stop, "bbox_max_col": box[1].stop,
+                     "centroid_row": box[0].start + rr.mean(), "centroid_col": box[1].start + cc.mean(),
+                     "area_px": int(rr.size),
+                     "probability": float(probabilities[index]) if index < len(probabilities) else math.nan})
+    return pd.DataFrame(rows, columns=OBJECT_COLUMNS)
+
+
+def _polygonal_part(geometry):
+    """The polygonal part of a geometry that make_valid returned (None if there is none)."""
+    from shapely.geometry import MultiPolygon, Polygon
+
+    parts = [g for g in getattr(geometry, "geoms", [geometry]) if isinstance(g, (Polygon, MultiPolygon))]
+    polys = [p for g in parts for p in getattr(g, "geoms", [g]) if not p.is_empty]
+    if not polys:
+        return None
+    return polys[0] if len(polys) == 1 else MultiPolygon(polys)
+
+
+def polygons_of(seg: Segmentation) -> list:
+    """Valid shapely geometries of all objects (None where a polygon is degenerate).
+
+    Built and checked in one vectorised call; only the few invalid polygons (StarDist's rays can
+    make a polygon touch itself) are repaired one by one.
+    """
+    import shapely
+
+    if not seg.polygons:
+        return []
+    coords = np.round(np.stack(seg.polygons), 2)  # (n, n_rays, 2)
+    polys = shapely.polygons(coords)
+    bad = np.nonzero(~shapely.is_valid(polys) | shapely.is_empty(polys))[0]
+    out = list(polys)
+    if bad.size:
+        for i, fixed in zip(bad, shapely.make_valid(polys[bad])):
+            out[i] = _polygonal_part(fixed)
+    return out
+
+
+def detection_features(seg: Segmentation, table: pd.DataFrame, stem: str) -> list[dict]:
+    """QuPath ``detection`` features, one per object row of ``table`` (see :func:`object_table`)."""
+    geometries = polygons_of(seg)
+    features = []
+    for row in table.itertuples(index=False):
+        geometry = geometries[row.label - 1]
+        if geometry is None:
+            # A polygon without area (all rays ~0) still has pixels in the label image: keep
+            # the object, outlined by its bounding box, so GeoJSON, labels and table agree.
+            from shapely.geometry import box
+
+            geometry = box(row.bbox_min_col, row.bbox_min_row, row.bbox_max_col, row.bbox_max_row)
+            log.debug("%s: object %d has a degenerate polygon; its bounding box is written", stem,
+                      row.label)
+        features.append(make_feature(
+            geometry, object_type="detection", name=f"{stem} object {row.label}",
+            measurements={"Label": int(row.label), "Probability": float(row.probability),
+                          "Area px": int(row.area_px)},
+            object_id=stable_object_id(stem, int(row.label))))
+    return features
+
+
+# --------------------------------------------------------------------------- the step
+
+@dataclass
+class SegmentResult:
+    """What :func:`segment` wrote: objects per image, failed files, thresholds, time."""
+
+    out: Path
+    model: Path
+    objects: dict[str, int] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def n_images(self) -> int:
+        return len(self.objects)
+
+    @property
+    def n_objects(self) -> int:
+        return sum(self.objects.values())
+
+    def summary(self) -> str:
+        lines = [f"segment: {self.n_images} image(s), {self.n_objects} objects, written to {self.out} "
+                 f"({self.seconds:.1f} s)",
+                 f"  model {self.model}: probability threshold {self.thresholds.get('prob', float('nan')):.3f}, "
+                 f"NMS threshold {self.thresholds.get('nms', float('nan')):.2f}",
+                 "  per image: <stem>.tif (labels), <stem>.geojson (QuPath detections), "
+                 "<stem>_objects.csv"]
+        if self.failed:
+            lines.append(f"  {len(self.failed)} file(s) failed and were skipped:")
+            lines += [f"    {f}" for f in self.failed]
+        return "\n".join(lines)
+
+
+class SegmentFailed(OrgasegError):
+    """Some input files could not be segmented; the others were written (``result``)."""
+
+    def __init__(self, result: SegmentResult):
+        self.result = result
+        super().__init__(f"{len(result.failed)} of {len(result.failed) + result.n_images} image(s) "
+                         f"could not be segmented (the others were written to {result.out}):\n  "
+                         + "\n  ".join(result.failed))
+
+
+def _input_files(images: Path) -> tuple[list[tuple[str, Path]], Path]:
+    """(stem, file) jobs for a file or a folder, and the input folder."""
+    if images.is_file():
+        if not is_image_file(images):
+            raise InputFileError(images, "is not an image file (.tif, .tiff, .jpg, .jpeg, .png)")
+        return [(image_stem(images), images)], images.parent
+    if not images.exists():
+        raise InputFileError(images, "does not exist")
+    files = list_images(images, what="images")
+    if not files:
+        raise InputFileError(images, "contains no image files (.tif, .tiff, .jpg, .jpeg, .png)")
+    return sorted(index_by_stem(files, what="images").items()), images
+
+
+def _check_threshold(value: float | None, name: str) -> float | None:
+    if value is not None and not (0.0 < float(value) < 1.0):
+        raise OrgasegError(f"{name} must be between 0 and 1 (exclusive), got {value}")
+    return None if value is None else float(value)
+
+
+def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | None = None,
+            prob_thresh: float | None = None, nms_thresh: float | None = None,
+            image_scale: float = 1.0, preprocessing: bool = True,
+            overwrite: bool = False) -> SegmentResult:
+    """Segment an image file or every image in a folder with a trained orgaseg StarDist model.
+
+    model: folder written by ``train-segmentation``. images: a file or a folder (not searched
+    recursively). out: output folder (see the module notes for what is written). n_tiles:
+    (rows, cols) tiles at model scale, None = automatic (tiles of at most 1024 px). prob_thresh,
+    nms_thresh: None = the model's optimised thresholds. image_scale: pixel scale of the inputs
+    relative to the original images (e.g. 0.5 for images already preprocessed at scale 0.5).
+    preprocessing: repeat the model's training preprocessing (vignette removal, background
+    flattening). Files that cannot be read are skipped and named in the summary; the step
+    raises :class:`SegmentFailed` at the end if there were any.
+    """
+    start = time.perf_counter()
+    model, images, out = Path(model), Path(images), Path(out)
+    if n_tiles is not None:
+        n_tiles = parse_pair(n_tiles, what="n_tiles")
+    prob_thresh = _check_threshold(prob_thresh, "prob_thresh")
+    nms_thresh = _check_threshold(nms_thresh, "nms_thresh")
+    if not (math.isfinite(image_scale) and image_scale > 0):
+        raise OrgasegError(f"image_scale must be a positive number, got {image_scale}")
+    jobs, input_folder = _input_files(images)
+    info = check_model_folder(model)  # before anything is written; no TensorFlow yet
+    thresholds = {"prob": prob_thresh if prob_thresh is not None else info.thresholds["prob"],
+                  "nms": nms_thresh if nms_thresh is not None else info.thresholds["nms"]}
+    arguments = {"model": model, "images": images, "out": out,
+                 "n_tiles": list(n_tiles) if n_tiles else None, "prob_thresh": prob_thresh,
+                 "nms_thresh": nms_thresh, "image_scale": float(image_scale),
+                 "preprocessing": bool(preprocessing), "overwrite": overwrite}
+    with step_run("segment", out, arguments, overwrite=overwrite, inputs=[input_folder, model]) as record:
+        result = SegmentResult(out=out, model=model, thresholds=thresholds)
+        loaded = load_model(model)  # once for all images
+        per_image = {}
+        for stem, path in tqdm(jobs, desc="segment", unit="image", disable=None):
+            t0 = time.perf_counter()
+            try:
+                image = read_image(path)
+                seg = segment_array(image, loaded, image_scale=image_scale, n_tiles=n_tiles,
+                                    prob_thresh=thresholds["prob"], nms_thresh=thresholds["nms"],
+                                    preprocessing=preprocessing)
+            except Exception as exc:  # one bad file must not stop the others; reported below
+                message = str(exc) if isinstance(exc, InputFileError) else f"{path}: {type(exc).__name__}: {exc}"
+                log.error("skipped %s", message)
+                log.debug("traceback of %s", path, exc_info=True)
+                result.failed.append(message)
+                continue
+            labels = seg.labels.astype(label_dtype(seg.n_objects), copy=False)
+            table = object_table(labels, seg.probabilities, path.name)
+            write_tiff(out / f"{stem}.tif", labels)
+            write_feature_collection(out / f"{stem}.geojson", detection_features(seg, table, stem))
+            write_csv(out / f"{stem}_objects.csv", table)
+            seconds = time.perf_counter() - t0
+            result.objects[path.name] = seg.n_objects
+            per_image[path.name] = {"objects": seg.n_objects, "shape": list(labels.shape),
+                                    "model_shape": list(seg.model_shape), "n_tiles": list(seg.n_tiles),
+                                    "seconds": round(seconds, 3)}
+            log.info("%s: %d objects (%dx%d px, network input %dx%d in %dx%d tiles, %.1f s) -> %s",
+                     path, seg.n_objects, labels.shape[0], labels.shape[1], seg.model_shape[0],
+                     seg.model_shape[1], seg.n_tiles[0], seg.n_tiles[1], seconds, out / f"{stem}.tif")
+        result.seconds = time.perf_counter() - start
+        record.results.update(n_images=result.n_images, n_objects=result.n_objects,
+                              thresholds=thresholds, model_scale=loaded.info.scale,
+                              images=per_image, failed=result.failed,
+                              seconds=round(result.seconds, 3))
+        if result.failed:
+            raise SegmentFailed(result)
+    return result

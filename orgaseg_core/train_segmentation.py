@@ -1,0 +1,615 @@
+"""``train-segmentation``: train a StarDist2D model on a ``split`` folder, report its quality.
+
+Input (the layout ``orgaseg split --mode segmentation`` writes)::
+
+    data/train/images/*.tif + data/train/masks/*.tif     paired by file-name stem
+    data/val/images/*.tif   + data/val/masks/*.tif       validation (needed)
+
+Everything is checked before the (long) training starts: each image has a mask and each mask
+an image, shapes agree, masks hold integer labels, validation pairs exist, images are at least
+the patch size (else the patch is reduced, with a warning in the report).
+
+Per image: grey (RGB and 16-bit through :func:`orgaseg_core.preprocess.to_grey`), percentile
+normalisation (:func:`orgaseg_core.stardist_model.normalize_image`); per mask: holes of each
+object filled (StarDist's star-convex polygons cannot represent holes). Training uses StarDist's
+own patch sampling with random flips, 90-degree rotations (square patches) and intensity jitter
+(:class:`Augmenter`, seeded), TensorBoard logs in ``model_out/logs``. Afterwards the probability
+and NMS thresholds are optimised on the validation images, the validation images are segmented
+and ``report.json`` / ``report.csv`` give precision, recall, F1 and AP per IoU threshold
+(:func:`orgaseg_core.evaluation.segmentation_metrics`, the figures of ``evaluate-segmentation``).
+
+The model folder is described in :mod:`orgaseg_core.stardist_model`. TensorFlow is imported
+only inside :func:`train_segmentation`.
+
+Defaults: on the generated example data (``orgaseg example``: 190x252 px tiles at scale 0.5),
+40 epochs x 25 steps of batch 4 on (176, 240) px patches train in about 5-6 minutes on 2 CPU
+cores and reach F1 ~0.95 at IoU 0.5 on held-out full-size images (see the quality test). Real
+data with more objects per image and more variety profits from more epochs (``--epochs 100``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputFileError, OrgasegError
+from .images import list_images, pair_by_stem, read_image, read_labels
+from .outputs import RUN_RECORD_NAME, package_versions, step_run, write_csv, write_json
+from .preprocess import to_grey
+from .stardist_model import (DEFAULT_NORM_PERCENTILES, FORMAT_VERSION, MODEL_KIND, ORGASEG_MODEL_JSON,
+                             as_pair, auto_n_tiles, check_init_compatible, check_percentiles,
+                             check_stardist_folder, import_stardist, normalize_image, quiet_stardist,
+                             read_json_file)
+
+log = logging.getLogger(__name__)
+
+#: Largest patch side chosen automatically (pixels); StarDist's own default.
+MAX_AUTO_PATCH = 256
+#: IoU thresholds whose figures go into report.json (report.csv has all of them).
+REPORT_THRESHOLDS = (0.5, 0.7, 0.9)
+
+
+# --------------------------------------------------------------------------- data checks
+
+@dataclass
+class SplitData:
+    """Image/mask pairs of one split: names, grey images (normalised later) and label images."""
+
+    split: str
+    names: list[str] = field(default_factory=list)
+    images: list[np.ndarray] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+    files: list[tuple[Path, Path]] = field(default_factory=list)
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        return [m.shape for m in self.masks]
+
+    @property
+    def n_objects(self) -> int:
+        return sum(count_objects(m) for m in self.masks)
+
+
+def count_objects(labels: np.ndarray) -> int:
+    """Number of distinct non-zero labels in a label image."""
+    if labels.size == 0 or labels.max() == 0:
+        return 0
+    if labels.max() <= 4 * labels.size:
+        return int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
+    return int(np.unique(labels[labels > 0]).size)
+
+
+def split_pairs(data: Path, split: str) -> list[tuple[str, Path, Path]]:
+    """The (stem, image, mask) pairs of ``data/<split>/images`` and ``data/<split>/masks``.
+
+    Raises OrgasegError listing every image without a mask and every mask without an image,
+    and InputFileError when the folders are missing or empty. A missing or empty ``val``
+    split gets an error that says how to make one.
+    """
+    data = Path(data)
+    images_dir, masks_dir = data / split / "images", data / split / "masks"
+    if split == "val" and (not images_dir.is_dir() or not masks_dir.is_dir()):
+        raise InputFileError(data, "has no validation data (val/images and val/masks); training "
+                                   "needs it to choose the best weights and thresholds. Split with "
+                                   "a validation fraction: orgaseg split --mode segmentation --val 0.15")
+    if not images_dir.is_dir():
+        raise InputFileError(images_dir, f"{split} images folder does not exist; give the folder "
+                                         "written by orgaseg split --mode segmentation")
+    if not masks_dir.is_dir():
+        raise InputFileError(masks_dir, f"{split} masks folder does not exist; give the folder "
+                                        "written by orgaseg split --mode segmentation")
+    images = list_images(images_dir, what="images")
+    masks = list_images(masks_dir, what="masks")
+    if not images and not masks:
+        if split == "val":
+            raise InputFileError(images_dir, "contains no validation images; split with a "
+                                             "validation fraction (orgaseg split --val 0.15)")
+        raise InputFileError(images_dir, f"contains no {split} images (.tif, .tiff, .jpg, .jpeg, .png)")
+    pairs, only_images, only_masks = pair_by_stem(images, masks)
+    problems = [f"{p}: image has no mask of the same name in {masks_dir}" for p in only_images]
+    problems += [f"{p}: mask has no image of the same name in {images_dir}" for p in only_masks]
+    if problems:
+        raise OrgasegError(f"{len(problems)} unpaired file(s) in {data / split}:\n  "
+                           + "\n  ".join(problems))
+    return pairs
+
+
+def load_split(data: Path, split: str) -> SplitData:
+    """Read every pair of a split: grey image (Y, X) and its label image, checked.
+
+    Errors name the file: unreadable image, mask not integer labels, shapes that differ.
+    Holes in objects are filled here (StarDist cannot represent them).
+    """
+    from stardist import fill_label_holes  # numba/scipy only, no TensorFlow
+
+    result = SplitData(split=split)
+    for stem, image_path, mask_path in split_pairs(data, split):
+        grey = to_grey(read_image(image_path))
+        labels = read_labels(mask_path)
+        if labels.shape != grey.shape:
+            raise InputFileError(mask_path, f"mask is {labels.shape[0]}x{labels.shape[1]} pixels but "
+                                            f"its image {image_path} is {grey.shape[0]}x{grey.shape[1]}")
+        top = int(labels.max()) if labels.size else 0
+        if top > np.iinfo(np.int32).max:
+            raise InputFileError(mask_path, "has label ids beyond 2^31; relabel the objects 1..N")
+        labels = labels.astype(np.uint16 if top <= np.iinfo(np.uint16).max else np.int32, copy=False)
+        labels = fill_label_holes(labels)
+        result.names.append(stem)
+        result.images.append(grey)
+        result.masks.append(labels)
+        result.files.append((image_path, mask_path))
+    log.info("read %d %s image/mask pairs (%d objects) from %s", len(result.names), split,
+             result.n_objects, Path(data) / split)
+    return result
+
+
+def patch_divisor(grid: tuple[int, int], *, unet_depth: int = 3, unet_pool: int = 2) -> tuple[int, int]:
+    """Patch sides must be multiples of ``unet_pool ** unet_depth * grid`` (16 for grid 2)."""
+    return tuple(unet_pool ** unet_depth * g for g in grid)  # type: ignore[return-value]
+
+
+def fit_patch_size(requested: int | Sequence[int] | None, shapes: Sequence[tuple[int, int]],
+                   names: Sequence[str], divisor: tuple[int, int]) -> tuple[tuple[int, int], str | None]:
+    """The training patch size (rows, cols) that fits every image, and a warning or None.
+
+    ``requested`` None: automatic, the largest multiple of ``divisor`` up to
+    :data:`MAX_AUTO_PATCH` that fits the smallest image (no warning). A requested size that is
+    not a multiple of ``divisor`` or larger than the smallest image is reduced to the largest
+    fitting multiple, and the returned warning says so and names the smallest image. Raises
+    OrgasegError when an image is smaller than ``divisor`` itself.
+    """
+    if not shapes:
+        raise OrgasegError("no images to choose a patch size for")
+    limits = []
+    for axis in (0, 1):
+        sizes = [s[axis] for s in shapes]
+        i = int(np.argmin(sizes))
+        fit = sizes[i] // divisor[axis] * divisor[axis]
+        if fit < divisor[axis]:
+            raise OrgasegError(f"image {names[i]} is {shapes[i][0]}x{shapes[i][1]} pixels: too small "
+                               f"for StarDist with this grid (each side must be at least "
+                               f"{divisor[axis]} pixels); preprocess with a larger scale or fewer tiles")
+        limits.append((fit, names[i], shapes[i]))
+    if requested is None:
+        patch = tuple(min(MAX_AUTO_PATCH // d * d, lim[0]) for d, lim in zip(divisor, limits))
+        return patch, None  # type: ignore[return-value]
+    wanted = as_pair(requested, what="patch size")
+    patch = tuple(min(w // d * d, lim[0]) for w, d, lim in zip(wanted, divisor, limits))
+    if min(patch) < 1 or any(p < d for p, d in zip(patch, divisor)):
+        raise OrgasegError(f"patch size {wanted} is smaller than the network's minimum "
+                           f"{divisor[0]}x{divisor[1]} pixels")
+    if patch == wanted:
+        return patch, None  # type: ignore[return-value]
+    reasons = []
+    for axis, (w, p, d, lim) in enumerate(zip(wanted, patch, divisor, limits)):
+        if w % d:
+            reasons.append(f"{'height' if axis == 0 else 'width'} {w} is not a multiple of {d}")
+        if w // d * d > lim[0]:
+            reasons.append(f"the smallest image ({lim[1]}, {lim[2][0]}x{lim[2][1]} px) is "
+                           f"{'lower' if axis == 0 else 'narrower'} than {w}")
+    message = (f"patch size {wanted[0]}x{wanted[1]} reduced to {patch[0]}x{patch[1]} pixels: "
+               + "; ".join(reasons))
+    return patch, message  # type: ignore[return-value]
+
+
+class Augmenter:
+    """Random flips, 90-degree rotations and intensity jitter of (image patch, label patch).
+
+    Called by StarDist as ``x, y = augmenter(x, y)`` on each training patch (never on
+    validation data). Flips up-down and left-right each with probability 1/2; a rotation by
+    k x 90 degrees (k uniform in 0..3) when the patch is square (a non-square patch would change
+    shape, and both flips already give the 180-degree rotation); intensity ``x * a + b`` with
+    ``a`` uniform in ``scale`` and ``b`` uniform in ``offset`` (the images are normalised so
+    that the background is ~0.5-1, objects darker). Seeded: the same seed gives the same
+    sequence of patches' transforms.
+    """
+
+    def __init__(self, seed: int = 0, *, scale: tuple[float, float] = (0.8, 1.2),
+                 offset: tuple[float, float] = (-0.1, 0.1)):
+        self.rng = np.random.default_rng(seed)
+        self.scale = scale
+        self.offset = offset
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rng = self.rng
+        if x.shape[0] == x.shape[1]:
+            k = int(rng.integers(4))
+            if k:
+                x, y = np.rot90(x, k, axes=(0, 1)), np.rot90(y, k, axes=(0, 1))
+        if rng.random() < 0.5:
+            x, y = x[::-1], y[::-1]
+        if rng.random() < 0.5:
+            x, y = x[:, ::-1], y[:, ::-1]
+        x = x * np.float32(rng.uniform(*self.scale)) + np.float32(rng.uniform(*self.offset))
+        return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)
+
+
+# --------------------------------------------------------------------------- provenance
+
+def read_data_provenance(data: Path, *, max_hops: int = 4) -> dict[str, Any]:
+    """Pixel scale and grey-level preprocessing of a ``split`` folder, from the run records.
+
+    Follows ``data/run.json`` (split: its ``data`` argument) back to the ``preprocess`` run
+    and reads its ``scale``, ``remove_vignette`` and ``flatten_background``; failing that, the
+    ``scale`` column of a ``tiles.csv`` on the way. Returns {"scale": float or None,
+    "preprocessing": dict, "source": path of the record used or None}.
+    """
+    found: dict[str, Any] = {"scale": None, "preprocessing": {}, "source": None}
+    folder = Path(data)
+    for _ in range(max_hops):
+        tiles_csv = folder / "tiles.csv"
+        record_path = folder / RUN_RECORD_NAME
+        record = None
+        if record_path.is_file():
+            try:
+                record = json.loads(record_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                log.warning("%s: cannot be read; pixel scale of the training data unknown", record_path)
+        if isinstance(record, dict) and record.get("step") == "preprocess":
+            args = record.get("arguments") or {}
+            try:
+                found["scale"] = float(args.get("scale", 1.0))
+            except (TypeError, ValueError):
+                found["scale"] = None
+            found["preprocessing"] = {"remove_vignette": bool(args.get("remove_vignette", False)),
+                                      "flatten_background": bool(args.get("flatten_background", False))}
+            found["source"] = str(record_path)
+            return found
+        if tiles_csv.is_file():
+            try:
+                scales = pd.read_csv(tiles_csv, usecols=["scale"])["scale"].dropna().unique()
+                if len(scales) == 1:
+                    found["scale"] = float(scales[0])
+                    found["source"] = str(tiles_csv)
+                    return found
+            except (OSError, ValueError, KeyError):
+                pass
+        if not isinstance(record, dict):
+            break
+        parent = (record.get("arguments") or {}).get("data")
+        if not parent:
+            break
+        folder = Path(parent)
+    return found
+
+
+# --------------------------------------------------------------------------- result
+
+@dataclass
+class TrainSegmentationResult:
+    """What :func:`train_segmentation` did: data, settings, timings, validation metrics."""
+
+    model_out: Path
+    n_train: int = 0
+    n_val: int = 0
+    n_train_objects: int = 0
+    n_val_objects: int = 0
+    epochs: int = 0
+    steps_per_epoch: int = 0
+    patch_size: tuple[int, int] = (0, 0)
+    scale: float = 1.0
+    thresholds: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds_training: float = 0.0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"train-segmentation: model written to {self.model_out} ({self.seconds:.0f} s, "
+                 f"training {self.seconds_training:.0f} s)",
+                 f"  data: {self.n_train} training images ({self.n_train_objects} objects), "
+                 f"{self.n_val} validation images ({self.n_val_objects} objects), scale {self.scale:g}",
+                 f"  {self.epochs} epochs x {self.steps_per_epoch} steps, patch "
+                 f"{self.patch_size[0]}x{self.patch_size[1]} px",
+                 f"  thresholds: probability {self.thresholds.get('prob', float('nan')):.3f}, "
+                 f"NMS {self.thresholds.get('nms', float('nan')):.2f}",
+                 "  validation:"]
+        for key, m in self.metrics.items():
+            lines.append(f"    IoU {key}: precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
+                         f"F1 {m['f1']:.3f}  AP {m['ap']:.3f}")
+        lines.append(f"  report: {self.model_out / 'report.csv'}; TensorBoard: tensorboard --logdir "
+                     f"{self.model_out / 'logs'}")
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the step
+
+def _check_tensorboard() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise OrgasegError("tensorboard is not installed; StarDist writes its training logs with it. "
+                           "Install the segmentation extra: pip install 'orgaseg-core[segmentation]'")
+
+
+def _metrics_at(table: pd.DataFrame, thresholds: Sequence[float]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for t in thresholds:
+        row = table.loc[np.isclose(table["threshold"], t)]
+        if len(row):
+            r = row.iloc[0]
+            out[f"{t:g}"] = {k: (None if isinstance(r[k], float) and math.isnan(r[k]) else
+                                 (int(r[k]) if k in ("n_true", "n_pred", "tp", "fp", "fn") else float(r[k])))
+                             for k in ("n_true", "n_pred", "tp", "fp", "fn", "precision", "recall",
+                                       "f1", "ap", "mean_matched_iou")}
+    return out
+
+
+def _epoch_logger(history: list[dict], epochs: int):
+    """A Keras callback that logs one line per epoch (losses, seconds) and keeps them."""
+    import keras
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            row = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - self._start, 3)}
+            for key in ("loss", "val_loss", "val_prob_loss", "val_dist_loss", "learning_rate"):
+                if key in logs:
+                    row[key] = float(logs[key])
+            history.append(row)
+            log.info("epoch %d/%d: loss %.4f, val_loss %.4f (%.1f s)", epoch + 1, epochs,
+                     row.get("loss", float("nan")), row.get("val_loss", float("nan")), row["seconds"])
+
+    return EpochLogger()
+
+
+def _quiet_progress(keras_model) -> None:
+    """Keras's per-step progress bar floods log files: outside a terminal, switch it off.
+
+    The epoch logger then reports one log line per epoch; in a terminal Keras's bar stays.
+    """
+    if sys.stdout.isatty():
+        return
+    fit = keras_model.fit
+
+    def fit_quietly(*args, **kwargs):
+        kwargs["verbose"] = 0
+        return fit(*args, **kwargs)
+
+    keras_model.fit = fit_quietly
+
+
+def train_segmentation(data: Path, model_out: Path, *, epochs: int = 40, steps_per_epoch: int = 25,
+                       batch_size: int = 4, patch_size: int | tuple[int, int] | None = None,
+                       n_rays: int = 32, grid: tuple[int, int] = (2, 2), learning_rate: float = 3e-4,
+                       augment: bool = True,
+                       norm_percentiles: tuple[float, float] = DEFAULT_NORM_PERCENTILES,
+                       seed: int = 0, init_model: Path | None = None, scale: float | None = None,
+                       overwrite: bool = False) -> TrainSegmentationResult:
+    """Train a StarDist2D model on ``data`` (a ``split`` folder) and write it to ``model_out``.
+
+    data: folder with ``train/images``, ``train/masks``, ``val/images``, ``val/masks`` (paired
+    by stem). epochs x steps_per_epoch parameter updates on batches of ``batch_size`` random
+    patches of ``patch_size`` = (rows, cols) px (None: automatic, up to 256 px, fitting the
+    smallest image). n_rays: polygon rays per object; grid: output subsampling (rows, cols).
+    learning_rate: Adam's; halved when the validation loss stalls for epochs // 4 epochs.
+    augment: flips, rotations, intensity jitter. norm_percentiles: (low, high) of the per-image
+    normalisation. seed: numpy, random, TensorFlow and augmentation. init_model: a local model
+    folder (StarDist config + weights) to start from (same n_rays, grid and channels; never
+    downloaded). scale: pixel scale of the training images relative to the originals (None:
+    read from the preprocess run record of ``data``, else 1.0); ``segment`` rescales new
+    images to it. Returns a :class:`TrainSegmentationResult`; writes the model folder, its
+    ``orgaseg_model.json``, ``report.json``, ``report.csv`` and ``run.json``.
+    """
+    start = time.perf_counter()
+    data, model_out = Path(data), Path(model_out)
+    init_model = Path(init_model) if init_model is not None else None
+    grid = as_pair(grid, what="grid")
+    percentiles = check_percentiles(norm_percentiles)
+    for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch),
+                        ("batch_size", batch_size)):
+        if int(value) < 1:
+            raise OrgasegError(f"{name} must be at least 1, got {value}")
+    if int(n_rays) < 3:
+        raise OrgasegError(f"n_rays must be at least 3, got {n_rays}")
+    if not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise OrgasegError(f"learning_rate must be a positive number, got {learning_rate}")
+    if scale is not None and not (math.isfinite(scale) and scale > 0):
+        raise OrgasegError(f"scale must be a positive number, got {scale}")
+    if not data.is_dir():
+        raise InputFileError(data, "data folder does not exist or is not a folder")
+
+    warnings_out: list[str] = []
+    init_config = None
+    init_scale = None
+    if init_model is not None:
+        init_config, init_weights = check_stardist_folder(init_model)
+        check_init_compatible(init_config, {"n_rays": int(n_rays), "grid": list(grid), "n_channel_in": 1},
+                              folder=init_model)
+        init_meta_path = init_model / ORGASEG_MODEL_JSON
+        if init_meta_path.is_file():
+            init_meta = read_json_file(init_meta_path, what="orgaseg model description")
+            init_scale = init_meta.get("scale") if isinstance(init_meta, dict) else None
+
+    # Every check on the data happens before anything is written or TensorFlow is started.
+    train = load_split(data, "train")
+    val = load_split(data, "val")
+    if train.n_objects == 0:
+        raise InputFileError(data / "train" / "masks", "the training masks hold no objects at all")
+    unet_depth = int(init_config.get("unet_n_depth", 3)) if init_config else 3
+    unet_pool = int(as_pair(init_config.get("unet_pool", 2), what="unet_pool")[0]) if init_config else 2
+    divisor = patch_divisor(grid, unet_depth=unet_depth, unet_pool=unet_pool)
+    patch, patch_warning = fit_patch_size(patch_size, train.shapes + val.shapes,
+                                          train.names + [f"val/{n}" for n in val.names], divisor)
+    if patch_warning:
+        log.warning(patch_warning)
+        warnings_out.append(patch_warning)
+    provenance = read_data_provenance(data)
+    if scale is None:
+        if provenance["scale"] is None:
+            msg = (f"pixel scale of {data} unknown (no preprocess run record found); assuming the "
+                   "images are at the original size (scale 1.0)")
+            log.warning(msg)
+            warnings_out.append(msg)
+        model_scale = float(provenance["scale"] or 1.0)
+    else:
+        model_scale = float(scale)
+        if provenance["scale"] is not None and not math.isclose(provenance["scale"], model_scale):
+            msg = (f"scale {model_scale:g} given, but {provenance['source']} says the data was made at "
+                   f"scale {provenance['scale']:g}; using {model_scale:g}")
+            log.warning(msg)
+            warnings_out.append(msg)
+    if init_scale is not None and not math.isclose(float(init_scale), model_scale):
+        msg = (f"the initial model {init_model} was trained at scale {float(init_scale):g}, this "
+               f"data is at scale {model_scale:g}: its objects will look a different size to it")
+        log.warning(msg)
+        warnings_out.append(msg)
+    _check_tensorboard()
+
+    arguments = {"data": data, "model_out": model_out, "epochs": int(epochs),
+                 "steps_per_epoch": int(steps_per_epoch), "batch_size": int(batch_size),
+                 "patch_size": list(patch_size) if isinstance(patch_size, (tuple, list)) else patch_size,
+                 "n_rays": int(n_rays), "grid": list(grid), "learning_rate": float(learning_rate),
+                 "augment": bool(augment), "norm_percentiles": list(percentiles), "seed": int(seed),
+                 "init_model": init_model, "scale": scale, "overwrite": overwrite}
+    with step_run("train-segmentation", model_out, arguments, overwrite=overwrite,
+                  inputs=[data, init_model]) as record:
+        result = TrainSegmentationResult(model_out=model_out, n_train=len(train.names),
+                                         n_val=len(val.names), n_train_objects=train.n_objects,
+                                         n_val_objects=val.n_objects, epochs=int(epochs),
+                                         steps_per_epoch=int(steps_per_epoch), patch_size=patch,
+                                         scale=model_scale, warnings=warnings_out)
+        stale = model_out / ORGASEG_MODEL_JSON
+        if stale.exists():
+            # --overwrite of an earlier model: until this run completes the folder must not pass
+            # for a finished model (weights of this run next to the old description).
+            stale.unlink()
+        X = [normalize_image(g, percentiles) for g in train.images]
+        Xv = [normalize_image(g, percentiles) for g in val.images]
+        Y, Yv = train.masks, val.masks
+
+        models = import_stardist()
+        import tensorflow as tf
+
+        random.seed(seed)
+        np.random.seed(seed)
+        tf.keras.utils.set_random_seed(int(seed))
+        config_kwargs: dict[str, Any] = {}
+        if init_config:
+            config_kwargs = {k: init_config[k] for k in
+                             ("unet_n_depth", "unet_kernel_size", "unet_n_filter_base",
+                              "unet_n_conv_per_depth", "unet_pool", "unet_batch_norm", "unet_expansion",
+                              "unet_activation", "unet_last_activation", "net_conv_after_unet")
+                             if k in init_config}
+        config = models.Config2D(
+            n_rays=int(n_rays), grid=grid, n_channel_in=1, train_patch_size=patch,
+            train_batch_size=int(batch_size), train_learning_rate=float(learning_rate),
+            train_epochs=int(epochs), train_steps_per_epoch=int(steps_per_epoch),
+            train_tensorboard=True,
+            # StarDist's patience of 40 epochs is meant for 400 epochs; scale it to the run.
+            train_reduce_lr={"factor": 0.5, "patience": max(3, int(epochs) // 4), "min_delta": 0},
+            **config_kwargs)
+        folder = model_out.resolve()
+        with quiet_stardist(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="output path for model already exists")
+            model = models.StarDist2D(config, name=folder.name, basedir=str(folder.parent))
+        if init_model is not None:
+            try:
+                model.keras_model.load_weights(str(Path(init_weights[0]).resolve()))
+            except (ValueError, OSError, KeyError) as exc:
+                raise InputFileError(init_weights[0], f"weights do not fit the network ({exc})") from exc
+            log.info("starting from the weights of %s", init_weights[0])
+
+        history: list[dict] = []
+        model.prepare_for_training()
+        model.callbacks.append(_epoch_logger(history, int(epochs)))
+        _quiet_progress(model.keras_model)
+        augmenter = Augmenter(seed) if augment else None
+        log.info("training on %d images (%d objects), validating on %d images (%d objects): %d "
+                 "epochs x %d steps, batch %d, patch %dx%d, grid %dx%d, %d rays", len(X),
+                 result.n_train_objects, len(Xv), result.n_val_objects, epochs, steps_per_epoch,
+                 batch_size, patch[0], patch[1], grid[0], grid[1], n_rays)
+        t0 = time.perf_counter()
+        # In a terminal Keras shows its progress bar on stdout; elsewhere StarDist's prints go
+        # to the debug log.
+        with contextlib.nullcontext() if sys.stdout.isatty() else quiet_stardist():
+            model.train(X, Y, validation_data=(Xv, Yv), augmenter=augmenter, seed=int(seed),
+                        epochs=int(epochs), steps_per_epoch=int(steps_per_epoch))
+        result.seconds_training = time.perf_counter() - t0
+        log.info("training took %.1f s (%.2f s per epoch)", result.seconds_training,
+                 result.seconds_training / epochs)
+
+        t1 = time.perf_counter()
+        with quiet_stardist():
+            thresholds = model.optimize_thresholds(Xv, Yv)
+        result.thresholds = {"prob": float(thresholds["prob"]), "nms": float(thresholds["nms"])}
+        seconds_thresholds = time.perf_counter() - t1
+        log.info("optimised thresholds on the validation images: %s (%.1f s)", result.thresholds,
+                 seconds_thresholds)
+
+        from .evaluation import DEFAULT_THRESHOLDS, segmentation_metrics
+
+        t2 = time.perf_counter()
+        preds = []
+        with quiet_stardist():
+            for x in Xv:
+                labels, _ = model.predict_instances(x, n_tiles=auto_n_tiles(x.shape),
+                                                    show_tile_progress=False)
+                preds.append(labels)
+        # The masks as annotated (holes are not filled here): the report measures what users see.
+        truths = [read_labels(mask_path) for _, mask_path in val.files]
+        table = segmentation_metrics(truths, preds, thresholds=DEFAULT_THRESHOLDS)
+        seconds_validation = time.perf_counter() - t2
+        result.metrics = _metrics_at(table, REPORT_THRESHOLDS)
+        write_csv(model_out / "report.csv", table)
+        report = {"n_images": len(Xv), "images": val.names, "n_objects": result.n_val_objects,
+                  "thresholds": result.thresholds, "metrics": result.metrics,
+                  "definition": "pooled over the validation images; ap = tp / (tp + fp + fn), "
+                                "see orgaseg_core.evaluation"}
+        write_json(model_out / "report.json", report)
+        for key, m in result.metrics.items():
+            log.info("validation at IoU %s: precision %.3f, recall %.3f, F1 %.3f, AP %.3f", key,
+                     m["precision"], m["recall"], m["f1"], m["ap"])
+
+        result.seconds = time.perf_counter() - start
+        timings = {"training": round(result.seconds_training, 2),
+                   "per_epoch": round(result.seconds_training / epochs, 3),
+                   "thresholds": round(seconds_thresholds, 2),
+                   "validation": round(seconds_validation, 2), "total": round(result.seconds, 2)}
+        meta = {
+            "kind": MODEL_KIND,
+            "format_version": FORMAT_VERSION,
+            "created": record.started,
+            "norm_percentiles": list(percentiles),
+            "scale": model_scale,
+            "preprocessing": provenance["preprocessing"],
+            "patch_size": list(patch),
+            "n_rays": int(n_rays),
+            "grid": list(grid),
+            "n_channel_in": 1,
+            "thresholds": result.thresholds,
+            "training": {k: (str(v) if isinstance(v, Path) else v) for k, v in arguments.items()},
+            "data": {"folder": str(data), "provenance": provenance["source"],
+                     "n_train_images": result.n_train, "n_val_images": result.n_val,
+                     "n_train_objects": result.n_train_objects, "n_val_objects": result.n_val_objects,
+                     "train_images": train.names, "val_images": val.names},
+            "versions": package_versions(),
+            "validation": result.metrics,
+            "timings_s": timings,
+            "history": history,
+            "warnings": warnings_out,
+        }
+        # Written last: its presence marks a complete model folder (see stardist_model).
+        write_json(model_out / ORGASEG_MODEL_JSON, meta)
+        record.results.update(n_train=result.n_train, n_val=result.n_val,
+                              n_train_objects=result.n_train_objects,
+                              n_val_objects=result.n_val_objects, patch_size=list(patch),
+                              scale=model_scale, thresholds=result.thresholds,
+                              validation=result.metrics, timings_s=timings, warnings=warnings_out)
+    return result

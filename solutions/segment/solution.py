@@ -1,0 +1,134 @@
+"""album solution orgaseg:segment -- outline every organoid in new images with a StarDist model.
+
+A thin wrapper around ``orgaseg_core.segment.segment`` (the same function as ``orgaseg segment``).
+album reads this file before the solution's environment exists, so ``orgaseg_core`` is imported
+only inside ``run``, ``pre_test`` and ``test``.
+"""
+from album.runner.api import get_args, setup
+
+
+def run():
+    from orgaseg_core.album_support import run_step
+    from orgaseg_core.params import parse_optional_float, parse_optional_size
+    from orgaseg_core.segment import segment
+
+    args = get_args()
+    n_tiles = parse_optional_size(args.n_tiles, what="--n-tiles")
+    run_step(lambda: segment(
+        args.model, args.images, args.out,
+        n_tiles=(n_tiles, n_tiles) if isinstance(n_tiles, int) else n_tiles,
+        prob_thresh=parse_optional_float(args.prob_thresh, what="--prob-thresh"),
+        nms_thresh=parse_optional_float(args.nms_thresh, what="--nms-thresh"), image_scale=args.image_scale,
+        preprocessing=args.preprocessing, overwrite=args.overwrite))
+
+
+def pre_test():
+    import tempfile
+    from pathlib import Path
+
+    from orgaseg_core.demo import make_demo_data
+    from orgaseg_core.masks import annotations_to_masks
+    from orgaseg_core.preprocess import preprocess
+    from orgaseg_core.split import split_dataset
+    from orgaseg_core.train_segmentation import train_segmentation
+
+    root = Path(tempfile.mkdtemp(prefix="orgaseg-album-test-"))
+    make_demo_data(root / "data", n_images=3, seed=6, size=(240, 320))
+    annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
+    preprocess(root / "data" / "images", root / "pre", masks=root / "masks")
+    split_dataset(root / "pre", root / "split", mode="segmentation", train=0.67, val=0.33, test=0.0, seed=0)
+    # a tiny model: the test checks what segment writes, not how good the model is
+    train_segmentation(root / "split", root / "model", epochs=1, steps_per_epoch=2, batch_size=2,
+                       patch_size=64)
+    return {"--model": str(root / "model"), "--images": str(root / "data" / "images"),
+            "--out": str(root / "segmented"), "--n-tiles": "2x2"}
+
+
+def test():
+    import shutil
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+    import tifffile
+    from orgaseg_core.images import read_image_shape
+    from orgaseg_core.qupath import load_features
+
+    args = get_args()
+    images, out = Path(args.images), Path(args.out)
+    for image in sorted(images.iterdir()):
+        stem = image.name.split(".")[0]
+        labels = tifffile.imread(out / f"{stem}.tif")
+        assert labels.shape == read_image_shape(image), (image.name, labels.shape)
+        assert labels.dtype in (np.uint16, np.uint32)
+        ids = [int(i) for i in np.unique(labels) if i]
+        table = pd.read_csv(out / f"{stem}_objects.csv")
+        assert sorted(table["label"]) == ids, image.name
+        assert list(table["area_px"]) == [int((labels == i).sum()) for i in table["label"]]
+        features = load_features(out / f"{stem}.geojson")
+        assert len(features) == len(ids)
+        assert all(f["properties"]["objectType"] == "detection" for f in features)
+    assert (out / "run.json").is_file()
+    if out.parent.name.startswith("orgaseg-album-test-"):
+        shutil.rmtree(out.parent, ignore_errors=True)
+
+
+setup(
+    group="orgaseg",
+    name="segment",
+    version="0.1.0",
+    album_api_version="0.7.3",
+    title="Segment organoids with a trained StarDist model",
+    description=(
+        "Finds and outlines every organoid in one image or a folder of images with a model from "
+        "orgaseg:train-segmentation. Works on full-size microscope images (4032x3040 and larger) "
+        "by predicting in tiles, and on images at another scale than the training images. "
+        "Writes per image a label image, a QuPath GeoJSON file of detections (drag it onto the "
+        "image in QuPath) and a table of the objects."
+    ),
+    solution_creators=["orgaseg developers"],
+    cite=[
+        {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
+                 "classification for brightfield microscopy, version 0.1.0 (the source "
+                 "repository of this album catalog)."},
+        {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
+                 "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},
+    ],
+    tags=["organoids", "brightfield", "segmentation", "StarDist", "QuPath", "orgaseg"],
+    license="MIT",
+    documentation=["README.md"],
+    covers=[],
+    args=[
+        {"name": "model", "type": "directory", "required": True,
+         "description": "Model folder written by orgaseg:train-segmentation."},
+        {"name": "images", "type": "string", "required": True,
+         "description": "One image file or a folder of images (TIFF, JPEG, PNG; grey, RGB or "
+                        "16-bit) to segment."},
+        {"name": "out", "type": "directory", "required": True,
+         "description": "New or empty folder for <image>.tif (labels), <image>.geojson (for "
+                        "QuPath) and <image>_objects.csv per image."},
+        {"name": "n-tiles", "type": "string", "default": "auto",
+         "description": "Predict in ROWSxCOLUMNS tiles, e.g. 4x4, to save memory: 'auto' "
+                        "chooses tiles of at most 1024 px."},
+        {"name": "prob-thresh", "type": "string", "default": "auto",
+         "description": "Object probability threshold (0-1), e.g. 0.6; higher finds fewer, surer "
+                        "organoids. 'auto' uses the value tuned during training."},
+        {"name": "nms-thresh", "type": "string", "default": "auto",
+         "description": "Overlap threshold (0-1), e.g. 0.4, above which two candidate outlines "
+                        "are one organoid. 'auto' uses the value tuned during training."},
+        {"name": "image-scale", "type": "float", "default": 1.0,
+         "description": "Pixel scale of these images relative to the original microscope images "
+                        "(1 = full size, 0.5 = half size). Images are resized to the model's "
+                        "scale and the results returned at the images' own size."},
+        {"name": "preprocessing", "type": "boolean", "default": True,
+         "description": "Repeat the clean-up the training images had (vignette removal, "
+                        "background flattening) before predicting (True/False)."},
+        {"name": "overwrite", "type": "boolean", "default": False,
+         "description": "Allow writing into an output folder that already holds files "
+                        "(True/False); files of the same name are replaced."},
+    ],
+    run=run,
+    pre_test=pre_test,
+    test=test,
+    dependencies={"environment_file": "environment.yml"},
+)

@@ -1,0 +1,146 @@
+"""album solution orgaseg:train-segmentation -- train a StarDist2D model on annotated organoids.
+
+A thin wrapper around ``orgaseg_core.train_segmentation.train_segmentation`` (the same function
+as ``orgaseg train-segmentation``). album reads this file before the solution's environment
+exists, so ``orgaseg_core`` is imported only inside ``run``, ``pre_test`` and ``test``.
+"""
+from album.runner.api import get_args, setup
+
+
+def run():
+    from orgaseg_core.album_support import run_step
+    from orgaseg_core.params import parse_optional_float, parse_optional_size, parse_pair
+    from orgaseg_core.train_segmentation import train_segmentation
+
+    args = get_args()
+    run_step(lambda: train_segmentation(
+        args.data, args.model_out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size, patch_size=parse_optional_size(args.patch_size, what="--patch-size"),
+        n_rays=args.n_rays, grid=parse_pair(args.grid, what="--grid"), learning_rate=args.learning_rate,
+        augment=args.augment, norm_percentiles=(args.norm_low, args.norm_high), seed=args.seed,
+        init_model=args.init_model, scale=parse_optional_float(args.scale, what="--scale"),
+        overwrite=args.overwrite))
+
+
+def pre_test():
+    import tempfile
+    from pathlib import Path
+
+    from orgaseg_core.demo import make_demo_data
+    from orgaseg_core.masks import annotations_to_masks
+    from orgaseg_core.preprocess import preprocess
+    from orgaseg_core.split import split_dataset
+
+    root = Path(tempfile.mkdtemp(prefix="orgaseg-album-test-"))
+    make_demo_data(root / "data", n_images=4, seed=5, size=(240, 320))
+    annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
+    preprocess(root / "data" / "images", root / "pre", masks=root / "masks", remove_vignette=True)
+    split_dataset(root / "pre", root / "split", mode="segmentation", train=0.5, val=0.5, test=0.0, seed=0)
+    # a tiny run: this checks that training works end to end, not that the model is good
+    return {"--data": str(root / "split"), "--model-out": str(root / "model"), "--epochs": "1",
+            "--steps-per-epoch": "2", "--batch-size": "2", "--patch-size": "64"}
+
+
+def test():
+    import json
+    import shutil
+    from pathlib import Path
+
+    import pandas as pd
+
+    args = get_args()
+    model = Path(args.model_out)
+    meta = json.loads((model / "orgaseg_model.json").read_text())
+    assert meta["kind"] == "orgaseg-stardist2d", meta.get("kind")
+    assert (model / "config.json").is_file() and (model / "thresholds.json").is_file()
+    assert any(model.glob("weights_*.h5")), "no weights written"
+    thresholds = json.loads((model / "thresholds.json").read_text())
+    assert 0 < thresholds["prob"] < 1 and 0 < thresholds["nms"] < 1
+    report = json.loads((model / "report.json").read_text())
+    table = pd.read_csv(model / "report.csv")
+    for threshold in (0.5, 0.7, 0.9):
+        assert threshold in set(table["threshold"].round(2)), threshold
+    assert 0.0 <= table["f1"].min() <= table["f1"].max() <= 1.0 and report
+    assert (model / "run.json").is_file()
+    if model.parent.name.startswith("orgaseg-album-test-"):
+        shutil.rmtree(model.parent, ignore_errors=True)
+
+
+setup(
+    group="orgaseg",
+    name="train-segmentation",
+    version="0.1.0",
+    album_api_version="0.7.3",
+    title="Train a StarDist organoid segmentation model",
+    description=(
+        "Trains a StarDist2D model that outlines every organoid, from images and label images "
+        "split into train/ and val/ (orgaseg:split with mode segmentation). Checks the data "
+        "first, trains from scratch or continues a local model, tunes the detection thresholds "
+        "on the validation images and reports precision, recall, F1 and AP at IoU 0.5, 0.7 and "
+        "0.9. The model folder holds everything needed to segment new images."
+    ),
+    solution_creators=["orgaseg developers"],
+    cite=[
+        {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
+                 "classification for brightfield microscopy, version 0.1.0 (the source "
+                 "repository of this album catalog)."},
+        {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
+                 "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},
+    ],
+    tags=["organoids", "brightfield", "segmentation", "StarDist", "training", "orgaseg"],
+    license="MIT",
+    documentation=["README.md"],
+    covers=[],
+    args=[
+        {"name": "data", "type": "directory", "required": True,
+         "description": "Folder made by orgaseg:split (mode segmentation): train/ and val/, each "
+                        "with images/ and masks/ of the same file names."},
+        {"name": "model-out", "type": "directory", "required": True,
+         "description": "New or empty folder for the trained model (weights, thresholds, "
+                        "report.json/report.csv, TensorBoard logs)."},
+        {"name": "epochs", "type": "integer", "default": 40,
+         "description": "Training rounds. More rounds train longer and usually segment better "
+                        "(40 x 25 steps takes about 10 minutes on 2 CPU cores)."},
+        {"name": "steps-per-epoch", "type": "integer", "default": 25,
+         "description": "Training steps (batches of image patches) per round."},
+        {"name": "batch-size", "type": "integer", "default": 4,
+         "description": "Image patches per training step; lower it if memory runs out."},
+        {"name": "patch-size", "type": "string", "default": "auto",
+         "description": "Size of the training patches in pixels: 'auto' (up to 256, fitting the "
+                        "smallest image), one number like 256, or HEIGHTxWIDTH like 256x192 "
+                        "(multiples of 16). Patches should hold a few whole organoids."},
+        {"name": "n-rays", "type": "integer", "default": 32,
+         "description": "Number of rays describing each organoid's outline (StarDist polygon); "
+                        "32 suits round to lobed organoids."},
+        {"name": "grid", "type": "string", "default": "2x2",
+         "description": "StarDist output grid as ROWSxCOLUMNS: 2x2 predicts at half resolution "
+                        "(faster, fine for organoids larger than ~10 px)."},
+        {"name": "learning-rate", "type": "float", "default": 0.0003,
+         "description": "Initial learning rate of the optimiser (Adam), e.g. 0.0003; it is "
+                        "lowered automatically when the validation loss stops improving."},
+        {"name": "augment", "type": "boolean", "default": True,
+         "description": "Random flips, 90-degree rotations and brightness changes of the training "
+                        "patches (True/False); keep True unless you have a reason."},
+        {"name": "norm-low", "type": "float", "default": 1.0,
+         "description": "Lower percentile of the per-image intensity normalisation (0-100)."},
+        {"name": "norm-high", "type": "float", "default": 99.8,
+         "description": "Upper percentile of the per-image intensity normalisation (0-100)."},
+        {"name": "seed", "type": "integer", "default": 0,
+         "description": "Random seed: the same seed and data give the same training."},
+        {"name": "init-model", "type": "directory", "default": None,
+         "description": "Optional folder of an earlier orgaseg StarDist model to continue "
+                        "training from (same number of rays and grid). Leave empty to train "
+                        "from scratch; nothing is downloaded."},
+        {"name": "scale", "type": "string", "default": "auto",
+         "description": "Pixel scale of the training images relative to the original images "
+                        "(e.g. 0.5 after preprocess --scale 0.5). 'auto' reads it from the "
+                        "preprocess run that made the data (else 1)."},
+        {"name": "overwrite", "type": "boolean", "default": False,
+         "description": "Allow writing into a model folder that already holds files "
+                        "(True/False); files of the same name are replaced."},
+    ],
+    run=run,
+    pre_test=pre_test,
+    test=test,
+    dependencies={"environment_file": "environment.yml"},
+)
