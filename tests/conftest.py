@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 
-
-def tree_digest(root: Path) -> dict[str, tuple[str, int]]:
-    """Map relative path -> (sha256, mtime_ns) for every file under ``root``."""
-    root = Path(root)
-    return {
-        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-        for p in sorted(root.rglob("*")) if p.is_file()
-    }
+# A plain module, not conftest: two conftest.py files (tests/ and tests/integration/) make
+# "from conftest import ..." depend on which one pytest imported first.
+from digests import tree_digest
 
 
 @pytest.fixture

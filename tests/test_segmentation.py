@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from conftest import tree_digest
+from digests import tree_digest
 from orgaseg_core import cli
 from orgaseg_core.evaluation import segmentation_metrics
 from orgaseg_core.errors import InputFileError, OrgasegError

@@ -1,0 +1,15 @@
+"""Fingerprints of input folders, to prove a step changed no input file."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+def tree_digest(root: Path) -> dict[str, tuple[str, int]]:
+    """Map relative path -> (sha256, mtime_ns) for every file under ``root``."""
+    root = Path(root)
+    return {
+        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*")) if p.is_file()
+    }
