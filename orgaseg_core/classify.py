@@ -1,0 +1,249 @@
+"""``classify``: class, confidence and class probabilities of every object crop.
+
+Input ``objects`` is either
+
+- an ``extract-objects`` output folder: ``objects.csv`` (one row per object: image, stem, label,
+  crop = path relative to the folder, shape measurements) and ``crops/<stem>_<label>.tif``;
+- a folder of crops (or a folder with a ``crops/`` sub-folder of crops but no ``objects.csv``):
+  image and label are parsed from names like ``<stem>_<label>.tif`` (label left empty when the
+  name has no trailing number).
+
+Every crop is prepared exactly as in training (the checkpoint says how: grey, [0, 1] by dtype,
+fitted and padded to the input size, normalised with the training mean/std; see
+:mod:`orgaseg_core.classifier_data`) and classified in batches.
+
+Outputs in ``out``: ``predictions.csv`` (image, label, crop, predicted_class, confidence = the
+highest probability, ``prob_<Class>`` per class of the checkpoint, then the remaining columns of
+``objects.csv`` such as the measurements), ``unreadable.csv`` (crops that could not be read:
+reported, skipped; if every crop fails the step fails) and ``run.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from .errors import InputFileError, OrgasegError, OutputError
+from .images import image_stem, list_images
+from .outputs import step_run, write_csv
+
+log = logging.getLogger(__name__)
+
+OBJECTS_CSV = "objects.csv"
+CROPS_FOLDER = "crops"
+PREDICTIONS_CSV = "predictions.csv"
+UNREADABLE_CSV = "unreadable.csv"
+_CROP_NAME = re.compile(r"^(?P<stem>.+)_(?P<label>\d+)$")
+
+
+def parse_crop_name(name: str | Path) -> tuple[str, int | None]:
+    """(image stem, label) of a crop named ``<stem>_<label>.tif``; (stem, None) otherwise."""
+    stem = image_stem(name)
+    match = _CROP_NAME.match(stem)
+    if match:
+        return match.group("stem"), int(match.group("label"))
+    return stem, None
+
+
+def probability_columns(class_names: list[str]) -> list[str]:
+    """``prob_<Class>`` column names, in the checkpoint's class order."""
+    return [f"prob_{name}" for name in class_names]
+
+
+def collect_crops(objects: Path) -> tuple[pd.DataFrame, list[Path], str]:
+    """The object table (image, label, crop, other columns), the crop files and what was read.
+
+    ``crop`` holds paths as written in ``objects.csv`` (relative to ``objects``) or, for a
+    plain folder of crops, paths relative to ``objects``.
+    """
+    objects = Path(objects)
+    if not objects.is_dir():
+        raise InputFileError(objects, "objects folder does not exist or is not a folder")
+    table_path = objects / OBJECTS_CSV
+    if table_path.is_file():
+        try:
+            table = pd.read_csv(table_path, keep_default_na=False, na_values=[""])
+        except Exception as exc:  # pandas raises several types for malformed CSV
+            raise InputFileError(table_path, f"cannot be read as a CSV table ({exc})") from exc
+        if "crop" not in table.columns:
+            raise InputFileError(table_path, "has no 'crop' column (expected the objects.csv written "
+                                             "by extract-objects)")
+        if table["crop"].isna().any():
+            row = int(np.flatnonzero(table["crop"].isna())[0]) + 2
+            raise InputFileError(table_path, f"line {row}: empty 'crop' entry")
+        if "image" not in table.columns or "label" not in table.columns:
+            parsed = [parse_crop_name(c) for c in table["crop"]]
+            if "image" not in table.columns:
+                table.insert(0, "image", [s for s, _ in parsed])
+            if "label" not in table.columns:
+                table.insert(1, "label", pd.array([lab for _, lab in parsed], dtype="Int64"))
+        files = [objects / str(c) for c in table["crop"]]
+        return table, files, str(table_path)
+    folder = objects / CROPS_FOLDER if (objects / CROPS_FOLDER).is_dir() else objects
+    files = list_images(folder, what="crops")
+    if not files:
+        raise InputFileError(folder, "contains no crops (.tif, .tiff, .png, .jpg) and no objects.csv")
+    parsed = [parse_crop_name(f.name) for f in files]
+    table = pd.DataFrame({
+        "image": [s for s, _ in parsed],
+        "label": pd.array([lab for _, lab in parsed], dtype="Int64"),
+        "crop": [str(f.relative_to(objects)) for f in files],
+    })
+    return table, files, str(folder)
+
+
+@dataclass
+class ClassifyResult:
+    """What :func:`classify` read and predicted."""
+
+    out: Path
+    model: Path
+    class_names: list[str] = field(default_factory=list)
+    n_crops: int = 0
+    n_classified: int = 0
+    class_counts: dict[str, int] = field(default_factory=dict)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    mean_confidence: float = 0.0
+    device: str = "cpu"
+    seconds: float = 0.0
+
+    @property
+    def predictions_csv(self) -> Path:
+        return self.out / PREDICTIONS_CSV
+
+    def summary(self) -> str:
+        rate = self.n_classified / self.seconds if self.seconds > 0 else 0.0
+        lines = [f"classify: {self.n_classified} of {self.n_crops} crops classified with {self.model} "
+                 f"({self.device}, {self.seconds:.1f} s, {rate:.0f} crops/s)",
+                 "  predicted: " + ", ".join(f"{c} {self.class_counts.get(c, 0)}" for c in self.class_names),
+                 f"  mean confidence {self.mean_confidence:.3f}",
+                 f"  table: {self.predictions_csv}"]
+        if self.unreadable:
+            lines.append(f"  {len(self.unreadable)} crops could not be read and were skipped "
+                         f"({self.out / UNREADABLE_CSV}):")
+            lines += [f"    {error}" for _crop, error in self.unreadable[:10]]
+            if len(self.unreadable) > 10:
+                lines.append(f"    ... ({len(self.unreadable) - 10} more)")
+        return "\n".join(lines)
+
+
+def predict_batch(model, units: list[np.ndarray], *, input_size: int, mean: float, std: float,
+                  device: str) -> np.ndarray:
+    """Class probabilities (N, classes) of crops given as float (Y, X) arrays in [0, 1]."""
+    import torch
+
+    from .classifier_data import prepare_crop
+
+    batch = np.stack([(prepare_crop(u, input_size) - mean) / std for u in units])[:, None]
+    x = torch.from_numpy(batch.astype(np.float32, copy=False)).to(device)
+    if device == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        return torch.softmax(model(x).float(), dim=1).cpu().numpy()
+
+
+def classify(model: Path, objects: Path, out: Path, *, batch_size: int = 64, device: str | None = None,
+             overwrite: bool = False) -> ClassifyResult:
+    """Classify every crop of ``objects`` with the checkpoint ``model``; write ``out/predictions.csv``.
+
+    model: ``model.pt`` written by train-classifier (all it needs is inside). objects: an
+    extract-objects output folder or a folder of crops (see the module notes). out: new or
+    empty folder (or ``overwrite``), not the model's folder. batch_size: crops per forward pass.
+    device: "cpu" or "cuda" (None: cuda when available).
+    """
+    import torch
+
+    from .classifier_data import to_unit
+    from .classifier_model import load_checkpoint, resolve_device
+    from .images import read_image
+
+    model, objects, out = Path(model), Path(objects), Path(out)
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise OrgasegError(f"batch size must be a whole number >= 1, got {batch_size!r}")
+    batch_size = int(batch_size)
+    device = resolve_device(device)
+    checkpoint = load_checkpoint(model)
+    if out.resolve() == model.resolve().parent:
+        raise OutputError(f"{out}: is the model's folder; write the predictions to another folder")
+    table, files, source = collect_crops(objects)
+    log.info("read %s: %d crops to classify; model %s (%s, classes %s, input %d px)", source,
+             len(files), model, checkpoint.architecture, ", ".join(checkpoint.class_names),
+             checkpoint.input_size)
+
+    arguments = {"model": model, "objects": objects, "out": out, "batch_size": batch_size,
+                 "device": device, "overwrite": overwrite}
+    with step_run("classify", out, arguments, overwrite=overwrite, inputs=[objects]) as record:
+        start = time.perf_counter()
+        result = ClassifyResult(out=out, model=model, class_names=list(checkpoint.class_names),
+                                n_crops=len(files), device=device)
+        net = checkpoint.build(device)
+        if device == "cpu":
+            net = net.to(memory_format=torch.channels_last)
+        probabilities = np.full((len(files), len(checkpoint.class_names)), np.nan, dtype=np.float64)
+        ok = np.zeros(len(files), dtype=bool)
+        bar = tqdm(total=len(files), desc="classify", unit="crop", disable=None)
+        for begin in range(0, len(files), batch_size):
+            indices, units = [], []
+            for i in range(begin, min(begin + batch_size, len(files))):
+                try:
+                    units.append(to_unit(read_image(files[i])))
+                    indices.append(i)
+                except OrgasegError as exc:
+                    log.warning("%s (skipped)", exc)
+                    result.unreadable.append((str(table["crop"].iloc[i]), str(exc)))
+            if units:
+                probabilities[indices] = predict_batch(
+                    net, units, input_size=checkpoint.input_size, mean=checkpoint.mean,
+                    std=checkpoint.std, device=device)
+                ok[indices] = True
+            bar.update(min(begin + batch_size, len(files)) - begin)
+        bar.close()
+
+        if result.unreadable:
+            write_csv(out / UNREADABLE_CSV, pd.DataFrame(result.unreadable, columns=["crop", "error"]))
+        record.results["unreadable"] = [{"crop": c, "error": e} for c, e in result.unreadable]
+        if not ok.any():
+            raise OrgasegError(f"{source}: none of the {len(files)} crops could be read (see "
+                               f"{out / UNREADABLE_CSV}); first: {result.unreadable[0][1]}")
+
+        kept = table[ok].reset_index(drop=True)
+        probs = probabilities[ok]
+        names = np.asarray(checkpoint.class_names, dtype=object)
+        predictions = pd.DataFrame({
+            "image": kept["image"], "label": kept["label"], "crop": kept["crop"],
+            "predicted_class": names[probs.argmax(axis=1)],
+            "confidence": probs.max(axis=1).round(6),
+        })
+        for column, values in zip(probability_columns(checkpoint.class_names), probs.T):
+            predictions[column] = values.round(6)
+        extra = [c for c in kept.columns if c not in ("image", "label", "crop")]
+        clashes = [c for c in extra if c in predictions.columns]
+        if clashes:  # e.g. a predictions.csv given as objects table: keep the new values
+            log.warning("%s: columns %s are replaced by this run's predictions", source,
+                        ", ".join(clashes))
+            extra = [c for c in extra if c not in clashes]
+        predictions = pd.concat([predictions, kept[extra]], axis=1)
+        write_csv(out / PREDICTIONS_CSV, predictions)
+
+        result.n_classified = int(ok.sum())
+        result.class_counts = dict(Counter(predictions["predicted_class"]))
+        result.mean_confidence = float(predictions["confidence"].mean())
+        result.seconds = time.perf_counter() - start
+        record.results.update({
+            "model": str(model), "architecture": checkpoint.architecture,
+            "class_names": list(checkpoint.class_names), "crops": result.n_crops,
+            "classified": result.n_classified,
+            "class_counts": {c: result.class_counts.get(c, 0) for c in checkpoint.class_names},
+            "mean_confidence": round(result.mean_confidence, 4), "seconds": round(result.seconds, 3),
+        })
+        log.info("wrote %s (%d crops)%s", out / PREDICTIONS_CSV, result.n_classified,
+                 f" and {UNREADABLE_CSV} ({len(result.unreadable)} crops)" if result.unreadable else "")
+    return result
