@@ -137,12 +137,16 @@ def build_catalog(root: Path = REPO, out: Path | None = None, deploy_root: Path 
 
 def _normalised(entries: list) -> list:
     """Index entries (album exports each as a JSON text) without what album sets when it writes
-    them: the time and the row number, which grows each time an entry is replaced."""
+    them: the time and the row numbers, which grow each time an entry is replaced (the solution's
+    and, for a citation only this solution has, the citation's)."""
     result = []
     for entry in entries:
         entry = json.loads(entry) if isinstance(entry, str) else dict(entry)
         entry.pop("timestamp", None)
         entry.pop("solution_id", None)
+        if isinstance(entry.get("cite"), list):
+            entry["cite"] = [{k: v for k, v in c.items() if k != "citation_id"} if isinstance(c, dict) else c
+                             for c in entry["cite"]]
         result.append(entry)
     return sorted(result, key=lambda e: json.dumps(e, sort_keys=True))
 

@@ -17,7 +17,7 @@ import typer
 from . import __version__
 from .errors import OrgasegError
 from .logs import configure_logging
-from .params import parse_optional_size, parse_pair
+from .params import parse_number_list, parse_optional_size, parse_pair
 
 app = typer.Typer(
     name="orgaseg",
@@ -136,15 +136,23 @@ def split_cmd(
 @app.command("example")
 def example_cmd(
     out: Path = typer.Option(Path("orgaseg-demo"), help="Folder for the example data and every step's results."),
-    n_images: int = typer.Option(8, "--n-images", min=2, help="Number of example images to generate."),
-    seed: int = typer.Option(0, help="Random seed for the data and the splits."),
+    n_images: int = typer.Option(24, "--n-images", min=4, help="Number of example training images to generate."),
+    seed: int = typer.Option(0, help="Random seed for the data, the splits and the training."),
     size: str = typer.Option("760x1008", help="Example image size as HEIGHTxWIDTH in pixels."),
+    n_new_images: int = typer.Option(4, "--n-new-images", min=1, help="Number of new example images to analyse."),
+    seg_epochs: int = typer.Option(20, "--seg-epochs", min=1, help="Epochs of the StarDist training."),
+    seg_steps: int = typer.Option(20, "--seg-steps", min=1, help="Steps per epoch of the StarDist training."),
+    clf_grid_epochs: int = typer.Option(3, "--clf-grid-epochs", min=1, help="Epochs per grid point of the classifier's grid search."),
+    clf_epochs: int = typer.Option(12, "--clf-epochs", min=1, help="Most epochs of the classifier's final training."),
+    data_only: bool = typer.Option(False, "--data-only", help="Stop after the data steps (needs neither TensorFlow nor torch)."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
-    """Run the whole pipeline on generated example data and print where the results are."""
+    """Run the whole story on generated example data: data steps, both trainings, analyze, evaluation."""
     from .example import run_example
 
     result = run_example(out, n_images=n_images, seed=seed, size=parse_pair(size, what="--size"),
+                         n_new_images=n_new_images, seg_epochs=seg_epochs, seg_steps=seg_steps,
+                         clf_grid_epochs=clf_grid_epochs, clf_epochs=clf_epochs, data_only=data_only,
                          overwrite=overwrite)
     typer.echo(result.summary())
 
@@ -242,21 +250,10 @@ def extract_objects_cmd(
 
 def _comma_list(text: str, kind, what: str, *, minimum: float, strict: bool) -> list:
     """``"1e-3,3e-4"`` -> [0.001, 0.0003]; bad items are a usage error (exit status 2)."""
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not items:
-        raise typer.BadParameter(f"give at least one value, e.g. {what}", param_hint=what)
-    values = []
-    for item in items:
-        try:
-            value = kind(item)
-        except ValueError:
-            raise typer.BadParameter(f"{item!r} is not a {'whole ' if kind is int else ''}number",
-                                     param_hint=what) from None
-        if not (value > minimum if strict else value >= minimum) or value != value:
-            raise typer.BadParameter(f"{item!r} must be {'>' if strict else '>='} {minimum:g}",
-                                     param_hint=what)
-        values.append(value)
-    return values
+    try:
+        return parse_number_list(text, kind, what=what, minimum=minimum, strict=strict)
+    except OrgasegError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 # Defaults repeat orgaseg_core.train_classifier.DEFAULT_* (not imported here: the CLI module must
@@ -306,6 +303,66 @@ def classify_cmd(
     from .classify import classify
 
     result = classify(model, objects, out, batch_size=batch_size, device=device, overwrite=overwrite)
+    typer.echo(result.summary())
+
+
+@app.command("classifier-info")
+def classifier_info_cmd(
+    model: Path = typer.Option(..., help="model.pt written by train-classifier."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (for scripts) instead of text."),
+) -> None:
+    """Check a classifier checkpoint and print what it holds: architecture, classes, input size, metrics."""
+    import json
+
+    from .classifier_model import load_checkpoint
+
+    checkpoint = load_checkpoint(model)
+    info = {"model": str(model), "architecture": checkpoint.architecture,
+            "class_names": list(checkpoint.class_names), "input_size": checkpoint.input_size,
+            "normalisation": {"mean": checkpoint.mean, "std": checkpoint.std},
+            "metrics": checkpoint.metrics, "versions": checkpoint.versions}
+    if as_json:
+        typer.echo(json.dumps(info, default=str))
+        return
+    typer.echo(f"{model}: orgaseg classifier, {checkpoint.architecture}, input {checkpoint.input_size} px")
+    typer.echo(f"  classes: {', '.join(checkpoint.class_names)}")
+    test = (checkpoint.metrics or {}).get("test") or {}
+    if "macro_f1" in test:
+        typer.echo(f"  test macro-F1 {test['macro_f1']:.3f}")
+
+
+@app.command("analyze")
+def analyze_cmd(
+    segmentation_model: Path = typer.Option(..., "--segmentation-model", help="Model folder written by train-segmentation."),
+    classifier: Path = typer.Option(..., help="model.pt written by train-classifier."),
+    images: Path = typer.Option(..., help="An image file or a folder of images to analyse."),
+    out: Path = typer.Option(..., help="Folder for the QuPath files, overlays, objects.csv and summary.csv."),
+    n_tiles: Optional[str] = typer.Option(None, "--n-tiles", help="Segment in ROWSxCOLUMNS tiles (default: automatic)."),
+    prob_thresh: Optional[float] = typer.Option(None, "--prob-thresh", help="Object probability threshold (default: the model's tuned value)."),
+    nms_thresh: Optional[float] = typer.Option(None, "--nms-thresh", help="Overlap threshold (default: the model's tuned value)."),
+    image_scale: float = typer.Option(1.0, "--image-scale", help="Pixel scale of the images relative to the original images (1 = full size)."),
+    preprocessing: bool = typer.Option(True, "--preprocessing/--no-preprocessing", help="Repeat the segmentation model's training preprocessing."),
+    padding: int = typer.Option(10, min=0, help="Pixels of context around each object's crop."),
+    mask_background: bool = typer.Option(False, "--mask-background", help="Set crop pixels outside the object to the background level."),
+    min_area: int = typer.Option(0, "--min-area", min=0, help="Do not classify objects smaller than this many pixels."),
+    exclude_border: bool = typer.Option(False, "--exclude-border", help="Do not classify objects touching the image border."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Crops classified at once."),
+    device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda' for the classifier (default: cuda when available)."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
+) -> None:
+    """Segment, measure and classify every organoid in new images; QuPath files, overlays and tables."""
+    from .analyze import AnalyzeFailed, analyze
+
+    try:
+        result = analyze(segmentation_model, classifier, images, out,
+                         n_tiles=parse_pair(n_tiles, what="--n-tiles") if n_tiles else None,
+                         prob_thresh=prob_thresh, nms_thresh=nms_thresh, image_scale=image_scale,
+                         preprocessing=preprocessing, padding=padding, mask_background=mask_background,
+                         min_area=min_area, exclude_border=exclude_border, batch_size=batch_size,
+                         device=device, overwrite=overwrite)
+    except AnalyzeFailed as exc:
+        typer.echo(exc.result.summary())
+        raise
     typer.echo(result.summary())
 
 

@@ -1,42 +1,89 @@
-"""``orgaseg example``: the whole available pipeline on generated example data, in one call.
+"""``orgaseg example``: the whole story on generated example data, in one call.
 
-It generates a QuPath-like project export and runs every data step on it, each into its own
-folder under ``out``, so a new user sees what every step reads and writes.
+It generates a QuPath-like project export and runs every step on it, each into its own folder
+under ``out``, so a new user sees what every step reads and writes:
+
+1. ``data``: example images, QuPath GeoJSON annotations and crops (demo-data)
+2. ``sorted-crops``, ``masks``, ``preprocessed``: sort-crops, annotations-to-masks, preprocess
+3. ``split-segmentation``, ``split-classification``: split (by source image, no leakage)
+4. ``models/segmentation``: train-segmentation (StarDist, TensorFlow: its own process)
+5. ``models/classifier``: train-classifier (torch: its own process)
+6. ``new-images``: other example images, never seen in training (demo-data, another seed)
+7. ``analysis``: analyze of the new images (segment, extract-objects, classify; QuPath files,
+   overlays, objects.csv, summary.csv)
+8. ``evaluation``: the new images' annotations as label images, evaluate-segmentation of the
+   analysis against them, and ``classes.csv``: each analysed object's predicted class next to
+   the class of the annotation it matches (IoU >= 0.5), with the macro-F1 in the summary.
+
+The training budgets are small so that the whole story runs in minutes on a laptop's CPU; the
+README says what longer training reaches.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from .errors import OrgasegError
 from .outputs import step_run
 
 log = logging.getLogger(__name__)
 
+#: Training budgets of the example: about 15 min on 2 CPU cores in all (see the README).
+EXAMPLE_SEG_EPOCHS = 20
+EXAMPLE_SEG_STEPS = 20
+EXAMPLE_CLF_GRID_EPOCHS = 3
+EXAMPLE_CLF_EPOCHS = 12
+NEW_IMAGES_SEED_OFFSET = 1000
+
 
 @dataclass
 class ExampleResult:
-    """Folders written by :func:`run_example`, in pipeline order (step name -> folder)."""
+    """Folders written by :func:`run_example`, in pipeline order (step name -> folder), and the
+    figures of the models and of the analysis of the new images."""
 
     out: Path
     folders: dict[str, Path] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
-        lines = [f"example: all results are in {self.out}"]
+        lines = [f"example: all results are in {self.out} ({sum(self.seconds.values()):.0f} s)"]
         lines += [f"  {step:<28} {folder}" for step, folder in self.folders.items()]
+        f = self.figures
+        if f:
+            lines.append("results on new images (never seen in training):")
+        if "segmentation_f1" in f:
+            lines.append(f"  segmentation: F1 {f['segmentation_f1']:.3f}, AP {f['segmentation_ap']:.3f} at IoU 0.5 "
+                         f"({f['true_objects']} annotated organoids, {f['found_objects']} found)")
+        if "class_macro_f1" in f:
+            lines.append(f"  classes of the matched organoids: macro-F1 {f['class_macro_f1']:.3f}, "
+                         f"accuracy {f['class_accuracy']:.3f} ({f['class_n']} organoids)")
+        if "classifier_test_macro_f1" in f:
+            lines.append(f"  classifier on its test crops: macro-F1 {f['classifier_test_macro_f1']:.3f}")
+        if "analysis" in self.folders:
+            a = self.folders["analysis"]
+            lines.append(f"  open in QuPath: {a / 'qupath'}/<image>.geojson; overlays: {a / 'overlays'}; "
+                         f"tables: {a / 'summary.csv'}, {a / 'objects.csv'}")
         return "\n".join(lines)
 
 
-def run_example(out: Path, *, n_images: int = 8, seed: int = 0, size: tuple[int, int] = (760, 1008),
-                scale: float = 0.5, tiles: tuple[int, int] = (2, 2), overwrite: bool = False) -> ExampleResult:
-    """Generate example data in ``out/data`` and run the data-preparation steps on it.
+def run_example(out: Path, *, n_images: int = 24, seed: int = 0, size: tuple[int, int] = (760, 1008),
+                scale: float = 0.5, tiles: tuple[int, int] = (2, 2), n_new_images: int = 4,
+                seg_epochs: int = EXAMPLE_SEG_EPOCHS, seg_steps: int = EXAMPLE_SEG_STEPS,
+                clf_grid_epochs: int = EXAMPLE_CLF_GRID_EPOCHS, clf_epochs: int = EXAMPLE_CLF_EPOCHS,
+                data_only: bool = False, overwrite: bool = False) -> ExampleResult:
+    """Generate example data in ``out/data`` and run the whole pipeline on it (see module notes).
 
-    Steps and folders: demo-data (``data``), sort-crops (``sorted-crops``), annotations-to-masks
-    (``masks``), preprocess (``preprocessed``: grey, vignette removed, ``tiles``, ``scale``),
-    split for segmentation (``split-segmentation``) and for classification
-    (``split-classification``).
+    n_images: training images; size: (height, width) px; scale, tiles: preprocess settings of the
+    segmentation training data; n_new_images: images for analyze; seg_epochs x seg_steps: the
+    StarDist training budget; clf_grid_epochs, clf_epochs: the classifier's. data_only: stop
+    after the data steps (no TensorFlow or torch needed).
     """
+    from .analyze import run_step_process
     from .demo import make_demo_data
     from .masks import annotations_to_masks
     from .preprocess import preprocess
@@ -44,30 +91,157 @@ def run_example(out: Path, *, n_images: int = 8, seed: int = 0, size: tuple[int,
     from .split import split_dataset
 
     out = Path(out)
+    if n_images < 4:
+        raise OrgasegError(f"the example needs at least 4 images to split, got {n_images}")
     arguments = {"out": out, "n_images": n_images, "seed": seed, "size": size, "scale": scale,
-                 "tiles": tiles, "overwrite": overwrite}
+                 "tiles": tiles, "n_new_images": n_new_images, "seg_epochs": seg_epochs,
+                 "seg_steps": seg_steps, "clf_grid_epochs": clf_grid_epochs, "clf_epochs": clf_epochs,
+                 "data_only": data_only, "overwrite": overwrite}
     with step_run("example", out, arguments, overwrite=overwrite) as record:
         result = ExampleResult(out=out)
         folders = result.folders
+        clock = [time.perf_counter()]
+
+        def done(step: str, summary: str | None = None) -> None:
+            now = time.perf_counter()
+            result.seconds[step] = round(now - clock[0], 1)
+            clock[0] = now
+            if summary:
+                log.info("%s", summary)
+
         folders["demo-data"] = out / "data"
-        demo = make_demo_data(folders["demo-data"], n_images=n_images, seed=seed, size=size,
-                              overwrite=overwrite)
-        log.info("%s", demo.summary())
+        done("demo-data", make_demo_data(folders["demo-data"], n_images=n_images, seed=seed, size=size,
+                                         overwrite=overwrite).summary())
         folders["sort-crops"] = out / "sorted-crops"
-        log.info("%s", sort_crops(folders["demo-data"] / "crops", folders["sort-crops"],
-                                  overwrite=overwrite).summary())
+        done("sort-crops", sort_crops(folders["demo-data"] / "crops", folders["sort-crops"],
+                                      overwrite=overwrite).summary())
         folders["annotations-to-masks"] = out / "masks"
-        log.info("%s", annotations_to_masks(folders["demo-data"] / "geojsons", folders["demo-data"] / "images",
-                                            folders["annotations-to-masks"], overwrite=overwrite).summary())
+        done("annotations-to-masks", annotations_to_masks(
+            folders["demo-data"] / "geojsons", folders["demo-data"] / "images",
+            folders["annotations-to-masks"], overwrite=overwrite).summary())
         folders["preprocess"] = out / "preprocessed"
-        log.info("%s", preprocess(folders["demo-data"] / "images", folders["preprocess"],
-                                  masks=folders["annotations-to-masks"], scale=scale, tiles=tiles,
-                                  remove_vignette=True, overwrite=overwrite).summary())
+        done("preprocess", preprocess(folders["demo-data"] / "images", folders["preprocess"],
+                                      masks=folders["annotations-to-masks"], scale=scale, tiles=tiles,
+                                      remove_vignette=True, overwrite=overwrite).summary())
         folders["split (segmentation)"] = out / "split-segmentation"
-        log.info("%s", split_dataset(folders["preprocess"], folders["split (segmentation)"],
-                                     mode="segmentation", seed=seed, overwrite=overwrite).summary())
+        done("split (segmentation)", split_dataset(
+            folders["preprocess"], folders["split (segmentation)"], mode="segmentation", seed=seed,
+            overwrite=overwrite).summary())
         folders["split (classification)"] = out / "split-classification"
-        log.info("%s", split_dataset(folders["sort-crops"], folders["split (classification)"],
-                                     mode="classification", seed=seed, overwrite=overwrite).summary())
+        done("split (classification)", split_dataset(
+            folders["sort-crops"], folders["split (classification)"], mode="classification",
+            seed=seed, overwrite=overwrite).summary())
+        if not data_only:
+            _models_and_analysis(result, run_step_process, seed=seed, size=size,
+                                 n_new_images=n_new_images, seg_epochs=seg_epochs,
+                                 seg_steps=seg_steps, clf_grid_epochs=clf_grid_epochs,
+                                 clf_epochs=clf_epochs, overwrite=overwrite, done=done)
         record.results["folders"] = {k: str(v) for k, v in folders.items()}
+        record.results["figures"] = result.figures
+        record.results["seconds"] = result.seconds
     return result
+
+
+def _models_and_analysis(result: ExampleResult, run_step_process, *, seed, size, n_new_images,
+                         seg_epochs, seg_steps, clf_grid_epochs, clf_epochs, overwrite, done) -> None:
+    """Steps 4-8 of the example (see the module notes)."""
+    import json
+
+    from .analyze import analyze
+    from .demo import make_demo_data
+    from .evaluation import evaluate_segmentation
+    from .masks import annotations_to_masks
+
+    folders, out = result.folders, result.out
+    extra = ["--overwrite"] if overwrite else []
+
+    def child(step: str, options: list, folder: Path) -> None:
+        ended = run_step_process(step, [*options, *extra], out=folder)
+        if ended.returncode != 0:
+            raise OrgasegError(f"example: {step} failed (exit status {ended.returncode}): {ended.message}")
+        done(step)
+
+    folders["train-segmentation"] = out / "models" / "segmentation"
+    child("train-segmentation", ["--data", folders["split (segmentation)"], "--model-out",
+                                 folders["train-segmentation"], "--epochs", seg_epochs,
+                                 "--steps-per-epoch", seg_steps, "--seed", seed],
+          folders["train-segmentation"])
+    folders["train-classifier"] = out / "models" / "classifier"
+    child("train-classifier", ["--data", folders["split (classification)"], "--model-out",
+                               folders["train-classifier"], "--grid-epochs", clf_grid_epochs,
+                               "--epochs", clf_epochs, "--seed", seed],
+          folders["train-classifier"])
+    report = json.loads((folders["train-classifier"] / "report.json").read_text())
+    if report.get("test"):
+        result.figures["classifier_test_macro_f1"] = round(float(report["test"]["macro_f1"]), 4)
+
+    folders["new images"] = out / "new-images"
+    done("new images", make_demo_data(folders["new images"], n_images=n_new_images,
+                                      seed=seed + NEW_IMAGES_SEED_OFFSET, size=size,
+                                      overwrite=overwrite).summary())
+    folders["analysis"] = out / "analysis"
+    analysed = analyze(folders["train-segmentation"], folders["train-classifier"] / "model.pt",
+                       folders["new images"] / "images", folders["analysis"], overwrite=overwrite)
+    done("analyze", analysed.summary())
+
+    folders["evaluation"] = out / "evaluation"
+    truth = folders["evaluation"] / "true-masks"
+    annotations_to_masks(folders["new images"] / "geojsons", folders["new images"] / "images", truth,
+                         overwrite=overwrite)
+    evaluated = evaluate_segmentation(truth, folders["analysis"] / "segmentation",
+                                      folders["evaluation"] / "segmentation",
+                                      images=folders["new images"] / "images", overwrite=overwrite)
+    done("evaluate-segmentation", evaluated.summary())
+    at_05 = evaluated.metrics.iloc[(evaluated.metrics["threshold"] - 0.5).abs().argmin()]
+    result.figures.update(segmentation_f1=round(float(at_05["f1"]), 4),
+                          segmentation_ap=round(float(at_05["ap"]), 4),
+                          true_objects=int(evaluated.n_true), found_objects=int(evaluated.n_pred))
+    classes = class_agreement(truth, folders["analysis"] / "segmentation", folders["analysis"] / "objects.csv",
+                              folders["evaluation"] / "classes.csv")
+    result.figures.update(classes)
+    done("class agreement")
+
+
+def class_agreement(truth: Path, pred: Path, objects_csv: Path, out_csv: Path) -> dict[str, Any]:
+    """Predicted class of each analysed object next to the class of the annotation it matches.
+
+    truth: annotations-to-masks folder (``<stem>.tif`` + ``<stem>_objects.csv`` with classes);
+    pred: segment's label images; objects_csv: analyze's objects.csv. Objects are matched one
+    to one at IoU >= 0.5 (as in evaluate-segmentation). Writes ``out_csv`` (stem, true label,
+    predicted label, IoU, true class, predicted class) and returns macro-F1 and accuracy.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from .evaluation import match_objects, matched_pairs
+    from .images import read_labels
+    from .outputs import write_csv
+
+    objects = pd.read_csv(objects_csv, dtype={"stem": str})
+    rows = []
+    for truth_file in sorted(truth.glob("*.tif")):
+        stem = truth_file.stem
+        if not (pred / f"{stem}.tif").is_file():
+            continue
+        classes = pd.read_csv(truth / f"{stem}_objects.csv")
+        true_class = dict(zip(classes["label"], classes["class"]))
+        predicted = objects[objects["stem"] == stem]
+        pred_class = dict(zip(predicted["label"], predicted["predicted_class"]))
+        matches = matched_pairs(match_objects(read_labels(truth_file), read_labels(pred / f"{stem}.tif")), 0.5)
+        for t, p, iou in matches:
+            if int(p) in pred_class and int(t) in true_class:
+                rows.append({"stem": stem, "true_label": int(t), "pred_label": int(p), "iou": round(float(iou), 4),
+                             "true_class": true_class[int(t)], "predicted_class": pred_class[int(p)]})
+    table = pd.DataFrame(rows, columns=["stem", "true_label", "pred_label", "iou", "true_class",
+                                        "predicted_class"])
+    write_csv(out_csv, table)
+    if table.empty:
+        return {"class_n": 0}
+    f1s = []
+    for name in sorted(set(table["true_class"])):
+        tp = int(((table["true_class"] == name) & (table["predicted_class"] == name)).sum())
+        fp = int(((table["true_class"] != name) & (table["predicted_class"] == name)).sum())
+        fn = int(((table["true_class"] == name) & (table["predicted_class"] != name)).sum())
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return {"class_n": int(len(table)), "class_macro_f1": round(float(np.mean(f1s)), 4),
+            "class_accuracy": round(float((table["true_class"] == table["predicted_class"]).mean()), 4)}

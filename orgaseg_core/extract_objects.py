@@ -211,6 +211,14 @@ class ExtractResult:
         return "\n".join(lines)
 
 
+class ExtractFailed(OrgasegError):
+    """Some image/mask pairs could not be used; the others were written (``result``)."""
+
+    def __init__(self, message: str, result: ExtractResult):
+        self.result = result
+        super().__init__(message)
+
+
 def _read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read an image and its label image; errors name the file(s) at fault."""
     labels = read_labels(mask_path)
@@ -273,9 +281,9 @@ def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
                     overwrite: bool = False) -> ExtractResult:
     """Cut one crop per object out of every image and measure every object.
 
-    images: folder of images (TIFF, JPEG, PNG; grey or colour). masks: folder of label images
-    (0 = background, one integer label per object) named like their images (same stem; e.g.
-    ``a.jpg`` and ``a.tif``). out: new or empty folder (or ``overwrite``).
+    images: folder of images (TIFF, JPEG, PNG; grey or colour), or one image file. masks:
+    folder of label images (0 = background, one integer label per object) named like their
+    images (same stem; e.g. ``a.jpg`` and ``a.tif``). out: new or empty folder (or ``overwrite``).
     padding: pixels added around each bounding box (clipped at the image border), >= 0.
     mask_background: set crop pixels outside the object to the image's background median.
     min_area: drop objects with fewer pixels. exclude_border: drop objects touching the image
@@ -288,9 +296,11 @@ def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
         raise OrgasegError(f"padding must be 0 or more pixels, got {padding}")
     if min_area < 0:
         raise OrgasegError(f"min_area must be 0 or more pixels, got {min_area}")
-    image_files = list_images(images, what="images")
+    # One image file is allowed too (e.g. analyze of a single image); its mask is found by stem.
+    image_folder = images.parent if images.is_file() else images
+    image_files = [images] if images.is_file() else list_images(images, what="images")
     mask_files = list_images(masks, what="masks")
-    if images.resolve() == masks.resolve():
+    if image_folder.resolve() == masks.resolve():
         raise OrgasegError(f"{images}: images and masks must be in different folders "
                            "(a mask is found by having the same name as its image)")
     if not image_files:
@@ -307,7 +317,7 @@ def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
                  "mask_background": mask_background, "min_area": min_area,
                  "exclude_border": exclude_border, "overwrite": overwrite}
     with step_run("extract-objects", out, arguments, overwrite=overwrite,
-                  inputs=[images, masks]) as record:
+                  inputs=[image_folder, masks]) as record:
         start = time.perf_counter()
         result = ExtractResult(out=out, unmatched=unmatched)
         (out / CROP_FOLDER).mkdir(exist_ok=True)
@@ -358,9 +368,9 @@ def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
         if result.errors:
             log.warning("%s", result.summary())
             failed = "; ".join(error for _name, error in result.errors)
-            raise OrgasegError(
+            raise ExtractFailed(
                 f"extract-objects: {len(result.errors)} of {len(pairs)} image/mask pairs failed "
-                f"(the other {result.n_pairs} were written to {out}): {failed}")
+                f"(the other {result.n_pairs} were written to {out}): {failed}", result)
     return result
 
 

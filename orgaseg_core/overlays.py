@@ -193,6 +193,36 @@ def contour_overlay(image: np.ndarray | None, layers: Sequence[tuple[np.ndarray,
     return add_legend(rgb, entries) if legend else rgb
 
 
+def class_overlay(image: np.ndarray | None, labels: np.ndarray, label_classes: Mapping[int, str], *,
+                  class_names: Sequence[str] | None = None, max_side: int | None = DEFAULT_MAX_SIDE,
+                  legend: bool = True) -> np.ndarray:
+    """Outlines of ``labels`` coloured by each object's class, over ``image``.
+
+    label_classes: label id -> class name; labels without a class (not classified, excluded)
+    are drawn in :data:`OTHER_COLOUR`. class_names: legend order (default: sorted names of
+    ``label_classes``); the legend says how many objects each class has. Colours are the
+    classes' standard colours (:func:`orgaseg_core.classes.class_colour`, the colours of the
+    GeoJSON files). Linear in pixels, independent of the number of objects. Returns RGB
+    (y, x, 3) uint8.
+    """
+    from collections import Counter
+
+    from .classes import class_colour
+
+    names = list(class_names) if class_names is not None else sorted(set(label_classes.values()))
+    colours = {int(label): class_colour(name) for label, name in label_classes.items()}
+    overlay = contour_overlay(image, [(labels, colours, "")], max_side=max_side, legend=False)
+    if not legend:
+        return overlay
+    counts = Counter(label_classes.values())
+    entries = [(f"{name} ({counts.get(name, 0)})", class_colour(name)) for name in names]
+    n_objects = int(np.count_nonzero(np.bincount(np.asarray(labels).ravel())[1:]))
+    unclassified = n_objects - sum(counts.values())
+    if unclassified > 0:
+        entries.append((f"not classified ({unclassified})", OTHER_COLOUR))
+    return add_legend(overlay, entries)
+
+
 def segmentation_overlay(image: np.ndarray | None, truth: np.ndarray, pred: np.ndarray, *,
                          max_side: int | None = DEFAULT_MAX_SIDE, legend: bool = True) -> np.ndarray:
     """True outlines in green, predicted outlines in magenta, shared outline pixels in white.

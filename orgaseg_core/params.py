@@ -48,3 +48,61 @@ def parse_optional_float(text: str | float | None, *, what: str = "value") -> fl
         return float(text)
     except ValueError:
         raise OrgasegError(f"{what} must be a number or 'auto', got {text!r}") from None
+
+
+def split_list(text: str | list | tuple | None) -> list[str]:
+    """``"resnet18, resnet50"`` -> ["resnet18", "resnet50"]: comma-separated items, stripped,
+    empty items dropped. A list or tuple is returned as a list of stripped strings."""
+    if text is None:
+        return []
+    if isinstance(text, (list, tuple)):
+        return [str(t).strip() for t in text if str(t).strip()]
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def parse_number_list(text: str | list | tuple, kind: type = float, *, what: str = "value",
+                      minimum: float = 0.0, strict: bool = True) -> list:
+    """``"1e-3,3e-4"`` -> [0.001, 0.0003]: a comma-separated list of numbers for a grid search.
+
+    kind: ``float`` or ``int`` (``int`` refuses "1.5"). Every value must be finite and above
+    ``minimum`` (``strict``) or at least ``minimum`` (not ``strict``). Raises OrgasegError
+    naming ``what`` and the bad item; at least one value is required.
+    """
+    items = split_list(text)
+    if not items:
+        raise OrgasegError(f"{what}: give at least one value (several are separated by commas)")
+    values = []
+    for item in items:
+        try:
+            value = kind(item)
+        except (TypeError, ValueError):
+            raise OrgasegError(f"{what}: {item!r} is not a {'whole ' if kind is int else ''}number"
+                               ) from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise OrgasegError(f"{what}: {item!r} is not a finite number")
+        if not (value > minimum if strict else value >= minimum):
+            raise OrgasegError(f"{what}: {item!r} must be {'>' if strict else '>='} {minimum:g}")
+        values.append(value)
+    return values
+
+
+def parse_optional_int(text: str | int | None, *, what: str = "value") -> int | None:
+    """``None``/``""``/``"auto"`` -> None (automatic); ``"64"`` -> 64. Range checks are the
+    caller's (the step function knows the limits)."""
+    if text is None or (isinstance(text, int) and not isinstance(text, bool)):
+        return text
+    text = str(text).strip()
+    if text.lower() in ("", "auto", "none"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise OrgasegError(f"{what} must be a whole number or 'auto', got {text!r}") from None
+
+
+def parse_optional_text(text: str | None) -> str | None:
+    """``None``/``""``/``"auto"`` -> None (let the step choose); anything else stripped."""
+    if text is None:
+        return None
+    text = str(text).strip()
+    return None if text.lower() in ("", "auto", "none") else text

@@ -24,3 +24,22 @@ def unchanged():
         return check
 
     return snapshot
+
+
+@pytest.fixture(scope="session")
+def story(tmp_path_factory):
+    """``orgaseg example`` with tiny training budgets (8 images of 480x640): the whole story once
+    per session, in child processes (TensorFlow and torch never enter the pytest process).
+    Returns the output folder and what the command printed. Used by test_example.py and by the
+    album integration test of analyze (its trained models and new images)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("story") / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "orgaseg_core", "example", "--out", str(out), "--n-images", "8",
+         "--size", "480x640", "--n-new-images", "2", "--seg-epochs", "12", "--seg-steps", "10",
+         "--clf-grid-epochs", "1", "--clf-epochs", "3"],
+        capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-5000:]
+    return out, done.stdout

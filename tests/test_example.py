@@ -1,6 +1,12 @@
-"""End to end: the README's main job on small generated data."""
+"""End to end: the README's main job on small generated data.
+
+``--data-only`` checks the data steps in detail; the whole story (both trainings in their own
+processes, analyze, evaluation) runs once per module with tiny training budgets and the analysis
+outputs are checked against each other and against the label images.
+"""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -10,9 +16,12 @@ from orgaseg_core.cli import main
 from orgaseg_core.images import read_labels
 
 
+DATA_ONLY = ["--n-images", "4", "--size", "380x504", "--data-only"]
+
+
 def test_example_runs_every_data_step(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["example", "--out", str(out), "--n-images", "4", "--size", "380x504"]) == 0
+    assert main(["example", "--out", str(out), *DATA_ONLY]) == 0
     printed = capsys.readouterr().out
     assert f"all results are in {out}" in printed
     for folder in ("data", "sorted-crops", "masks", "preprocessed", "split-segmentation", "split-classification"):
@@ -40,6 +49,94 @@ def test_example_runs_every_data_step(tmp_path, capsys):
     assert classes == {"Branched", "Burned out", "Cyst", "Early branching", "Filled in"}
 
     # running again needs --overwrite, and then works
-    assert main(["example", "--out", str(out), "--n-images", "4", "--size", "380x504"]) == 1
+    assert main(["example", "--out", str(out), *DATA_ONLY]) == 1
     assert "not empty" in capsys.readouterr().err
-    assert main(["example", "--out", str(out), "--n-images", "4", "--size", "380x504", "--overwrite"]) == 0
+    assert main(["example", "--out", str(out), *DATA_ONLY, "--overwrite"]) == 0
+    assert not (out / "models").exists() and not (out / "analysis").exists()
+
+
+# --------------------------------------------------------------------------- the whole story
+
+CLASSES = {"Branched", "Burned out", "Cyst", "Early branching", "Filled in"}
+
+
+def test_story_prints_where_everything_is(story):
+    out, printed = story
+    assert f"all results are in {out}" in printed
+    assert "results on new images (never seen in training):" in printed
+    assert f"open in QuPath: {out / 'analysis' / 'qupath'}" in printed
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "ok"
+    for step in ("train-segmentation", "train-classifier", "analyze", "evaluate-segmentation"):
+        assert step in record["results"]["seconds"], step
+    assert (out / "models" / "segmentation" / "orgaseg_model.json").is_file()
+    assert (out / "models" / "classifier" / "model.pt").is_file()
+    assert (out / "evaluation" / "segmentation" / "metrics.csv").is_file()
+
+
+def test_story_analysis_outputs_agree(story):
+    out, _ = story
+    analysis = out / "analysis"
+    new_images = sorted((out / "new-images" / "images").iterdir())
+    assert len(new_images) == 2
+    summary = pd.read_csv(analysis / "summary.csv")
+    objects = pd.read_csv(analysis / "objects.csv", dtype={"stem": str})
+    skipped = pd.read_csv(analysis / "objects" / "skipped.csv")
+    assert list(summary["image"]) == [p.name for p in new_images]
+    assert set(objects["predicted_class"]) <= CLASSES
+    prob = objects[[c for c in objects.columns if c.startswith("prob_")]]
+    assert {c[len("prob_"):] for c in prob.columns} == CLASSES
+    np.testing.assert_allclose(prob.sum(axis=1), 1.0, atol=1e-4)
+    np.testing.assert_allclose(objects["confidence"], prob.max(axis=1), atol=1e-6)
+    assert objects["segmentation_probability"].between(0, 1).all()
+    for row in summary.itertuples(index=False):
+        labels = read_labels(analysis / "segmentation" / f"{row.stem}.tif")
+        ids = set(int(i) for i in np.unique(labels) if i)
+        assert row.objects == len(ids) > 0
+        mine = objects[objects["stem"] == row.stem]
+        assert set(mine["label"]) <= ids and row.classified == len(mine)
+        assert row.classified + row.excluded + row.unreadable == row.objects
+        counts = mine["predicted_class"].value_counts()
+        for name in CLASSES:
+            assert summary.loc[summary["stem"] == row.stem, f"count_{name}"].item() == counts.get(name, 0)
+        fractions = [summary.loc[summary["stem"] == row.stem, f"fraction_{c}"].item() for c in CLASSES]
+        assert sum(fractions) == pytest.approx(1.0)
+        # the QuPath file: one detection per object, classified ones with their class and colour
+        features = json.loads((analysis / "qupath" / f"{row.stem}.geojson").read_text())["features"]
+        assert sorted(f["properties"]["measurements"]["Label"] for f in features) == sorted(ids)
+        by_label = {f["properties"]["measurements"]["Label"]: f["properties"] for f in features}
+        for obj in mine.itertuples(index=False):
+            props = by_label[obj.label]
+            assert props["objectType"] == "detection"
+            assert props["classification"]["name"] == obj.predicted_class
+            assert props["measurements"]["Class confidence"] == pytest.approx(obj.confidence, abs=1e-6)
+            assert props["measurements"]["Area px"] == obj.area_px
+        for label in set(skipped.loc[skipped["stem"] == row.stem, "label"]):
+            assert "classification" not in by_label[label]
+        overlay = analysis / "overlays" / f"{row.stem}.png"
+        assert overlay.stat().st_size > 1000
+    classes = pd.read_csv(out / "evaluation" / "classes.csv")
+    assert len(classes) > 0 and classes["iou"].min() >= 0.5
+
+
+def test_analyze_skips_a_broken_image_and_says_so(story, tmp_path):
+    """One unreadable file among the new images: the others are analysed, exit status 1."""
+    import subprocess
+    import sys
+
+    out, _ = story
+    images = tmp_path / "images"
+    shutil.copytree(out / "new-images" / "images", images)
+    (images / "broken.tif").write_bytes(b"not a tiff at all")
+    done = subprocess.run(
+        [sys.executable, "-m", "orgaseg_core", "analyze", "--segmentation-model",
+         str(out / "models" / "segmentation"), "--classifier", str(out / "models" / "classifier" / "model.pt"),
+         "--images", str(images), "--out", str(tmp_path / "analysis"), "--exclude-border"],
+        capture_output=True, text=True, timeout=900)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "broken.tif" in done.stderr and "could not be analysed" in done.stderr
+    summary = pd.read_csv(tmp_path / "analysis" / "summary.csv")
+    assert len(summary) == 2 and "broken.tif" not in set(summary["image"])
+    assert (tmp_path / "analysis" / "objects.csv").is_file()
+    assert json.loads((tmp_path / "analysis" / "run.json").read_text())["status"] == "failed"
+    assert (images / "broken.tif").read_bytes() == b"not a tiff at all"

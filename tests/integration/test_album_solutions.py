@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 VERSION = "0.1.0"
 STEPS = ("demo-data", "sort-crops", "annotations-to-masks", "preprocess", "split", "evaluate-segmentation",
-         "train-segmentation", "segment")
+         "train-segmentation", "segment", "extract-objects", "train-classifier", "classify", "analyze")
 CLASSES = {"Cyst", "Filled in", "Early branching", "Branched", "Burned out"}
 
 

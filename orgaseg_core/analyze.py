@@ -1,0 +1,467 @@
+"""``analyze``: new images in, every organoid outlined, measured and classified out.
+
+The whole inference pipeline for an image file or a folder of images, with a StarDist model of
+``train-segmentation`` and a classifier of ``train-classifier``:
+
+1. ``segment`` in its own process (TensorFlow) -> ``out/segmentation/``
+2. ``extract-objects`` in this process (numpy only) -> ``out/objects/`` (crops, measurements)
+3. ``classify`` in its own process (torch) -> ``out/classification/predictions.csv``
+4. results, in this process:
+
+   - ``out/qupath/<stem>.geojson``: every detection of the image with its class (name and
+     colour), the class confidence, the probability of every class, the segmentation
+     probability and the shape measurements; drag it onto the image in QuPath. Objects that
+     were not classified (dropped by ``--min-area`` / ``--exclude-border``, unreadable crop)
+     stay in the file as detections without a class, named with the reason.
+   - ``out/overlays/<stem>.png``: outlines coloured by class over the image, with a legend of
+     the classes and their counts.
+   - ``out/objects.csv``: one row per classified object: image, stem, label, predicted class,
+     confidence, class probabilities, segmentation probability, measurements, crop.
+   - ``out/summary.csv``: one row per image: objects found, classified, excluded, and per class
+     the count and the fraction of the classified objects.
+   - ``out/run.json``: arguments, versions, per-image figures and every sub-step's run.
+
+TensorFlow and torch crash when loaded into one process, so both run in child processes
+(``python -m orgaseg_core <step>`` with this Python); this process imports neither. The
+classifier checkpoint is checked first (``classifier-info``, a short torch process), so a wrong
+file fails before the long segmentation. A file that cannot be segmented or cut out is reported
+and skipped; the others are still analysed, and the step then ends with an error listing them
+(exit status 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shlex
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from .errors import InputFileError, OrgasegError, OutputError
+from .images import image_stem, index_by_stem, is_image_file, list_images, read_image, read_labels
+from .outputs import step_run, write_csv
+
+log = logging.getLogger(__name__)
+
+SEGMENTATION_DIR = "segmentation"
+OBJECTS_DIR = "objects"
+CLASSIFICATION_DIR = "classification"
+QUPATH_DIR = "qupath"
+OVERLAYS_DIR = "overlays"
+OBJECTS_CSV = "objects.csv"
+SUMMARY_CSV = "summary.csv"
+# Names that look like numbers ("001") must stay text when the tables are read back.
+_TEXT_COLUMNS = {"image": str, "stem": str, "crop": str}
+#: Lines of a child process's error output kept for the error message.
+_TAIL_BYTES = 20_000
+
+#: objects.csv measurement columns -> QuPath measurement names (units: pixels, radians).
+QUPATH_MEASUREMENTS = {
+    "area_px": "Area px", "perimeter": "Perimeter px", "equivalent_diameter": "Equivalent diameter px",
+    "circularity": "Circularity", "eccentricity": "Eccentricity", "solidity": "Solidity",
+    "major_axis_length": "Major axis px", "minor_axis_length": "Minor axis px",
+    "orientation": "Orientation rad", "mean_intensity": "Mean intensity",
+    "std_intensity": "Std intensity",
+}
+
+
+# ----------------------------------------------------------------------------- child processes
+
+class StepProcessError(OrgasegError):
+    """A step run in a child process ended with an error."""
+
+
+@dataclass
+class StepProcess:
+    """How a step run in a child process ended: exit status, its run.json, its error lines."""
+
+    step: str
+    returncode: int
+    record: dict[str, Any]
+    errors: list[str]
+
+    @property
+    def message(self) -> str:
+        """The child's own error lines, else the error recorded in its run.json."""
+        if self.errors:
+            return "\n".join(self.errors)
+        return str(self.record.get("error") or "no error message; see the output above")
+
+
+def orgaseg_command(step: str, options: Sequence[Any]) -> list[str]:
+    """``python -m orgaseg_core <step> <options>`` with this process's Python."""
+    return [sys.executable, "-m", "orgaseg_core", step, *[str(o) for o in options]]
+
+
+def run_step_process(step: str, options: Sequence[Any], *, out: Path | None = None) -> StepProcess:
+    """Run one orgaseg step in a child process and wait for it.
+
+    The child's output is passed on as it comes (progress bars and logs stay live) and its
+    error output is also kept, so its ``error: ...`` lines can be repeated in our error.
+    ``out``: the step's output folder, whose ``run.json`` is read afterwards (if written).
+    """
+    command = orgaseg_command(step, options)
+    log.info("%s: starting its own process: %s", step, shlex.join(command))
+    tail = bytearray()
+    with subprocess.Popen(command, stderr=subprocess.PIPE) as process:
+        assert process.stderr is not None
+        while chunk := process.stderr.read1(65536):
+            _echo_stderr(chunk)
+            tail += chunk
+            del tail[:-_TAIL_BYTES]
+    record: dict[str, Any] = {}
+    if out is not None and (Path(out) / "run.json").is_file():
+        try:
+            record = json.loads((Path(out) / "run.json").read_text())
+        except (OSError, ValueError):
+            record = {}
+    lines = tail.decode("utf-8", errors="replace").replace("\r", "\n").splitlines()
+    errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+    return StepProcess(step, process.returncode, record, errors)
+
+
+def _echo_stderr(chunk: bytes) -> None:
+    buffer = getattr(sys.stderr, "buffer", None)
+    if buffer is not None:
+        buffer.write(chunk)
+    else:  # a replaced sys.stderr (e.g. under a test runner) takes text
+        sys.stderr.write(chunk.decode("utf-8", errors="replace"))
+    sys.stderr.flush()
+
+
+def classifier_info(model: Path) -> dict[str, Any]:
+    """What the checkpoint ``model`` holds (architecture, class names, input size ...), read in a
+    child process (torch); raises the checkpoint's own error (naming the file) if it is not an
+    orgaseg classifier."""
+    command = orgaseg_command("classifier-info", ["--model", model, "--json"])
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if completed.returncode != 0:
+        lines = [l[len("error: "):] for l in completed.stderr.splitlines() if l.startswith("error: ")]
+        raise InputFileError(model, lines[0].split(": ", 1)[-1] if lines else
+                             f"cannot be read as a classifier checkpoint ({completed.stderr.strip()[-500:]})")
+    return json.loads(completed.stdout)
+
+
+# ----------------------------------------------------------------------------- result tables
+
+def summary_table(objects: pd.DataFrame, per_image: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
+    """One row per image: counts and fractions per class.
+
+    objects: classified objects (columns stem, predicted_class, confidence). per_image: one row
+    per analysed image with columns image, stem, objects (segmented), excluded, unreadable.
+    Fractions are of the classified objects of the image (empty when none was classified).
+    """
+    rows = []
+    for image in per_image.itertuples(index=False):
+        mine = objects[objects["stem"] == image.stem] if len(objects) else objects
+        counts = Counter(mine["predicted_class"]) if len(mine) else Counter()
+        n = int(len(mine))
+        row = {"image": image.image, "stem": image.stem, "objects": int(image.objects),
+               "classified": n, "excluded": int(image.excluded), "unreadable": int(image.unreadable)}
+        for name in class_names:
+            row[f"count_{name}"] = int(counts.get(name, 0))
+        for name in class_names:
+            row[f"fraction_{name}"] = round(counts.get(name, 0) / n, 6) if n else math.nan
+        row["mean_confidence"] = round(float(mine["confidence"].mean()), 6) if n else math.nan
+        rows.append(row)
+    columns = (["image", "stem", "objects", "classified", "excluded", "unreadable"]
+               + [f"count_{c}" for c in class_names] + [f"fraction_{c}" for c in class_names]
+               + ["mean_confidence"])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def classified_features(features: list[dict], objects: pd.DataFrame, reasons: dict[int, str],
+                        class_names: Sequence[str]) -> list[dict]:
+    """The detections of one image (from ``segment``) with their classes and measurements.
+
+    features: the image's GeoJSON features, each with ``measurements.Label``. objects: the
+    image's rows of objects.csv. reasons: label -> why the object has no class. Returns new
+    feature dicts (the inputs are not changed); geometry and ids are kept, so the file lines up
+    with ``segmentation/<stem>.geojson``.
+    """
+    from .classes import class_colour
+
+    by_label = {int(r["label"]): r for r in objects.to_dict("records")}
+    out = []
+    for feature in features:
+        properties = dict(feature.get("properties") or {})
+        measurements = dict(properties.get("measurements") or {})
+        label = int(measurements.get("Label", -1))
+        row = by_label.get(label)
+        if row is not None:
+            name = str(row["predicted_class"])
+            properties["classification"] = {"name": name, "color": list(class_colour(name))}
+            measurements["Class confidence"] = float(row["confidence"])
+            for c in class_names:
+                measurements[f"Probability {c}"] = float(row[f"prob_{c}"])
+            for column, title in QUPATH_MEASUREMENTS.items():
+                value = row.get(column)
+                if value is not None and isinstance(value, (int, float)) and math.isfinite(value):
+                    measurements[title] = float(value) if column != "area_px" else int(value)
+        else:
+            properties.pop("classification", None)
+            reason = reasons.get(label, "not classified")
+            properties["name"] = f"{properties.get('name', f'object {label}')} ({reason})"
+        if "Probability" in measurements:  # segment's name for the StarDist object probability
+            measurements["Segmentation probability"] = measurements.pop("Probability")
+        properties["measurements"] = measurements
+        out.append({**feature, "properties": properties})
+    return out
+
+
+# ----------------------------------------------------------------------------- the step
+
+@dataclass
+class AnalyzeResult:
+    """What :func:`analyze` wrote."""
+
+    out: Path
+    class_names: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    n_objects: int = 0
+    n_classified: int = 0
+    class_counts: dict[str, int] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def summary_csv(self) -> Path:
+        return self.out / SUMMARY_CSV
+
+    @property
+    def objects_csv(self) -> Path:
+        return self.out / OBJECTS_CSV
+
+    def summary(self) -> str:
+        lines = [f"analyze: {len(self.images)} image(s), {self.n_objects} objects found, "
+                 f"{self.n_classified} classified, written to {self.out} ({self.seconds:.1f} s)"]
+        if self.n_classified:
+            parts = [f"{c} {self.class_counts.get(c, 0)} ({self.class_counts.get(c, 0) / self.n_classified:.0%})"
+                     for c in self.class_names]
+            lines.append("  classes: " + ", ".join(parts))
+        lines += [f"  per image: {self.out / QUPATH_DIR}/<image>.geojson (open in QuPath), "
+                  f"{self.out / OVERLAYS_DIR}/<image>.png",
+                  f"  tables:    {self.summary_csv} (per image), {self.objects_csv} (per object)",
+                  f"  steps:     {self.out / SEGMENTATION_DIR}, {self.out / OBJECTS_DIR}, "
+                  f"{self.out / CLASSIFICATION_DIR}"]
+        if self.failed:
+            lines.append(f"  {len(self.failed)} image(s) failed and were skipped:")
+            lines += [f"    {f}" for f in self.failed]
+        return "\n".join(lines)
+
+
+class AnalyzeFailed(OrgasegError):
+    """Some images could not be analysed; the others were written (``result``)."""
+
+    def __init__(self, result: AnalyzeResult):
+        self.result = result
+        super().__init__(f"{len(result.failed)} image(s) could not be analysed (the other "
+                         f"{len(result.images)} were written to {result.out}):\n  "
+                         + "\n  ".join(result.failed))
+
+
+def _input_images(images: Path) -> tuple[dict[str, Path], Path]:
+    """stem -> image file, and the folder they are in."""
+    if images.is_file():
+        if not is_image_file(images):
+            raise InputFileError(images, "is not an image file (.tif, .tiff, .jpg, .jpeg, .png)")
+        return {image_stem(images): images}, images.parent
+    if not images.exists():
+        raise InputFileError(images, "does not exist")
+    files = list_images(images, what="images")
+    if not files:
+        raise InputFileError(images, "contains no image files (.tif, .tiff, .jpg, .jpeg, .png)")
+    return index_by_stem(files, what="images"), images
+
+
+def analyze(segmentation_model: Path, classifier: Path, images: Path, out: Path, *,
+            n_tiles: tuple[int, int] | None = None, prob_thresh: float | None = None,
+            nms_thresh: float | None = None, image_scale: float = 1.0, preprocessing: bool = True,
+            padding: int = 10, mask_background: bool = False, min_area: int = 0,
+            exclude_border: bool = False, batch_size: int = 64, device: str | None = None,
+            overwrite: bool = False) -> AnalyzeResult:
+    """Segment, measure and classify every organoid of an image file or a folder of images.
+
+    segmentation_model: folder of ``train-segmentation``. classifier: ``model.pt`` of
+    ``train-classifier``. images: a file or a folder (not searched recursively). out: new or
+    empty folder (or ``overwrite``); see the module notes for what is written.
+    n_tiles, prob_thresh, nms_thresh, image_scale, preprocessing: as in ``segment`` (None =
+    automatic tiles / the model's tuned thresholds). padding, mask_background, min_area,
+    exclude_border: as in ``extract-objects`` (pixels). batch_size, device: as in ``classify``.
+    """
+    from .extract_objects import ExtractFailed, extract_objects
+    from .params import parse_pair
+    from .stardist_model import check_model_folder
+
+    start = time.perf_counter()
+    segmentation_model, classifier = Path(segmentation_model), Path(classifier)
+    images, out = Path(images), Path(out)
+    if n_tiles is not None:
+        n_tiles = parse_pair(n_tiles, what="n_tiles")
+    if int(padding) < 0 or int(min_area) < 0:
+        raise OrgasegError(f"padding and min_area must be 0 or more pixels, got {padding} and {min_area}")
+    if isinstance(batch_size, bool) or int(batch_size) < 1:
+        raise OrgasegError(f"batch size must be a whole number >= 1, got {batch_size!r}")
+    stems, image_folder = _input_images(images)
+    # Everything that can be checked is checked before the long steps start.
+    check_model_folder(segmentation_model)
+    if classifier.is_file() and out.resolve() in classifier.resolve().parents:
+        raise OutputError(f"{out}: holds the classifier {classifier}; choose another output folder")
+    info = classifier_info(classifier)
+    class_names = [str(c) for c in info["class_names"]]
+    log.info("classifier %s: %s, classes %s", classifier, info["architecture"], ", ".join(class_names))
+
+    arguments = {"segmentation_model": segmentation_model, "classifier": classifier, "images": images,
+                 "out": out, "n_tiles": list(n_tiles) if n_tiles else None,
+                 "prob_thresh": prob_thresh, "nms_thresh": nms_thresh, "image_scale": float(image_scale),
+                 "preprocessing": bool(preprocessing), "padding": int(padding),
+                 "mask_background": bool(mask_background), "min_area": int(min_area),
+                 "exclude_border": bool(exclude_border), "batch_size": int(batch_size),
+                 "device": device, "overwrite": overwrite}
+    with step_run("analyze", out, arguments, overwrite=overwrite,
+                  inputs=[image_folder, segmentation_model]) as record:
+        result = AnalyzeResult(out=out, class_names=class_names)
+        steps: dict[str, Any] = {}
+        record.results["steps"] = steps
+
+        # 1. segmentation (TensorFlow, own process)
+        seg_out = out / SEGMENTATION_DIR
+        options: list[Any] = ["--model", segmentation_model, "--images", images, "--out", seg_out,
+                              "--image-scale", float(image_scale),
+                              "--preprocessing" if preprocessing else "--no-preprocessing"]
+        if n_tiles:
+            options += ["--n-tiles", f"{n_tiles[0]}x{n_tiles[1]}"]
+        if prob_thresh is not None:
+            options += ["--prob-thresh", prob_thresh]
+        if nms_thresh is not None:
+            options += ["--nms-thresh", nms_thresh]
+        if overwrite:
+            options.append("--overwrite")
+        seg = run_step_process("segment", options, out=seg_out)
+        steps["segment"] = seg.record
+        segmented = (seg.record.get("results") or {}).get("images") or {}
+        if seg.returncode != 0:
+            failed = (seg.record.get("results") or {}).get("failed")
+            if not segmented or failed is None:
+                raise StepProcessError(f"segment failed (exit status {seg.returncode}): {seg.message}")
+            result.failed += [f"segment: {f}" for f in failed]
+        segmented_stems = {s for s, p in stems.items() if p.name in segmented}
+        log.info("segmented %d of %d image(s) -> %s", len(segmented_stems), len(stems), seg_out)
+
+        # 2. crops and measurements (numpy, this process)
+        obj_out = out / OBJECTS_DIR
+        try:
+            extracted = extract_objects(images, seg_out, obj_out, padding=padding,
+                                        mask_background=mask_background, min_area=min_area,
+                                        exclude_border=exclude_border, overwrite=overwrite)
+        except ExtractFailed as exc:
+            extracted = exc.result
+            result.failed += [f"extract-objects: {message}" for _name, message in extracted.errors]
+            segmented_stems -= {image_stem(name) for name, _ in extracted.errors}
+        steps["extract-objects"] = json.loads((obj_out / "run.json").read_text())
+        objects = pd.read_csv(obj_out / "objects.csv", dtype=_TEXT_COLUMNS)
+        skipped = pd.read_csv(obj_out / "skipped.csv", dtype=_TEXT_COLUMNS)
+
+        # 3. classification (torch, own process)
+        cls_out = out / CLASSIFICATION_DIR
+        unreadable: dict[tuple[str, int], str] = {}
+        if len(objects):
+            options = ["--model", classifier, "--objects", obj_out, "--out", cls_out,
+                       "--batch-size", int(batch_size)]
+            if device:
+                options += ["--device", device]
+            if overwrite:
+                options.append("--overwrite")
+            cls = run_step_process("classify", options, out=cls_out)
+            steps["classify"] = cls.record
+            if cls.returncode != 0:
+                raise StepProcessError(f"classify failed (exit status {cls.returncode}): {cls.message}")
+            predictions = pd.read_csv(cls_out / "predictions.csv", dtype=_TEXT_COLUMNS)
+            if (cls_out / "unreadable.csv").is_file():
+                crop_index = objects.set_index("crop")[["stem", "label"]]
+                for crop, error in pd.read_csv(cls_out / "unreadable.csv").itertuples(index=False):
+                    stem, label = crop_index.loc[crop]
+                    unreadable[(str(stem), int(label))] = "crop unreadable"
+        else:
+            log.warning("no objects to classify: nothing found in the images, or all excluded")
+            predictions = pd.DataFrame(columns=["image", "stem", "label", "crop", "predicted_class",
+                                                "confidence"] + [f"prob_{c}" for c in class_names])
+
+        # 4. per-image results
+        table = _objects_table(predictions, seg_out, class_names)
+        write_csv(out / OBJECTS_CSV, table)
+        per_image = []
+        for stem in tqdm(sorted(segmented_stems), desc="analyze: results", unit="image", disable=None):
+            path = stems[stem]
+            reasons = {int(r.label): str(r.reason) for r in skipped[skipped["stem"] == stem].itertuples()}
+            reasons.update({label: why for (s, label), why in unreadable.items() if s == stem})
+            mine = table[table["stem"] == stem]
+            n_objects = _write_image_results(path, stem, seg_out, out, mine, reasons, class_names)
+            per_image.append({"image": path.name, "stem": stem, "objects": n_objects,
+                              "excluded": sum(1 for r in reasons.values() if r != "crop unreadable"),
+                              "unreadable": sum(1 for r in reasons.values() if r == "crop unreadable")})
+            result.images.append(path.name)
+            result.n_objects += n_objects
+        summary = summary_table(table, pd.DataFrame(per_image, columns=["image", "stem", "objects",
+                                                                        "excluded", "unreadable"]),
+                                class_names)
+        write_csv(out / SUMMARY_CSV, summary)
+        result.n_classified = int(len(table))
+        result.class_counts = {c: int((table["predicted_class"] == c).sum()) for c in class_names}
+        result.seconds = time.perf_counter() - start
+        record.results.update({"class_names": class_names, "images": per_image,
+                               "objects": result.n_objects, "classified": result.n_classified,
+                               "class_counts": result.class_counts, "failed": result.failed,
+                               "seconds": round(result.seconds, 3)})
+        log.info("wrote %s and %s (%d images, %d classified objects)", out / SUMMARY_CSV,
+                 out / OBJECTS_CSV, len(per_image), result.n_classified)
+        if result.failed:
+            raise AnalyzeFailed(result)
+    return result
+
+
+def _objects_table(predictions: pd.DataFrame, seg_out: Path, class_names: Sequence[str]) -> pd.DataFrame:
+    """predictions.csv joined with segment's object probability, in a reading order."""
+    seg_tables = []
+    for path in sorted(seg_out.glob("*_objects.csv")):
+        t = pd.read_csv(path, usecols=["label", "probability"])
+        t.insert(0, "stem", path.name[: -len("_objects.csv")])
+        seg_tables.append(t)
+    seg = (pd.concat(seg_tables, ignore_index=True) if seg_tables
+           else pd.DataFrame(columns=["stem", "label", "probability"]))
+    seg = seg.rename(columns={"probability": "segmentation_probability"})
+    table = predictions.merge(seg, on=["stem", "label"], how="left", validate="one_to_one")
+    first = ["image", "stem", "label", "predicted_class", "confidence"] + [f"prob_{c}" for c in class_names]
+    first += ["segmentation_probability"]
+    rest = [c for c in table.columns if c not in first and c != "crop"]
+    return table[first + rest + ["crop"]]
+
+
+def _write_image_results(path: Path, stem: str, seg_out: Path, out: Path, objects: pd.DataFrame,
+                         reasons: dict[int, str], class_names: Sequence[str]) -> int:
+    """qupath/<stem>.geojson and overlays/<stem>.png of one image; returns its object count."""
+    from .overlays import class_overlay, save_png
+    from .qupath import load_features, write_feature_collection
+
+    labels = read_labels(seg_out / f"{stem}.tif")
+    features = load_features(seg_out / f"{stem}.geojson")
+    geojson = out / QUPATH_DIR / f"{stem}.geojson"
+    geojson.parent.mkdir(exist_ok=True)
+    write_feature_collection(geojson, classified_features(features, objects, reasons, class_names))
+    label_classes = {int(l): str(c) for l, c in zip(objects["label"], objects["predicted_class"])}
+    overlay = class_overlay(read_image(path), labels, label_classes, class_names=class_names)
+    png = out / OVERLAYS_DIR / f"{stem}.png"
+    png.parent.mkdir(exist_ok=True)
+    save_png(png, overlay)
+    log.info("%s: %d objects, %d classified -> %s, %s", path.name, len(features), len(objects), geojson, png)
+    return len(features)

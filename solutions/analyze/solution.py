@@ -1,0 +1,183 @@
+"""album solution orgaseg:analyze -- segment, measure and classify every organoid of new images.
+
+A thin wrapper around ``orgaseg_core.analyze.analyze`` (the same function as ``orgaseg analyze``).
+album reads this file before the solution's environment exists, so ``orgaseg_core`` is imported
+only inside ``run``, ``pre_test`` and ``test``.
+"""
+from album.runner.api import get_args, setup
+
+
+def run():
+    from orgaseg_core.album_support import run_step
+    from orgaseg_core.analyze import analyze
+    from orgaseg_core.params import parse_optional_float, parse_optional_size
+
+    args = get_args()
+    n_tiles = parse_optional_size(args.n_tiles, what="--n-tiles")
+    run_step(lambda: analyze(
+        args.segmentation_model, args.classifier, args.images, args.out,
+        n_tiles=(n_tiles, n_tiles) if isinstance(n_tiles, int) else n_tiles,
+        prob_thresh=parse_optional_float(args.prob_thresh, what="--prob-thresh"),
+        nms_thresh=parse_optional_float(args.nms_thresh, what="--nms-thresh"),
+        image_scale=args.image_scale, preprocessing=args.preprocessing, padding=args.padding,
+        mask_background=args.mask_background, min_area=args.min_area,
+        exclude_border=args.exclude_border, batch_size=args.batch_size,
+        device=None if args.device == "auto" else args.device, overwrite=args.overwrite))
+
+
+def pre_test():
+    """Small example data and two small models, each trained in its own process (TensorFlow and
+    torch must not meet in this one)."""
+    import tempfile
+    from pathlib import Path
+
+    from orgaseg_core.analyze import run_step_process
+    from orgaseg_core.demo import make_demo_data
+    from orgaseg_core.masks import annotations_to_masks
+    from orgaseg_core.preprocess import preprocess
+    from orgaseg_core.sort_crops import sort_crops
+    from orgaseg_core.split import split_dataset
+
+    root = Path(tempfile.mkdtemp(prefix="orgaseg-album-test-"))
+    make_demo_data(root / "data", n_images=6, seed=21, size=(480, 640))
+    annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
+    preprocess(root / "data" / "images", root / "pre", masks=root / "masks", scale=0.5)
+    split_dataset(root / "pre", root / "split-seg", mode="segmentation", train=0.67, val=0.33,
+                  test=0.0, seed=0)
+    sort_crops(root / "data" / "crops", root / "sorted")
+    split_dataset(root / "sorted", root / "split-cls", mode="classification", train=0.5, val=0.25,
+                  test=0.25, seed=0)
+    # small budgets: the test checks what analyze writes, not how good the models are
+    for step, options in (
+            ("train-segmentation", ["--data", root / "split-seg", "--model-out", root / "seg-model",
+                                    "--epochs", 12, "--steps-per-epoch", 10, "--learning-rate", 1e-3]),
+            ("train-classifier", ["--data", root / "split-cls", "--model-out", root / "classifier",
+                                  "--grid-epochs", 1, "--epochs", 2, "--learning-rates", 1e-3,
+                                  "--input-size", 64])):
+        ended = run_step_process(step, options)
+        assert ended.returncode == 0, f"{step} failed: {ended.message}"
+    make_demo_data(root / "new", n_images=2, seed=22, size=(480, 640))
+    return {"--segmentation-model": str(root / "seg-model"),
+            "--classifier": str(root / "classifier" / "model.pt"),
+            "--images": str(root / "new" / "images"), "--out": str(root / "analysis")}
+
+
+def test():
+    import json
+    import shutil
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+    from orgaseg_core.images import read_labels
+
+    args = get_args()
+    images, out = Path(args.images), Path(args.out)
+    names = sorted(p.name for p in images.iterdir())
+    summary = pd.read_csv(out / "summary.csv", dtype={"stem": str})
+    objects = pd.read_csv(out / "objects.csv", dtype={"stem": str})
+    assert list(summary["image"]) == names, (list(summary["image"]), names)
+    classes = [c[len("count_"):] for c in summary.columns if c.startswith("count_")]
+    assert len(classes) >= 2 and set(objects["predicted_class"]) <= set(classes)
+    probabilities = objects[[f"prob_{c}" for c in classes]].sum(axis=1)
+    assert np.allclose(probabilities, 1.0, atol=1e-4)
+    for row in summary.to_dict("records"):
+        stem = row["stem"]
+        labels = read_labels(out / "segmentation" / f"{stem}.tif")
+        ids = {int(i) for i in np.unique(labels) if i}
+        assert row["objects"] == len(ids)
+        mine = objects[objects["stem"] == stem]
+        assert row["classified"] == len(mine) and set(mine["label"]) <= ids
+        for c in classes:
+            assert row[f"count_{c}"] == (mine["predicted_class"] == c).sum(), (stem, c)
+        features = json.loads((out / "qupath" / f"{stem}.geojson").read_text())["features"]
+        assert sorted(f["properties"]["measurements"]["Label"] for f in features) == sorted(ids)
+        for feature in features:
+            props = feature["properties"]
+            if "classification" in props:
+                assert props["classification"]["name"] in classes
+                assert "Class confidence" in props["measurements"]
+        assert (out / "overlays" / f"{stem}.png").stat().st_size > 0
+    assert json.loads((out / "run.json").read_text())["status"] == "ok"
+    if out.parent.name.startswith("orgaseg-album-test-"):
+        shutil.rmtree(out.parent, ignore_errors=True)
+
+
+setup(
+    group="orgaseg",
+    name="analyze",
+    version="0.1.0",
+    album_api_version="0.7.3",
+    title="Analyze new images: find, measure and classify every organoid",
+    description=(
+        "The whole inference pipeline in one run: finds every organoid in new brightfield images "
+        "with a model from orgaseg:train-segmentation, measures its shape and classifies it with "
+        "a model from orgaseg:train-classifier. Writes per image a QuPath GeoJSON file with every "
+        "organoid classified (drag it onto the image in QuPath) and an overlay picture, plus a "
+        "table of all organoids and a per-image summary of the class counts and proportions."
+    ),
+    solution_creators=["orgaseg developers"],
+    cite=[
+        {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
+                 "classification for brightfield microscopy, version 0.1.0 (the source "
+                 "repository of this album catalog)."},
+        {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
+                 "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},
+        {"text": "Paszke A. et al. PyTorch: An Imperative Style, High-Performance Deep Learning "
+                 "Library. NeurIPS 2019."},
+    ],
+    tags=["organoids", "brightfield", "segmentation", "classification", "StarDist", "PyTorch",
+          "QuPath", "orgaseg"],
+    license="MIT",
+    documentation=["README.md"],
+    covers=[],
+    args=[
+        {"name": "segmentation-model", "type": "directory", "required": True,
+         "description": "Model folder written by orgaseg:train-segmentation."},
+        {"name": "classifier", "type": "file", "required": True,
+         "description": "The classifier file model.pt written by orgaseg:train-classifier."},
+        {"name": "images", "type": "string", "required": True,
+         "description": "One image file or a folder of images (TIFF, JPEG, PNG; grey, RGB or "
+                        "16-bit) to analyse."},
+        {"name": "out", "type": "directory", "required": True,
+         "description": "New or empty folder for the results: qupath/, overlays/, summary.csv, "
+                        "objects.csv and each step's own folder."},
+        {"name": "n-tiles", "type": "string", "default": "auto",
+         "description": "Segment in ROWSxCOLUMNS tiles, e.g. 4x4, to save memory: 'auto' "
+                        "chooses tiles of at most 1024 px."},
+        {"name": "prob-thresh", "type": "string", "default": "auto",
+         "description": "Object probability threshold (0-1); higher finds fewer, surer "
+                        "organoids. 'auto' uses the value tuned during training."},
+        {"name": "nms-thresh", "type": "string", "default": "auto",
+         "description": "Overlap threshold (0-1) above which two candidate outlines are one "
+                        "organoid. 'auto' uses the value tuned during training."},
+        {"name": "image-scale", "type": "float", "default": 1.0,
+         "description": "Pixel scale of these images relative to the original microscope images "
+                        "(1 = full size, 0.5 = half size)."},
+        {"name": "preprocessing", "type": "boolean", "default": True,
+         "description": "Repeat the clean-up the segmentation training images had (vignette "
+                        "removal, background flattening) before segmenting (True/False)."},
+        {"name": "padding", "type": "integer", "default": 10,
+         "description": "Pixels of surroundings included around each organoid for the classifier."},
+        {"name": "mask-background", "type": "boolean", "default": False,
+         "description": "Hide everything around each organoid (set it to the background level) "
+                        "before classifying (True/False)."},
+        {"name": "min-area", "type": "integer", "default": 0,
+         "description": "Do not classify organoids smaller than this many pixels (they stay in "
+                        "the QuPath file, without a class)."},
+        {"name": "exclude-border", "type": "boolean", "default": False,
+         "description": "Do not classify organoids cut by the image border (True/False)."},
+        {"name": "batch-size", "type": "integer", "default": 64,
+         "description": "Organoids classified at once; lower it if memory runs out."},
+        {"name": "device", "type": "string", "default": "auto",
+         "description": "Where the classifier runs: 'cpu', 'cuda' (an NVIDIA GPU) or 'auto' "
+                        "(the GPU when there is one)."},
+        {"name": "overwrite", "type": "boolean", "default": False,
+         "description": "Allow writing into an output folder that already holds files "
+                        "(True/False); files of the same name are replaced."},
+    ],
+    run=run,
+    pre_test=pre_test,
+    test=test,
+    dependencies={"environment_file": "environment.yml"},
+)

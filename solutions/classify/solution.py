@@ -1,0 +1,135 @@
+"""album solution orgaseg:classify -- the morphological class of every organoid crop.
+
+A thin wrapper around ``orgaseg_core.classify.classify`` (the same function as
+``orgaseg classify``). album reads this file before the solution's environment exists, so
+``orgaseg_core`` is imported only inside ``run``, ``pre_test`` and ``test``.
+"""
+from album.runner.api import get_args, setup
+
+
+def run():
+    from orgaseg_core.album_support import run_step
+    from orgaseg_core.classify import classify
+    from orgaseg_core.params import parse_optional_text
+
+    args = get_args()
+    run_step(lambda: classify(args.model, args.objects, args.out, batch_size=args.batch_size,
+                              device=parse_optional_text(args.device), overwrite=args.overwrite))
+
+
+def pre_test():
+    import tempfile
+    from pathlib import Path
+
+    from orgaseg_core.demo import make_demo_data
+    from orgaseg_core.extract_objects import extract_objects
+    from orgaseg_core.masks import annotations_to_masks
+    from orgaseg_core.sort_crops import sort_crops
+    from orgaseg_core.split import split_dataset
+    from orgaseg_core.train_classifier import train_classifier
+
+    root = Path(tempfile.mkdtemp(prefix="orgaseg-album-test-"))
+    make_demo_data(root / "data", n_images=4, seed=9, size=(240, 320))
+    sort_crops(root / "data" / "crops", root / "sorted")
+    split_dataset(root / "sorted", root / "split", mode="classification", train=0.5, val=0.5,
+                  test=0.0, seed=0)
+    # a tiny model (one epoch at 64 px): the test checks what classify writes, not how good it is
+    train_classifier(root / "split", root / "model", architectures=["resnet18"],
+                     learning_rates=[1e-3], batch_sizes=[16], weight_decays=[1e-4], grid_epochs=1,
+                     epochs=1, patience=1, input_size=64, seed=0, device="cpu")
+    annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
+    extract_objects(root / "data" / "images", root / "masks", root / "objects")
+    # a batch size that does not divide the number of crops: the last batch is a short one
+    return {"--model": str(root / "model" / "model.pt"), "--objects": str(root / "objects"),
+            "--out": str(root / "predicted"), "--batch-size": "16", "--device": "cpu"}
+
+
+def test():
+    import shutil
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+    from orgaseg_core.classifier_model import load_checkpoint
+
+    args = get_args()
+    objects, out = Path(args.objects), Path(args.out)
+    class_names = load_checkpoint(Path(args.model)).class_names
+    table = pd.read_csv(objects / "objects.csv")
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert len(table) % int(args.batch_size) != 0, "the test needs a short last batch"
+    # one row per object, in the order of objects.csv, with its measurements carried over
+    assert list(predictions["crop"]) == list(table["crop"])
+    assert list(predictions["label"]) == list(table["label"])
+    assert np.allclose(predictions["area_px"], table["area_px"])
+    columns = [f"prob_{name}" for name in class_names]
+    assert list(predictions.columns[:5 + len(columns)]) == \
+        ["image", "label", "crop", "predicted_class", "confidence"] + columns
+    probs = predictions[columns].to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4) and (probs >= 0).all()
+    assert list(predictions["predicted_class"]) == [class_names[i] for i in probs.argmax(axis=1)]
+    assert np.allclose(predictions["confidence"], probs.max(axis=1))
+    assert set(predictions["predicted_class"]) <= set(class_names)
+    assert (out / "run.json").is_file()
+    if out.parent.name.startswith("orgaseg-album-test-"):
+        shutil.rmtree(out.parent, ignore_errors=True)
+
+
+setup(
+    group="orgaseg",
+    name="classify",
+    version="0.1.0",
+    album_api_version="0.7.3",
+    title="Classify organoid morphology",
+    description=(
+        "Gives every organoid crop its morphological class (e.g. Cyst, Filled in, Branched) "
+        "with a model from orgaseg:train-classifier: the predicted class, the confidence and "
+        "one probability per class, in one table (predictions.csv) together with the "
+        "organoid's shape measurements. Takes the output folder of orgaseg:extract-objects or "
+        "any folder of crops."
+    ),
+    solution_creators=["orgaseg developers"],
+    cite=[
+        {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
+                 "classification for brightfield microscopy, version 0.1.0 (the source "
+                 "repository of this album catalog)."},
+        {"text": "Paszke A., Gross S., Massa F., Lerer A., Bradbury J., Chanan G., Killeen T., "
+                 "Lin Z., Gimelshein N., Antiga L., et al. PyTorch: An Imperative Style, "
+                 "High-Performance Deep Learning Library. Advances in Neural Information "
+                 "Processing Systems 32 (NeurIPS 2019), 8024-8035.",
+         "url": "https://arxiv.org/abs/1912.01703"},
+        {"text": "TorchVision maintainers and contributors. TorchVision: PyTorch's Computer "
+                 "Vision library (2016).", "url": "https://github.com/pytorch/vision"},
+        {"text": "He K., Zhang X., Ren S., Sun J. Deep Residual Learning for Image Recognition. "
+                 "CVPR 2016, 770-778.", "doi": "10.1109/CVPR.2016.90"},
+    ],
+    tags=["organoids", "brightfield", "classification", "morphology", "PyTorch", "torchvision",
+          "orgaseg"],
+    license="MIT",
+    documentation=["README.md"],
+    covers=[],
+    args=[
+        {"name": "model", "type": "file", "required": True,
+         "description": "The model file model.pt written by orgaseg:train-classifier (it knows "
+                        "its classes and how to prepare the crops)."},
+        {"name": "objects", "type": "directory", "required": True,
+         "description": "Output folder of orgaseg:extract-objects (objects.csv and crops/), or "
+                        "any folder of crop images named <image>_<number>.tif. Not changed."},
+        {"name": "out", "type": "directory", "required": True,
+         "description": "New or empty folder for predictions.csv (class, confidence and one "
+                        "probability per class for every crop); not the model's folder."},
+        {"name": "batch-size", "type": "integer", "default": 64,
+         "description": "Crops classified at once, e.g. 64; lower it if memory runs out. The "
+                        "results do not depend on it."},
+        {"name": "device", "type": "string", "default": "auto",
+         "description": "Where to compute: 'cpu', 'cuda' (an NVIDIA GPU) or 'auto' (the GPU when "
+                        "there is one, else the CPU)."},
+        {"name": "overwrite", "type": "boolean", "default": False,
+         "description": "Allow writing into an output folder that already holds files "
+                        "(True/False); files of the same name are replaced."},
+    ],
+    run=run,
+    pre_test=pre_test,
+    test=test,
+    dependencies={"environment_file": "environment.yml"},
+)

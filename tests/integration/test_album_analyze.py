@@ -1,0 +1,77 @@
+"""orgaseg:analyze through the real album CLI: install, run on new images with the models of the
+session's example run (tests/conftest.py ``story``), a bad classifier, album test, uninstall."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+pytestmark = pytest.mark.integration
+
+STEP = "orgaseg:analyze:0.1.0"
+
+
+def _digest(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _error_line(output: str, *needles: str) -> str:
+    for line in output.splitlines():
+        if "ERROR" in line and all(n in line for n in needles):
+            return line
+    pytest.fail(f"no ERROR line with {needles} in:\n{output}")
+
+
+def test_analyze(album, story, tmp_path):
+    demo, _ = story
+    models = demo / "models"
+    images = tmp_path / "new-images"
+    shutil.copytree(demo / "new-images" / "images", images)
+    before = _digest(images), _digest(models)
+    result = album("install", STEP)
+    assert "Installed analyze!" in result.output, result.output
+    try:
+        out = album.workdir / "analysis"
+        run = album("run", STEP, "--segmentation-model", models / "segmentation",
+                    "--classifier", models / "classifier" / "model.pt", "--images", images,
+                    "--out", out, "--min-area", "200", timeout=900)
+        assert "analyze: 2 image(s)" in run.output
+        assert (_digest(images), _digest(models)) == before  # inputs unchanged
+        summary = pd.read_csv(out / "summary.csv", dtype={"stem": str})
+        objects = pd.read_csv(out / "objects.csv", dtype={"stem": str})
+        assert list(summary["image"]) == sorted(p.name for p in images.iterdir())
+        assert (objects["area_px"] >= 200).all()
+        for row in summary.to_dict("records"):
+            labels = tifffile.imread(out / "segmentation" / f"{row['stem']}.tif")
+            ids = {int(i) for i in np.unique(labels) if i}
+            areas = np.bincount(labels.ravel())
+            small = {i for i in ids if areas[i] < 200}
+            assert row["objects"] == len(ids) and row["excluded"] == len(small)
+            features = json.loads((out / "qupath" / f"{row['stem']}.geojson").read_text())["features"]
+            classified = {f["properties"]["measurements"]["Label"] for f in features
+                          if "classification" in f["properties"]}
+            assert classified == set(objects.loc[objects["stem"] == row["stem"], "label"])
+            assert classified.isdisjoint(small)
+        record = json.loads((out / "run.json").read_text())
+        assert record["status"] == "ok" and set(record["results"]["steps"]) == {
+            "segment", "extract-objects", "classify"}
+
+        # a classifier file that is not ours: one error line naming it, nothing written
+        bad = tmp_path / "not-a-model.pt"
+        bad.write_bytes(b"\x00" * 100 + b"definitely not a checkpoint")
+        failed = album("run", STEP, "--segmentation-model", models / "segmentation", "--classifier", bad,
+                       "--images", images, "--out", album.workdir / "never", expect=1)
+        _error_line(failed.output, str(bad))
+        assert "Traceback" not in failed.output
+        assert not (album.workdir / "never").exists()
+
+        album("test", STEP, timeout=900)
+    finally:
+        album("uninstall", STEP)
