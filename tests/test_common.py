@@ -150,3 +150,24 @@ def test_parse_optional_size():
     for bad in ("0", "12x", "big"):
         with pytest.raises(OrgasegError):
             parse_optional_size(bad)
+
+
+def test_number_lists_for_grid_searches():
+    from orgaseg_core.params import parse_number_list, parse_optional_int, parse_optional_text, split_list
+
+    assert split_list(" resnet18, ,resnet50 ") == ["resnet18", "resnet50"]
+    assert split_list(("a ", "", " b")) == ["a", "b"] and split_list(None) == []
+    assert parse_number_list("1e-3, 3e-4", what="--learning-rates") == [0.001, 0.0003]
+    assert parse_number_list("32,64", int, what="--batch-sizes", minimum=1, strict=False) == [32, 64]
+    assert parse_number_list("0", what="--weight-decays", strict=False) == [0.0]
+    for text, kind, message in (("0.001,fast", float, "'fast' is not a number"),
+                                ("1.5", int, "'1.5' is not a whole number"),
+                                ("nan", float, "not a finite number"),
+                                ("0", float, "'0' must be > 0"),
+                                (" , ", float, "at least one value")):
+        with pytest.raises(OrgasegError, match=message):
+            parse_number_list(text, kind, what="--x")
+    assert parse_optional_int("auto") is None and parse_optional_int(" 64 ") == 64
+    with pytest.raises(OrgasegError, match="whole number or 'auto'"):
+        parse_optional_int("big")
+    assert parse_optional_text(" Auto ") is None and parse_optional_text(" cuda ") == "cuda"

@@ -50,7 +50,7 @@ def pre_test():
     # small budgets: the test checks what analyze writes, not how good the models are
     for step, options in (
             ("train-segmentation", ["--data", root / "split-seg", "--model-out", root / "seg-model",
-                                    "--epochs", 12, "--steps-per-epoch", 10, "--learning-rate", 1e-3]),
+                                    "--epochs", 15, "--steps-per-epoch", 10, "--learning-rate", 1e-3]),
             ("train-classifier", ["--data", root / "split-cls", "--model-out", root / "classifier",
                                   "--grid-epochs", 1, "--epochs", 2, "--learning-rates", 1e-3,
                                   "--input-size", 64])):
