@@ -3,7 +3,6 @@ session's example run (tests/conftest.py ``story``), a bad classifier, album tes
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 
@@ -11,22 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from album_helpers import digest, error_line
 
 pytestmark = pytest.mark.integration
 
 STEP = "orgaseg:analyze:0.1.0"
 
 
-def _digest(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
-
-def _error_line(output: str, *needles: str) -> str:
-    for line in output.splitlines():
-        if "ERROR" in line and all(n in line for n in needles):
-            return line
-    pytest.fail(f"no ERROR line with {needles} in:\n{output}")
 
 
 def test_analyze(album, story, tmp_path):
@@ -34,7 +25,7 @@ def test_analyze(album, story, tmp_path):
     models = demo / "models"
     images = tmp_path / "new-images"
     shutil.copytree(demo / "new-images" / "images", images)
-    before = _digest(images), _digest(models)
+    before = digest(images), digest(models)
     result = album("install", STEP)
     assert "Installed analyze!" in result.output, result.output
     try:
@@ -43,7 +34,7 @@ def test_analyze(album, story, tmp_path):
                     "--classifier", models / "classifier" / "model.pt", "--images", images,
                     "--out", out, "--min-area", "200", timeout=900)
         assert "analyze: 2 image(s)" in run.output
-        assert (_digest(images), _digest(models)) == before  # inputs unchanged
+        assert (digest(images), digest(models)) == before  # inputs unchanged
         summary = pd.read_csv(out / "summary.csv", dtype={"stem": str})
         objects = pd.read_csv(out / "objects.csv", dtype={"stem": str})
         assert list(summary["image"]) == sorted(p.name for p in images.iterdir())
@@ -68,7 +59,7 @@ def test_analyze(album, story, tmp_path):
         bad.write_bytes(b"\x00" * 100 + b"definitely not a checkpoint")
         failed = album("run", STEP, "--segmentation-model", models / "segmentation", "--classifier", bad,
                        "--images", images, "--out", album.workdir / "never", expect=1)
-        _error_line(failed.output, str(bad))
+        error_line(failed.output, str(bad))
         assert "Traceback" not in failed.output
         assert not (album.workdir / "never").exists()
 

@@ -10,7 +10,6 @@ orgaseg_core (and reads model.pt only as a file).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shutil
 import zipfile
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from album_helpers import digest, error_line
 
 pytestmark = pytest.mark.integration
 
@@ -37,21 +37,7 @@ def coordinates(step: str) -> str:
     return f"orgaseg:{step}:{VERSION}"
 
 
-def digest(path: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file under the folder ``path``, or {name: sha256} of the
-    file ``path`` (to prove inputs were not touched)."""
-    if path.is_file():
-        return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()}
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
 
-
-def error_line(output: str, *needles: str) -> str:
-    """The ERROR line of album's output that contains all ``needles`` (fails if there is none)."""
-    for line in output.splitlines():
-        if "ERROR" in line and all(n in line for n in needles):
-            return line
-    pytest.fail(f"no ERROR line with {needles} in:\n{output}")
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ conftest.py and tests/album_support/micromamba_standin.py).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from album_helpers import digest, error_line
 
 pytestmark = pytest.mark.integration
 
@@ -30,18 +30,7 @@ def coordinates(step: str) -> str:
     return f"orgaseg:{step}:{VERSION}"
 
 
-def digest(folder: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file under ``folder`` (to prove inputs were not touched)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
-
-def error_line(output: str, *needles: str) -> str:
-    """The ERROR line of album's output that contains all ``needles`` (fails if there is none)."""
-    for line in output.splitlines():
-        if "ERROR" in line and all(n in line for n in needles):
-            return line
-    pytest.fail(f"no ERROR line with {needles} in:\n{output}")
 
 
 @contextlib.contextmanager
