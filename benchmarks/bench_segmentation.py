@@ -91,7 +91,7 @@ def child(mode: str, model: Path, images: Path, out: Path, rounds: int) -> dict:
 def train_small_model(tmp: Path, epochs: int) -> Path:
     from orgaseg_core.example import run_example
 
-    example = run_example(tmp / "example", n_images=16, seed=0)
+    example = run_example(tmp / "example", n_images=16, seed=0, data_only=True)
     model = tmp / "model"
     done = subprocess.run([sys.executable, "-m", "orgaseg_core.cli", "train-segmentation",
                            "--data", str(example.folders["split (segmentation)"]),

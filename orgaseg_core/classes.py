@@ -25,7 +25,7 @@ KNOWN_CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
     "Filled in": (214, 39, 40),
     "Early branching": (44, 160, 44),
     "Branched": (255, 127, 14),
-    "Burned out": (100, 100, 100),
+    "Burned out": (230, 50, 230),  # bright: these organoids are dark, grey outlines vanish on them
     "Ring": (148, 103, 189),
     "Unsure": (188, 189, 34),
     "Apoptotic": (140, 86, 75),

@@ -45,7 +45,7 @@ def run_cli(*args) -> subprocess.CompletedProcess:
                     reason="the segmentation extra (stardist, tensorflow) is not installed")
 def test_default_training_segments_unseen_images(tmp_path):
     t0 = time.perf_counter()
-    example = run_example(tmp_path / "example", n_images=N_SOURCE_IMAGES, seed=0)
+    example = run_example(tmp_path / "example", n_images=N_SOURCE_IMAGES, seed=0, data_only=True)
     split = example.folders["split (segmentation)"]
     table = pd.read_csv(split / "split.csv")
     assert table.loc[table.split == "train", "group"].nunique() >= 24
