@@ -100,7 +100,7 @@ setup(
                         "report.json/report.csv, TensorBoard logs)."},
         {"name": "epochs", "type": "integer", "default": 40,
          "description": "Training rounds. More rounds train longer and usually segment better "
-                        "(40 x 25 steps takes about 10 minutes on 2 CPU cores)."},
+                        "(40 x 25 steps takes about 6 minutes on 2 CPU cores)."},
         {"name": "steps-per-epoch", "type": "integer", "default": 25,
          "description": "Training steps (batches of image patches) per round."},
         {"name": "batch-size", "type": "integer", "default": 4,

@@ -1,0 +1,93 @@
+"""What a StarDist training budget reaches on held-out generated images (issue 3, README table).
+
+The data are those of the quality test ``tests/test_segmentation_quality.py``: 36 example
+images of seed 0 (masks, preprocess with vignette removal, 2x2 tiles, scale 0.5, split), and 6
+held-out full-size images of another seed, segmented at full resolution and compared with their
+annotations. Every extra argument is passed to ``orgaseg train-segmentation``, so
+
+    python benchmarks/bench_segmentation_budgets.py --work /tmp/budgets --name e100 -- --epochs 100
+    python benchmarks/bench_segmentation_budgets.py --work /tmp/budgets --name rays64 -- --n-rays 64
+
+train the default settings for 100 epochs, or with 64 rays, on the same data (generated once in
+``--work`` and reused) and print precision, recall, F1, AP and mean matched IoU at IoU 0.5, 0.7
+and 0.9, with the training time. TensorFlow runs in child processes (the orgaseg CLI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+N_SOURCE_IMAGES = 36
+N_HELD_OUT = 6
+HELD_OUT_SEED = 20261124
+
+
+def run_cli(*args) -> None:
+    done = subprocess.run([sys.executable, "-m", "orgaseg_core.cli", *map(str, args)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"orgaseg {args[0]} failed:\n{done.stderr[-4000:]}")
+
+
+def prepare_data(work: Path) -> tuple[Path, Path, Path]:
+    """Training split, held-out images and their masks in ``work`` (made once, then reused)."""
+    from orgaseg_core.demo import make_demo_data
+    from orgaseg_core.example import run_example
+    from orgaseg_core.masks import annotations_to_masks
+
+    split = work / "example" / "split-segmentation"
+    if not split.exists():
+        example = run_example(work / "example", n_images=N_SOURCE_IMAGES, seed=0, data_only=True)
+        split = example.folders["split (segmentation)"]
+    held = work / "held-out"
+    if not (work / "held-out-masks").exists():
+        make_demo_data(held, n_images=N_HELD_OUT, seed=HELD_OUT_SEED)
+        annotations_to_masks(held / "geojsons", held / "images", work / "held-out-masks")
+    return split, held / "images", work / "held-out-masks"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path, required=True, help="folder for data and models (reused)")
+    parser.add_argument("--name", required=True, help="name of this run's model folder in --work")
+    parser.add_argument("train_args", nargs="*", help="arguments for orgaseg train-segmentation")
+    args = parser.parse_args(argv)
+
+    import pandas as pd
+
+    from orgaseg_core.evaluation import segmentation_metrics
+    from orgaseg_core.images import read_labels
+
+    split, images, masks = prepare_data(args.work)
+    model = args.work / args.name
+    t0 = time.perf_counter()
+    run_cli("train-segmentation", "--data", split, "--model-out", model, "--seed", 0, *args.train_args)
+    t_train = time.perf_counter() - t0
+    seg = args.work / f"{args.name}-segmented"
+    run_cli("segment", "--model", model, "--images", images, "--out", seg, "--image-scale", 1.0,
+            "--overwrite")
+
+    truths, preds = [], []
+    for truth_file in sorted(masks.glob("*.tif")):
+        truths.append(read_labels(truth_file))
+        preds.append(read_labels(seg / truth_file.name))
+    metrics = segmentation_metrics(truths, preds, thresholds=(0.5, 0.7, 0.9))
+    meta = json.loads((model / "orgaseg_model.json").read_text())
+    training = meta["training"]
+    print(f"run {args.name}: train-segmentation {' '.join(args.train_args) or '(defaults)'}")
+    print(f"  {training.get('epochs')} epochs x {training.get('steps_per_epoch')} steps, "
+          f"n_rays {meta['n_rays']}, patch {meta['patch_size']}: "
+          f"training {t_train / 60:.1f} min on this machine "
+          f"({meta['timings_s']['per_epoch']:.1f} s per epoch)")
+    print(pd.DataFrame(metrics)[["threshold", "n_true", "n_pred", "tp", "precision", "recall", "f1",
+                                 "ap", "mean_matched_iou"]]
+          .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+if __name__ == "__main__":
+    main()
