@@ -89,16 +89,15 @@ def child(mode: str, model: Path, images: Path, out: Path, rounds: int) -> dict:
 
 
 def train_small_model(tmp: Path, epochs: int) -> Path:
+    from orgaseg_core.analyze import run_step_process
     from orgaseg_core.example import run_example
 
     example = run_example(tmp / "example", n_images=16, seed=0, data_only=True)
     model = tmp / "model"
-    done = subprocess.run([sys.executable, "-m", "orgaseg_core.cli", "train-segmentation",
-                           "--data", str(example.folders["split (segmentation)"]),
-                           "--model-out", str(model), "--epochs", str(epochs)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"training failed:\n{done.stderr[-3000:]}")
+    ended = run_step_process("train-segmentation", ["--data", example.folders["split (segmentation)"],
+                                                    "--model-out", model, "--epochs", epochs])
+    if ended.returncode != 0:
+        raise SystemExit(f"training failed (exit status {ended.returncode}): {ended.message}")
     return model
 
 

@@ -10,15 +10,13 @@ annotations. Every extra argument is passed to ``orgaseg train-segmentation``, s
 
 train the default settings for 100 epochs, or with 64 rays, on the same data (generated once in
 ``--work`` and reused) and print precision, recall, F1, AP and mean matched IoU at IoU 0.5, 0.7
-and 0.9, with the training time. TensorFlow runs in child processes (the orgaseg CLI).
+and 0.9, with the training time. TensorFlow runs in child processes (the orgaseg CLI), whose progress is shown live.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,11 +25,13 @@ N_HELD_OUT = 6
 HELD_OUT_SEED = 20261124
 
 
-def run_cli(*args) -> None:
-    done = subprocess.run([sys.executable, "-m", "orgaseg_core.cli", *map(str, args)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"orgaseg {args[0]} failed:\n{done.stderr[-4000:]}")
+def run_step(step: str, *options) -> None:
+    """``orgaseg STEP OPTIONS`` in its own process, its progress shown as it comes."""
+    from orgaseg_core.analyze import run_step_process
+
+    ended = run_step_process(step, options)
+    if ended.returncode != 0:
+        raise SystemExit(f"orgaseg {step} failed (exit status {ended.returncode}): {ended.message}")
 
 
 def prepare_data(work: Path) -> tuple[Path, Path, Path]:
@@ -66,10 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     split, images, masks = prepare_data(args.work)
     model = args.work / args.name
     t0 = time.perf_counter()
-    run_cli("train-segmentation", "--data", split, "--model-out", model, "--seed", 0, *args.train_args)
+    run_step("train-segmentation", "--data", split, "--model-out", model, "--seed", 0, *args.train_args)
     t_train = time.perf_counter() - t0
     seg = args.work / f"{args.name}-segmented"
-    run_cli("segment", "--model", model, "--images", images, "--out", seg, "--image-scale", 1.0,
+    run_step("segment", "--model", model, "--images", images, "--out", seg, "--image-scale", 1.0,
             "--overwrite")
 
     truths, preds = [], []
