@@ -10,14 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from album_helpers import digest, error_line
+from album_helpers import error_line
+from digests import tree_digest
 
 pytestmark = pytest.mark.integration
 
 STEP = "orgaseg:analyze:0.1.0"
-
-
-
 
 
 def test_analyze(album, story, tmp_path):
@@ -25,7 +23,7 @@ def test_analyze(album, story, tmp_path):
     models = demo / "models"
     images = tmp_path / "new-images"
     shutil.copytree(demo / "new-images" / "images", images)
-    before = digest(images), digest(models)
+    before = tree_digest(images), tree_digest(models)
     result = album("install", STEP)
     assert "Installed analyze!" in result.output, result.output
     try:
@@ -34,7 +32,7 @@ def test_analyze(album, story, tmp_path):
                     "--classifier", models / "classifier" / "model.pt", "--images", images,
                     "--out", out, "--min-area", "200", timeout=900)
         assert "analyze: 2 image(s)" in run.output
-        assert (digest(images), digest(models)) == before  # inputs unchanged
+        assert (tree_digest(images), tree_digest(models)) == before  # inputs unchanged
         summary = pd.read_csv(out / "summary.csv", dtype={"stem": str})
         objects = pd.read_csv(out / "objects.csv", dtype={"stem": str})
         assert list(summary["image"]) == sorted(p.name for p in images.iterdir())

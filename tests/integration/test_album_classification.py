@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from album_helpers import digest, error_line
+from album_helpers import error_line
+from digests import tree_digest
 
 pytestmark = pytest.mark.integration
 
@@ -35,9 +36,6 @@ MEASUREMENTS = ["image", "stem", "label", "crop", "bbox_min_row", "bbox_min_col"
 # also import its fixtures and collect its tests twice).
 def coordinates(step: str) -> str:
     return f"orgaseg:{step}:{VERSION}"
-
-
-
 
 
 @contextlib.contextmanager
@@ -80,7 +78,7 @@ def test_extract_objects(album, demo, tmp_path):
     corner[:20, :20] = corner_label
     tifffile.imwrite(masks / "demo_001.tif", corner)
     with installed(album, "extract-objects"):
-        before = digest(images), digest(masks)
+        before = tree_digest(images), tree_digest(masks)
         out = album.workdir / "objects"
         run = album("run", step, "--images", images, "--masks", masks, "--out", out,
                     "--padding", "4", "--min-area", "150", "--exclude-border", "True")
@@ -124,7 +122,7 @@ def test_extract_objects(album, demo, tmp_path):
         assert {p.name for p in (out / "crops").iterdir()} == expected_crops and len(expected_crops) > 50
         record = json.loads((out / "run.json").read_text())
         assert record["arguments"]["exclude_border"] is True and record["arguments"]["min_area"] == 150
-        assert (digest(images), digest(masks)) == before
+        assert (tree_digest(images), tree_digest(masks)) == before
 
         # masks whose names match no image: one ERROR line naming the folders, nothing written
         unmatched = tmp_path / "unmatched-masks"
@@ -155,7 +153,7 @@ def test_train_classifier_then_classify(album, demo, tmp_path):
     model = album.workdir / "classifier"
     with installed(album, "train-classifier"):
         step = coordinates("train-classifier")
-        before = digest(split)
+        before = tree_digest(split)
         run = album("run", step, "--data", split, "--model-out", model, "--architectures", "resnet18",
                     "--learning-rates", "0.001,0.0003", "--batch-sizes", "16", "--grid-epochs", "1",
                     "--epochs", "2", "--patience", "1", "--input-size", "64", "--seed", "3",
@@ -177,7 +175,7 @@ def test_train_classifier_then_classify(album, demo, tmp_path):
         arguments = json.loads((model / "run.json").read_text())["arguments"]
         assert arguments["learning_rates"] == [0.001, 0.0003] and arguments["batch_sizes"] == [16]
         assert arguments["architectures"] == ["resnet18"] and arguments["seed"] == 3
-        assert digest(split) == before
+        assert tree_digest(split) == before
 
         # a class folder with a single training crop: refused before anything is written
         one = tmp_path / "one-crop"
@@ -200,7 +198,7 @@ def test_train_classifier_then_classify(album, demo, tmp_path):
     objects = pd.read_csv(tmp_path / "objects" / "objects.csv")
     with installed(album, "classify"):
         step = coordinates("classify")
-        before = digest(tmp_path / "objects"), digest(model / "model.pt")
+        before = tree_digest(tmp_path / "objects"), tree_digest(model / "model.pt")
         out = album.workdir / "classified"
         run = album("run", step, "--model", model / "model.pt", "--objects", tmp_path / "objects",
                     "--out", out, "--batch-size", "7", "--device", "cpu")
@@ -218,7 +216,7 @@ def test_train_classifier_then_classify(album, demo, tmp_path):
         assert set(predictions["predicted_class"]) <= set(classes)
         assert list(predictions["predicted_class"]) == [classes[i] for i in probs.argmax(axis=1)]
         assert np.allclose(predictions["confidence"], probs.max(axis=1))
-        assert (digest(tmp_path / "objects"), digest(model / "model.pt")) == before
+        assert (tree_digest(tmp_path / "objects"), tree_digest(model / "model.pt")) == before
 
         # a file that is not an orgaseg checkpoint: refused, named, nothing written
         foreign = tmp_path / "foreign.pt"

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from album_helpers import digest, error_line
+from album_helpers import error_line
+from digests import tree_digest
 
 pytestmark = pytest.mark.integration
 
@@ -28,9 +29,6 @@ CLASSES = {"Cyst", "Filled in", "Early branching", "Branched", "Burned out"}
 
 def coordinates(step: str) -> str:
     return f"orgaseg:{step}:{VERSION}"
-
-
-
 
 
 @contextlib.contextmanager
@@ -107,13 +105,13 @@ def test_sort_crops(album, demo):
     truth = pd.read_csv(demo / "objects.csv", keep_default_na=False)
     classified = truth[truth["class"] != ""]
     with installed(album, "sort-crops"):
-        before = digest(crops)
+        before = tree_digest(crops)
         out = album.workdir / "sorted-copy"
         run = album("run", step, "--crops", crops, "--out", out, "--move", "False")
         n_classes = classified["class"].nunique()
         assert f"copied {len(classified)} crops into {n_classes} class folders" in run.output
         # "--move False" is False: the crops are copied, the input folder is untouched
-        assert digest(crops) == before
+        assert tree_digest(crops) == before
         for crop, cls in zip(classified["crop"], classified["class"]):
             assert (out / cls / crop).read_bytes() == (crops / crop).read_bytes()
         assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(set(classified["class"]))
@@ -128,7 +126,7 @@ def test_sort_crops(album, demo):
         assert sorted(p.name for p in scratch.iterdir()) == \
             sorted(truth.loc[(truth["class"] == "") & (truth["crop"] != ""), "crop"])
         moved = {f"{c}/{n}" for n, c in zip(classified["crop"], classified["class"])}
-        assert moved <= digest(moved_out).keys()
+        assert moved <= tree_digest(moved_out).keys()
 
         # a boolean that is neither true nor false is refused by the parser
         bad = album("run", step, "--crops", crops, "--out", album.workdir / "never", "--move", "maybe",
@@ -148,7 +146,7 @@ def test_annotations_to_masks(album, demo):
     truth = pd.read_csv(demo / "objects.csv", keep_default_na=False)
     organoids = truth[(truth["kind"] == "organoid") & (truth["class"] != "")]
     with installed(album, "annotations-to-masks"):
-        before = digest(demo)
+        before = tree_digest(demo)
         out = album.workdir / "masks"
         run = album("run", step, "--annotations", demo / "geojsons", "--images", demo / "images",
                     "--out", out)
@@ -162,7 +160,7 @@ def test_annotations_to_masks(album, demo):
             ids, counts = np.unique(labels[labels > 0], return_counts=True)
             drawn = table[table["area_px"] > 0]
             assert list(ids) == list(drawn["label"]) and list(counts) == list(drawn["area_px"])
-        assert digest(demo) == before
+        assert tree_digest(demo) == before
 
         # "--keep-unclassified True" also draws the annotation without a class
         kept = album.workdir / "masks-unclassified"
@@ -265,7 +263,7 @@ def test_evaluate_segmentation(album, demo, tmp_path):
             renamed[labels == labels.max()] = 0
         tifffile.imwrite(pred / path.name, renamed)
     with installed(album, "evaluate-segmentation"):
-        before = digest(truth), digest(pred)
+        before = tree_digest(truth), tree_digest(pred)
         out = album.workdir / "evaluation"
         album("run", step, "--truth", truth, "--pred", pred, "--out", out, "--images", demo / "images")
         metrics = pd.read_csv(out / "metrics.csv").set_index("threshold")
@@ -276,7 +274,7 @@ def test_evaluate_segmentation(album, demo, tmp_path):
             assert row["precision"] == 1.0 and row["mean_matched_iou"] == 1.0
         assert sorted(p.name for p in (out / "overlays").iterdir()) == ["demo_000.png", "demo_001.png"]
         assert (out / "ap_vs_iou.png").stat().st_size > 1000
-        assert (digest(truth), digest(pred)) == before
+        assert (tree_digest(truth), tree_digest(pred)) == before
 
         bad = album("run", step, "--truth", truth, "--pred", album.workdir / "missing",
                     "--out", album.workdir / "never", expect=1)
@@ -298,13 +296,13 @@ def test_train_segmentation_then_segment(album, demo, tmp_path):
     model = album.workdir / "model"
     with installed(album, "train-segmentation"):
         step = coordinates("train-segmentation")
-        before = digest(tmp_path / "split")
+        before = tree_digest(tmp_path / "split")
         album("run", step, "--data", tmp_path / "split", "--model-out", model, "--epochs", "1",
               "--steps-per-epoch", "2", "--batch-size", "2", "--patch-size", "64", "--augment", "False")
         meta = json.loads((model / "orgaseg_model.json").read_text())
         assert meta["kind"] == "orgaseg-stardist2d" and (model / "thresholds.json").is_file()
         assert set(pd.read_csv(model / "report.csv")["threshold"].round(2)) >= {0.5, 0.7, 0.9}
-        assert digest(tmp_path / "split") == before
+        assert tree_digest(tmp_path / "split") == before
         # no validation data: refused with the reason, before any training
         no_val = tmp_path / "no-val"
         shutil.copytree(tmp_path / "split" / "train", no_val / "train")
