@@ -41,7 +41,7 @@ def main() -> None:
     if seg is None or clf is None:
         parser.error("give --example DIR, or --segmentation-model and --classifier")
 
-    from orgaseg_core.demo import make_demo_data
+    from orgaseg_core.data.demo import make_demo_data
 
     with tempfile.TemporaryDirectory(prefix="bench-analyze-") as tmp:
         tmp = Path(tmp)

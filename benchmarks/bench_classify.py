@@ -41,14 +41,18 @@ def main() -> None:
 
     import torch
 
-    from orgaseg_core.classifier_data import to_unit
-    from orgaseg_core.classifier_model import load_checkpoint, resolve_device
-    from orgaseg_core.classify import classify, predict_batch
-    from orgaseg_core.demo import make_demo_data
-    from orgaseg_core.images import list_images, read_image
-    from orgaseg_core.sort_crops import sort_crops
-    from orgaseg_core.split import split_dataset
-    from orgaseg_core.train_classifier import DEFAULT_BATCH_SIZES, DEFAULT_LEARNING_RATES, train_classifier
+    from orgaseg_core.classification.crops import to_unit
+    from orgaseg_core.classification.networks import load_checkpoint, resolve_device
+    from orgaseg_core.classification.predict import classify, predict_batch
+    from orgaseg_core.classification.train import (
+        DEFAULT_BATCH_SIZES,
+        DEFAULT_LEARNING_RATES,
+        train_classifier,
+    )
+    from orgaseg_core.common.images import list_images, read_image
+    from orgaseg_core.data.demo import make_demo_data
+    from orgaseg_core.data.sort_crops import sort_crops
+    from orgaseg_core.data.split import split_dataset
 
     device = resolve_device(args.device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "

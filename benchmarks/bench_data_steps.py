@@ -58,10 +58,10 @@ from pathlib import Path
 step, folder, out, options = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4])
 start = time.perf_counter()
 if step == "annotations-to-masks":
-    from orgaseg_core.masks import annotations_to_masks
+    from orgaseg_core.data.masks import annotations_to_masks
     annotations_to_masks(folder / "geojsons", folder / "images", out)
 else:
-    from orgaseg_core.preprocess import preprocess
+    from orgaseg_core.data.preprocess import preprocess
     preprocess(folder / "images", out, masks=folder / "masks", **options)
 seconds = time.perf_counter() - start
 # VmHWM is this process's own peak resident memory; ru_maxrss would include the parent's

@@ -5,7 +5,7 @@ Prints, for 200 and 2,000 objects (or --objects ...) on one 4032x3040 RGB image:
   process's own peak resident memory), with uncompressed crops (the default) and with
   zlib-compressed crops, and with --mask-background;
 - time per object and the ratio of the times, to show the cost grows linearly with objects;
-- the measurement alone: orgaseg_core.measurements.measure_objects against
+- the measurement alone: orgaseg_core.objects.measurements.measure_objects against
   skimage.measure.regionprops_table (same properties) on the same label image.
 
 Usage:  python benchmarks/bench_extract_objects.py [--objects 200 2000] [--repeats 3]
@@ -77,7 +77,7 @@ CHILD = r"""
 import json, sys, time
 from pathlib import Path
 folder, out, options = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
-import orgaseg_core.extract_objects as eo
+import orgaseg_core.objects.extract as eo
 eo.COMPRESS_CROPS = options.pop("compress", False)
 start = time.perf_counter()
 result = eo.extract_objects(folder / "images", folder / "masks", out, **options)
@@ -108,7 +108,7 @@ def report(what: str, n_objects: int, runs: list[dict]) -> float:
 def compare_measurement(n_objects: int) -> None:
     from skimage.measure import regionprops_table
 
-    from orgaseg_core.measurements import measure_objects
+    from orgaseg_core.objects.measurements import measure_objects
 
     labels = make_labels(n_objects)
     grey = np.random.default_rng(1).integers(0, 255, labels.shape, dtype=np.uint8)

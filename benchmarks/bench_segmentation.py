@@ -32,10 +32,12 @@ from pathlib import Path
 mode, model, images, out, rounds = (sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]),
                                     int(sys.argv[5]))
 t0 = time.perf_counter()
-import orgaseg_core.segment as seg_module
-from orgaseg_core.images import list_images, read_image
-from orgaseg_core.preprocess import process_image, rescale_image, to_grey
-from orgaseg_core.stardist_model import auto_n_tiles, load_model, normalize_image
+import orgaseg_core.segmentation.predict as seg_module
+from orgaseg_core.common.images import list_images, read_image
+from orgaseg_core.common.illumination import process_image
+from orgaseg_core.common.resample import rescale_image
+from orgaseg_core.common.images import to_grey
+from orgaseg_core.segmentation.model import auto_n_tiles, load_model, normalize_image
 loaded = load_model(model)  # imports TensorFlow
 load = time.perf_counter() - t0
 info = loaded.info
@@ -89,8 +91,8 @@ def child(mode: str, model: Path, images: Path, out: Path, rounds: int) -> dict:
 
 
 def train_small_model(tmp: Path, epochs: int) -> Path:
-    from orgaseg_core.analyze import run_step_process
-    from orgaseg_core.example import run_example
+    from orgaseg_core.pipelines.example import run_example
+    from orgaseg_core.pipelines.processes import run_step_process
 
     example = run_example(tmp / "example", n_images=16, seed=0, data_only=True)
     model = tmp / "model"
@@ -121,7 +123,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the small model")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (after one warm-up)")
     args = parser.parse_args()
-    from orgaseg_core.demo import make_demo_data
+    from orgaseg_core.data.demo import make_demo_data
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

@@ -27,7 +27,7 @@ HELD_OUT_SEED = 20261124
 
 def run_step(step: str, *options) -> None:
     """``orgaseg STEP OPTIONS`` in its own process, its progress shown as it comes."""
-    from orgaseg_core.analyze import run_step_process
+    from orgaseg_core.pipelines.processes import run_step_process
 
     ended = run_step_process(step, options)
     if ended.returncode != 0:
@@ -36,9 +36,9 @@ def run_step(step: str, *options) -> None:
 
 def prepare_data(work: Path) -> tuple[Path, Path, Path]:
     """Training split, held-out images and their masks in ``work`` (made once, then reused)."""
-    from orgaseg_core.demo import make_demo_data
-    from orgaseg_core.example import run_example
-    from orgaseg_core.masks import annotations_to_masks
+    from orgaseg_core.data.demo import make_demo_data
+    from orgaseg_core.data.masks import annotations_to_masks
+    from orgaseg_core.pipelines.example import run_example
 
     split = work / "example" / "split-segmentation"
     if not split.exists():
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import pandas as pd
 
-    from orgaseg_core.evaluation import segmentation_metrics
-    from orgaseg_core.images import read_labels
+    from orgaseg_core.common.images import read_labels
+    from orgaseg_core.segmentation.evaluation import segmentation_metrics
 
     split, images, masks = prepare_data(args.work)
     model = args.work / args.name

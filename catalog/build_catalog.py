@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -210,58 +211,135 @@ def release_tags(root: Path = REPO) -> list[str]:
     return sorted("-".join([s["group"], s["name"], s["version"]]) for s in solutions)
 
 
+def _git(root: Path, *args: str, env: dict | None = None) -> str:
+    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True,
+                          text=True, env=env).stdout.strip()
+
+
+def _source_versions(root: Path = REPO) -> dict[str, str]:
+    """``<group>-<name>-<version>`` tag -> step folder name, for the versions in ``solutions/``."""
+    from album.core.controller.album_controller import AlbumController
+
+    group = catalog_meta(root)["name"]
+    found = {}
+    with tempfile.TemporaryDirectory(prefix="album-home-") as home:
+        controller = AlbumController(home)
+        try:
+            for folder in source_solution_folders(root, group):
+                coordinates = controller.state_manager().load(str(folder / "solution.py")).coordinates()
+                found["-".join([coordinates.group(), coordinates.name(), coordinates.version()])] = folder.name
+        finally:
+            controller.close()
+    return found
+
+
+def _release_source(root: Path, step: str, version: str) -> str | None:
+    """The newest commit in which ``solutions/<step>/solution.py`` declares ``version``: the
+    source of that released version (None when the history does not have it)."""
+    path = f"{SOLUTIONS}/{step}/solution.py"
+    declared = re.compile(r"""\bversion\s*=\s*["']""" + re.escape(version) + r"""["']""")
+    try:
+        commits = _git(root, "log", "--format=%H", "--", path).split()
+    except subprocess.CalledProcessError:
+        return None
+    for commit in commits:
+        try:
+            text = _git(root, "show", f"{commit}:{path}")
+        except subprocess.CalledProcessError:  # the commit deleted the file
+            continue
+        if declared.search(text):
+            return commit
+    return None
+
+
+def _release_commit(root: Path, parent: str, source_root: Path, tags: list[str], tmp: Path) -> str:
+    """A commit on top of ``parent`` that adds the deployed folders of the solutions in
+    ``source_root/solutions/<step>/``, made with git plumbing and a private index, so neither a
+    branch, the working tree nor the user's staging area change."""
+    deploy_root = tmp / "tree"
+    # the committed index is current (checked by the caller); the build is for the deployed folders
+    scratch = tmp / "index"
+    scratch.mkdir()
+    for name in CATALOG_FILES:
+        shutil.copy2(Path(root) / name, scratch / name)
+    build_catalog(source_root, scratch, deploy_root)
+    env = dict(os.environ, GIT_INDEX_FILE=str(tmp / "git-index"))
+    # a commit needs an identity; use the configured one, else a neutral release identity
+    for key, value in (("GIT_AUTHOR_NAME", "orgaseg release"), ("GIT_AUTHOR_EMAIL", "release@orgaseg.invalid"),
+                       ("GIT_COMMITTER_NAME", "orgaseg release"), ("GIT_COMMITTER_EMAIL", "release@orgaseg.invalid")):
+        configured = subprocess.run(["git", "-C", str(root), "config",
+                                     "user.email" if key.endswith("EMAIL") else "user.name"],
+                                    capture_output=True, text=True).stdout.strip()
+        env.setdefault(key, configured or value)
+    _git(root, "read-tree", parent, env=env)
+    # only the group folder: adding all of solutions/ would stage the sources as deleted
+    _git(root, "--work-tree", str(deploy_root), "add", "-f", "--",
+         f"{SOLUTIONS}/{catalog_meta(root)['name']}", env=env)
+    tree = _git(root, "write-tree", env=env)
+    return _git(root, "commit-tree", tree, "-p", parent, "-m",
+                "Release " + " ".join(tags) + "\n\nThe deployed album solutions of this "
+                "release; made by catalog/build_catalog.py --tag, not part of main.", env=env)
+
+
 def create_release_tags(root: Path = REPO) -> tuple[list[str], list[str]]:
     """Tag a release commit for every release tag that does not exist yet.
 
-    The release commit is HEAD plus the deployed ``solutions/<group>/<step>/`` folders, made
-    with git plumbing and a private index, so neither ``main``, the working tree nor the user's
-    staging area change. Refuses when the index files are out of date or not committed, because
-    album reads the index from ``main``. Returns (tags created, tags that already existed).
+    The versions in ``solutions/`` are released from HEAD: one commit on top of HEAD that adds
+    their deployed ``solutions/<group>/<step>/`` folders. An older version that the index still
+    lists but that has no tag (a fresh clone without tags) is released from its own source: the
+    newest commit in the history whose ``solution.py`` declares that version, with a release
+    commit on top of it, so a released version never changes. A version whose source is not in
+    the history (a shallow clone, a copy) is reported and left untagged. Refuses when the index
+    files are out of date or not committed, because album reads the index from ``main``.
+    Returns (tags created, tags that already existed).
     """
-
-    def git(*args: str, env: dict | None = None) -> str:
-        return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True,
-                              text=True, env=env).stdout.strip()
-
     problems = check_catalog(root)
     if problems:
         raise CatalogBuildError("the catalog index is out of date (" + "; ".join(problems)
                                 + "): run python catalog/build_catalog.py and commit")
-    if git("status", "--porcelain", "--", *CATALOG_FILES, SOLUTIONS):
+    if _git(root, "status", "--porcelain", "--", *CATALOG_FILES, SOLUTIONS):
         raise CatalogBuildError("the catalog files or solutions/ have uncommitted changes; "
                                 "commit them before tagging a release")
-    existing = set(git("tag", "--list").split())
+    existing = set(_git(root, "tag", "--list").split())
     wanted = release_tags(root)
     missing = [tag for tag in wanted if tag not in existing]
-    if not missing:
-        return [], wanted
-    with tempfile.TemporaryDirectory(prefix="orgaseg-release-") as tmp:
-        deploy_root = Path(tmp) / "tree"
-        # the committed index is current (checked above); the build is for the deployed folders
-        scratch = Path(tmp) / "index"
-        scratch.mkdir()
-        for name in CATALOG_FILES:
-            shutil.copy2(Path(root) / name, scratch / name)
-        build_catalog(root, scratch, deploy_root)
-        env = dict(os.environ, GIT_INDEX_FILE=str(Path(tmp) / "git-index"))
-        # a commit needs an identity; use the configured one, else a neutral release identity
-        for key, value in (("GIT_AUTHOR_NAME", "orgaseg release"), ("GIT_AUTHOR_EMAIL", "release@orgaseg.invalid"),
-                           ("GIT_COMMITTER_NAME", "orgaseg release"), ("GIT_COMMITTER_EMAIL", "release@orgaseg.invalid")):
-            configured = subprocess.run(["git", "-C", str(root), "config",
-                                         "user.email" if key.endswith("EMAIL") else "user.name"],
-                                        capture_output=True, text=True).stdout.strip()
-            env.setdefault(key, configured or value)
-        git("read-tree", "HEAD", env=env)
-        # only the group folder: adding all of solutions/ would stage the sources as deleted
-        git("--work-tree", str(deploy_root), "add", "-f", "--",
-            f"{SOLUTIONS}/{catalog_meta(root)['name']}", env=env)
-        tree = git("write-tree", env=env)
-        commit = git("commit-tree", tree, "-p", "HEAD", "-m",
-                     "Release " + " ".join(missing) + "\n\nThe deployed album solutions of this "
-                     "release; made by catalog/build_catalog.py --tag, not part of main.", env=env)
+    current = _source_versions(root)
+    created = []
+    now = [tag for tag in missing if tag in current]
+    if now:
+        with tempfile.TemporaryDirectory(prefix="orgaseg-release-") as tmp:
+            commit = _release_commit(root, "HEAD", Path(root), now, Path(tmp))
+        for tag in now:
+            _git(root, "tag", tag, commit)
+        created += now
+    # older versions, grouped by the commit that holds their source
+    group = catalog_meta(root)["name"]
+    sources: dict[str, list[tuple[str, str]]] = {}
     for tag in missing:
-        git("tag", tag, commit)
-    return missing, [tag for tag in wanted if tag in existing]
+        if tag in current:
+            continue
+        step, version = tag[len(group) + 1:].rsplit("-", 1)
+        commit = _release_source(root, step, version)
+        if commit is None:
+            logging.getLogger(__name__).warning(
+                "%s: no commit in this repository's history declares %s version %s; not tagged "
+                "(fetch the full history or the tag from the catalog's origin)", tag, step, version)
+            continue
+        sources.setdefault(commit, []).append((tag, step))
+    for commit, releases in sources.items():
+        with tempfile.TemporaryDirectory(prefix="orgaseg-release-") as tmp:
+            source_root = Path(tmp) / "source"
+            source_root.mkdir()
+            paths = [META_FILE] + [f"{SOLUTIONS}/{step}" for _, step in releases]
+            archive = subprocess.run(["git", "-C", str(root), "archive", commit, *paths],
+                                     check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(source_root)], input=archive, check=True)
+            tags = [tag for tag, _ in releases]
+            release = _release_commit(root, commit, source_root, tags, Path(tmp))
+        for tag in tags:
+            _git(root, "tag", tag, release)
+        created += tags
+    return sorted(created), [tag for tag in wanted if tag in existing]
 
 
 def _index_export(db: Path, name: str) -> list:

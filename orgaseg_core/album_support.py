@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from .errors import OrgasegError
-from .logs import configure_logging
+from .common.errors import OrgasegError
+from .common.logs import configure_logging
 
 
 def run_step(call: Callable[[], object]) -> None:

@@ -14,10 +14,10 @@ from typing import Optional
 
 import typer
 
-from . import __version__
-from .errors import OrgasegError
-from .logs import configure_logging
-from .params import parse_number_list, parse_optional_size, parse_pair
+from . import __version__, steps
+from .common.errors import OrgasegError
+from .common.logs import configure_logging
+from .common.params import parse_number_list, parse_pair
 
 app = typer.Typer(
     name="orgaseg",
@@ -29,6 +29,19 @@ app = typer.Typer(
 log = logging.getLogger("orgaseg")
 
 OVERWRITE_HELP = "Allow writing into a non-empty output folder (files of the same name are replaced)."
+
+
+def _tiles(text: str | None) -> tuple[int, int] | None:
+    """``--n-tiles 4x4`` -> (4, 4); not given -> None (the step chooses)."""
+    return parse_pair(text, what="--n-tiles") if text else None
+
+
+def _echo_partial_result(exc: OrgasegError) -> None:
+    """A batch step that failed on some files (SegmentFailed, AnalyzeFailed) carries the result of
+    the others: print its summary (what was written) before the error line."""
+    result = getattr(exc, "result", None)
+    if result is not None:
+        typer.echo(result.summary())
 
 
 def _version(value: bool) -> None:
@@ -55,10 +68,7 @@ def demo_data_cmd(
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Generate synthetic brightfield organoid images laid out like a QuPath project export."""
-    from .demo import make_demo_data
-
-    result = make_demo_data(out, n_images=n_images, seed=seed, size=parse_pair(size, what="--size"),
-                            overwrite=overwrite)
+    result = steps.demo_data(out, n_images=n_images, seed=seed, size=size, overwrite=overwrite)
     typer.echo(result.summary())
 
 
@@ -71,9 +81,7 @@ def sort_crops_cmd(
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Sort QuPath per-object crops into one folder per class."""
-    from .sort_crops import sort_crops
-
-    result = sort_crops(crops, out, move=move, class_map=class_map, overwrite=overwrite)
+    result = steps.sort_crops(crops, out, move=move, class_map=class_map, overwrite=overwrite)
     typer.echo(result.summary())
 
 
@@ -87,10 +95,8 @@ def annotations_to_masks_cmd(
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Turn QuPath GeoJSON annotations into instance label images and per-object class tables."""
-    from .masks import annotations_to_masks
-
-    result = annotations_to_masks(annotations, images, out, keep_unclassified=keep_unclassified,
-                                  class_map=class_map, overwrite=overwrite)
+    result = steps.annotations_to_masks(annotations, images, out, keep_unclassified=keep_unclassified,
+                                        class_map=class_map, overwrite=overwrite)
     typer.echo(result.summary())
 
 
@@ -106,11 +112,9 @@ def preprocess_cmd(
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Convert to grey, clean up, tile and rescale images (and their label images)."""
-    from .preprocess import preprocess
-
-    result = preprocess(images, out, masks=masks, scale=scale, tiles=parse_pair(tiles, what="--tiles"),
-                        remove_vignette=remove_vignette, flatten_background=flatten_background,
-                        overwrite=overwrite)
+    result = steps.preprocess(images, out, masks=masks, scale=scale, tiles=tiles,
+                              remove_vignette=remove_vignette, flatten_background=flatten_background,
+                              overwrite=overwrite)
     typer.echo(result.summary())
 
 
@@ -126,10 +130,8 @@ def split_cmd(
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Split data into train/val/test, seeded, stratified by class, without leakage between splits."""
-    from .split import split_dataset
-
-    result = split_dataset(data, out, mode=mode, train=train, val=val, test=test, seed=seed,
-                           overwrite=overwrite)
+    result = steps.split(data, out, mode=mode, train=train, val=val, test=test, seed=seed,
+                         overwrite=overwrite)
     typer.echo(result.summary())
 
 
@@ -148,12 +150,10 @@ def example_cmd(
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Run the whole story on generated example data: data steps, both trainings, analyze, evaluation."""
-    from .example import run_example
-
-    result = run_example(out, n_images=n_images, seed=seed, size=parse_pair(size, what="--size"),
-                         n_new_images=n_new_images, seg_epochs=seg_epochs, seg_steps=seg_steps,
-                         clf_grid_epochs=clf_grid_epochs, clf_epochs=clf_epochs, data_only=data_only,
-                         overwrite=overwrite)
+    result = steps.example(out, n_images=n_images, seed=seed, size=size,
+                           n_new_images=n_new_images, seg_epochs=seg_epochs, seg_steps=seg_steps,
+                           clf_grid_epochs=clf_grid_epochs, clf_epochs=clf_epochs, data_only=data_only,
+                           overwrite=overwrite)
     typer.echo(result.summary())
 
 
@@ -166,9 +166,7 @@ def evaluate_segmentation_cmd(
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Compare predicted with true label images: precision, recall, F1, AP per IoU threshold, merges, splits."""
-    from .evaluation import evaluate_segmentation
-
-    result = evaluate_segmentation(truth, pred, out, images=images, overwrite=overwrite)
+    result = steps.evaluate_segmentation(truth, pred, out, images=images, overwrite=overwrite)
     typer.echo(result.summary())
 
 
@@ -192,14 +190,11 @@ def train_segmentation_cmd(
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Train a StarDist model on split image/mask pairs; optimise thresholds; report validation quality."""
-    from .train_segmentation import train_segmentation
-
-    result = train_segmentation(data, model_out, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                                batch_size=batch_size,
-                                patch_size=parse_optional_size(patch_size, what="--patch-size"), n_rays=n_rays,
-                                grid=parse_pair(grid, what="--grid"), learning_rate=learning_rate,
-                                augment=augment, norm_percentiles=(norm_low, norm_high), seed=seed,
-                                init_model=init_model, scale=scale, overwrite=overwrite)
+    result = steps.train_segmentation(data, model_out, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                      batch_size=batch_size, patch_size=patch_size, n_rays=n_rays,
+                                      grid=grid, learning_rate=learning_rate, augment=augment,
+                                      norm_low=norm_low, norm_high=norm_high, seed=seed,
+                                      init_model=init_model, scale=scale, overwrite=overwrite)
     typer.echo(result.summary())
 
 
@@ -216,15 +211,12 @@ def segment_cmd(
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Segment images with a trained StarDist model: label images, QuPath GeoJSON and object tables."""
-    from .segment import SegmentFailed, segment
-
     try:
-        result = segment(model, images, out,
-                         n_tiles=parse_pair(n_tiles, what="--n-tiles") if n_tiles else None,
-                         prob_thresh=prob_thresh, nms_thresh=nms_thresh, image_scale=image_scale,
-                         preprocessing=preprocessing, overwrite=overwrite)
-    except SegmentFailed as exc:
-        typer.echo(exc.result.summary())  # what was written; the error (exit status 1) follows
+        result = steps.segment(model, images, out, n_tiles=_tiles(n_tiles),
+                               prob_thresh=prob_thresh, nms_thresh=nms_thresh, image_scale=image_scale,
+                               preprocessing=preprocessing, overwrite=overwrite)
+    except OrgasegError as exc:
+        _echo_partial_result(exc)
         raise
     typer.echo(result.summary())
 
@@ -241,10 +233,8 @@ def extract_objects_cmd(
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Cut one crop per object out of each image and measure every object's shape and intensity."""
-    from .extract_objects import extract_objects
-
-    result = extract_objects(images, masks, out, padding=padding, mask_background=mask_background,
-                             min_area=min_area, exclude_border=exclude_border, overwrite=overwrite)
+    result = steps.extract_objects(images, masks, out, padding=padding, mask_background=mask_background,
+                                   min_area=min_area, exclude_border=exclude_border, overwrite=overwrite)
     typer.echo(result.summary())
 
 
@@ -256,7 +246,7 @@ def _comma_list(text: str, kind, what: str, *, minimum: float, strict: bool) -> 
         raise typer.BadParameter(str(exc)) from None
 
 
-# Defaults repeat orgaseg_core.train_classifier.DEFAULT_* (not imported here: the CLI module must
+# Defaults repeat orgaseg_core.classification.train.DEFAULT_* (not imported here: the CLI module must
 # load without the classification extra); tests/test_classifier.py checks that they agree.
 @app.command("train-classifier")
 def train_classifier_cmd(
@@ -277,9 +267,7 @@ def train_classifier_cmd(
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Train a crop classifier: grid search and early stopping on the validation split, report on the test split."""
-    from .train_classifier import train_classifier
-
-    result = train_classifier(
+    result = steps.train_classifier(
         data, model_out,
         architectures=[a.strip() for a in architectures.split(",") if a.strip()],
         learning_rates=_comma_list(learning_rates, float, "--learning-rates", minimum=0, strict=True),
@@ -300,9 +288,7 @@ def classify_cmd(
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Classify every object crop: predicted class, confidence and one probability per class."""
-    from .classify import classify
-
-    result = classify(model, objects, out, batch_size=batch_size, device=device, overwrite=overwrite)
+    result = steps.classify(model, objects, out, batch_size=batch_size, device=device, overwrite=overwrite)
     typer.echo(result.summary())
 
 
@@ -314,7 +300,7 @@ def classifier_info_cmd(
     """Check a classifier checkpoint and print what it holds: architecture, classes, input size, metrics."""
     import json
 
-    from .classifier_model import load_checkpoint
+    from .classification.networks import load_checkpoint
 
     checkpoint = load_checkpoint(model)
     info = {"model": str(model), "architecture": checkpoint.architecture,
@@ -351,17 +337,15 @@ def analyze_cmd(
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Segment, measure and classify every organoid in new images; QuPath files, overlays and tables."""
-    from .analyze import AnalyzeFailed, analyze
-
     try:
-        result = analyze(segmentation_model, classifier, images, out,
-                         n_tiles=parse_pair(n_tiles, what="--n-tiles") if n_tiles else None,
-                         prob_thresh=prob_thresh, nms_thresh=nms_thresh, image_scale=image_scale,
-                         preprocessing=preprocessing, padding=padding, mask_background=mask_background,
-                         min_area=min_area, exclude_border=exclude_border, batch_size=batch_size,
-                         device=device, overwrite=overwrite)
-    except AnalyzeFailed as exc:
-        typer.echo(exc.result.summary())
+        result = steps.analyze(segmentation_model, classifier, images, out, n_tiles=_tiles(n_tiles),
+                               prob_thresh=prob_thresh, nms_thresh=nms_thresh, image_scale=image_scale,
+                               preprocessing=preprocessing, padding=padding,
+                               mask_background=mask_background, min_area=min_area,
+                               exclude_border=exclude_border, batch_size=batch_size, device=device,
+                               overwrite=overwrite)
+    except OrgasegError as exc:
+        _echo_partial_result(exc)
         raise
     typer.echo(result.summary())
 

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import tifffile
 
-from orgaseg_core.analyze import (_objects_table, analyze, classified_features, summary_table)
-from orgaseg_core.classes import class_colour
-from orgaseg_core.errors import InputFileError, OrgasegError
-from orgaseg_core.overlays import OTHER_COLOUR, class_overlay, label_boundaries
+from orgaseg_core.common.classes import class_colour
+from orgaseg_core.common.errors import InputFileError, OrgasegError
+from orgaseg_core.common.overlays import OTHER_COLOUR, class_overlay, label_boundaries
+from orgaseg_core.pipelines.analyze import _objects_table, analyze, classified_features, summary_table
 
 CLASSES = ["Cyst", "Filled in"]
 
@@ -150,7 +150,7 @@ def test_missing_or_empty_images_are_refused(tmp_path):
 
 
 def test_a_checkpoint_that_is_not_ours_is_refused_before_segmentation(tmp_path, images, monkeypatch):
-    import orgaseg_core.stardist_model as stardist_model
+    import orgaseg_core.segmentation.model as stardist_model
 
     # Any segmentation model passes here: the point is that the classifier is checked (in a
     # torch child process) before the long segmentation starts, and nothing is written.

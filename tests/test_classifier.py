@@ -19,16 +19,29 @@ pytestmark = pytest.mark.torch
 
 torch = pytest.importorskip("torch")
 
-from orgaseg_core.classifier_data import (Augmentation, CropDataset, augment_params,  # noqa: E402
-                                          border_median, class_weights, learn_input_size,
-                                          normalisation_stats, prepare_crop, to_unit)
-from orgaseg_core.classifier_model import (ARCHITECTURES, CHECKPOINT_KEYS, build_model,  # noqa: E402
-                                           load_checkpoint, load_weights, min_input_size)
-from orgaseg_core.classify import classify, parse_crop_name  # noqa: E402
+from orgaseg_core.classification.crops import (  # noqa: E402
+    Augmentation,
+    CropDataset,
+    augment_params,
+    border_median,
+    class_weights,
+    learn_input_size,
+    normalisation_stats,
+    prepare_crop,
+    to_unit,
+)
+from orgaseg_core.classification.networks import (  # noqa: E402
+    ARCHITECTURES,
+    CHECKPOINT_KEYS,
+    build_model,
+    load_checkpoint,
+    load_weights,
+    min_input_size,
+)
+from orgaseg_core.classification.predict import classify, parse_crop_name  # noqa: E402
+from orgaseg_core.classification.train import classification_metrics, confusion_matrix, train_classifier  # noqa: E402
 from orgaseg_core.cli import main  # noqa: E402
-from orgaseg_core.errors import InputFileError, OrgasegError, OutputError  # noqa: E402
-from orgaseg_core.train_classifier import (classification_metrics, confusion_matrix,  # noqa: E402
-                                           train_classifier)
+from orgaseg_core.common.errors import InputFileError, OrgasegError, OutputError  # noqa: E402
 
 CLASSES = ("Bright", "Dark", "Ring")
 
@@ -540,7 +553,7 @@ def test_cli_defaults_match_the_function_defaults():
     import typer.main
 
     from orgaseg_core import cli
-    from orgaseg_core import train_classifier as tc
+    from orgaseg_core.classification import train as tc
 
     command = typer.main.get_command(cli.app).commands["train-classifier"]
     defaults = {p.name: p.default for p in command.params}

@@ -25,7 +25,7 @@ TARGET_MACRO_F1 = 0.85
 
 
 def _macro_f1(truth, predicted, class_names):
-    from orgaseg_core.train_classifier import classification_metrics
+    from orgaseg_core.classification.train import classification_metrics
 
     index = {name: i for i, name in enumerate(class_names)}
     assert set(truth) <= set(index), f"unexpected true classes {set(truth) - set(index)}"
@@ -33,14 +33,14 @@ def _macro_f1(truth, predicted, class_names):
 
 
 def test_default_training_classifies_held_out_images(tmp_path):
-    from orgaseg_core.classes import canonical_class_name
-    from orgaseg_core.classify import classify
-    from orgaseg_core.demo import make_demo_data
-    from orgaseg_core.extract_objects import extract_objects
-    from orgaseg_core.masks import annotations_to_masks
-    from orgaseg_core.sort_crops import class_from_crop_name, sort_crops
-    from orgaseg_core.split import split_dataset
-    from orgaseg_core.train_classifier import train_classifier
+    from orgaseg_core.classification.predict import classify
+    from orgaseg_core.classification.train import train_classifier
+    from orgaseg_core.common.classes import canonical_class_name
+    from orgaseg_core.data.demo import make_demo_data
+    from orgaseg_core.data.masks import annotations_to_masks
+    from orgaseg_core.data.sort_crops import class_from_crop_name, sort_crops
+    from orgaseg_core.data.split import split_dataset
+    from orgaseg_core.objects.extract import extract_objects
 
     start = time.perf_counter()
     make_demo_data(tmp_path / "demo", n_images=40, seed=0)

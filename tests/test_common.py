@@ -7,13 +7,26 @@ import pytest
 import tifffile
 from PIL import Image
 
-from orgaseg_core.classes import (canonical_class_name, class_colour, load_class_map,
-                                  normalise_class_name, validate_class_name, UnsafeClassNameError)
-from orgaseg_core.errors import InputFileError, OrgasegError, OutputError
-from orgaseg_core.images import (image_stem, index_by_stem, label_dtype, pair_by_stem, read_image,
-                                 read_image_shape, read_labels)
-from orgaseg_core.outputs import atomic_path, prepare_output_dir, step_run
-from orgaseg_core.params import parse_pair
+from orgaseg_core.common.classes import (
+    UnsafeClassNameError,
+    canonical_class_name,
+    class_colour,
+    load_class_map,
+    normalise_class_name,
+    validate_class_name,
+)
+from orgaseg_core.common.errors import InputFileError, OrgasegError, OutputError
+from orgaseg_core.common.images import (
+    image_stem,
+    index_by_stem,
+    label_dtype,
+    pair_by_stem,
+    read_image,
+    read_image_shape,
+    read_labels,
+)
+from orgaseg_core.common.outputs import atomic_path, prepare_output_dir, step_run
+from orgaseg_core.common.params import parse_pair
 
 
 @pytest.mark.parametrize("name, stem", [
@@ -142,7 +155,7 @@ def test_parse_pair():
 
 
 def test_parse_optional_size():
-    from orgaseg_core.params import parse_optional_size
+    from orgaseg_core.common.params import parse_optional_size
 
     assert parse_optional_size(None) is None and parse_optional_size("auto") is None
     assert parse_optional_size("") is None
@@ -153,7 +166,12 @@ def test_parse_optional_size():
 
 
 def test_number_lists_for_grid_searches():
-    from orgaseg_core.params import parse_number_list, parse_optional_int, parse_optional_text, split_list
+    from orgaseg_core.common.params import (
+        parse_number_list,
+        parse_optional_int,
+        parse_optional_text,
+        split_list,
+    )
 
     assert split_list(" resnet18, ,resnet50 ") == ["resnet18", "resnet50"]
     assert split_list(("a ", "", " b")) == ["a", "b"] and split_list(None) == []

@@ -12,7 +12,9 @@ from PIL import Image
 from shapely.geometry import shape
 
 from orgaseg_core.cli import main
-from orgaseg_core.demo import (
+from orgaseg_core.common.errors import OrgasegError, OutputError
+from orgaseg_core.common.images import read_image
+from orgaseg_core.data.demo import (
     CLASSES,
     capsule_radius,
     make_demo_data,
@@ -23,8 +25,6 @@ from orgaseg_core.demo import (
     roi_pixel_bounds,
     synthesise_image,
 )
-from orgaseg_core.errors import OrgasegError, OutputError
-from orgaseg_core.images import read_image
 
 SIZE = (380, 504)
 CROP_NAME = re.compile(r"^(?P<image>demo_\d{3}\.(?:jpg|tif))Annotation(?: \((?P<cls>[^()]+)\))?_(?P<i>\d+)\.tif$")

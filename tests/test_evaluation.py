@@ -12,13 +12,29 @@ import tifffile
 from PIL import Image
 
 from orgaseg_core.cli import main as cli_main
-from orgaseg_core.errors import InputFileError, OrgasegError, OutputError
-from orgaseg_core.evaluation import (DEFAULT_THRESHOLDS, METRIC_COLUMNS, ObjectMatching, evaluate_segmentation,
-                                     image_metrics, match_objects, matched_pairs, merge_split_counts,
-                                     pooled_metrics, segmentation_metrics)
-from orgaseg_core.overlays import (AGREE_COLOUR, OTHER_COLOUR, PRED_COLOUR, TRUTH_COLOUR, contour_overlay,
-                                   label_boundaries, paint_contours, segmentation_overlay)
-
+from orgaseg_core.common.errors import InputFileError, OrgasegError, OutputError
+from orgaseg_core.common.overlays import (
+    AGREE_COLOUR,
+    OTHER_COLOUR,
+    PRED_COLOUR,
+    TRUTH_COLOUR,
+    contour_overlay,
+    label_boundaries,
+    paint_contours,
+    segmentation_overlay,
+)
+from orgaseg_core.segmentation.evaluation import (
+    DEFAULT_THRESHOLDS,
+    METRIC_COLUMNS,
+    ObjectMatching,
+    evaluate_segmentation,
+    image_metrics,
+    match_objects,
+    matched_pairs,
+    merge_split_counts,
+    pooled_metrics,
+    segmentation_metrics,
+)
 
 # --------------------------------------------------------------------------- helpers
 
@@ -113,7 +129,7 @@ def test_label_ids_and_dtypes_do_not_change_the_metrics():
 
 
 def test_sparse_pair_counting_gives_the_same_pairs(monkeypatch):
-    import orgaseg_core.evaluation as evaluation
+    import orgaseg_core.segmentation.evaluation as evaluation
 
     truth = random_labels((120, 150), 40, seed=4)
     pred = np.roll(random_labels((120, 150), 40, seed=5), 3, axis=0)
@@ -267,7 +283,7 @@ def test_evaluation_stays_light(tmp_path):
     import sys
 
     write_labels(tmp_path / "t" / "x.tif", squares((30, 30), [(2, 9, 2, 9)]))
-    code = ("import sys; from orgaseg_core.evaluation import evaluate_segmentation; "
+    code = ("import sys; from orgaseg_core.segmentation.evaluation import evaluate_segmentation; "
             f"evaluate_segmentation({str(tmp_path / 't')!r}, {str(tmp_path / 't')!r}, {str(tmp_path / 'out')!r}); "
             "heavy = [m for m in ('tensorflow', 'stardist', 'torch', 'keras') if m in sys.modules]; "
             "assert not heavy, heavy")

@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 
 from orgaseg_core.cli import main
-from orgaseg_core.images import read_labels
-
+from orgaseg_core.common.images import read_labels
 
 DATA_ONLY = ["--n-images", "4", "--size", "380x504", "--data-only"]
 

@@ -15,10 +15,16 @@ from skimage.measure import regionprops_table
 from skimage.morphology import convex_hull_image
 
 from orgaseg_core.cli import main
-from orgaseg_core.errors import InputFileError, OrgasegError, OutputError
-from orgaseg_core.extract_objects import (OBJECT_TABLE_COLUMNS, background_median, crop_window,
-                                          extract_objects, object_crop, skip_reasons)
-from orgaseg_core.measurements import MEASUREMENT_COLUMNS, convex_areas, measure_objects
+from orgaseg_core.common.errors import InputFileError, OrgasegError, OutputError
+from orgaseg_core.objects.extract import (
+    OBJECT_TABLE_COLUMNS,
+    background_median,
+    crop_window,
+    extract_objects,
+    object_crop,
+    skip_reasons,
+)
+from orgaseg_core.objects.measurements import MEASUREMENT_COLUMNS, convex_areas, measure_objects
 
 
 def random_labels(shape, seed, threshold=0.53, sigma=2.0):
@@ -380,8 +386,8 @@ def test_cli_exit_codes(scene, capsys):
 
 
 def test_demo_data_gives_one_crop_per_labelled_object(tmp_path):
-    from orgaseg_core.demo import make_demo_data
-    from orgaseg_core.masks import annotations_to_masks
+    from orgaseg_core.data.demo import make_demo_data
+    from orgaseg_core.data.masks import annotations_to_masks
 
     demo = make_demo_data(tmp_path / "demo", n_images=2, seed=0, size=(256, 320))
     annotations_to_masks(tmp_path / "demo" / "geojsons", tmp_path / "demo" / "images", tmp_path / "masks")

@@ -15,9 +15,13 @@ from shapely.geometry import MultiPolygon, Polygon, box
 from skimage.measure import regionprops
 
 from orgaseg_core.cli import main as cli_main
-from orgaseg_core.errors import InputFileError, OrgasegError, OutputError
-from orgaseg_core.masks import OBJECT_COLUMNS, annotations_to_masks, object_measurements, rasterize_objects
-
+from orgaseg_core.common.errors import InputFileError, OrgasegError, OutputError
+from orgaseg_core.data.masks import (
+    OBJECT_COLUMNS,
+    annotations_to_masks,
+    object_measurements,
+    rasterize_objects,
+)
 
 # --- rasterize_objects -------------------------------------------------------------------------
 

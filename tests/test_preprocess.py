@@ -8,12 +8,12 @@ import pytest
 import tifffile
 from PIL import Image
 
-from orgaseg_core.errors import InputFileError, OrgasegError, OutputError
-from orgaseg_core.preprocess import (flatten_background, preprocess, remove_vignette, rescale_image,
-                                     rescale_labels, split_tiles, tile_bounds, tile_name, to_grey,
-                                     vignette_mask)
-from orgaseg_core.resample import area_matrix, linear_matrix
-
+from orgaseg_core.common.errors import InputFileError, OrgasegError, OutputError
+from orgaseg_core.common.illumination import flatten_background, remove_vignette, vignette_mask
+from orgaseg_core.common.images import to_grey
+from orgaseg_core.common.labels import rescale_labels
+from orgaseg_core.common.resample import area_matrix, linear_matrix, rescale_image
+from orgaseg_core.data.preprocess import preprocess, split_tiles, tile_bounds, tile_name
 
 # --------------------------------------------------------------------------- to_grey
 

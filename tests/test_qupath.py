@@ -10,10 +10,18 @@ import pytest
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from orgaseg_core.errors import InputFileError
-from orgaseg_core.qupath import (
-    AnnotationObject, describe_skipped, feature_collection, is_problem_reason, load_features,
-    make_feature, objects_to_features, parse_annotations, parse_geometry, stable_object_id,
+from orgaseg_core.common.errors import InputFileError
+from orgaseg_core.qupath.geojson import (
+    AnnotationObject,
+    describe_skipped,
+    feature_collection,
+    is_problem_reason,
+    load_features,
+    make_feature,
+    objects_to_features,
+    parse_annotations,
+    parse_geometry,
+    stable_object_id,
     write_feature_collection,
 )
 
@@ -148,7 +156,7 @@ def test_unknown_and_malformed_geometries_are_skipped_with_a_warning(caplog):
                 feature({"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [2, 2], [0, 0]]]}, cls),  # no area
                 feature(rect(0, 0, 4, 4), 7),                                      # bad classification
                 feature(rect(0, 0, 4, 4), cls)]
-    with caplog.at_level(logging.WARNING, logger="orgaseg_core.qupath"):
+    with caplog.at_level(logging.WARNING, logger="orgaseg_core.qupath.geojson"):
         objects, skipped = parse_annotations(features, source="mixed.geojson")
     assert [o.index for o in objects] == [8]
     assert skipped["unknown geometry type 'Circle'"] == 1

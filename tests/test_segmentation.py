@@ -17,21 +17,39 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-
 from digests import tree_digest
-from orgaseg_core import cli
-from orgaseg_core.evaluation import segmentation_metrics
-from orgaseg_core.errors import InputFileError, OrgasegError
-from orgaseg_core.images import read_labels
-from orgaseg_core.qupath import load_features
-from orgaseg_core.segment import (Segmentation, object_table, polygons_of, segment, segment_array,
-                                  upscale_labels)
-from orgaseg_core.stardist_model import (FORMAT_VERSION, MODEL_KIND, LoadedModel, ModelInfo,
-                                         auto_n_tiles, check_model_folder, normalize_image)
-from orgaseg_core.train_segmentation import (Augmenter, fit_patch_size, load_split, read_data_provenance,
-                                             split_pairs, train_segmentation)
-
 from synthetic import SHAPE, disc_pair, write_split  # noqa: E402  (shared with test_analyze)
+
+from orgaseg_core import cli
+from orgaseg_core.common.errors import InputFileError, OrgasegError
+from orgaseg_core.common.images import read_labels
+from orgaseg_core.qupath.geojson import load_features
+from orgaseg_core.segmentation.evaluation import segmentation_metrics
+from orgaseg_core.segmentation.model import (
+    FORMAT_VERSION,
+    MODEL_KIND,
+    LoadedModel,
+    ModelInfo,
+    auto_n_tiles,
+    check_model_folder,
+    normalize_image,
+)
+from orgaseg_core.segmentation.predict import (
+    Segmentation,
+    object_table,
+    polygons_of,
+    segment,
+    segment_array,
+    upscale_labels,
+)
+from orgaseg_core.segmentation.train import (
+    Augmenter,
+    fit_patch_size,
+    load_split,
+    read_data_provenance,
+    split_pairs,
+    train_segmentation,
+)
 
 
 @pytest.fixture
@@ -305,7 +323,7 @@ def test_upscale_labels_exact_shape():
 
 
 def test_degenerate_polygon_falls_back_to_bounding_box():
-    from orgaseg_core.segment import detection_features
+    from orgaseg_core.segmentation.predict import detection_features
 
     labels = np.zeros((10, 10), np.uint16)
     labels[2:4, 3:6] = 1
@@ -332,8 +350,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_package_imports_no_tensorflow():
-    code = ("import sys, orgaseg_core.cli, orgaseg_core.segment, orgaseg_core.train_segmentation, "
-            "orgaseg_core.stardist_model; assert 'tensorflow' not in sys.modules, 'tensorflow imported'; "
+    code = ("import sys, orgaseg_core.cli, orgaseg_core.segmentation.predict, orgaseg_core.segmentation.train, "
+            "orgaseg_core.segmentation.model; assert 'tensorflow' not in sys.modules, 'tensorflow imported'; "
             "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -21,11 +21,11 @@ import time
 import pandas as pd
 import pytest
 
-from orgaseg_core.demo import make_demo_data
-from orgaseg_core.evaluation import segmentation_metrics
-from orgaseg_core.example import run_example
-from orgaseg_core.images import read_labels
-from orgaseg_core.masks import annotations_to_masks
+from orgaseg_core.common.images import read_labels
+from orgaseg_core.data.demo import make_demo_data
+from orgaseg_core.data.masks import annotations_to_masks
+from orgaseg_core.pipelines.example import run_example
+from orgaseg_core.segmentation.evaluation import segmentation_metrics
 
 N_SOURCE_IMAGES = 36  # 70 % for training: 25 source images, 100 tiles
 N_HELD_OUT = 6

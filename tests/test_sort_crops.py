@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 import tifffile
 
-from orgaseg_core.classes import UnsafeClassNameError
 from orgaseg_core.cli import main
-from orgaseg_core.errors import InputFileError, OutputError
-from orgaseg_core.sort_crops import class_from_crop_name, sort_crops
+from orgaseg_core.common.classes import UnsafeClassNameError
+from orgaseg_core.common.errors import InputFileError, OutputError
+from orgaseg_core.data.sort_crops import class_from_crop_name, sort_crops
 
 
 def _write_crop(folder, name, value=7):

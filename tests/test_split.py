@@ -8,9 +8,14 @@ import pandas as pd
 import pytest
 import tifffile
 
-from orgaseg_core.errors import InputFileError, OrgasegError
-from orgaseg_core.split import assign_groups, group_of_crop, split_dataset, strip_tile_suffix, validate_ratios
-
+from orgaseg_core.common.errors import InputFileError, OrgasegError
+from orgaseg_core.data.split import (
+    assign_groups,
+    group_of_crop,
+    split_dataset,
+    strip_tile_suffix,
+    validate_ratios,
+)
 
 # --------------------------------------------------------------------------- helpers
 

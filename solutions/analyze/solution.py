@@ -1,6 +1,6 @@
 """album solution orgaseg:analyze -- segment, measure and classify every organoid of new images.
 
-A thin wrapper around ``orgaseg_core.analyze.analyze`` (the same function as ``orgaseg analyze``).
+A thin wrapper around ``orgaseg_core.steps.analyze`` (the same function as ``orgaseg analyze``).
 album reads this file before the solution's environment exists, so ``orgaseg_core`` is imported
 only inside ``run``, ``pre_test`` and ``test``.
 """
@@ -8,45 +8,38 @@ from album.runner.api import get_args, setup
 
 
 def run():
+    from orgaseg_core import steps
     from orgaseg_core.album_support import run_step
-    from orgaseg_core.analyze import analyze
-    from orgaseg_core.params import parse_optional_float, parse_optional_size
 
     args = get_args()
-    n_tiles = parse_optional_size(args.n_tiles, what="--n-tiles")
-    run_step(lambda: analyze(
-        args.segmentation_model, args.classifier, args.images, args.out,
-        n_tiles=(n_tiles, n_tiles) if isinstance(n_tiles, int) else n_tiles,
-        prob_thresh=parse_optional_float(args.prob_thresh, what="--prob-thresh"),
-        nms_thresh=parse_optional_float(args.nms_thresh, what="--nms-thresh"),
-        image_scale=args.image_scale, preprocessing=args.preprocessing, padding=args.padding,
+    run_step(lambda: steps.analyze(
+        args.segmentation_model, args.classifier, args.images, args.out, n_tiles=args.n_tiles,
+        prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh, image_scale=args.image_scale,
+        preprocessing=args.preprocessing, padding=args.padding,
         mask_background=args.mask_background, min_area=args.min_area,
-        exclude_border=args.exclude_border, batch_size=args.batch_size,
-        device=None if args.device == "auto" else args.device, overwrite=args.overwrite))
+        exclude_border=args.exclude_border, batch_size=args.batch_size, device=args.device,
+        overwrite=args.overwrite))
 
 
 def pre_test():
     """Small example data and two small models, each trained in its own process (TensorFlow and
     torch must not meet in this one)."""
+    import subprocess
+    import sys
     import tempfile
     from pathlib import Path
 
-    from orgaseg_core.analyze import run_step_process
-    from orgaseg_core.demo import make_demo_data
-    from orgaseg_core.masks import annotations_to_masks
-    from orgaseg_core.preprocess import preprocess
-    from orgaseg_core.sort_crops import sort_crops
-    from orgaseg_core.split import split_dataset
+    from orgaseg_core import steps
 
     root = Path(tempfile.mkdtemp(prefix="orgaseg-album-test-"))
-    make_demo_data(root / "data", n_images=6, seed=21, size=(480, 640))
-    annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
-    preprocess(root / "data" / "images", root / "pre", masks=root / "masks", scale=0.5)
-    split_dataset(root / "pre", root / "split-seg", mode="segmentation", train=0.67, val=0.33,
-                  test=0.0, seed=0)
-    sort_crops(root / "data" / "crops", root / "sorted")
-    split_dataset(root / "sorted", root / "split-cls", mode="classification", train=0.5, val=0.25,
-                  test=0.25, seed=0)
+    steps.demo_data(root / "data", n_images=6, seed=21, size=(480, 640))
+    steps.annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
+    steps.preprocess(root / "data" / "images", root / "pre", masks=root / "masks", scale=0.5)
+    steps.split(root / "pre", root / "split-seg", mode="segmentation", train=0.67, val=0.33,
+                test=0.0, seed=0)
+    steps.sort_crops(root / "data" / "crops", root / "sorted")
+    steps.split(root / "sorted", root / "split-cls", mode="classification", train=0.5, val=0.25,
+                test=0.25, seed=0)
     # small budgets: the test checks what analyze writes, not how good the models are
     for step, options in (
             ("train-segmentation", ["--data", root / "split-seg", "--model-out", root / "seg-model",
@@ -54,9 +47,10 @@ def pre_test():
             ("train-classifier", ["--data", root / "split-cls", "--model-out", root / "classifier",
                                   "--grid-epochs", 1, "--epochs", 2, "--learning-rates", 1e-3,
                                   "--input-size", 64])):
-        ended = run_step_process(step, options)
-        assert ended.returncode == 0, f"{step} failed: {ended.message}"
-    make_demo_data(root / "new", n_images=2, seed=22, size=(480, 640))
+        # the orgaseg command line of this environment, one process per framework
+        ended = subprocess.run([sys.executable, "-m", "orgaseg_core", step, *map(str, options)])
+        assert ended.returncode == 0, f"{step} failed with exit status {ended.returncode}"
+    steps.demo_data(root / "new", n_images=2, seed=22, size=(480, 640))
     return {"--segmentation-model": str(root / "seg-model"),
             "--classifier": str(root / "classifier" / "model.pt"),
             "--images": str(root / "new" / "images"), "--out": str(root / "analysis")}
@@ -69,7 +63,7 @@ def test():
 
     import numpy as np
     import pandas as pd
-    from orgaseg_core.images import read_labels
+    import tifffile
 
     args = get_args()
     images, out = Path(args.images), Path(args.out)
@@ -83,7 +77,7 @@ def test():
     assert np.allclose(probabilities, 1.0, atol=1e-4)
     for row in summary.to_dict("records"):
         stem = row["stem"]
-        labels = read_labels(out / "segmentation" / f"{stem}.tif")
+        labels = tifffile.imread(out / "segmentation" / f"{stem}.tif")
         ids = {int(i) for i in np.unique(labels) if i}
         assert row["objects"] == len(ids)
         mine = objects[objects["stem"] == stem]
@@ -106,7 +100,7 @@ def test():
 setup(
     group="orgaseg",
     name="analyze",
-    version="0.1.0",
+    version="0.2.0",
     album_api_version="0.7.3",
     title="Analyze new images: find, measure and classify every organoid",
     description=(
@@ -119,7 +113,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.1.0 (the source "
+                 "classification for brightfield microscopy, version 0.2.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},

@@ -1,6 +1,6 @@
 """album solution orgaseg:annotations-to-masks -- QuPath GeoJSON into instance label images.
 
-A thin wrapper around ``orgaseg_core.masks.annotations_to_masks`` (the same function as
+A thin wrapper around ``orgaseg_core.steps.annotations_to_masks`` (the same function as
 ``orgaseg annotations-to-masks``). album reads this file before the solution's environment
 exists, so ``orgaseg_core`` is imported only inside ``run``, ``pre_test`` and ``test``.
 """
@@ -8,23 +8,23 @@ from album.runner.api import get_args, setup
 
 
 def run():
+    from orgaseg_core import steps
     from orgaseg_core.album_support import run_step
-    from orgaseg_core.masks import annotations_to_masks
 
     args = get_args()
-    run_step(lambda: annotations_to_masks(args.annotations, args.images, args.out,
-                                           keep_unclassified=args.keep_unclassified,
-                                           class_map=args.class_map, overwrite=args.overwrite))
+    run_step(lambda: steps.annotations_to_masks(args.annotations, args.images, args.out,
+                                                keep_unclassified=args.keep_unclassified,
+                                                class_map=args.class_map, overwrite=args.overwrite))
 
 
 def pre_test():
     import tempfile
     from pathlib import Path
 
-    from orgaseg_core.demo import make_demo_data
+    from orgaseg_core import steps
 
     root = Path(tempfile.mkdtemp(prefix="orgaseg-album-test-"))
-    make_demo_data(root / "data", n_images=2, seed=2, size=(240, 320))
+    steps.demo_data(root / "data", n_images=2, seed=2, size=(240, 320))
     return {"--annotations": str(root / "data" / "geojsons"), "--images": str(root / "data" / "images"),
             "--out": str(root / "masks")}
 
@@ -66,7 +66,7 @@ def test():
 setup(
     group="orgaseg",
     name="annotations-to-masks",
-    version="0.1.0",
+    version="0.2.0",
     album_api_version="0.7.3",
     title="QuPath annotations to label images",
     description=(
@@ -79,7 +79,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.1.0 (the source "
+                 "classification for brightfield microscopy, version 0.2.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Bankhead P. et al. QuPath: Open source software for digital pathology image "
                  "analysis. Scientific Reports 7, 16878 (2017).",

@@ -1,6 +1,6 @@
 """album solution orgaseg:classify -- the morphological class of every organoid crop.
 
-A thin wrapper around ``orgaseg_core.classify.classify`` (the same function as
+A thin wrapper around ``orgaseg_core.steps.classify`` (the same function as
 ``orgaseg classify``). album reads this file before the solution's environment exists, so
 ``orgaseg_core`` is imported only inside ``run``, ``pre_test`` and ``test``.
 """
@@ -8,53 +8,51 @@ from album.runner.api import get_args, setup
 
 
 def run():
+    from orgaseg_core import steps
     from orgaseg_core.album_support import run_step
-    from orgaseg_core.classify import classify
-    from orgaseg_core.params import parse_optional_text
 
     args = get_args()
-    run_step(lambda: classify(args.model, args.objects, args.out, batch_size=args.batch_size,
-                              device=parse_optional_text(args.device), overwrite=args.overwrite))
+    run_step(lambda: steps.classify(args.model, args.objects, args.out, batch_size=args.batch_size,
+                                    device=args.device, overwrite=args.overwrite))
 
 
 def pre_test():
     import tempfile
     from pathlib import Path
 
-    from orgaseg_core.demo import make_demo_data
-    from orgaseg_core.extract_objects import extract_objects
-    from orgaseg_core.masks import annotations_to_masks
-    from orgaseg_core.sort_crops import sort_crops
-    from orgaseg_core.split import split_dataset
-    from orgaseg_core.train_classifier import train_classifier
+    from orgaseg_core import steps
 
     root = Path(tempfile.mkdtemp(prefix="orgaseg-album-test-"))
-    make_demo_data(root / "data", n_images=4, seed=9, size=(240, 320))
-    sort_crops(root / "data" / "crops", root / "sorted")
-    split_dataset(root / "sorted", root / "split", mode="classification", train=0.5, val=0.5,
-                  test=0.0, seed=0)
+    steps.demo_data(root / "data", n_images=4, seed=9, size=(240, 320))
+    steps.sort_crops(root / "data" / "crops", root / "sorted")
+    steps.split(root / "sorted", root / "split", mode="classification", train=0.5, val=0.5,
+                test=0.0, seed=0)
     # a tiny model (one epoch at 64 px): the test checks what classify writes, not how good it is
-    train_classifier(root / "split", root / "model", architectures=["resnet18"],
-                     learning_rates=[1e-3], batch_sizes=[16], weight_decays=[1e-4], grid_epochs=1,
-                     epochs=1, patience=1, input_size=64, seed=0, device="cpu")
-    annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
-    extract_objects(root / "data" / "images", root / "masks", root / "objects")
+    steps.train_classifier(root / "split", root / "model", architectures=["resnet18"],
+                           learning_rates=[1e-3], batch_sizes=[16], weight_decays=[1e-4],
+                           grid_epochs=1, epochs=1, patience=1, input_size=64, seed=0, device="cpu")
+    steps.annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
+    steps.extract_objects(root / "data" / "images", root / "masks", root / "objects")
     # a batch size that does not divide the number of crops: the last batch is a short one
     return {"--model": str(root / "model" / "model.pt"), "--objects": str(root / "objects"),
             "--out": str(root / "predicted"), "--batch-size": "16", "--device": "cpu"}
 
 
 def test():
+    import json
     import shutil
+    import subprocess
+    import sys
     from pathlib import Path
 
     import numpy as np
     import pandas as pd
-    from orgaseg_core.classifier_model import load_checkpoint
 
     args = get_args()
     objects, out = Path(args.objects), Path(args.out)
-    class_names = load_checkpoint(Path(args.model)).class_names
+    info = subprocess.run([sys.executable, "-m", "orgaseg_core", "classifier-info", "--model",
+                           args.model, "--json"], capture_output=True, text=True, check=True)
+    class_names = json.loads(info.stdout)["class_names"]
     table = pd.read_csv(objects / "objects.csv")
     predictions = pd.read_csv(out / "predictions.csv")
     assert len(table) % int(args.batch_size) != 0, "the test needs a short last batch"
@@ -78,7 +76,7 @@ def test():
 setup(
     group="orgaseg",
     name="classify",
-    version="0.1.0",
+    version="0.2.0",
     album_api_version="0.7.3",
     title="Classify organoid morphology",
     description=(
@@ -91,7 +89,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.1.0 (the source "
+                 "classification for brightfield microscopy, version 0.2.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Paszke A., Gross S., Massa F., Lerer A., Bradbury J., Chanan G., Killeen T., "
                  "Lin Z., Gimelshein N., Antiga L., et al. PyTorch: An Imperative Style, "

@@ -1,6 +1,6 @@
 """album solution orgaseg:demo-data -- synthetic organoid images laid out like a QuPath export.
 
-A thin wrapper around ``orgaseg_core.demo.make_demo_data`` (the same function as
+A thin wrapper around ``orgaseg_core.steps.demo_data`` (the same function as
 ``orgaseg demo-data``). album reads this file before the solution's environment exists, so
 ``orgaseg_core`` is imported only inside ``run``, ``pre_test`` and ``test``.
 """
@@ -8,13 +8,12 @@ from album.runner.api import get_args, setup
 
 
 def run():
+    from orgaseg_core import steps
     from orgaseg_core.album_support import run_step
-    from orgaseg_core.demo import make_demo_data
-    from orgaseg_core.params import parse_pair
 
     args = get_args()
-    run_step(lambda: make_demo_data(args.out, n_images=args.n_images, seed=args.seed,
-                                     size=parse_pair(args.size, what="--size"), overwrite=args.overwrite))
+    run_step(lambda: steps.demo_data(args.out, n_images=args.n_images, seed=args.seed,
+                                     size=args.size, overwrite=args.overwrite))
 
 
 def pre_test():
@@ -31,7 +30,7 @@ def test():
     from pathlib import Path
 
     import pandas as pd
-    from orgaseg_core.images import read_image_shape
+    from PIL import Image
 
     args = get_args()
     out = Path(args.out)
@@ -39,7 +38,8 @@ def test():
     assert len(images) == args.n_images == 3, [p.name for p in images]
     objects = pd.read_csv(out / "objects.csv", keep_default_na=False)
     for image in images:
-        assert read_image_shape(image) == (200, 300), f"{image.name} has the wrong size"
+        with Image.open(image) as opened:
+            assert opened.size == (300, 200), f"{image.name} has the wrong size"  # (width, height)
         geojson = json.loads((out / "geojsons" / f"{image.name}.geojson").read_text())
         rows = objects[objects["image"] == image.name]
         assert len(geojson["features"]) == len(rows) > 0, f"{image.name}: annotations and table disagree"
@@ -59,7 +59,7 @@ def test():
 setup(
     group="orgaseg",
     name="demo-data",
-    version="0.1.0",
+    version="0.2.0",
     album_api_version="0.7.3",
     title="Example organoid images (QuPath export layout)",
     description=(
@@ -72,7 +72,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.1.0 (the source "
+                 "classification for brightfield microscopy, version 0.2.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Bankhead P. et al. QuPath: Open source software for digital pathology image "
                  "analysis. Scientific Reports 7, 16878 (2017).",

@@ -1,6 +1,6 @@
 """album solution orgaseg:evaluate-segmentation -- how good is a segmentation?
 
-A thin wrapper around ``orgaseg_core.evaluation.evaluate_segmentation`` (the same function as
+A thin wrapper around ``orgaseg_core.steps.evaluate_segmentation`` (the same function as
 ``orgaseg evaluate-segmentation``). album reads this file before the solution's environment
 exists, so ``orgaseg_core`` is imported only inside ``run``, ``pre_test`` and ``test``.
 """
@@ -8,12 +8,12 @@ from album.runner.api import get_args, setup
 
 
 def run():
+    from orgaseg_core import steps
     from orgaseg_core.album_support import run_step
-    from orgaseg_core.evaluation import evaluate_segmentation
 
     args = get_args()
-    run_step(lambda: evaluate_segmentation(args.truth, args.pred, args.out, images=args.images,
-                                           overwrite=args.overwrite))
+    run_step(lambda: steps.evaluate_segmentation(args.truth, args.pred, args.out, images=args.images,
+                                                 overwrite=args.overwrite))
 
 
 def pre_test():
@@ -22,12 +22,11 @@ def pre_test():
 
     import numpy as np
     import tifffile
-    from orgaseg_core.demo import make_demo_data
-    from orgaseg_core.masks import annotations_to_masks
+    from orgaseg_core import steps
 
     root = Path(tempfile.mkdtemp(prefix="orgaseg-album-test-"))
-    make_demo_data(root / "data", n_images=2, seed=4, size=(240, 320))
-    annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "truth")
+    steps.demo_data(root / "data", n_images=2, seed=4, size=(240, 320))
+    steps.annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "truth")
     # The "prediction" is the truth with the largest object of each image missing: a known answer.
     (root / "pred").mkdir()
     for truth in sorted((root / "truth").glob("*.tif")):
@@ -75,7 +74,7 @@ def test():
 setup(
     group="orgaseg",
     name="evaluate-segmentation",
-    version="0.1.0",
+    version="0.2.0",
     album_api_version="0.7.3",
     title="Evaluate a segmentation against annotations",
     description=(
@@ -89,7 +88,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.1.0 (the source "
+                 "classification for brightfield microscopy, version 0.2.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018 (matching and average precision as in StarDist).",

@@ -1,6 +1,6 @@
 """album solution orgaseg:extract-objects -- one crop per organoid and a table of shape measurements.
 
-A thin wrapper around ``orgaseg_core.extract_objects.extract_objects`` (the same function as
+A thin wrapper around ``orgaseg_core.steps.extract_objects`` (the same function as
 ``orgaseg extract-objects``). album reads this file before the solution's environment exists,
 so ``orgaseg_core`` is imported only inside ``run``, ``pre_test`` and ``test``.
 """
@@ -8,11 +8,11 @@ from album.runner.api import get_args, setup
 
 
 def run():
+    from orgaseg_core import steps
     from orgaseg_core.album_support import run_step
-    from orgaseg_core.extract_objects import extract_objects
 
     args = get_args()
-    run_step(lambda: extract_objects(
+    run_step(lambda: steps.extract_objects(
         args.images, args.masks, args.out, padding=args.padding,
         mask_background=args.mask_background, min_area=args.min_area,
         exclude_border=args.exclude_border, overwrite=args.overwrite))
@@ -22,12 +22,11 @@ def pre_test():
     import tempfile
     from pathlib import Path
 
-    from orgaseg_core.demo import make_demo_data
-    from orgaseg_core.masks import annotations_to_masks
+    from orgaseg_core import steps
 
     root = Path(tempfile.mkdtemp(prefix="orgaseg-album-test-"))
-    make_demo_data(root / "data", n_images=2, seed=8, size=(240, 320))
-    annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
+    steps.demo_data(root / "data", n_images=2, seed=8, size=(240, 320))
+    steps.annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
     # min-area drops the smallest objects, so the test also sees skipped.csv filled
     return {"--images": str(root / "data" / "images"), "--masks": str(root / "masks"),
             "--out": str(root / "objects"), "--padding": "5", "--min-area": "150"}
@@ -40,19 +39,32 @@ def test():
     import numpy as np
     import pandas as pd
     import tifffile
-    from orgaseg_core.extract_objects import OBJECT_TABLE_COLUMNS
-    from orgaseg_core.images import image_stem, read_image
+    from PIL import Image
+
+    # the columns of objects.csv, as the README documents them
+    object_table_columns = [
+        "image", "stem", "label", "crop", "bbox_min_row", "bbox_min_col", "bbox_max_row",
+        "bbox_max_col", "centroid_row", "centroid_col", "area_px", "perimeter",
+        "equivalent_diameter", "circularity", "eccentricity", "solidity", "major_axis_length",
+        "minor_axis_length", "orientation", "mean_intensity", "std_intensity", "padding",
+        "crop_min_row", "crop_min_col", "crop_max_row", "crop_max_col"]
+
+    def read_image(path):
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return tifffile.imread(path)
+        with Image.open(path) as opened:
+            return np.asarray(opened)
 
     args = get_args()
     images, masks, out = Path(args.images), Path(args.masks), Path(args.out)
     padding, min_area = int(args.padding), int(args.min_area)
     objects = pd.read_csv(out / "objects.csv")
     skipped = pd.read_csv(out / "skipped.csv")
-    assert list(objects.columns) == OBJECT_TABLE_COLUMNS, list(objects.columns)
+    assert list(objects.columns) == object_table_columns, list(objects.columns)
     assert len(skipped) > 0 and set(skipped["reason"]) == {"smaller than min_area"}
     assert (skipped["area_px"] < min_area).all() and (objects["area_px"] >= min_area).all()
     for image_path in sorted(images.iterdir()):
-        stem = image_stem(image_path.name)
+        stem = image_path.name.split(".")[0]
         labels = tifffile.imread(masks / f"{stem}.tif")
         image = read_image(image_path)
         ids, counts = np.unique(labels[labels > 0], return_counts=True)
@@ -80,7 +92,7 @@ def test():
 setup(
     group="orgaseg",
     name="extract-objects",
-    version="0.1.0",
+    version="0.2.0",
     album_api_version="0.7.3",
     title="Cut out and measure every organoid",
     description=(
@@ -94,7 +106,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.1.0 (the source "
+                 "classification for brightfield microscopy, version 0.2.0 (the source "
                  "repository of this album catalog)."},
     ],
     tags=["organoids", "brightfield", "crops", "measurements", "morphology", "orgaseg"],

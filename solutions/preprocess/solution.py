@@ -1,6 +1,6 @@
 """album solution orgaseg:preprocess -- grey, clean up, tile and rescale images (and label images).
 
-A thin wrapper around ``orgaseg_core.preprocess.preprocess`` (the same function as
+A thin wrapper around ``orgaseg_core.steps.preprocess`` (the same function as
 ``orgaseg preprocess``). album reads this file before the solution's environment exists, so
 ``orgaseg_core`` is imported only inside ``run``, ``pre_test`` and ``test``.
 """
@@ -8,27 +8,25 @@ from album.runner.api import get_args, setup
 
 
 def run():
+    from orgaseg_core import steps
     from orgaseg_core.album_support import run_step
-    from orgaseg_core.params import parse_pair
-    from orgaseg_core.preprocess import preprocess
 
     args = get_args()
-    run_step(lambda: preprocess(args.images, args.out, masks=args.masks, scale=args.scale,
-                                 tiles=parse_pair(args.tiles, what="--tiles"),
-                                 remove_vignette=args.remove_vignette,
-                                 flatten_background=args.flatten_background, overwrite=args.overwrite))
+    run_step(lambda: steps.preprocess(args.images, args.out, masks=args.masks, scale=args.scale,
+                                      tiles=args.tiles, remove_vignette=args.remove_vignette,
+                                      flatten_background=args.flatten_background,
+                                      overwrite=args.overwrite))
 
 
 def pre_test():
     import tempfile
     from pathlib import Path
 
-    from orgaseg_core.demo import make_demo_data
-    from orgaseg_core.masks import annotations_to_masks
+    from orgaseg_core import steps
 
     root = Path(tempfile.mkdtemp(prefix="orgaseg-album-test-"))
-    make_demo_data(root / "data", n_images=2, seed=3, size=(240, 320))
-    annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
+    steps.demo_data(root / "data", n_images=2, seed=3, size=(240, 320))
+    steps.annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
     return {"--images": str(root / "data" / "images"), "--masks": str(root / "masks"),
             "--out": str(root / "preprocessed"), "--tiles": "2x2", "--scale": "0.5",
             "--remove-vignette": "True"}
@@ -73,7 +71,7 @@ def test():
 setup(
     group="orgaseg",
     name="preprocess",
-    version="0.1.0",
+    version="0.2.0",
     album_api_version="0.7.3",
     title="Prepare images for training (grey, clean up, tile, resize)",
     description=(
@@ -86,7 +84,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.1.0 (the source "
+                 "classification for brightfield microscopy, version 0.2.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-Convex "
                  "Polygons. MICCAI 2018.",

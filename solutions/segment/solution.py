@@ -1,6 +1,6 @@
 """album solution orgaseg:segment -- outline every organoid in new images with a StarDist model.
 
-A thin wrapper around ``orgaseg_core.segment.segment`` (the same function as ``orgaseg segment``).
+A thin wrapper around ``orgaseg_core.steps.segment`` (the same function as ``orgaseg segment``).
 album reads this file before the solution's environment exists, so ``orgaseg_core`` is imported
 only inside ``run``, ``pre_test`` and ``test``.
 """
@@ -8,17 +8,13 @@ from album.runner.api import get_args, setup
 
 
 def run():
+    from orgaseg_core import steps
     from orgaseg_core.album_support import run_step
-    from orgaseg_core.params import parse_optional_float, parse_optional_size
-    from orgaseg_core.segment import segment
 
     args = get_args()
-    n_tiles = parse_optional_size(args.n_tiles, what="--n-tiles")
-    run_step(lambda: segment(
-        args.model, args.images, args.out,
-        n_tiles=(n_tiles, n_tiles) if isinstance(n_tiles, int) else n_tiles,
-        prob_thresh=parse_optional_float(args.prob_thresh, what="--prob-thresh"),
-        nms_thresh=parse_optional_float(args.nms_thresh, what="--nms-thresh"), image_scale=args.image_scale,
+    run_step(lambda: steps.segment(
+        args.model, args.images, args.out, n_tiles=args.n_tiles, prob_thresh=args.prob_thresh,
+        nms_thresh=args.nms_thresh, image_scale=args.image_scale,
         preprocessing=args.preprocessing, overwrite=args.overwrite))
 
 
@@ -26,46 +22,43 @@ def pre_test():
     import tempfile
     from pathlib import Path
 
-    from orgaseg_core.demo import make_demo_data
-    from orgaseg_core.masks import annotations_to_masks
-    from orgaseg_core.preprocess import preprocess
-    from orgaseg_core.split import split_dataset
-    from orgaseg_core.train_segmentation import train_segmentation
+    from orgaseg_core import steps
 
     root = Path(tempfile.mkdtemp(prefix="orgaseg-album-test-"))
-    make_demo_data(root / "data", n_images=3, seed=6, size=(240, 320))
-    annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
-    preprocess(root / "data" / "images", root / "pre", masks=root / "masks")
-    split_dataset(root / "pre", root / "split", mode="segmentation", train=0.67, val=0.33, test=0.0, seed=0)
+    steps.demo_data(root / "data", n_images=3, seed=6, size=(240, 320))
+    steps.annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
+    steps.preprocess(root / "data" / "images", root / "pre", masks=root / "masks")
+    steps.split(root / "pre", root / "split", mode="segmentation", train=0.67, val=0.33, test=0.0, seed=0)
     # a tiny model: the test checks what segment writes, not how good the model is
-    train_segmentation(root / "split", root / "model", epochs=1, steps_per_epoch=2, batch_size=2,
-                       patch_size=64)
+    steps.train_segmentation(root / "split", root / "model", epochs=1, steps_per_epoch=2,
+                             batch_size=2, patch_size=64)
     return {"--model": str(root / "model"), "--images": str(root / "data" / "images"),
             "--out": str(root / "segmented"), "--n-tiles": "2x2"}
 
 
 def test():
+    import json
     import shutil
     from pathlib import Path
 
     import numpy as np
     import pandas as pd
     import tifffile
-    from orgaseg_core.images import read_image_shape
-    from orgaseg_core.qupath import load_features
+    from PIL import Image
 
     args = get_args()
     images, out = Path(args.images), Path(args.out)
     for image in sorted(images.iterdir()):
         stem = image.name.split(".")[0]
         labels = tifffile.imread(out / f"{stem}.tif")
-        assert labels.shape == read_image_shape(image), (image.name, labels.shape)
+        with Image.open(image) as opened:
+            assert labels.shape == opened.size[::-1], (image.name, labels.shape)
         assert labels.dtype in (np.uint16, np.uint32)
         ids = [int(i) for i in np.unique(labels) if i]
         table = pd.read_csv(out / f"{stem}_objects.csv")
         assert sorted(table["label"]) == ids, image.name
         assert list(table["area_px"]) == [int((labels == i).sum()) for i in table["label"]]
-        features = load_features(out / f"{stem}.geojson")
+        features = json.loads((out / f"{stem}.geojson").read_text())["features"]
         assert len(features) == len(ids)
         assert all(f["properties"]["objectType"] == "detection" for f in features)
     assert (out / "run.json").is_file()
@@ -76,7 +69,7 @@ def test():
 setup(
     group="orgaseg",
     name="segment",
-    version="0.1.0",
+    version="0.2.0",
     album_api_version="0.7.3",
     title="Segment organoids with a trained StarDist model",
     description=(
@@ -89,7 +82,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.1.0 (the source "
+                 "classification for brightfield microscopy, version 0.2.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},

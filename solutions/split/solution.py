@@ -1,6 +1,6 @@
 """album solution orgaseg:split -- seeded, stratified, leakage-free train/val/test split.
 
-A thin wrapper around ``orgaseg_core.split.split_dataset`` (the same function as
+A thin wrapper around ``orgaseg_core.steps.split`` (the same function as
 ``orgaseg split``). album reads this file before the solution's environment exists, so
 ``orgaseg_core`` is imported only inside ``run``, ``pre_test`` and ``test``.
 """
@@ -8,26 +8,24 @@ from album.runner.api import get_args, setup
 
 
 def run():
+    from orgaseg_core import steps
     from orgaseg_core.album_support import run_step
-    from orgaseg_core.split import split_dataset
 
     args = get_args()
-    run_step(lambda: split_dataset(args.data, args.out, mode=args.mode, train=args.train, val=args.val,
-                                    test=args.test, seed=args.seed, overwrite=args.overwrite))
+    run_step(lambda: steps.split(args.data, args.out, mode=args.mode, train=args.train, val=args.val,
+                                 test=args.test, seed=args.seed, overwrite=args.overwrite))
 
 
 def pre_test():
     import tempfile
     from pathlib import Path
 
-    from orgaseg_core.demo import make_demo_data
-    from orgaseg_core.masks import annotations_to_masks
-    from orgaseg_core.preprocess import preprocess
+    from orgaseg_core import steps
 
     root = Path(tempfile.mkdtemp(prefix="orgaseg-album-test-"))
-    make_demo_data(root / "data", n_images=4, seed=4, size=(200, 240))
-    annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
-    preprocess(root / "data" / "images", root / "tiles", masks=root / "masks", tiles=(2, 2))
+    steps.demo_data(root / "data", n_images=4, seed=4, size=(200, 240))
+    steps.annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
+    steps.preprocess(root / "data" / "images", root / "tiles", masks=root / "masks", tiles=(2, 2))
     return {"--data": str(root / "tiles"), "--out": str(root / "split"), "--mode": "segmentation",
             "--train": "0.5", "--val": "0.25", "--test": "0.25", "--seed": "7"}
 
@@ -62,7 +60,7 @@ def test():
 setup(
     group="orgaseg",
     name="split",
-    version="0.1.0",
+    version="0.2.0",
     album_api_version="0.7.3",
     title="Split data into training, validation and test sets",
     description=(
@@ -76,7 +74,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.1.0 (the source "
+                 "classification for brightfield microscopy, version 0.2.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-Convex "
                  "Polygons. MICCAI 2018.",

@@ -1,6 +1,6 @@
 """album solution orgaseg:train-classifier -- train a torchvision classifier of organoid crops.
 
-A thin wrapper around ``orgaseg_core.train_classifier.train_classifier`` (the same function as
+A thin wrapper around ``orgaseg_core.steps.train_classifier`` (the same function as
 ``orgaseg train-classifier``). album reads this file before the solution's environment exists,
 so ``orgaseg_core`` is imported only inside ``run``, ``pre_test`` and ``test``.
 """
@@ -8,42 +8,30 @@ from album.runner.api import get_args, setup
 
 
 def run():
+    from orgaseg_core import steps
     from orgaseg_core.album_support import run_step
-    from orgaseg_core.params import parse_number_list, parse_optional_int, parse_optional_text, split_list
-    from orgaseg_core.train_classifier import train_classifier
 
     args = get_args()
-
-    def call():
-        # parsed inside run_step, so a bad list is one ERROR line (exit status 1), not a traceback
-        return train_classifier(
-            args.data, args.model_out, architectures=split_list(args.architectures),
-            learning_rates=parse_number_list(args.learning_rates, float, what="--learning-rates"),
-            batch_sizes=parse_number_list(args.batch_sizes, int, what="--batch-sizes", minimum=1,
-                                          strict=False),
-            weight_decays=parse_number_list(args.weight_decays, float, what="--weight-decays",
-                                            strict=False),
-            grid_epochs=args.grid_epochs, epochs=args.epochs, patience=args.patience,
-            input_size=parse_optional_int(args.input_size, what="--input-size"),
-            weights=args.weights or None, seed=args.seed, num_workers=args.num_workers,
-            device=parse_optional_text(args.device), overwrite=args.overwrite)
-
-    run_step(call)
+    # lists and 'auto' are parsed inside run_step, so a bad value is one ERROR line (exit 1)
+    run_step(lambda: steps.train_classifier(
+        args.data, args.model_out, architectures=args.architectures,
+        learning_rates=args.learning_rates, batch_sizes=args.batch_sizes,
+        weight_decays=args.weight_decays, grid_epochs=args.grid_epochs, epochs=args.epochs,
+        patience=args.patience, input_size=args.input_size, weights=args.weights, seed=args.seed,
+        num_workers=args.num_workers, device=args.device, overwrite=args.overwrite))
 
 
 def pre_test():
     import tempfile
     from pathlib import Path
 
-    from orgaseg_core.demo import make_demo_data
-    from orgaseg_core.sort_crops import sort_crops
-    from orgaseg_core.split import split_dataset
+    from orgaseg_core import steps
 
     root = Path(tempfile.mkdtemp(prefix="orgaseg-album-test-"))
-    make_demo_data(root / "data", n_images=4, seed=7, size=(240, 320))
-    sort_crops(root / "data" / "crops", root / "sorted")
-    split_dataset(root / "sorted", root / "split", mode="classification", train=0.5, val=0.25,
-                  test=0.25, seed=0)
+    steps.demo_data(root / "data", n_images=4, seed=7, size=(240, 320))
+    steps.sort_crops(root / "data" / "crops", root / "sorted")
+    steps.split(root / "sorted", root / "split", mode="classification", train=0.5, val=0.25,
+                test=0.25, seed=0)
     # a tiny run (two grid points of one epoch, then two epochs at 64 px): this checks that
     # training works end to end and writes a complete model folder, not that the model is good
     return {"--data": str(root / "split"), "--model-out": str(root / "model"),
@@ -55,28 +43,33 @@ def pre_test():
 def test():
     import json
     import shutil
+    import subprocess
+    import sys
     from pathlib import Path
 
     import pandas as pd
     from PIL import Image
-    from orgaseg_core.classifier_model import load_checkpoint
 
     args = get_args()
     data, model = Path(args.data), Path(args.model_out)
     classes = sorted(p.name for p in (data / "train").iterdir() if p.is_dir() and any(p.iterdir()))
-    checkpoint = load_checkpoint(model / "model.pt")
-    assert sorted(checkpoint.class_names) == classes, (checkpoint.class_names, classes)
-    assert checkpoint.architecture == "resnet18" and checkpoint.input_size == 64
-    assert checkpoint.std > 0
+    # what the checkpoint holds, read back by the orgaseg command line of this environment
+    info = subprocess.run([sys.executable, "-m", "orgaseg_core", "classifier-info", "--model",
+                           str(model / "model.pt"), "--json"], capture_output=True, text=True, check=True)
+    checkpoint = json.loads(info.stdout)
+    class_names = checkpoint["class_names"]
+    assert sorted(class_names) == classes, (class_names, classes)
+    assert checkpoint["architecture"] == "resnet18" and checkpoint["input_size"] == 64
+    assert checkpoint["normalisation"]["std"] > 0
     grid = pd.read_csv(model / "grid.csv")
     assert sorted(grid["learning_rate"]) == [0.0003, 0.001] and grid["chosen"].sum() == 1
     assert len(pd.read_csv(model / "history.csv")) <= 2
     report = json.loads((model / "report.json").read_text())
-    assert report["class_names"] == checkpoint.class_names and report["report_split"] == "test"
+    assert report["class_names"] == class_names and report["report_split"] == "test"
     n_test = sum(len(list((data / "test" / c).iterdir())) for c in classes if (data / "test" / c).is_dir())
     assert report["test"]["n"] == n_test and 0.0 <= report["test"]["macro_f1"] <= 1.0
     table = pd.read_csv(model / "classification_report.csv")
-    assert list(table["class"]) == checkpoint.class_names + ["macro avg", "weighted avg", "accuracy"]
+    assert list(table["class"]) == class_names + ["macro avg", "weighted avg", "accuracy"]
     assert table["support"].iloc[-1] == n_test
     with Image.open(model / "confusion_matrix.png") as png:
         assert png.format == "PNG" and min(png.size) > 200, png.size
@@ -89,7 +82,7 @@ def test():
 setup(
     group="orgaseg",
     name="train-classifier",
-    version="0.1.0",
+    version="0.2.0",
     album_api_version="0.7.3",
     title="Train an organoid morphology classifier",
     description=(
@@ -104,7 +97,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.1.0 (the source "
+                 "classification for brightfield microscopy, version 0.2.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Paszke A., Gross S., Massa F., Lerer A., Bradbury J., Chanan G., Killeen T., "
                  "Lin Z., Gimelshein N., Antiga L., et al. PyTorch: An Imperative Style, "

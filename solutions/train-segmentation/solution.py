@@ -1,6 +1,6 @@
 """album solution orgaseg:train-segmentation -- train a StarDist2D model on annotated organoids.
 
-A thin wrapper around ``orgaseg_core.train_segmentation.train_segmentation`` (the same function
+A thin wrapper around ``orgaseg_core.steps.train_segmentation`` (the same function
 as ``orgaseg train-segmentation``). album reads this file before the solution's environment
 exists, so ``orgaseg_core`` is imported only inside ``run``, ``pre_test`` and ``test``.
 """
@@ -8,17 +8,15 @@ from album.runner.api import get_args, setup
 
 
 def run():
+    from orgaseg_core import steps
     from orgaseg_core.album_support import run_step
-    from orgaseg_core.params import parse_optional_float, parse_optional_size, parse_pair
-    from orgaseg_core.train_segmentation import train_segmentation
 
     args = get_args()
-    run_step(lambda: train_segmentation(
+    run_step(lambda: steps.train_segmentation(
         args.data, args.model_out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-        batch_size=args.batch_size, patch_size=parse_optional_size(args.patch_size, what="--patch-size"),
-        n_rays=args.n_rays, grid=parse_pair(args.grid, what="--grid"), learning_rate=args.learning_rate,
-        augment=args.augment, norm_percentiles=(args.norm_low, args.norm_high), seed=args.seed,
-        init_model=args.init_model, scale=parse_optional_float(args.scale, what="--scale"),
+        batch_size=args.batch_size, patch_size=args.patch_size, n_rays=args.n_rays, grid=args.grid,
+        learning_rate=args.learning_rate, augment=args.augment, norm_low=args.norm_low,
+        norm_high=args.norm_high, seed=args.seed, init_model=args.init_model, scale=args.scale,
         overwrite=args.overwrite))
 
 
@@ -26,16 +24,13 @@ def pre_test():
     import tempfile
     from pathlib import Path
 
-    from orgaseg_core.demo import make_demo_data
-    from orgaseg_core.masks import annotations_to_masks
-    from orgaseg_core.preprocess import preprocess
-    from orgaseg_core.split import split_dataset
+    from orgaseg_core import steps
 
     root = Path(tempfile.mkdtemp(prefix="orgaseg-album-test-"))
-    make_demo_data(root / "data", n_images=4, seed=5, size=(240, 320))
-    annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
-    preprocess(root / "data" / "images", root / "pre", masks=root / "masks", remove_vignette=True)
-    split_dataset(root / "pre", root / "split", mode="segmentation", train=0.5, val=0.5, test=0.0, seed=0)
+    steps.demo_data(root / "data", n_images=4, seed=5, size=(240, 320))
+    steps.annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
+    steps.preprocess(root / "data" / "images", root / "pre", masks=root / "masks", remove_vignette=True)
+    steps.split(root / "pre", root / "split", mode="segmentation", train=0.5, val=0.5, test=0.0, seed=0)
     # a tiny run: this checks that training works end to end, not that the model is good
     return {"--data": str(root / "split"), "--model-out": str(root / "model"), "--epochs": "1",
             "--steps-per-epoch": "2", "--batch-size": "2", "--patch-size": "64"}
@@ -69,7 +64,7 @@ def test():
 setup(
     group="orgaseg",
     name="train-segmentation",
-    version="0.1.0",
+    version="0.2.0",
     album_api_version="0.7.3",
     title="Train a StarDist organoid segmentation model",
     description=(
@@ -82,7 +77,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.1.0 (the source "
+                 "classification for brightfield microscopy, version 0.2.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},

@@ -24,7 +24,7 @@ from digests import tree_digest
 
 pytestmark = pytest.mark.integration
 
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 # the columns of objects.csv that a user reads first (the rest are crop window and intensities)
 MEASUREMENTS = ["image", "stem", "label", "crop", "bbox_min_row", "bbox_min_col", "bbox_max_row",
                 "bbox_max_col", "centroid_row", "centroid_col", "area_px", "perimeter",
@@ -58,8 +58,8 @@ def demo(album, tmp_path_factory) -> Path:
     Four images, because the classification split is made per source image: with fewer, a class
     can end up with a single training crop.
     """
-    from orgaseg_core.demo import make_demo_data
-    from orgaseg_core.masks import annotations_to_masks
+    from orgaseg_core.data.demo import make_demo_data
+    from orgaseg_core.data.masks import annotations_to_masks
 
     out = tmp_path_factory.mktemp("classification-inputs") / "demo"
     make_demo_data(out, n_images=4, seed=7, size=(240, 320))
@@ -140,9 +140,9 @@ def test_extract_objects(album, demo, tmp_path):
 
 def test_train_classifier_then_classify(album, demo, tmp_path):
     """The torch pair: a tiny classifier trained through album, then used through album."""
-    from orgaseg_core.extract_objects import extract_objects
-    from orgaseg_core.sort_crops import sort_crops
-    from orgaseg_core.split import split_dataset
+    from orgaseg_core.data.sort_crops import sort_crops
+    from orgaseg_core.data.split import split_dataset
+    from orgaseg_core.objects.extract import extract_objects
 
     sort_crops(demo / "crops", tmp_path / "sorted")
     split = tmp_path / "split"

@@ -21,7 +21,7 @@ from digests import tree_digest
 
 pytestmark = pytest.mark.integration
 
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 STEPS = ("demo-data", "sort-crops", "annotations-to-masks", "preprocess", "split", "evaluate-segmentation",
          "train-segmentation", "segment", "extract-objects", "train-classifier", "classify", "analyze")
 CLASSES = {"Cyst", "Filled in", "Early branching", "Branched", "Burned out"}
@@ -47,7 +47,7 @@ def installed(album, step: str):
 @pytest.fixture(scope="module")
 def demo(album, tmp_path_factory) -> Path:
     """Two small generated images with QuPath-style annotations and crops (made in this process)."""
-    from orgaseg_core.demo import make_demo_data
+    from orgaseg_core.data.demo import make_demo_data
 
     out = tmp_path_factory.mktemp("inputs") / "demo"
     make_demo_data(out, n_images=2, seed=11, size=(240, 320))
@@ -179,7 +179,7 @@ def test_annotations_to_masks(album, demo):
 
 
 def test_preprocess(album, demo, tmp_path):
-    from orgaseg_core.masks import annotations_to_masks
+    from orgaseg_core.data.masks import annotations_to_masks
 
     step = coordinates("preprocess")
     masks = tmp_path / "masks"
@@ -215,7 +215,7 @@ def test_preprocess(album, demo, tmp_path):
 
 
 def test_split(album, demo, tmp_path):
-    from orgaseg_core.sort_crops import sort_crops
+    from orgaseg_core.data.sort_crops import sort_crops
 
     step = coordinates("split")
     sorted_crops = tmp_path / "sorted"
@@ -246,7 +246,7 @@ def test_split(album, demo, tmp_path):
 
 
 def test_evaluate_segmentation(album, demo, tmp_path):
-    from orgaseg_core.masks import annotations_to_masks
+    from orgaseg_core.data.masks import annotations_to_masks
 
     step = coordinates("evaluate-segmentation")
     truth = tmp_path / "truth"
@@ -286,9 +286,9 @@ def test_evaluate_segmentation(album, demo, tmp_path):
 
 def test_train_segmentation_then_segment(album, demo, tmp_path):
     """The StarDist pair: a tiny model trained through album, then used through album."""
-    from orgaseg_core.masks import annotations_to_masks
-    from orgaseg_core.preprocess import preprocess
-    from orgaseg_core.split import split_dataset
+    from orgaseg_core.data.masks import annotations_to_masks
+    from orgaseg_core.data.preprocess import preprocess
+    from orgaseg_core.data.split import split_dataset
 
     annotations_to_masks(demo / "geojsons", demo / "images", tmp_path / "masks")
     preprocess(demo / "images", tmp_path / "pre", masks=tmp_path / "masks")

@@ -18,8 +18,8 @@ from typing import Mapping, Sequence, Union
 
 import numpy as np
 
+from .images import to_grey
 from .outputs import atomic_path
-from .preprocess import to_grey
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def class_overlay(image: np.ndarray | None, labels: np.ndarray, label_classes: M
     label_classes: label id -> class name; labels without a class (not classified, excluded)
     are drawn in :data:`OTHER_COLOUR`. class_names: legend order (default: sorted names of
     ``label_classes``); the legend says how many objects each class has. Colours are the
-    classes' standard colours (:func:`orgaseg_core.classes.class_colour`, the colours of the
+    classes' standard colours (:func:`orgaseg_core.common.classes.class_colour`, the colours of the
     GeoJSON files). Linear in pixels, independent of the number of objects. Returns RGB
     (y, x, 3) uint8.
     """

@@ -10,7 +10,7 @@ For each input image ``<stem>.<ext>`` it writes into ``out``:
 * ``<stem>_objects.csv`` - one row per object: image, label, bounding box (min inclusive, max
   exclusive, like scikit-image), centroid (row, col), area in pixels, probability;
 
-and ``run.json``. Per image: grey (:func:`orgaseg_core.preprocess.to_grey`) -> the grey-level
+and ``run.json``. Per image: grey (:func:`orgaseg_core.common.images.to_grey`) -> the grey-level
 preprocessing the model was trained with (vignette removal, background flattening; from the
 model folder) -> rescale by ``model scale / image_scale`` to the model's pixel scale ->
 percentile normalisation with the model's percentiles -> StarDist in tiles -> labels back to
@@ -34,15 +34,23 @@ import pandas as pd
 from scipy import ndimage
 from tqdm import tqdm
 
-from .errors import InputFileError, OrgasegError
-from .images import image_stem, index_by_stem, is_image_file, label_dtype, list_images, read_image
-from .outputs import step_run, write_csv, write_tiff
-from .params import parse_pair
-from .preprocess import process_image, relabel_consecutive, rescale_image, to_grey
-from .qupath import make_feature, stable_object_id, write_feature_collection
-from .resample import nearest_indices, output_length
-from .stardist_model import (LoadedModel, auto_n_tiles, check_model_folder, load_model, normalize_image,
-                             quiet_stardist)
+from ..common.errors import InputFileError, OrgasegError
+from ..common.illumination import process_image
+from ..common.images import (
+    image_stem,
+    index_by_stem,
+    is_image_file,
+    label_dtype,
+    list_images,
+    read_image,
+    to_grey,
+)
+from ..common.labels import relabel_consecutive
+from ..common.outputs import step_run, write_csv, write_tiff
+from ..common.params import parse_pair
+from ..common.resample import nearest_indices, output_length, rescale_image
+from ..qupath.geojson import make_feature, stable_object_id, write_feature_collection
+from .model import LoadedModel, auto_n_tiles, check_model_folder, load_model, normalize_image, quiet_stardist
 
 log = logging.getLogger(__name__)
 

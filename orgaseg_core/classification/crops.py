@@ -2,7 +2,7 @@
 
 A crop (grey or colour, 8/16-bit or float, any size) becomes one network input like this:
 
-1. grey (:func:`orgaseg_core.preprocess.to_grey`), scaled to [0, 1] by its dtype's range
+1. grey (:func:`orgaseg_core.common.images.to_grey`), scaled to [0, 1] by its dtype's range
    (:func:`to_unit`): uint8 / 255, uint16 / 65535, floats as they are when within [0, 1]
    (else / 255 or / 65535, whichever range holds them);
 2. resized keeping its aspect ratio so that its longer side is ``input_size`` pixels
@@ -41,9 +41,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .errors import InputFileError, OrgasegError
-from .images import is_image_file, read_image
-from .preprocess import to_grey
+from ..common.errors import InputFileError, OrgasegError
+from ..common.images import is_image_file, read_image, to_grey
 
 log = logging.getLogger(__name__)
 

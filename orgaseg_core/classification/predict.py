@@ -10,7 +10,7 @@ Input ``objects`` is either
 
 Every crop is prepared exactly as in training (the checkpoint says how: grey, [0, 1] by dtype,
 fitted and padded to the input size, normalised with the training mean/std; see
-:mod:`orgaseg_core.classifier_data`) and classified in batches.
+:mod:`orgaseg_core.classification.crops`) and classified in batches.
 
 Outputs in ``out``: ``predictions.csv`` (image, label, crop, predicted_class, confidence = the
 highest probability, ``prob_<Class>`` per class of the checkpoint, then the remaining columns of
@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .errors import InputFileError, OrgasegError, OutputError
-from .images import image_stem, list_images
-from .outputs import step_run, write_csv
+from ..common.errors import InputFileError, OrgasegError, OutputError
+from ..common.images import image_stem, list_images
+from ..common.outputs import step_run, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def predict_batch(model, units: list[np.ndarray], *, input_size: int, mean: floa
     """Class probabilities (N, classes) of crops given as float (Y, X) arrays in [0, 1]."""
     import torch
 
-    from .classifier_data import prepare_crop
+    from .crops import prepare_crop
 
     batch = np.stack([(prepare_crop(u, input_size) - mean) / std for u in units])[:, None]
     x = torch.from_numpy(batch.astype(np.float32, copy=False)).to(device)
@@ -161,9 +161,9 @@ def classify(model: Path, objects: Path, out: Path, *, batch_size: int = 64, dev
     """
     import torch
 
-    from .classifier_data import to_unit
-    from .classifier_model import load_checkpoint, resolve_device
-    from .images import read_image
+    from ..common.images import read_image
+    from .crops import to_unit
+    from .networks import load_checkpoint, resolve_device
 
     model, objects, out = Path(model), Path(objects), Path(out)
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:

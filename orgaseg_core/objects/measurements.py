@@ -32,7 +32,7 @@ import shapely
 from scipy import ndimage
 from skimage.measure import perimeter as _skimage_perimeter
 
-from .errors import OrgasegError
+from ..common.errors import OrgasegError
 
 log = logging.getLogger(__name__)
 

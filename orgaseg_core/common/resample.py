@@ -113,3 +113,22 @@ def cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if dtype == np.bool_:
         return values >= 0.5
     return values.astype(dtype)
+
+
+# --------------------------------------------------------------------------- images
+
+def rescale_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """Resize an image (Y, X) or (Y, X, C) by ``scale``; same dtype as the input.
+
+    Shrinking: each output pixel is the exact mean of the input area it covers (area
+    interpolation; a factor 0.5 gives 2x2 block means). Enlarging: linear interpolation.
+    The output size is round(size * scale) per axis; integers are rounded to nearest.
+    """
+    image = np.asarray(image)
+    shape = (output_length(image.shape[0], scale), output_length(image.shape[1], scale))
+    if shape == image.shape[:2]:
+        return image.copy()
+    if image.ndim == 2:
+        return cast_like(resize_2d(image, shape), image.dtype)
+    channels = [cast_like(resize_2d(image[..., c], shape), image.dtype) for c in range(image.shape[-1])]
+    return np.stack(channels, axis=-1)

@@ -34,22 +34,20 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shlex
 import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .errors import InputFileError, OrgasegError, OutputError
-from .images import image_stem, index_by_stem, is_image_file, list_images, read_image, read_labels
-from .outputs import step_run, write_csv
+from ..common.errors import InputFileError, OrgasegError, OutputError
+from ..common.images import image_stem, index_by_stem, is_image_file, list_images, read_image, read_labels
+from ..common.outputs import step_run, write_csv
+from .processes import StepProcessError, orgaseg_command, run_step_process
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +60,6 @@ OBJECTS_CSV = "objects.csv"
 SUMMARY_CSV = "summary.csv"
 # Names that look like numbers ("001") must stay text when the tables are read back.
 _TEXT_COLUMNS = {"image": str, "stem": str, "crop": str}
-#: Lines of a child process's error output kept for the error message.
-_TAIL_BYTES = 20_000
 
 #: objects.csv measurement columns -> QuPath measurement names (units: pixels, radians).
 QUPATH_MEASUREMENTS = {
@@ -74,69 +70,6 @@ QUPATH_MEASUREMENTS = {
     "std_intensity": "Std intensity",
 }
 
-
-# ----------------------------------------------------------------------------- child processes
-
-class StepProcessError(OrgasegError):
-    """A step run in a child process ended with an error."""
-
-
-@dataclass
-class StepProcess:
-    """How a step run in a child process ended: exit status, its run.json, its error lines."""
-
-    step: str
-    returncode: int
-    record: dict[str, Any]
-    errors: list[str]
-
-    @property
-    def message(self) -> str:
-        """The child's own error lines, else the error recorded in its run.json."""
-        if self.errors:
-            return "\n".join(self.errors)
-        return str(self.record.get("error") or "no error message; see the output above")
-
-
-def orgaseg_command(step: str, options: Sequence[Any]) -> list[str]:
-    """``python -m orgaseg_core <step> <options>`` with this process's Python."""
-    return [sys.executable, "-m", "orgaseg_core", step, *[str(o) for o in options]]
-
-
-def run_step_process(step: str, options: Sequence[Any], *, out: Path | None = None) -> StepProcess:
-    """Run one orgaseg step in a child process and wait for it.
-
-    The child's output is passed on as it comes (progress bars and logs stay live) and its
-    error output is also kept, so its ``error: ...`` lines can be repeated in our error.
-    ``out``: the step's output folder, whose ``run.json`` is read afterwards (if written).
-    """
-    command = orgaseg_command(step, options)
-    log.info("%s: starting its own process: %s", step, shlex.join(command))
-    tail = bytearray()
-    with subprocess.Popen(command, stderr=subprocess.PIPE) as process:
-        assert process.stderr is not None
-        while chunk := process.stderr.read1(65536):
-            _echo_stderr(chunk)
-            tail += chunk
-            del tail[:-_TAIL_BYTES]
-    record: dict[str, Any] = {}
-    if out is not None and (Path(out) / "run.json").is_file():
-        try:
-            record = json.loads((Path(out) / "run.json").read_text())
-        except (OSError, ValueError):
-            record = {}
-    lines = tail.decode("utf-8", errors="replace").replace("\r", "\n").splitlines()
-    errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
-    return StepProcess(step, process.returncode, record, errors)
-
-
-def _echo_stderr(chunk: bytes) -> None:
-    buffer = getattr(sys.stderr, "buffer", None)
-    if buffer is not None:
-        buffer.write(chunk)
-    else:  # a replaced sys.stderr (e.g. under a test runner) takes text
-        sys.stderr.write(chunk.decode("utf-8", errors="replace"))
-    sys.stderr.flush()
 
 
 def classifier_info(model: Path) -> dict[str, Any]:
@@ -189,7 +122,7 @@ def classified_features(features: list[dict], objects: pd.DataFrame, reasons: di
     feature dicts (the inputs are not changed); geometry and ids are kept, so the file lines up
     with ``segmentation/<stem>.geojson``.
     """
-    from .classes import class_colour
+    from ..common.classes import class_colour
 
     by_label = {int(r["label"]): r for r in objects.to_dict("records")}
     out = []
@@ -299,9 +232,9 @@ def analyze(segmentation_model: Path, classifier: Path, images: Path, out: Path,
     automatic tiles / the model's tuned thresholds). padding, mask_background, min_area,
     exclude_border: as in ``extract-objects`` (pixels). batch_size, device: as in ``classify``.
     """
-    from .extract_objects import ExtractFailed, extract_objects
-    from .params import parse_pair
-    from .stardist_model import check_model_folder
+    from ..common.params import parse_pair
+    from ..objects.extract import ExtractFailed, extract_objects
+    from ..segmentation.model import check_model_folder
 
     start = time.perf_counter()
     segmentation_model, classifier = Path(segmentation_model), Path(classifier)
@@ -450,8 +383,8 @@ def _objects_table(predictions: pd.DataFrame, seg_out: Path, class_names: Sequen
 def _write_image_results(path: Path, stem: str, seg_out: Path, out: Path, objects: pd.DataFrame,
                          reasons: dict[int, str], class_names: Sequence[str]) -> int:
     """qupath/<stem>.geojson and overlays/<stem>.png of one image; returns its object count."""
-    from .overlays import class_overlay, save_png
-    from .qupath import load_features, write_feature_collection
+    from ..common.overlays import class_overlay, save_png
+    from ..qupath.geojson import load_features, write_feature_collection
 
     labels = read_labels(seg_out / f"{stem}.tif")
     features = load_features(seg_out / f"{stem}.geojson")

@@ -12,7 +12,7 @@ Outputs in ``out``::
 
     crops/<stem>_<label>.tif   one crop per kept object
     objects.csv                one row per kept object: image, stem, label, crop (path relative
-                               to out), the measurements of orgaseg_core.measurements (pixels;
+                               to out), the measurements of orgaseg_core.objects.measurements (pixels;
                                intensities on the grey image), padding and the crop window
     skipped.csv                objects dropped by --min-area / --exclude-border, with the reason
     run.json                   arguments, versions, per-image counts
@@ -40,11 +40,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .errors import InputFileError, OrgasegError
-from .images import list_images, pair_by_stem, read_image, read_labels, report_unmatched
+from ..common.errors import InputFileError, OrgasegError
+from ..common.images import list_images, pair_by_stem, read_image, read_labels, report_unmatched, to_grey
+from ..common.outputs import step_run, write_csv, write_tiff
 from .measurements import MEASUREMENT_COLUMNS, measure_objects
-from .outputs import step_run, write_csv, write_tiff
-from .preprocess import to_grey
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +128,7 @@ def object_crop(image: np.ndarray, labels: np.ndarray, label: int,
 
 def skip_reasons(table: pd.DataFrame, shape: tuple[int, ...], *, min_area: int = 0,
                  exclude_border: bool = False) -> pd.Series:
-    """Why each object of a :func:`~orgaseg_core.measurements.measure_objects` table is dropped.
+    """Why each object of a :func:`~orgaseg_core.objects.measurements.measure_objects` table is dropped.
 
     An object is dropped when its ``area_px`` is below ``min_area`` and, with
     ``exclude_border``, when it touches the border of an image of ``shape`` (its bounding box

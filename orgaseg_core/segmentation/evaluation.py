@@ -48,9 +48,16 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .errors import InputFileError, OrgasegError
-from .images import index_by_stem, list_images, pair_by_stem, read_image, read_labels, report_unmatched
-from .outputs import atomic_path, step_run, write_csv, write_json
+from ..common.errors import InputFileError, OrgasegError
+from ..common.images import (
+    index_by_stem,
+    list_images,
+    pair_by_stem,
+    read_image,
+    read_labels,
+    report_unmatched,
+)
+from ..common.outputs import atomic_path, step_run, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -483,7 +490,7 @@ def evaluate_segmentation(truth: Path, pred: Path, out: Path, *, images: Path | 
     cannot be read (or whose shapes differ) is reported and the others evaluated, then an
     OrgasegError lists the failures (so the command exits non-zero).
     """
-    from .overlays import save_png, segmentation_overlay
+    from ..common.overlays import save_png, segmentation_overlay
 
     truth, pred, out = Path(truth), Path(pred), Path(out)
     images = Path(images) if images is not None else None

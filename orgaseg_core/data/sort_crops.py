@@ -17,10 +17,10 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from .classes import load_class_map, normalise_class_name, validate_class_name
-from .errors import InputFileError, OrgasegError
-from .images import list_images
-from .outputs import copy_file, step_run, write_csv
+from ..common.classes import load_class_map, normalise_class_name, validate_class_name
+from ..common.errors import InputFileError, OrgasegError
+from ..common.images import list_images
+from ..common.outputs import copy_file, step_run, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def sort_crops(crops: Path, out: Path, *, move: bool = False, class_map: Path | 
     """Copy (or, with ``move``, move) QuPath crops from ``crops`` into ``out/<class>/``.
 
     Class names are normalised (``Filled-in`` = ``Filled in``) and mapped through the optional
-    alias file ``class_map`` (JSON or CSV, see :func:`orgaseg_core.classes.load_class_map`).
+    alias file ``class_map`` (JSON or CSV, see :func:`orgaseg_core.common.classes.load_class_map`).
     Writes ``out/sorted.csv`` (file, class, destination) and ``out/skipped.csv`` (file, reason).
     """
     crops, out = Path(crops), Path(out)

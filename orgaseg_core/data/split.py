@@ -28,10 +28,17 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .classes import class_key
-from .errors import InputFileError, OrgasegError
-from .images import IMAGE_SUFFIXES, image_stem, is_image_file, list_images, pair_by_stem, report_unmatched
-from .outputs import copy_file, step_run, write_csv
+from ..common.classes import class_key
+from ..common.errors import InputFileError, OrgasegError
+from ..common.images import (
+    IMAGE_SUFFIXES,
+    image_stem,
+    is_image_file,
+    list_images,
+    pair_by_stem,
+    report_unmatched,
+)
+from ..common.outputs import copy_file, step_run, write_csv
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import InputFileError, OrgasegError
-from .outputs import atomic_path
+from ..common.errors import InputFileError, OrgasegError
+from ..common.outputs import atomic_path
 
 log = logging.getLogger(__name__)
 

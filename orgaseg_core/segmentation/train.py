@@ -9,16 +9,16 @@ Everything is checked before the (long) training starts: each image has a mask a
 an image, shapes agree, masks hold integer labels, validation pairs exist, images are at least
 the patch size (else the patch is reduced, with a warning in the report).
 
-Per image: grey (RGB and 16-bit through :func:`orgaseg_core.preprocess.to_grey`), percentile
-normalisation (:func:`orgaseg_core.stardist_model.normalize_image`); per mask: holes of each
+Per image: grey (RGB and 16-bit through :func:`orgaseg_core.common.images.to_grey`), percentile
+normalisation (:func:`orgaseg_core.segmentation.model.normalize_image`); per mask: holes of each
 object filled (StarDist's star-convex polygons cannot represent holes). Training uses StarDist's
 own patch sampling with random flips, 90-degree rotations (square patches) and intensity jitter
 (:class:`Augmenter`, seeded), TensorBoard logs in ``model_out/logs``. Afterwards the probability
 and NMS thresholds are optimised on the validation images, the validation images are segmented
 and ``report.json`` / ``report.csv`` give precision, recall, F1 and AP per IoU threshold
-(:func:`orgaseg_core.evaluation.segmentation_metrics`, the figures of ``evaluate-segmentation``).
+(:func:`orgaseg_core.segmentation.evaluation.segmentation_metrics`, the figures of ``evaluate-segmentation``).
 
-The model folder is described in :mod:`orgaseg_core.stardist_model`. TensorFlow is imported
+The model folder is described in :mod:`orgaseg_core.segmentation.model`. TensorFlow is imported
 only inside :func:`train_segmentation`.
 
 Defaults: on the generated example data (``orgaseg example``: 190x252 px tiles at scale 0.5),
@@ -44,14 +44,24 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import InputFileError, OrgasegError
-from .images import list_images, pair_by_stem, read_image, read_labels
-from .outputs import RUN_RECORD_NAME, package_versions, step_run, write_csv, write_json
-from .preprocess import to_grey
-from .stardist_model import (DEFAULT_NORM_PERCENTILES, FORMAT_VERSION, MODEL_KIND, ORGASEG_MODEL_JSON,
-                             as_pair, auto_n_tiles, check_init_compatible, check_percentiles,
-                             check_stardist_folder, import_stardist, normalize_image, quiet_stardist,
-                             read_json_file)
+from ..common.errors import InputFileError, OrgasegError
+from ..common.images import list_images, pair_by_stem, read_image, read_labels, to_grey
+from ..common.outputs import RUN_RECORD_NAME, package_versions, step_run, write_csv, write_json
+from .model import (
+    DEFAULT_NORM_PERCENTILES,
+    FORMAT_VERSION,
+    MODEL_KIND,
+    ORGASEG_MODEL_JSON,
+    as_pair,
+    auto_n_tiles,
+    check_init_compatible,
+    check_percentiles,
+    check_stardist_folder,
+    import_stardist,
+    normalize_image,
+    quiet_stardist,
+    read_json_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -571,7 +581,7 @@ def train_segmentation(data: Path, model_out: Path, *, epochs: int = 40, steps_p
         report = {"n_images": len(Xv), "images": val.names, "n_objects": result.n_val_objects,
                   "thresholds": result.thresholds, "metrics": result.metrics,
                   "definition": "pooled over the validation images; ap = tp / (tp + fp + fn), "
-                                "see orgaseg_core.evaluation"}
+                                "see orgaseg_core.segmentation.evaluation"}
         write_json(model_out / "report.json", report)
         for key, m in result.metrics.items():
             log.info("validation at IoU %s: precision %.3f, recall %.3f, F1 %.3f, AP %.3f", key,

@@ -35,9 +35,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from .classes import canonical_class_name, class_colour
-from .errors import OrgasegError
-from .outputs import atomic_path, step_run, write_csv, write_json, write_tiff
+from ..common.classes import canonical_class_name, class_colour
+from ..common.errors import OrgasegError
+from ..common.outputs import atomic_path, step_run, write_csv, write_json, write_tiff
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import InputFileError, OrgasegError
+from ..common.errors import InputFileError, OrgasegError
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import OrgasegError
-from .outputs import step_run
+from ..common.errors import OrgasegError
+from ..common.outputs import step_run
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,12 @@ def run_example(out: Path, *, n_images: int = 24, seed: int = 0, size: tuple[int
     StarDist training budget; clf_grid_epochs, clf_epochs: the classifier's. data_only: stop
     after the data steps (no TensorFlow or torch needed).
     """
-    from .analyze import run_step_process
-    from .demo import make_demo_data
-    from .masks import annotations_to_masks
-    from .preprocess import preprocess
-    from .sort_crops import sort_crops
-    from .split import split_dataset
+    from ..data.demo import make_demo_data
+    from ..data.masks import annotations_to_masks
+    from ..data.preprocess import preprocess
+    from ..data.sort_crops import sort_crops
+    from ..data.split import split_dataset
+    from .processes import run_step_process
 
     out = Path(out)
     if n_images < 4:
@@ -147,10 +147,10 @@ def _models_and_analysis(result: ExampleResult, run_step_process, *, seed, size,
     """Steps 4-8 of the example (see the module notes)."""
     import json
 
+    from ..data.demo import make_demo_data
+    from ..data.masks import annotations_to_masks
+    from ..segmentation.evaluation import evaluate_segmentation
     from .analyze import analyze
-    from .demo import make_demo_data
-    from .evaluation import evaluate_segmentation
-    from .masks import annotations_to_masks
 
     folders, out = result.folders, result.out
     extra = ["--overwrite"] if overwrite else []
@@ -213,9 +213,9 @@ def class_agreement(truth: Path, pred: Path, objects_csv: Path, out_csv: Path) -
     import numpy as np
     import pandas as pd
 
-    from .evaluation import match_objects, matched_pairs
-    from .images import read_labels
-    from .outputs import write_csv
+    from ..common.images import read_labels
+    from ..common.outputs import write_csv
+    from ..segmentation.evaluation import match_objects, matched_pairs
 
     objects = pd.read_csv(objects_csv, dtype={"stem": str})
     rows = []

@@ -35,11 +35,24 @@ import shapely
 from scipy import ndimage
 from tqdm import tqdm
 
-from .classes import load_class_map
-from .errors import InputFileError, OrgasegError
-from .images import IMAGE_SUFFIXES, image_stem, index_by_stem, label_dtype, list_images, read_image_shape
-from .outputs import step_run, write_csv, write_tiff
-from .qupath import GEOJSON_SUFFIXES, describe_skipped, is_problem_reason, load_features, parse_annotations
+from ..common.classes import load_class_map
+from ..common.errors import InputFileError, OrgasegError
+from ..common.images import (
+    IMAGE_SUFFIXES,
+    image_stem,
+    index_by_stem,
+    label_dtype,
+    list_images,
+    read_image_shape,
+)
+from ..common.outputs import step_run, write_csv, write_tiff
+from ..qupath.geojson import (
+    GEOJSON_SUFFIXES,
+    describe_skipped,
+    is_problem_reason,
+    load_features,
+    parse_annotations,
+)
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ What happens, in order:
 2. Crops are read (unreadable ones are reported by file and skipped; more than
    :data:`MAX_UNREADABLE_FRACTION` of a split unreadable is an error). The input size (unless
    given) and the normalisation come from the training crops only
-   (:mod:`orgaseg_core.classifier_data`).
+   (:mod:`orgaseg_core.classification.crops`).
 3. Grid search: every architecture x learning rate x batch size x weight decay is trained for
    ``grid_epochs`` epochs from the same seed and scored by its best VALIDATION macro-F1. A grid
    of one setting skips this.
@@ -21,14 +21,14 @@ What happens, in order:
    influences a choice.
 
 Training details: AdamW, cosine learning-rate decay to 1 % over the run, cross-entropy with
-inverse-frequency class weights (:func:`orgaseg_core.classifier_data.class_weights`; chosen
+inverse-frequency class weights (:func:`orgaseg_core.classification.crops.class_weights`; chosen
 over a weighted sampler because every crop is then seen once per epoch and the epochs stay
 comparable). An epoch "improves" when the validation macro-F1 rises, or stays equal while the
 validation loss falls (small validation sets often reach the same F1 in several epochs).
 Everything is seeded; on the CPU two runs with the same seed give identical weights.
 
 Outputs in ``model_out``: ``model.pt`` (self-describing checkpoint, see
-:mod:`orgaseg_core.classifier_model`), ``grid.csv``, ``history.csv`` (the final run per
+:mod:`orgaseg_core.classification.networks`), ``grid.csv``, ``history.csv`` (the final run per
 epoch), ``report.json``, ``classification_report.csv`` and ``confusion_matrix.png`` (test
 split; the validation split when there is no test split), ``unreadable.csv`` (if any),
 ``tensorboard/<run>/`` (one TensorBoard run per grid point and for the final run) and
@@ -53,8 +53,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .errors import InputFileError, OrgasegError, OutputError
-from .outputs import atomic_path, package_versions, step_run, write_csv, write_json
+from ..common.errors import InputFileError, OrgasegError, OutputError
+from ..common.outputs import atomic_path, package_versions, step_run, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def _positive_list(values, what: str, kind=float, minimum=0.0, strict=True) -> l
 def _scan_split(data: Path, split: str, class_names: list[str] | None, warnings: list[str]
                 ) -> tuple[list[str], list[Path], list[int]]:
     """(class names, files, class indices) of one split folder; checks for ``train``."""
-    from .classifier_data import class_folders, list_class_images
+    from .crops import class_folders, list_class_images
 
     folder = data / split
     if not folder.is_dir():
@@ -394,8 +394,8 @@ def train_run(setting: dict[str, Any], *, train_set, val_set, class_names: list[
     """
     import torch
 
-    from .classifier_data import make_loader
-    from .classifier_model import build_model, load_weights
+    from .crops import make_loader
+    from .networks import build_model, load_weights
 
     seed_everything(seed)
     model = build_model(setting["architecture"], len(class_names))
@@ -512,13 +512,19 @@ def train_classifier(data: Path, model_out: Path, *,
     grid_epochs: epochs per grid point; epochs: the most epochs of the final run; patience:
     epochs without validation improvement before it stops. input_size: network input in
     pixels (None: learned from the training crops, see
-    :func:`orgaseg_core.classifier_data.learn_input_size`). weights: local state_dict (or
+    :func:`orgaseg_core.classification.crops.learn_input_size`). weights: local state_dict (or
     orgaseg checkpoint) to start from, only with one architecture; nothing is ever downloaded.
     seed: seeds everything. num_workers: DataLoader worker processes. device: "cpu", "cuda"
     (None: cuda when available). See the module notes for the files written.
     """
-    from .classifier_model import (ARCHITECTURES, build_model, load_weights, min_input_size,
-                                   resolve_device, validate_architecture)
+    from .networks import (
+        ARCHITECTURES,
+        build_model,
+        load_weights,
+        min_input_size,
+        resolve_device,
+        validate_architecture,
+    )
 
     data, model_out = Path(data), Path(model_out)
     weights = Path(weights) if weights is not None else None
@@ -598,9 +604,17 @@ def train_classifier(data: Path, model_out: Path, *,
 def _train(data: Path, model_out: Path, record, *, class_names, files, labels, settings,
            grid_epochs, epochs, patience, input_size, weights, seed, num_workers, device,
            warnings, arguments) -> TrainClassifierResult:
-    from .classifier_data import (CropDataset, class_weights, learn_input_size, make_loader,
-                                  normalisation_stats, preprocessing_description, read_crops, to_unit)
-    from .classifier_model import min_input_size, plain, save_checkpoint
+    from .crops import (
+        CropDataset,
+        class_weights,
+        learn_input_size,
+        make_loader,
+        normalisation_stats,
+        preprocessing_description,
+        read_crops,
+        to_unit,
+    )
+    from .networks import min_input_size, plain, save_checkpoint
 
     start = time.perf_counter()
     result = TrainClassifierResult(model_out=model_out, class_names=list(class_names),
@@ -696,7 +710,7 @@ def _train(data: Path, model_out: Path, record, *, class_names, files, labels, s
     try:
         outcome = train_run(chosen, epochs=epochs, patience=patience, writer=writer, keep_best=True,
                             desc=name, **common)
-        from .classifier_model import build_model
+        from .networks import build_model
 
         model = build_model(chosen["architecture"], len(class_names)).to(device)
         model.load_state_dict(outcome.best_state)

@@ -31,9 +31,9 @@ import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, mapping, shape
 
-from .classes import class_colour, normalise_class_name, validate_class_name, UnsafeClassNameError
-from .errors import InputFileError
-from .outputs import write_text
+from ..common.classes import UnsafeClassNameError, class_colour, normalise_class_name, validate_class_name
+from ..common.errors import InputFileError
+from ..common.outputs import write_text
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +253,8 @@ def parse_annotations(features: Iterable[Mapping[str, Any]], *, source: Path | s
     """Polygonal objects of a list of QuPath features, and the count of skipped features by reason.
 
     ``source`` (the file the features came from) is used in log messages and errors.
-    ``class_map`` is an alias map as returned by :func:`orgaseg_core.classes.load_class_map`;
-    class names pass :func:`~orgaseg_core.classes.normalise_class_name` so ``Filled-in`` and
+    ``class_map`` is an alias map as returned by :func:`orgaseg_core.common.classes.load_class_map`;
+    class names pass :func:`~orgaseg_core.common.classes.normalise_class_name` so ``Filled-in`` and
     ``filled in`` are the same class. Unclassified features are skipped (reason
     ``"unclassified"``) unless ``keep_unclassified``; then their class is ``unclassified_name``.
 

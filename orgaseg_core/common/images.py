@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .errors import InputFileError, OrgasegError
+from .resample import cast_like
 
 log = logging.getLogger(__name__)
 
@@ -180,3 +181,44 @@ def label_dtype(max_label: int) -> np.dtype:
     if max_label > np.iinfo(np.uint32).max:
         raise OrgasegError(f"too many objects for a label image: {max_label}")
     return np.dtype(np.uint16) if max_label <= np.iinfo(np.uint16).max else np.dtype(np.uint32)
+
+
+# --------------------------------------------------------------------------- grey conversion
+
+#: Luminance weights (R, G, B) of ITU-R BT.709, as in scikit-image's ``rgb2gray``.
+LUMINANCE_WEIGHTS = (0.2125, 0.7154, 0.0721)
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """Convert an image to one grey channel, shape (Y, X).
+
+    - (Y, X): returned unchanged (floats as float32);
+    - (Y, X, 1): the single channel;
+    - (Y, X, 2) grey + alpha: the first channel;
+    - (Y, X, 3) RGB or (Y, X, 4) RGBA: luminance 0.2125 R + 0.7154 G + 0.0721 B (alpha dropped).
+
+    Integer inputs keep their dtype (uint8 stays uint8, uint16 stays uint16), rounded to the
+    nearest value; float inputs give float32.
+    """
+    image = np.asarray(image)
+    if image.dtype == np.bool_:
+        image = image.astype(np.uint8)
+    if image.ndim == 3 and image.shape[-1] in (1, 2):
+        grey = image[..., 0]
+    elif image.ndim == 3 and image.shape[-1] in (3, 4):
+        # Accumulate channel by channel in float64: exact rounding, no (Y, X, 3) float copy.
+        grey_f = image[..., 0].astype(np.float64)
+        grey_f *= LUMINANCE_WEIGHTS[0]
+        grey_f += LUMINANCE_WEIGHTS[1] * image[..., 1]
+        grey_f += LUMINANCE_WEIGHTS[2] * image[..., 2]
+        if np.issubdtype(image.dtype, np.integer):
+            return cast_like(grey_f, image.dtype)
+        return grey_f.astype(np.float32)
+    elif image.ndim == 2:
+        grey = image
+    else:
+        raise OrgasegError(f"cannot convert an array of shape {image.shape} to grey; "
+                           "expected (Y, X) or (Y, X, C) with C in 1..4")
+    if np.issubdtype(grey.dtype, np.floating):
+        return grey.astype(np.float32, copy=False)
+    return grey

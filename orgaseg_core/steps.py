@@ -1,0 +1,364 @@
+"""The public Python API of orgaseg: one function per pipeline step.
+
+Every step of the ``orgaseg`` command line and of the album catalog is one function here, with
+the command line's parameter names (``--n-images`` is ``n_images``, ``--model-out`` is
+``model_out``). The CLI, the album solutions and scripts call these functions; the modules
+behind them (``orgaseg_core.data``, ``.segmentation``, ...) may move between releases, these
+names and parameters do not.
+
+Values can be given as Python values or as the text the command line takes: ``size=(760, 1008)``
+or ``size="760x1008"``, ``n_tiles=(4, 4)``, ``"4x4"`` or ``"auto"``, ``learning_rates=[1e-3]`` or
+``"1e-3,3e-4"``. Paths are ``str`` or :class:`pathlib.Path`. Every function returns a result
+object whose ``summary()`` is the text the command prints, writes a ``run.json`` (step,
+arguments, versions, start and end time) into its output folder, and raises
+:class:`~orgaseg_core.common.errors.OrgasegError` (one line naming the file and the problem)
+for input the user can fix.
+
+Importing this module imports neither TensorFlow nor torch (nor pandas): each function imports
+its implementation when it is called. TensorFlow (``train_segmentation``, ``segment``) and
+torch (``train_classifier``, ``classify``) crash when used in one process, so a script that
+needs both runs them in separate processes, as :func:`analyze` and :func:`example` do.
+
+Units: pixels of the images as given, unless a parameter says otherwise; scales are factors
+relative to the original microscope images (1 = full size, 0.5 = half size).
+
+Example::
+
+    from orgaseg_core import steps
+
+    steps.demo_data(out="data", n_images=8, seed=0)
+    steps.annotations_to_masks(annotations="data/geojsons", images="data/images", out="masks")
+    steps.preprocess(images="data/images", masks="masks", out="pre", tiles="2x2", scale=0.5,
+                     remove_vignette=True)
+    steps.split(data="pre", out="split", mode="segmentation", seed=0)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+PathLike = Union[str, Path]
+#: ``(rows, columns)``, or the text ``"2x3"``.
+Pair = Union[tuple[int, int], str]
+
+__all__ = [
+    "demo_data", "sort_crops", "annotations_to_masks", "preprocess", "split",
+    "train_segmentation", "segment", "evaluate_segmentation", "extract_objects",
+    "train_classifier", "classify", "analyze", "example",
+]
+
+
+def _path(value: PathLike | None) -> Path | None:
+    return None if value is None or str(value) == "" else Path(value)
+
+
+def _pair(value: Pair, what: str) -> tuple[int, int]:
+    from .common.params import parse_pair
+
+    return parse_pair(value, what=what)
+
+
+def _optional_size(value: Pair | int | None, what: str) -> int | tuple[int, int] | None:
+    """``None``/``"auto"`` -> None; ``4`` or ``"4"`` -> 4; ``"4x3"`` or ``(4, 3)`` -> (4, 3)."""
+    from .common.params import parse_optional_size, parse_pair
+
+    if isinstance(value, (tuple, list)):
+        return parse_pair(value, what=what)
+    return parse_optional_size(value, what=what)
+
+
+def _optional_pair(value: Pair | int | None, what: str) -> tuple[int, int] | None:
+    """As :func:`_optional_size`, a single number meaning that many tiles on both axes."""
+    size = _optional_size(value, what)
+    return (size, size) if isinstance(size, int) else size
+
+
+def _optional_float(value: float | str | None, what: str) -> float | None:
+    from .common.params import parse_optional_float
+
+    return parse_optional_float(value, what=what)
+
+
+# ------------------------------------------------------------------------------ data steps
+
+def demo_data(out: PathLike, *, n_images: int = 8, seed: int = 0, size: Pair = (760, 1008),
+              overwrite: bool = False):
+    """Generate synthetic brightfield organoid images laid out like a QuPath project export.
+
+    ``n_images`` images of ``size`` = (height, width) px in ``out/images/`` (8-bit RGB JPEG,
+    8-bit and 16-bit grey TIFF), ``out/geojsons/<image name>.geojson`` (QuPath annotations with
+    classes), ``out/crops/<image name>Annotation (<Class>)_<i>.tif`` (per-object crops, named as
+    QuPath exports them) and ``out/objects.csv`` (the ground truth). The same ``seed`` gives
+    byte-identical files. Returns a ``DemoDataResult``.
+    """
+    from .data.demo import make_demo_data
+
+    return make_demo_data(Path(out), n_images=n_images, seed=seed, size=_pair(size, "--size"),
+                          overwrite=overwrite)
+
+
+def sort_crops(crops: PathLike, out: PathLike, *, move: bool = False,
+               class_map: PathLike | None = None, overwrite: bool = False):
+    """Sort QuPath per-object crops (class in parentheses in the file name) into class folders.
+
+    ``crops``: folder of files like ``imgAnnotation (Cyst)_1.tif``; ``out/<Class>/`` receives
+    copies (``move=True`` moves them instead), ``out/sorted.csv`` lists every file and
+    ``out/skipped.csv`` the files without a usable class. ``class_map``: JSON or two-column CSV
+    of alias -> class. Returns a ``SortCropsResult`` (files per class).
+    """
+    from .data.sort_crops import sort_crops as run
+
+    return run(Path(crops), Path(out), move=move, class_map=_path(class_map), overwrite=overwrite)
+
+
+def annotations_to_masks(annotations: PathLike, images: PathLike, out: PathLike, *,
+                         keep_unclassified: bool = False, class_map: PathLike | None = None,
+                         overwrite: bool = False):
+    """Turn QuPath GeoJSON annotations into instance label images and per-object class tables.
+
+    ``annotations``: one GeoJSON file per image (``a.jpg.geojson`` or ``a.geojson``), paired
+    with the images of ``images`` by stem (the images give the size). Writes
+    ``out/<stem>.tif`` (uint16 labels, uint32 beyond 65,535 objects; 0 = background; a pixel
+    belongs to a polygon when its centre is inside) and ``out/<stem>_objects.csv`` (label,
+    class, area px, bounding box, centroid). Returns a ``MasksResult``.
+    """
+    from .data.masks import annotations_to_masks as run
+
+    return run(Path(annotations), Path(images), Path(out), keep_unclassified=keep_unclassified,
+               class_map=_path(class_map), overwrite=overwrite)
+
+
+def preprocess(images: PathLike, out: PathLike, *, masks: PathLike | None = None,
+               scale: float = 1.0, tiles: Pair = (1, 1), remove_vignette: bool = False,
+               flatten_background: bool = False, overwrite: bool = False):
+    """Convert to grey, clean up, tile and rescale images and (optionally) their label images.
+
+    Per image: grey -> vignette removal -> background flattening -> ``tiles`` (rows, columns)
+    -> resize by ``scale`` (area means; labels nearest-neighbour and renumbered, vanished
+    objects reported). Writes ``out/images/`` and ``out/masks/`` with matching names
+    (``<stem>_r<row>c<col>.tif`` when tiled) and ``out/tiles.csv``. Returns a
+    ``PreprocessResult``.
+    """
+    from .data.preprocess import preprocess as run
+
+    return run(Path(images), Path(out), masks=_path(masks), scale=scale,
+               tiles=_pair(tiles, "--tiles"), remove_vignette=remove_vignette,
+               flatten_background=flatten_background, overwrite=overwrite)
+
+
+def split(data: PathLike, out: PathLike, *, mode: str, train: float = 0.7, val: float = 0.15,
+          test: float = 0.15, seed: int = 0, overwrite: bool = False):
+    """Split data into train/val/test: seeded, stratified by class, no leakage between splits.
+
+    ``mode="segmentation"``: ``data/images/`` + ``data/masks/`` -> ``out/{train,val,test}/
+    {images,masks}/`` (the StarDist layout); ``mode="classification"``: one folder per class ->
+    ``out/{train,val,test}/<Class>/`` (the torchvision ImageFolder layout). Tiles and crops of
+    one source image stay in one split. ``train``/``val``/``test`` are fractions of the source
+    images (summing to 1). Writes ``out/split.csv``. Returns a ``SplitResult``.
+    """
+    from .data.split import split_dataset
+
+    return split_dataset(Path(data), Path(out), mode=mode, train=train, val=val, test=test,
+                         seed=seed, overwrite=overwrite)
+
+
+# ------------------------------------------------------------------------------ segmentation
+
+def train_segmentation(data: PathLike, model_out: PathLike, *, epochs: int = 40,
+                       steps_per_epoch: int = 25, batch_size: int = 4,
+                       patch_size: int | Pair | None = None, n_rays: int = 32, grid: Pair = (2, 2),
+                       learning_rate: float = 3e-4, augment: bool = True, norm_low: float = 1.0,
+                       norm_high: float = 99.8, seed: int = 0, init_model: PathLike | None = None,
+                       scale: float | str | None = None, overwrite: bool = False):
+    """Train a StarDist2D model on the split made by :func:`split` (mode segmentation).
+
+    ``data``: ``train/`` and ``val/`` with ``images/`` and ``masks/``. ``patch_size``: px, one
+    number or (height, width), multiples of 16 (None/"auto": up to 256, fitting the smallest
+    image). ``grid``: StarDist output subsampling. ``norm_low``/``norm_high``: percentiles of
+    the per-image intensity normalisation. ``scale``: pixel scale of the training images
+    relative to the originals (None/"auto": read from the preprocess run, else 1).
+    ``init_model``: a local model folder to continue from. Writes the self-contained model
+    folder ``model_out`` (weights, ``config.json``, ``thresholds.json``, ``orgaseg_model.json``,
+    ``report.json``/``report.csv`` with validation precision, recall, F1 and AP at IoU
+    0.5-0.9, TensorBoard logs). Imports TensorFlow. Returns a ``TrainSegmentationResult``.
+    """
+    from .segmentation.train import train_segmentation as run
+
+    return run(Path(data), Path(model_out), epochs=epochs, steps_per_epoch=steps_per_epoch,
+               batch_size=batch_size, patch_size=_optional_size(patch_size, "--patch-size"),
+               n_rays=n_rays, grid=_pair(grid, "--grid"), learning_rate=learning_rate,
+               augment=augment, norm_percentiles=(norm_low, norm_high), seed=seed,
+               init_model=_path(init_model), scale=_optional_float(scale, "--scale"),
+               overwrite=overwrite)
+
+
+def segment(model: PathLike, images: PathLike, out: PathLike, *,
+            n_tiles: Pair | int | None = None, prob_thresh: float | str | None = None,
+            nms_thresh: float | str | None = None, image_scale: float = 1.0,
+            preprocessing: bool = True, overwrite: bool = False):
+    """Segment an image file or a folder of images of any size with a trained StarDist model.
+
+    ``n_tiles``: predict in (rows, columns) tiles (None/"auto": tiles of at most 1024 px).
+    ``prob_thresh``/``nms_thresh``: 0-1 (None/"auto": the values tuned in training).
+    ``image_scale``: pixel scale of these images relative to the original images; they are
+    resized to the model's training scale and the labels returned at their own size.
+    ``preprocessing``: repeat the model's training clean-up (vignette, background). Writes per
+    image ``out/<stem>.tif`` (uint16 labels), ``out/<stem>.geojson`` (QuPath detections with
+    label and probability) and ``out/<stem>_objects.csv``. Unreadable images are reported and
+    skipped, then ``SegmentFailed`` is raised. Imports TensorFlow. Returns a ``SegmentResult``.
+    """
+    from .segmentation.predict import segment as run
+
+    return run(Path(model), Path(images), Path(out), n_tiles=_optional_pair(n_tiles, "--n-tiles"),
+               prob_thresh=_optional_float(prob_thresh, "--prob-thresh"),
+               nms_thresh=_optional_float(nms_thresh, "--nms-thresh"), image_scale=image_scale,
+               preprocessing=preprocessing, overwrite=overwrite)
+
+
+def evaluate_segmentation(truth: PathLike, pred: PathLike, out: PathLike, *,
+                          images: PathLike | None = None,
+                          thresholds: Sequence[float] = tuple(round(0.5 + 0.05 * i, 2) for i in range(9)),
+                          min_fraction: float = 0.5, max_overlay_side: int = 2048,
+                          overwrite: bool = False):
+    """Compare predicted with true label images (paired by stem).
+
+    Objects are matched one to one by IoU; per IoU threshold (``thresholds``, default
+    0.5-0.9) precision, recall, F1 and AP, plus merges and splits (an object covering at least
+    ``min_fraction`` of another). Writes ``out/metrics.csv``, ``out/metrics_per_image.csv``,
+    ``out/summary.json``, the plot ``out/ap_vs_iou.png`` and outline overlays
+    ``out/overlays/<stem>.png`` (``images`` under them; longest side at most
+    ``max_overlay_side`` px). Needs neither TensorFlow nor torch. Returns an
+    ``EvaluationResult``.
+    """
+    from .segmentation.evaluation import evaluate_segmentation as run
+
+    return run(Path(truth), Path(pred), Path(out), images=_path(images),
+               thresholds=tuple(thresholds), overwrite=overwrite, min_fraction=min_fraction,
+               max_overlay_side=max_overlay_side)
+
+
+# ------------------------------------------------------------------------------ objects
+
+def extract_objects(images: PathLike, masks: PathLike, out: PathLike, *, padding: int = 10,
+                    mask_background: bool = False, min_area: int = 0, exclude_border: bool = False,
+                    overwrite: bool = False):
+    """Cut one crop per object out of each image and measure every object.
+
+    Images and label images are paired by stem. ``padding``: px of context around each
+    bounding box; ``mask_background``: set crop pixels outside the object to the image's
+    background level; ``min_area`` (px) and ``exclude_border`` drop objects (listed in
+    ``out/skipped.csv``). Writes ``out/crops/<stem>_<label>.tif`` and ``out/objects.csv``
+    (bounding box, centroid, area, perimeter, equivalent diameter, circularity,
+    eccentricity, solidity, axes, orientation, mean/std intensity; lengths in px, areas in
+    px²). Returns an ``ExtractResult``.
+    """
+    from .objects.extract import extract_objects as run
+
+    return run(Path(images), Path(masks), Path(out), padding=padding,
+               mask_background=mask_background, min_area=min_area, exclude_border=exclude_border,
+               overwrite=overwrite)
+
+
+# ------------------------------------------------------------------------------ classification
+
+def train_classifier(data: PathLike, model_out: PathLike, *,
+                     architectures: Sequence[str] | str = ("resnet18",),
+                     learning_rates: Sequence[float] | str = (1e-3, 3e-4),
+                     batch_sizes: Sequence[int] | str = (32,),
+                     weight_decays: Sequence[float] | str = (1e-4,), grid_epochs: int = 3,
+                     epochs: int = 15, patience: int = 5, input_size: int | str | None = None,
+                     weights: PathLike | None = None, seed: int = 0, num_workers: int = 0,
+                     device: str | None = None, overwrite: bool = False):
+    """Train a torchvision crop classifier on the split made by :func:`split` (classification).
+
+    Grid search over ``architectures`` x ``learning_rates`` x ``batch_sizes`` x
+    ``weight_decays`` (lists, or comma-separated text), ``grid_epochs`` each, scored by the
+    validation macro-F1; the best is trained up to ``epochs`` with early stopping
+    (``patience``). ``input_size``: px (None/"auto": learned from the crops). ``weights``: a
+    local state_dict to start from (nothing is downloaded). ``device``: "cpu", "cuda" or
+    None/"auto". Writes ``model_out/model.pt`` (self-describing, loaded with
+    ``weights_only=True``), ``grid.csv``, ``history.csv``, ``report.json``,
+    ``classification_report.csv``, ``confusion_matrix.png`` (test split) and TensorBoard
+    logs. Imports torch. Returns a ``TrainClassifierResult``.
+    """
+    from .common.params import parse_number_list, parse_optional_int, parse_optional_text, split_list
+    from .classification.train import train_classifier as run
+
+    return run(Path(data), Path(model_out), architectures=split_list(architectures),
+               learning_rates=parse_number_list(learning_rates, float, what="--learning-rates"),
+               batch_sizes=parse_number_list(batch_sizes, int, what="--batch-sizes", minimum=1,
+                                             strict=False),
+               weight_decays=parse_number_list(weight_decays, float, what="--weight-decays",
+                                               strict=False),
+               grid_epochs=grid_epochs, epochs=epochs, patience=patience,
+               input_size=parse_optional_int(input_size, what="--input-size"),
+               weights=_path(weights), seed=seed, num_workers=num_workers,
+               device=parse_optional_text(device), overwrite=overwrite)
+
+
+def classify(model: PathLike, objects: PathLike, out: PathLike, *, batch_size: int = 64,
+             device: str | None = None, overwrite: bool = False):
+    """Classify every object crop with a ``model.pt`` of :func:`train_classifier`.
+
+    ``objects``: a folder of :func:`extract_objects` (``objects.csv`` + ``crops/``) or a
+    folder of crops. Writes ``out/predictions.csv``: image, label, crop, predicted class,
+    confidence (0-1) and one ``prob_<Class>`` column per class, joined with the measurements;
+    unreadable crops go to ``out/unreadable.csv``. Imports torch. Returns a
+    ``ClassifyResult``.
+    """
+    from .classification.predict import classify as run
+    from .common.params import parse_optional_text
+
+    return run(Path(model), Path(objects), Path(out), batch_size=batch_size,
+               device=parse_optional_text(device), overwrite=overwrite)
+
+
+# ------------------------------------------------------------------------------ pipelines
+
+def analyze(segmentation_model: PathLike, classifier: PathLike, images: PathLike, out: PathLike, *,
+            n_tiles: Pair | int | None = None, prob_thresh: float | str | None = None,
+            nms_thresh: float | str | None = None, image_scale: float = 1.0,
+            preprocessing: bool = True, padding: int = 10, mask_background: bool = False,
+            min_area: int = 0, exclude_border: bool = False, batch_size: int = 64,
+            device: str | None = None, overwrite: bool = False):
+    """Segment, measure and classify every organoid of an image file or a folder of images.
+
+    Runs :func:`segment` and :func:`classify` in child processes (TensorFlow and torch never
+    share one) and :func:`extract_objects` in this one; the parameters are theirs. Writes
+    ``out/qupath/<image>.geojson`` (classified detections for QuPath),
+    ``out/overlays/<image>.png``, ``out/objects.csv`` (one row per classified object),
+    ``out/summary.csv`` (per image: objects found, classified, excluded, count and fraction
+    per class) and each step's own folder. Raises ``AnalyzeFailed`` after the others when an
+    image cannot be analysed. Returns an ``AnalyzeResult``.
+    """
+    from .common.params import parse_optional_text
+    from .pipelines.analyze import analyze as run
+
+    return run(Path(segmentation_model), Path(classifier), Path(images), Path(out),
+               n_tiles=_optional_pair(n_tiles, "--n-tiles"),
+               prob_thresh=_optional_float(prob_thresh, "--prob-thresh"),
+               nms_thresh=_optional_float(nms_thresh, "--nms-thresh"), image_scale=image_scale,
+               preprocessing=preprocessing, padding=padding, mask_background=mask_background,
+               min_area=min_area, exclude_border=exclude_border, batch_size=batch_size,
+               device=parse_optional_text(device), overwrite=overwrite)
+
+
+def example(out: PathLike = "orgaseg-demo", *, n_images: int = 24, seed: int = 0,
+            size: Pair = (760, 1008), n_new_images: int = 4, seg_epochs: int = 20,
+            seg_steps: int = 20, clf_grid_epochs: int = 3, clf_epochs: int = 12,
+            data_only: bool = False, overwrite: bool = False) -> Any:
+    """Run the whole story on generated example data, each framework in its own process.
+
+    ``n_images`` training images of ``size`` (height, width) px -> every data step ->
+    StarDist training (``seg_epochs`` x ``seg_steps``) -> classifier training -> :func:`analyze`
+    of ``n_new_images`` new images -> segmentation and class evaluation against their
+    annotations. ``data_only`` stops after the data steps. Returns an ``ExampleResult`` whose
+    ``summary()`` gives the figures (F1, AP, macro-F1) and where everything is.
+    """
+    from .pipelines.example import run_example
+
+    return run_example(Path(out), n_images=n_images, seed=seed, size=_pair(size, "--size"),
+                       n_new_images=n_new_images, seg_epochs=seg_epochs, seg_steps=seg_steps,
+                       clf_grid_epochs=clf_grid_epochs, clf_epochs=clf_epochs,
+                       data_only=data_only, overwrite=overwrite)
