@@ -319,10 +319,11 @@ def classifier_info_cmd(
 
 @app.command("analyze")
 def analyze_cmd(
-    segmentation_model: Path = typer.Option(..., "--segmentation-model", help="Model folder written by train-segmentation."),
+    segmentation_model: Optional[Path] = typer.Option(None, "--segmentation-model", help="Model folder written by train-segmentation (or give --masks)."),
     classifier: Path = typer.Option(..., help="model.pt written by train-classifier."),
     images: Path = typer.Option(..., help="An image file or a folder of images to analyse."),
     out: Path = typer.Option(..., help="Folder for the QuPath files, overlays, objects.csv and summary.csv."),
+    masks: Optional[Path] = typer.Option(None, help="Instead of --segmentation-model: a folder of label images of the same names from another tool (Cellpose, QuPath, ...)."),
     n_tiles: Optional[str] = typer.Option(None, "--n-tiles", help="Segment in ROWSxCOLUMNS tiles (default: automatic)."),
     prob_thresh: Optional[float] = typer.Option(None, "--prob-thresh", help="Object probability threshold (default: the model's tuned value)."),
     nms_thresh: Optional[float] = typer.Option(None, "--nms-thresh", help="Overlap threshold (default: the model's tuned value)."),
@@ -336,9 +337,10 @@ def analyze_cmd(
     device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda' for the classifier (default: cuda when available)."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
-    """Segment, measure and classify every organoid in new images; QuPath files, overlays and tables."""
+    """Segment (or take --masks), measure and classify every organoid in new images; QuPath files, overlays and tables."""
     try:
-        result = steps.analyze(segmentation_model, classifier, images, out, n_tiles=_tiles(n_tiles),
+        result = steps.analyze(segmentation_model, classifier, images, out, masks=masks,
+                               n_tiles=_tiles(n_tiles),
                                prob_thresh=prob_thresh, nms_thresh=nms_thresh, image_scale=image_scale,
                                preprocessing=preprocessing, padding=padding,
                                mask_background=mask_background, min_area=min_area,

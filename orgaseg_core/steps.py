@@ -316,8 +316,8 @@ def classify(model: PathLike, objects: PathLike, out: PathLike, *, batch_size: i
 
 # ------------------------------------------------------------------------------ pipelines
 
-def analyze(segmentation_model: PathLike, classifier: PathLike, images: PathLike, out: PathLike, *,
-            n_tiles: Pair | int | None = None, prob_thresh: float | str | None = None,
+def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: PathLike,
+            out: PathLike, *, masks: PathLike | None = None, n_tiles: Pair | int | None = None, prob_thresh: float | str | None = None,
             nms_thresh: float | str | None = None, image_scale: float = 1.0,
             preprocessing: bool = True, padding: int = 10, mask_background: bool = False,
             min_area: int = 0, exclude_border: bool = False, batch_size: int = 64,
@@ -325,7 +325,11 @@ def analyze(segmentation_model: PathLike, classifier: PathLike, images: PathLike
     """Segment, measure and classify every organoid of an image file or a folder of images.
 
     Runs :func:`segment` and :func:`classify` in child processes (TensorFlow and torch never
-    share one) and :func:`extract_objects` in this one; the parameters are theirs. Writes
+    share one) and :func:`extract_objects` in this one; the parameters are theirs. Instead of
+    a segmentation model (``segmentation_model=None``), ``masks`` takes a folder of label
+    images of the same stems from any other tool (Cellpose, QuPath, ...: 2D, non-negative
+    integers, the images' height and width; ids are kept); an image without one is reported
+    and the others are analysed. Writes
     ``out/qupath/<image>.geojson`` (classified detections for QuPath),
     ``out/overlays/<image>.png``, ``out/objects.csv`` (one row per classified object),
     ``out/summary.csv`` (per image: objects found, classified, excluded, count and fraction
@@ -335,8 +339,8 @@ def analyze(segmentation_model: PathLike, classifier: PathLike, images: PathLike
     from .common.params import parse_optional_text
     from .pipelines.analyze import analyze as run
 
-    return run(Path(segmentation_model), Path(classifier), Path(images), Path(out),
-               n_tiles=_optional_pair(n_tiles, "--n-tiles"),
+    return run(_path(segmentation_model), Path(classifier), Path(images), Path(out),
+               masks=_path(masks), n_tiles=_optional_pair(n_tiles, "--n-tiles"),
                prob_thresh=_optional_float(prob_thresh, "--prob-thresh"),
                nms_thresh=_optional_float(nms_thresh, "--nms-thresh"), image_scale=image_scale,
                preprocessing=preprocessing, padding=padding, mask_background=mask_background,

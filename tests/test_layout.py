@@ -187,6 +187,8 @@ def test_api_parameters_are_the_command_line_options(step):
         if default is ...:  # required on the command line: required here too
             assert api[name] is inspect.Parameter.empty, (step, name)
             continue
+        if default is None and api[name] is inspect.Parameter.empty:
+            continue  # optional there; here a positional parameter that may be None
         assert _comparable(api[name]) == _comparable(default), (step, name, api[name], default)
 
 

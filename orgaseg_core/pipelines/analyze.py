@@ -217,15 +217,17 @@ def _input_images(images: Path) -> tuple[dict[str, Path], Path]:
     return index_by_stem(files, what="images"), images
 
 
-def analyze(segmentation_model: Path, classifier: Path, images: Path, out: Path, *,
-            n_tiles: tuple[int, int] | None = None, prob_thresh: float | None = None,
+def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out: Path, *,
+            masks: Path | None = None, n_tiles: tuple[int, int] | None = None, prob_thresh: float | None = None,
             nms_thresh: float | None = None, image_scale: float = 1.0, preprocessing: bool = True,
             padding: int = 10, mask_background: bool = False, min_area: int = 0,
             exclude_border: bool = False, batch_size: int = 64, device: str | None = None,
             overwrite: bool = False) -> AnalyzeResult:
     """Segment, measure and classify every organoid of an image file or a folder of images.
 
-    segmentation_model: folder of ``train-segmentation``. classifier: ``model.pt`` of
+    segmentation_model: folder of ``train-segmentation``; or None with ``masks``: a folder of
+    label images of the same stems from any other tool, used instead of segmenting (see
+    :mod:`orgaseg_core.segmentation.external`). classifier: ``model.pt`` of
     ``train-classifier``. images: a file or a folder (not searched recursively). out: new or
     empty folder (or ``overwrite``); see the module notes for what is written.
     n_tiles, prob_thresh, nms_thresh, image_scale, preprocessing: as in ``segment`` (None =
@@ -237,8 +239,15 @@ def analyze(segmentation_model: Path, classifier: Path, images: Path, out: Path,
     from ..segmentation.model import check_model_folder
 
     start = time.perf_counter()
-    segmentation_model, classifier = Path(segmentation_model), Path(classifier)
-    images, out = Path(images), Path(out)
+    if (segmentation_model is None) == (masks is None):
+        raise OrgasegError("give either a segmentation model (--segmentation-model) or label images "
+                           "from another tool (--masks), not " + ("both" if masks else "neither"))
+    if masks is not None and (n_tiles is not None or prob_thresh is not None or nms_thresh is not None):
+        raise OrgasegError("--n-tiles, --prob-thresh and --nms-thresh set how a model segments; "
+                           "they do not apply to --masks")
+    segmentation_model = Path(segmentation_model) if segmentation_model is not None else None
+    masks = Path(masks) if masks is not None else None
+    classifier, images, out = Path(classifier), Path(images), Path(out)
     if n_tiles is not None:
         n_tiles = parse_pair(n_tiles, what="n_tiles")
     if int(padding) < 0 or int(min_area) < 0:
@@ -247,49 +256,39 @@ def analyze(segmentation_model: Path, classifier: Path, images: Path, out: Path,
         raise OrgasegError(f"batch size must be a whole number >= 1, got {batch_size!r}")
     stems, image_folder = _input_images(images)
     # Everything that can be checked is checked before the long steps start.
-    check_model_folder(segmentation_model)
+    if segmentation_model is not None:
+        check_model_folder(segmentation_model)
+    elif not masks.is_dir():
+        raise InputFileError(masks, "is not a folder of label images")
     if classifier.is_file() and out.resolve() in classifier.resolve().parents:
         raise OutputError(f"{out}: holds the classifier {classifier}; choose another output folder")
     info = classifier_info(classifier)
     class_names = [str(c) for c in info["class_names"]]
     log.info("classifier %s: %s, classes %s", classifier, info["architecture"], ", ".join(class_names))
 
-    arguments = {"segmentation_model": segmentation_model, "classifier": classifier, "images": images,
-                 "out": out, "n_tiles": list(n_tiles) if n_tiles else None,
+    arguments = {"segmentation_model": segmentation_model, "masks": masks, "classifier": classifier,
+                 "images": images, "out": out, "n_tiles": list(n_tiles) if n_tiles else None,
                  "prob_thresh": prob_thresh, "nms_thresh": nms_thresh, "image_scale": float(image_scale),
                  "preprocessing": bool(preprocessing), "padding": int(padding),
                  "mask_background": bool(mask_background), "min_area": int(min_area),
                  "exclude_border": bool(exclude_border), "batch_size": int(batch_size),
                  "device": device, "overwrite": overwrite}
     with step_run("analyze", out, arguments, overwrite=overwrite,
-                  inputs=[image_folder, segmentation_model]) as record:
+                  inputs=[image_folder, segmentation_model or masks]) as record:
         result = AnalyzeResult(out=out, class_names=class_names)
         steps: dict[str, Any] = {}
         record.results["steps"] = steps
 
-        # 1. segmentation (TensorFlow, own process)
+        # 1. segmentation (TensorFlow, own process), or the label images of another tool
         seg_out = out / SEGMENTATION_DIR
-        options: list[Any] = ["--model", segmentation_model, "--images", images, "--out", seg_out,
-                              "--image-scale", float(image_scale),
-                              "--preprocessing" if preprocessing else "--no-preprocessing"]
-        if n_tiles:
-            options += ["--n-tiles", f"{n_tiles[0]}x{n_tiles[1]}"]
-        if prob_thresh is not None:
-            options += ["--prob-thresh", prob_thresh]
-        if nms_thresh is not None:
-            options += ["--nms-thresh", nms_thresh]
-        if overwrite:
-            options.append("--overwrite")
-        seg = run_step_process("segment", options, out=seg_out)
-        steps["segment"] = seg.record
-        segmented = (seg.record.get("results") or {}).get("images") or {}
-        if seg.returncode != 0:
-            failed = (seg.record.get("results") or {}).get("failed")
-            if not segmented or failed is None:
-                raise StepProcessError(f"segment failed (exit status {seg.returncode}): {seg.message}")
-            result.failed += [f"segment: {f}" for f in failed]
-        segmented_stems = {s for s, p in stems.items() if p.name in segmented}
-        log.info("segmented %d of %d image(s) -> %s", len(segmented_stems), len(stems), seg_out)
+        if masks is not None:
+            segmented_stems = _masks_as_segmentation(images, masks, seg_out, stems, steps, result,
+                                                     overwrite=overwrite)
+        else:
+            segmented_stems = _segment(segmentation_model, images, seg_out, stems, steps, result,
+                                       n_tiles=n_tiles, prob_thresh=prob_thresh, nms_thresh=nms_thresh,
+                                       image_scale=image_scale, preprocessing=preprocessing,
+                                       overwrite=overwrite)
 
         # 2. crops and measurements (numpy, this process)
         obj_out = out / OBJECTS_DIR
@@ -361,6 +360,49 @@ def analyze(segmentation_model: Path, classifier: Path, images: Path, out: Path,
         if result.failed:
             raise AnalyzeFailed(result)
     return result
+
+
+def _segment(model: Path, images: Path, seg_out: Path, stems: dict[str, Path], steps: dict,
+             result: AnalyzeResult, *, n_tiles, prob_thresh, nms_thresh, image_scale: float,
+             preprocessing: bool, overwrite: bool) -> set[str]:
+    """``segment`` in its own process (TensorFlow); returns the stems it segmented."""
+    options: list[Any] = ["--model", model, "--images", images, "--out", seg_out,
+                          "--image-scale", float(image_scale),
+                          "--preprocessing" if preprocessing else "--no-preprocessing"]
+    if n_tiles:
+        options += ["--n-tiles", f"{n_tiles[0]}x{n_tiles[1]}"]
+    if prob_thresh is not None:
+        options += ["--prob-thresh", prob_thresh]
+    if nms_thresh is not None:
+        options += ["--nms-thresh", nms_thresh]
+    if overwrite:
+        options.append("--overwrite")
+    seg = run_step_process("segment", options, out=seg_out)
+    steps["segment"] = seg.record
+    segmented = (seg.record.get("results") or {}).get("images") or {}
+    if seg.returncode != 0:
+        failed = (seg.record.get("results") or {}).get("failed")
+        if not segmented or failed is None:
+            raise StepProcessError(f"segment failed (exit status {seg.returncode}): {seg.message}")
+        result.failed += [f"segment: {f}" for f in failed]
+    segmented_stems = {s for s, p in stems.items() if p.name in segmented}
+    log.info("segmented %d of %d image(s) -> %s", len(segmented_stems), len(stems), seg_out)
+    return segmented_stems
+
+
+def _masks_as_segmentation(images: Path, masks: Path, seg_out: Path, stems: dict[str, Path],
+                           steps: dict, result: AnalyzeResult, *, overwrite: bool) -> set[str]:
+    """The label images of another tool in the place of ``segment``'s output (this process, no
+    TensorFlow); returns the stems that have one."""
+    from ..segmentation.external import segmentation_from_masks
+
+    imported = segmentation_from_masks(images, masks, seg_out, overwrite=overwrite)
+    steps["masks"] = json.loads((seg_out / "run.json").read_text())
+    result.failed += [f"masks: {f}" for f in imported.failed]
+    segmented_stems = {s for s, p in stems.items() if p.name in imported.objects}
+    log.info("took the label images of %d of %d image(s) from %s -> %s", len(segmented_stems),
+             len(stems), masks, seg_out)
+    return segmented_stems
 
 
 def _objects_table(predictions: pd.DataFrame, seg_out: Path, class_names: Sequence[str]) -> pd.DataFrame:

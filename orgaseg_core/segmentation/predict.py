@@ -27,7 +27,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -211,10 +211,17 @@ def polygons_of(seg: Segmentation) -> list:
 
 def detection_features(seg: Segmentation, table: pd.DataFrame, stem: str) -> list[dict]:
     """QuPath ``detection`` features, one per object row of ``table`` (see :func:`object_table`)."""
-    geometries = polygons_of(seg)
+    return features_of_objects(dict(enumerate(polygons_of(seg), start=1)), table, stem)
+
+
+def features_of_objects(geometries: Mapping[int, Any], table: pd.DataFrame, stem: str) -> list[dict]:
+    """QuPath ``detection`` features, one per object row of ``table`` (:func:`object_table`), with
+    the outline ``geometries[label]`` (shapely, QuPath pixel coordinates; None or missing: the
+    object's bounding box), measurements Label, Probability (left out when NaN) and Area px, and
+    an id that is the same for the same image stem and label."""
     features = []
     for row in table.itertuples(index=False):
-        geometry = geometries[row.label - 1]
+        geometry = geometries.get(int(row.label))
         if geometry is None:
             # A polygon without area (all rays ~0) still has pixels in the label image: keep
             # the object, outlined by its bounding box, so GeoJSON, labels and table agree.

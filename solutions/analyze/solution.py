@@ -13,7 +13,8 @@ def run():
 
     args = get_args()
     run_step(lambda: steps.analyze(
-        args.segmentation_model, args.classifier, args.images, args.out, n_tiles=args.n_tiles,
+        args.segmentation_model, args.classifier, args.images, args.out, masks=args.masks,
+        n_tiles=args.n_tiles,
         prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh, image_scale=args.image_scale,
         preprocessing=args.preprocessing, padding=args.padding,
         mask_background=args.mask_background, min_area=args.min_area,
@@ -108,7 +109,8 @@ setup(
         "with a model from orgaseg:train-segmentation, measures its shape and classifies it with "
         "a model from orgaseg:train-classifier. Writes per image a QuPath GeoJSON file with every "
         "organoid classified (drag it onto the image in QuPath) and an overlay picture, plus a "
-        "table of all organoids and a per-image summary of the class counts and proportions."
+        "table of all organoids and a per-image summary of the class counts and proportions. "
+        "Label images from another tool can take the place of the segmentation model."
     ),
     solution_creators=["orgaseg developers"],
     cite=[
@@ -126,8 +128,9 @@ setup(
     documentation=["README.md"],
     covers=[],
     args=[
-        {"name": "segmentation-model", "type": "directory", "required": True,
-         "description": "Model folder written by orgaseg:train-segmentation."},
+        {"name": "segmentation-model", "type": "directory", "required": False, "default": None,
+         "description": "Model folder written by orgaseg:train-segmentation. Leave empty when "
+                        "you give masks instead."},
         {"name": "classifier", "type": "file", "required": True,
          "description": "The classifier file model.pt written by orgaseg:train-classifier."},
         {"name": "images", "type": "string", "required": True,
@@ -136,6 +139,11 @@ setup(
         {"name": "out", "type": "directory", "required": True,
          "description": "New or empty folder for the results: qupath/, overlays/, summary.csv, "
                         "objects.csv and each step's own folder."},
+        {"name": "masks", "type": "directory", "required": False, "default": None,
+         "description": "Instead of a segmentation model: a folder of label images from another "
+                        "tool (Cellpose, QuPath, another album solution), one per image with the "
+                        "same name (e.g. well_A1.tif for well_A1.jpg), 0 = background. Leave "
+                        "empty to segment with the model."},
         {"name": "n-tiles", "type": "string", "default": "auto",
          "description": "Segment in ROWSxCOLUMNS tiles, e.g. 4x4, to save memory: 'auto' "
                         "chooses tiles of at most 1024 px."},

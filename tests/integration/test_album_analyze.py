@@ -1,5 +1,6 @@
 """orgaseg:analyze through the real album CLI: install, run on new images with the models of the
-session's example run (tests/conftest.py ``story``), a bad classifier, album test, uninstall."""
+session's example run (tests/conftest.py ``story``), with label images of another tool instead of
+the model (--masks), a bad classifier, album test, uninstall."""
 
 from __future__ import annotations
 
@@ -51,6 +52,27 @@ def test_analyze(album, story, tmp_path):
         record = json.loads((out / "run.json").read_text())
         assert record["status"] == "ok" and set(record["results"]["steps"]) == {
             "segment", "extract-objects", "classify"}
+
+        # label images of another tool instead of the model: their objects, under their ids
+        masks = demo / "evaluation" / "true-masks"
+        masks_before = tree_digest(masks)
+        out_masks = album.workdir / "analysis-masks"
+        album("run", STEP, "--masks", masks, "--classifier", models / "classifier" / "model.pt",
+              "--images", images, "--out", out_masks, timeout=600)
+        assert tree_digest(masks) == masks_before
+        record = json.loads((out_masks / "run.json").read_text())
+        assert record["status"] == "ok" and set(record["results"]["steps"]) == {
+            "masks", "extract-objects", "classify"}
+        for row in pd.read_csv(out_masks / "summary.csv", dtype={"stem": str}).to_dict("records"):
+            ids = {int(i) for i in np.unique(tifffile.imread(masks / f"{row['stem']}.tif")) if i}
+            features = json.loads((out_masks / "qupath" / f"{row['stem']}.geojson").read_text())["features"]
+            assert row["objects"] == len(ids) == row["classified"]
+            assert {f["properties"]["measurements"]["Label"] for f in features} == ids
+        # neither a model nor masks: one error line, nothing written
+        neither = album("run", STEP, "--classifier", models / "classifier" / "model.pt",
+                        "--images", images, "--out", album.workdir / "never", expect=1)
+        assert "--segmentation-model" in neither.output and "--masks" in neither.output
+        assert "Traceback" not in neither.output and not (album.workdir / "never").exists()
 
         # a classifier file that is not ours: one error line naming it, nothing written
         bad = tmp_path / "not-a-model.pt"
