@@ -1,0 +1,177 @@
+"""Segmentation quality on real brightfield organoids that orgaseg did not make (issue 10).
+
+Data: ``../shared/realdata/goat-dev/`` (GOAT, GPL-3.0; read from there, never copied into the
+repository): 5 images of 2048x1536 px, one organoid type each, with instance masks. Leave one
+image out: for each of the five, the other four are preprocessed (``--scale``, ``--tiles``),
+split into train/val by source image, a model is trained with ``orgaseg train-segmentation``
+(every argument after ``--`` is passed on), the held-out image is segmented at full resolution
+and compared with its mask. Printed per fold and pooled over the folds: objects, predictions,
+F1 at IoU 0.5 / 0.75 / 0.9, mean IoU of the matches, training time.
+
+``--unannotated`` then segments every image of ``../shared/realdata/unannotated/`` (RGB JPEG,
+16-bit TIFF, OME-flavoured TIFFs, names with spaces; no ground truth) with the first fold's
+model and writes an outline overlay per image into ``WORK/unannotated/<folder>/overlays/``.
+
+    python benchmarks/bench_real_segmentation.py --work /tmp/real --name defaults
+    python benchmarks/bench_real_segmentation.py --work /tmp/real --name s025 --scale 0.25 \\
+        --tiles 1x1 --unannotated -- --epochs 80 --steps-per-epoch 25
+
+Each fold trains a model (minutes to tens of minutes on 2 CPU cores): run it in the background
+and read the log. TensorFlow runs in child processes (the orgaseg CLI). Without
+``../shared/realdata`` the script says so and exits with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+GOAT = REALDATA / "goat-dev"
+THRESHOLDS = (0.5, 0.75, 0.9)
+#: The peers' figures on GOAT images (issue 10): F1 at IoU 0.5.
+PEERS = {"OrganoID pretrained (2022)": 0.35, "threshold + watershed baseline": 0.32}
+
+
+def run_step(step: str, *options) -> None:
+    """``orgaseg STEP OPTIONS`` in its own process, its progress shown as it comes."""
+    from orgaseg_core.pipelines.processes import run_step_process
+
+    ended = run_step_process(step, options)
+    if ended.returncode != 0:
+        raise SystemExit(f"orgaseg {step} failed (exit status {ended.returncode}): {ended.message}")
+
+
+def goat_images() -> dict[str, tuple[Path, Path]]:
+    """image id -> (image file, label image) of the GOAT development set."""
+    found = {}
+    for image in sorted((GOAT / "images").glob("*.png")):
+        labels = GOAT / "truth" / f"{image.stem}_labels.tif"
+        if labels.is_file():
+            found[image.stem] = (image, labels)
+    return found
+
+
+def fold_data(work: Path, held: str, images: dict[str, tuple[Path, Path]], *, scale: float,
+              tiles: str) -> Path:
+    """The training split of one fold (made once in ``work``, then reused)."""
+    split = work / f"data-s{scale:g}-t{tiles}" / f"without-{held}" / "split"
+    if (split / "run.json").is_file():
+        return split
+    source = split.parent / "source"
+    if source.exists():
+        shutil.rmtree(source)
+    for sub in ("images", "masks"):
+        (source / sub).mkdir(parents=True)
+    for stem, (image, labels) in images.items():
+        if stem != held:  # copies in the work folder, outside the repository
+            shutil.copy2(image, source / "images" / image.name)
+            shutil.copy2(labels, source / "masks" / f"{stem}.tif")
+    run_step("preprocess", "--images", source / "images", "--masks", source / "masks",
+             "--out", split.parent / "pre", "--scale", scale, "--tiles", tiles, "--overwrite")
+    # one of the four source images (all its tiles) for validation
+    run_step("split", "--data", split.parent / "pre", "--out", split, "--mode", "segmentation",
+             "--train", 0.75, "--val", 0.25, "--test", 0.0, "--seed", 0, "--overwrite")
+    return split
+
+
+def write_overlay(image_path: Path, labels_path: Path, png: Path) -> None:
+    from orgaseg_core.common.images import read_image, read_labels
+    from orgaseg_core.common.overlays import PRED_COLOUR, contour_overlay, save_png
+
+    overlay = contour_overlay(read_image(image_path), [(read_labels(labels_path), PRED_COLOUR, "orgaseg")])
+    save_png(png, overlay)
+
+
+def segment_unannotated(work: Path, model: Path) -> None:
+    """``segment`` over every folder of realdata/unannotated, with an overlay per image."""
+    from orgaseg_core.common.images import image_stem, list_images
+
+    for folder in sorted(p for p in (REALDATA / "unannotated").iterdir() if p.is_dir()):
+        out = work / "unannotated" / folder.name
+        t0 = time.perf_counter()
+        run_step("segment", "--model", model, "--images", folder, "--out", out / "segmented",
+                 "--overwrite")
+        record = json.loads((out / "segmented" / "run.json").read_text())
+        (out / "overlays").mkdir(parents=True, exist_ok=True)
+        for image in list_images(folder):
+            stem = image_stem(image.name)
+            write_overlay(image, out / "segmented" / f"{stem}.tif", out / "overlays" / f"{stem}.png")
+        counts = {name: r["objects"] for name, r in record["results"]["images"].items()}
+        print(f"unannotated/{folder.name}: {len(counts)} images read, objects per image "
+              f"{sorted(counts.values())}, {time.perf_counter() - t0:.0f} s -> {out / 'overlays'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path, required=True, help="folder for data, models, results (reused)")
+    parser.add_argument("--name", required=True, help="name of this configuration's models in --work")
+    parser.add_argument("--scale", type=float, default=0.5, help="preprocess --scale of the training images")
+    parser.add_argument("--tiles", default="2x2", help="preprocess --tiles of the training images")
+    parser.add_argument("--folds", default="all", help="held-out image ids, comma-separated (default: all)")
+    parser.add_argument("--unannotated", action="store_true",
+                        help="also segment realdata/unannotated with the first fold's model")
+    parser.add_argument("train_args", nargs="*", help="arguments for orgaseg train-segmentation")
+    args = parser.parse_args(argv)
+    if not GOAT.is_dir():
+        print(f"{GOAT} is not here (it is not part of the repository): nothing to measure")
+        return 0
+
+    import pandas as pd
+
+    from orgaseg_core.common.images import read_labels
+    from orgaseg_core.segmentation.evaluation import segmentation_metrics
+
+    images = goat_images()
+    folds = list(images) if args.folds == "all" else [f.strip() for f in args.folds.split(",")]
+    rows, truths, preds = [], [], []
+    first_model = None
+    for held in folds:
+        split = fold_data(args.work, held, images, scale=args.scale, tiles=args.tiles)
+        model = args.work / args.name / f"model-without-{held}"
+        first_model = first_model or model
+        t0 = time.perf_counter()
+        if not (model / "orgaseg_model.json").is_file():
+            run_step("train-segmentation", "--data", split, "--model-out", model, "--seed", 0,
+                     "--overwrite", *args.train_args)
+        t_train = time.perf_counter() - t0
+        seg = args.work / args.name / f"segmented-{held}"
+        run_step("segment", "--model", model, "--images", images[held][0], "--out", seg, "--overwrite")
+        truth, pred = read_labels(images[held][1]), read_labels(seg / f"{held}.tif")
+        truths.append(truth)
+        preds.append(pred)
+        write_overlay(images[held][0], seg / f"{held}.tif", seg / f"{held}_overlay.png")
+        metrics = {round(m["threshold"], 2): m for m in
+                   segmentation_metrics([truth], [pred], thresholds=THRESHOLDS).to_dict("records")}
+        meta = json.loads((model / "orgaseg_model.json").read_text())
+        rows.append({"held_out": held, "objects": metrics[0.5]["n_true"], "found": metrics[0.5]["n_pred"],
+                     **{f"f1@{t}": metrics[t]["f1"] for t in THRESHOLDS},
+                     "mean_matched_iou": metrics[0.5]["mean_matched_iou"],
+                     "training_min": meta["timings_s"]["total"] / 60, "run_min": t_train / 60})
+        print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
+    pooled = {round(m["threshold"], 2): m for m in
+              segmentation_metrics(truths, preds, thresholds=THRESHOLDS).to_dict("records")}
+    rows.append({"held_out": "all (pooled)", "objects": pooled[0.5]["n_true"], "found": pooled[0.5]["n_pred"],
+                 **{f"f1@{t}": pooled[t]["f1"] for t in THRESHOLDS},
+                 "mean_matched_iou": pooled[0.5]["mean_matched_iou"],
+                 "training_min": sum(r["training_min"] for r in rows),
+                 "run_min": sum(r["run_min"] for r in rows)})
+    table = pd.DataFrame(rows)
+    print(f"\nGOAT leave-one-image-out, {args.name}: preprocess --scale {args.scale:g} --tiles "
+          f"{args.tiles}; train-segmentation {' '.join(args.train_args) or '(defaults)'}")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for peer, f1 in PEERS.items():
+        print(f"  peer: {peer}: F1@0.5 {f1:.2f} (3 of these images, issue 10)")
+    (args.work / args.name).mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.work / args.name / "loo.csv", index=False)
+    if args.unannotated and first_model is not None:
+        segment_unannotated(args.work / args.name, first_model)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
