@@ -99,6 +99,22 @@ def report_unmatched(only_a: Sequence[Path], only_b: Sequence[Path], *, first_wh
     return lines
 
 
+def input_images(images: Path) -> tuple[dict[str, Path], Path]:
+    """The images a step was given: one image file, or every image in a folder (not searched
+    recursively). Returns (stem -> file, sorted by stem; the folder they are in). Raises
+    InputFileError naming the path when it is not an image, does not exist or holds none."""
+    images = Path(images)
+    if images.is_file():
+        if not is_image_file(images):
+            raise InputFileError(images, "is not an image file (.tif, .tiff, .jpg, .jpeg, .png)")
+        return {image_stem(images): images}, images.parent
+    if not images.exists():
+        raise InputFileError(images, "does not exist")
+    files = list_images(images, what="images")
+    if not files:
+        raise InputFileError(images, "contains no image files (.tif, .tiff, .jpg, .jpeg, .png)")
+    return dict(sorted(index_by_stem(files, what="images").items())), images
+
 def read_image(path: Path) -> np.ndarray:
     """Read an image file (TIFF, JPEG, PNG) as an array (Y, X) or (Y, X, C).
 

@@ -45,7 +45,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..common.errors import InputFileError, OrgasegError, OutputError
-from ..common.images import image_stem, index_by_stem, is_image_file, list_images, read_image, read_labels
+from ..common.images import image_stem, input_images, read_image, read_labels
 from ..common.outputs import step_run, write_csv
 from .processes import StepProcessError, orgaseg_command, run_step_process
 
@@ -203,20 +203,6 @@ class AnalyzeFailed(OrgasegError):
                          + "\n  ".join(result.failed))
 
 
-def _input_images(images: Path) -> tuple[dict[str, Path], Path]:
-    """stem -> image file, and the folder they are in."""
-    if images.is_file():
-        if not is_image_file(images):
-            raise InputFileError(images, "is not an image file (.tif, .tiff, .jpg, .jpeg, .png)")
-        return {image_stem(images): images}, images.parent
-    if not images.exists():
-        raise InputFileError(images, "does not exist")
-    files = list_images(images, what="images")
-    if not files:
-        raise InputFileError(images, "contains no image files (.tif, .tiff, .jpg, .jpeg, .png)")
-    return index_by_stem(files, what="images"), images
-
-
 def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out: Path, *,
             masks: Path | None = None, n_tiles: tuple[int, int] | None = None, prob_thresh: float | None = None,
             nms_thresh: float | None = None, image_scale: float = 1.0, preprocessing: bool = True,
@@ -254,7 +240,7 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
         raise OrgasegError(f"padding and min_area must be 0 or more pixels, got {padding} and {min_area}")
     if isinstance(batch_size, bool) or int(batch_size) < 1:
         raise OrgasegError(f"batch size must be a whole number >= 1, got {batch_size!r}")
-    stems, image_folder = _input_images(images)
+    stems, image_folder = input_images(images)
     # Everything that can be checked is checked before the long steps start.
     if segmentation_model is not None:
         check_model_folder(segmentation_model)

@@ -20,8 +20,15 @@ import numpy as np
 from tqdm import tqdm
 
 from ..common.errors import InputFileError, OrgasegError
-from ..common.images import (IMAGE_SUFFIXES, image_stem, index_by_stem, is_image_file, label_dtype,
-                             list_images, read_image_shape, read_labels)
+from ..common.images import (
+    IMAGE_SUFFIXES,
+    index_by_stem,
+    input_images,
+    label_dtype,
+    list_images,
+    read_image_shape,
+    read_labels,
+)
 from ..common.labels import relabel_consecutive
 from ..common.outputs import step_run, write_csv, write_tiff
 from ..qupath.geojson import write_feature_collection
@@ -77,18 +84,7 @@ def segmentation_from_masks(images: Path, masks: Path, out: Path, *,
     """
     start = time.perf_counter()
     images, masks, out = Path(images), Path(masks), Path(out)
-    if images.is_file():
-        if not is_image_file(images):
-            raise InputFileError(images, "is not an image file (.tif, .tiff, .jpg, .jpeg, .png)")
-        image_files = {image_stem(images): images}
-        folder = images.parent
-    else:
-        if not images.is_dir():
-            raise InputFileError(images, "does not exist")
-        image_files = index_by_stem(list_images(images, what="images"), what="images")
-        folder = images
-    if not image_files:
-        raise InputFileError(images, "contains no image files (.tif, .tiff, .jpg, .jpeg, .png)")
+    image_files, folder = input_images(images)
     label_files = _label_files(masks)
     arguments = {"images": images, "masks": masks, "out": out, "overwrite": overwrite}
     with step_run(STEP, out, arguments, overwrite=overwrite, inputs=[folder, masks]) as record:

@@ -37,11 +37,8 @@ from tqdm import tqdm
 from ..common.errors import InputFileError, OrgasegError
 from ..common.illumination import process_image
 from ..common.images import (
-    image_stem,
-    index_by_stem,
-    is_image_file,
+    input_images,
     label_dtype,
-    list_images,
     read_image,
     to_grey,
 )
@@ -282,20 +279,6 @@ class SegmentFailed(OrgasegError):
                          + "\n  ".join(result.failed))
 
 
-def _input_files(images: Path) -> tuple[list[tuple[str, Path]], Path]:
-    """(stem, file) jobs for a file or a folder, and the input folder."""
-    if images.is_file():
-        if not is_image_file(images):
-            raise InputFileError(images, "is not an image file (.tif, .tiff, .jpg, .jpeg, .png)")
-        return [(image_stem(images), images)], images.parent
-    if not images.exists():
-        raise InputFileError(images, "does not exist")
-    files = list_images(images, what="images")
-    if not files:
-        raise InputFileError(images, "contains no image files (.tif, .tiff, .jpg, .jpeg, .png)")
-    return sorted(index_by_stem(files, what="images").items()), images
-
-
 def _check_threshold(value: float | None, name: str) -> float | None:
     if value is not None and not (0.0 < float(value) < 1.0):
         raise OrgasegError(f"{name} must be between 0 and 1 (exclusive), got {value}")
@@ -325,7 +308,8 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
     nms_thresh = _check_threshold(nms_thresh, "nms_thresh")
     if not (math.isfinite(image_scale) and image_scale > 0):
         raise OrgasegError(f"image_scale must be a positive number, got {image_scale}")
-    jobs, input_folder = _input_files(images)
+    stems, input_folder = input_images(images)
+    jobs = list(stems.items())
     info = check_model_folder(model)  # before anything is written; no TensorFlow yet
     thresholds = {"prob": prob_thresh if prob_thresh is not None else info.thresholds["prob"],
                   "nms": nms_thresh if nms_thresh is not None else info.thresholds["nms"]}
