@@ -165,30 +165,47 @@ def split(data: PathLike, out: PathLike, *, mode: str, train: float = 0.7, val: 
 
 # ------------------------------------------------------------------------------ segmentation
 
-def train_segmentation(data: PathLike, model_out: PathLike, *, epochs: int = 40,
-                       steps_per_epoch: int = 25, batch_size: int = 4,
-                       patch_size: int | Pair | None = None, n_rays: int = 32, grid: Pair = (2, 2),
-                       learning_rate: float = 3e-4, augment: bool = True, norm_low: float = 1.0,
-                       norm_high: float = 99.8, seed: int = 0, init_model: PathLike | None = None,
-                       scale: float | str | None = None, overwrite: bool = False):
+def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "quick",
+                       epochs: int | str | None = None, steps_per_epoch: int | str | None = None,
+                       early_stopping: int | str | None = None, max_minutes: float | str | None = None,
+                       batch_size: int = 4, patch_size: int | Pair | None = None,
+                       resize: float | str | None = "auto", n_rays: int = 32, grid: Pair = (2, 2),
+                       learning_rate: float = 3e-4, augment: bool = True, refine: str = "auto",
+                       norm_low: float = 1.0, norm_high: float = 99.8, seed: int = 0,
+                       init_model: PathLike | None = None, scale: float | str | None = None,
+                       overwrite: bool = False):
     """Train a StarDist2D model on the split made by :func:`split` (mode segmentation).
 
-    ``data``: ``train/`` and ``val/`` with ``images/`` and ``masks/``. ``patch_size``: px, one
-    number or (height, width), multiples of 16 (None/"auto": up to 256, fitting the smallest
-    image). ``grid``: StarDist output subsampling. ``norm_low``/``norm_high``: percentiles of
-    the per-image intensity normalisation. ``scale``: pixel scale of the training images
-    relative to the originals (None/"auto": read from the preprocess run, else 1).
-    ``init_model``: a local model folder to continue from. Writes the self-contained model
-    folder ``model_out`` (weights, ``config.json``, ``thresholds.json``, ``orgaseg_model.json``,
+    ``data``: ``train/`` and ``val/`` with ``images/`` and ``masks/``. ``preset``: the training
+    budget, "quick" (40 x 25 steps, the example data) or "real" (up to 400 x 50 steps, early
+    stopping after 20 epochs without a better validation loss, at most 30 minutes);
+    ``epochs``, ``steps_per_epoch``, ``early_stopping`` (epochs, 0 = off) and ``max_minutes``
+    override it. ``patch_size``: px, one number or (height, width), multiples of 16
+    (None/"auto": 256 or twice the large objects, fitting the smallest image). ``resize``:
+    factor applied to the images before training ("auto": from the object sizes, so the large
+    organoids fit the network's field of view; 1: as given). ``grid``: StarDist output
+    subsampling. ``augment``: flips, rotations, scale jitter, brightness, contrast, gamma,
+    blur, noise. ``refine``: outline refinement ("auto": the best of none, probability, edges
+    on the validation images). ``norm_low``/``norm_high``: percentiles of the per-image
+    intensity normalisation. ``scale``: pixel scale of the training images relative to the
+    originals (None/"auto": read from the preprocess run, else 1). ``init_model``: a local
+    model folder to continue from. Writes the self-contained model folder ``model_out``
+    (weights, ``config.json``, ``thresholds.json``, ``orgaseg_model.json``,
     ``report.json``/``report.csv`` with validation precision, recall, F1 and AP at IoU
     0.5-0.9, TensorBoard logs). Imports TensorFlow. Returns a ``TrainSegmentationResult``.
     """
     from .segmentation.train import train_segmentation as run
 
-    return run(Path(data), Path(model_out), epochs=epochs, steps_per_epoch=steps_per_epoch,
-               batch_size=batch_size, patch_size=_optional_size(patch_size, "--patch-size"),
+    from .common.params import parse_optional_int
+
+    return run(Path(data), Path(model_out), preset=preset,
+               epochs=parse_optional_int(epochs, what="--epochs"),
+               steps_per_epoch=parse_optional_int(steps_per_epoch, what="--steps-per-epoch"),
+               early_stopping=parse_optional_int(early_stopping, what="--early-stopping"),
+               max_minutes=_optional_float(max_minutes, "--max-minutes"), batch_size=batch_size,
+               patch_size=_optional_size(patch_size, "--patch-size"), resize=resize,
                n_rays=n_rays, grid=_pair(grid, "--grid"), learning_rate=learning_rate,
-               augment=augment, norm_percentiles=(norm_low, norm_high), seed=seed,
+               augment=augment, refine=refine, norm_percentiles=(norm_low, norm_high), seed=seed,
                init_model=_path(init_model), scale=_optional_float(scale, "--scale"),
                overwrite=overwrite)
 
@@ -196,14 +213,17 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, epochs: int = 40,
 def segment(model: PathLike, images: PathLike, out: PathLike, *,
             n_tiles: Pair | int | None = None, prob_thresh: float | str | None = None,
             nms_thresh: float | str | None = None, image_scale: float = 1.0,
-            preprocessing: bool = True, overwrite: bool = False):
+            preprocessing: bool = True, refine: str | None = "auto", overwrite: bool = False):
     """Segment an image file or a folder of images of any size with a trained StarDist model.
 
     ``n_tiles``: predict in (rows, columns) tiles (None/"auto": tiles of at most 1024 px).
     ``prob_thresh``/``nms_thresh``: 0-1 (None/"auto": the values tuned in training).
     ``image_scale``: pixel scale of these images relative to the original images; they are
     resized to the model's training scale and the labels returned at their own size.
-    ``preprocessing``: repeat the model's training clean-up (vignette, background). Writes per
+    ``preprocessing``: repeat the model's training clean-up (vignette, background).
+    ``refine``: outline refinement, "none" (StarDist's polygons), "probability" (grown into
+    StarDist's probability map), "edges" (onto the image's edges) or "auto" (the model's choice
+    on its validation images). Writes per
     image ``out/<stem>.tif`` (uint16 labels), ``out/<stem>.geojson`` (QuPath detections with
     label and probability) and ``out/<stem>_objects.csv``. Unreadable images are reported and
     skipped, then ``SegmentFailed`` is raised. Imports TensorFlow. Returns a ``SegmentResult``.
@@ -213,7 +233,7 @@ def segment(model: PathLike, images: PathLike, out: PathLike, *,
     return run(Path(model), Path(images), Path(out), n_tiles=_optional_pair(n_tiles, "--n-tiles"),
                prob_thresh=_optional_float(prob_thresh, "--prob-thresh"),
                nms_thresh=_optional_float(nms_thresh, "--nms-thresh"), image_scale=image_scale,
-               preprocessing=preprocessing, overwrite=overwrite)
+               preprocessing=preprocessing, refine=refine, overwrite=overwrite)
 
 
 def evaluate_segmentation(truth: PathLike, pred: PathLike, out: PathLike, *,

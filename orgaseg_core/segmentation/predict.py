@@ -14,7 +14,10 @@ and ``run.json``. Per image: grey (:func:`orgaseg_core.common.images.to_grey`) -
 preprocessing the model was trained with (vignette removal, background flattening; from the
 model folder) -> rescale by ``model scale / image_scale`` to the model's pixel scale ->
 percentile normalisation with the model's percentiles -> StarDist in tiles -> labels back to
-the input size (nearest neighbour), polygons scaled back.
+the input size (nearest neighbour), polygons scaled back -> the outline refinement the model
+chose on its validation images, or the one asked for (:mod:`orgaseg_core.segmentation.refine`:
+objects grown into StarDist's probability map or onto the image's edges at the input's
+resolution; the outlines written are then traced from the refined labels).
 
 Unreadable files are reported and skipped; the others are still written, and the step fails at
 the end naming them.
@@ -65,6 +68,8 @@ class Segmentation:
     vertices of object i + 1 in QuPath pixel coordinates of the input image (pixel (r, c)
     covers [c, c + 1) x [r, r + 1)). probabilities[i]: StarDist's object probability of
     object i + 1. model_shape: (Y, X) of the image the network saw; n_tiles: its tiling.
+    refinement: the outline refinement applied; geometries: then the refined outlines by label
+    (the polygons stay StarDist's).
     """
 
     labels: np.ndarray
@@ -72,6 +77,9 @@ class Segmentation:
     probabilities: np.ndarray
     model_shape: tuple[int, int]
     n_tiles: tuple[int, int]
+    refinement: str = "none"
+    #: label -> shapely outline traced from refined labels (None: StarDist's ``polygons``)
+    geometries: dict | None = None
 
     @property
     def n_objects(self) -> int:
@@ -108,23 +116,42 @@ def upscale_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return labels[rows][:, cols]
 
 
+def model_refinement(loaded: LoadedModel) -> str:
+    """The outline refinement a model chose on validation ("none" for models before 0.3)."""
+    from .refine import check_refinement
+
+    return check_refinement(loaded.info.metadata.get("refinement") or "none")
+
+
 def segment_array(image: np.ndarray, loaded: LoadedModel, *, image_scale: float = 1.0,
                   n_tiles: tuple[int, int] | None = None, prob_thresh: float | None = None,
-                  nms_thresh: float | None = None, preprocessing: bool = True) -> Segmentation:
+                  nms_thresh: float | None = None, preprocessing: bool = True,
+                  refine: str | None = None) -> Segmentation:
     """Segment one image (Y, X) or (Y, X, C) with a loaded model; see :class:`Segmentation`.
 
     image_scale: the input's pixel scale relative to the original images (1.0 = full size);
     the image is rescaled to the model's scale for prediction and the results brought back.
     n_tiles: (rows, cols) tiles at model scale, None = at most 1024 px per tile side.
     prob_thresh / nms_thresh: None = the model's optimised thresholds. preprocessing: repeat
-    the vignette removal / background flattening the model was trained with.
+    the vignette removal / background flattening the model was trained with. refine: outline
+    refinement (:data:`~.refine.REFINEMENTS`; None = the model's choice).
     """
+    from .refine import check_refinement, refine_labels
+
+    method = model_refinement(loaded) if refine is None else check_refinement(refine)
     x, _ = prepare_image(image, loaded, image_scale=image_scale, preprocessing=preprocessing)
     tiles = tuple(n_tiles) if n_tiles is not None else auto_n_tiles(x.shape)
+    prob = None
+    # the probability map is only needed (and only returned densely) for that refinement
+    extra = {"return_predict": True} if method == "probability" else {}
     with quiet_stardist():
-        small, details = loaded.model.predict_instances(
+        found = loaded.model.predict_instances(
             x, n_tiles=tiles, prob_thresh=prob_thresh, nms_thresh=nms_thresh,
-            show_tile_progress=False)
+            show_tile_progress=False, **extra)
+    if method == "probability":
+        (small, details), (prob, _) = found
+    else:
+        small, details = found
     height, width = image.shape[:2]
     # Renumber on the smaller of the two label images: enlarging keeps every object, shrinking
     # back (factor > 1) can lose tiny ones, so then renumber after resizing.
@@ -134,7 +161,7 @@ def segment_array(image: np.ndarray, loaded: LoadedModel, *, image_scale: float 
     else:
         labels, id_map = relabel_consecutive(upscale_labels(small, (height, width)))
     coord = np.asarray(details.get("coord", np.zeros((0, 2, 0))), dtype=np.float64)
-    prob = np.asarray(details.get("prob", np.zeros(0)), dtype=np.float64)
+    object_prob = np.asarray(details.get("prob", np.zeros(0)), dtype=np.float64)
     # StarDist's label k is details entry k - 1; objects hidden by others or lost when shrinking
     # back have no pixels and are dropped with their polygons (id_map lists the survivors).
     old_ids = np.array(sorted(id_map, key=id_map.get), dtype=np.int64)
@@ -148,9 +175,18 @@ def segment_array(image: np.ndarray, loaded: LoadedModel, *, image_scale: float 
         xy[:, 0] = np.clip(xy[:, 0], 0.0, width)
         xy[:, 1] = np.clip(xy[:, 1], 0.0, height)
         polygons.append(xy)
-    probabilities = prob[old_ids - 1] if old_ids.size else np.zeros(0)
+    probabilities = object_prob[old_ids - 1] if old_ids.size else np.zeros(0)
+    geometries = None
+    if method != "none" and len(polygons):
+        from .outlines import label_outlines
+
+        grey = None
+        if method == "edges":  # the input's own grey levels, at its resolution
+            grey = prepare_image(image, loaded, image_scale=loaded.info.scale, preprocessing=preprocessing)[0]
+        labels = refine_labels(method, labels, grey=grey, prob=prob).astype(labels.dtype, copy=False)
+        geometries = label_outlines(labels)
     return Segmentation(labels=labels, polygons=polygons, probabilities=probabilities,
-                        model_shape=x.shape, n_tiles=tiles)
+                        model_shape=x.shape, n_tiles=tiles, refinement=method, geometries=geometries)
 
 
 def object_table(labels: np.ndarray, probabilities: Sequence[float], image: str) -> pd.DataFrame:
@@ -208,6 +244,8 @@ def polygons_of(seg: Segmentation) -> list:
 
 def detection_features(seg: Segmentation, table: pd.DataFrame, stem: str) -> list[dict]:
     """QuPath ``detection`` features, one per object row of ``table`` (see :func:`object_table`)."""
+    if seg.geometries is not None:
+        return features_of_objects(seg.geometries, table, stem)
     return features_of_objects(dict(enumerate(polygons_of(seg), start=1)), table, stem)
 
 
@@ -287,7 +325,7 @@ def _check_threshold(value: float | None, name: str) -> float | None:
 
 def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | None = None,
             prob_thresh: float | None = None, nms_thresh: float | None = None,
-            image_scale: float = 1.0, preprocessing: bool = True,
+            image_scale: float = 1.0, preprocessing: bool = True, refine: str | None = "auto",
             overwrite: bool = False) -> SegmentResult:
     """Segment an image file or every image in a folder with a trained orgaseg StarDist model.
 
@@ -297,7 +335,8 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
     nms_thresh: None = the model's optimised thresholds. image_scale: pixel scale of the inputs
     relative to the original images (e.g. 0.5 for images already preprocessed at scale 0.5).
     preprocessing: repeat the model's training preprocessing (vignette removal, background
-    flattening). Files that cannot be read are skipped and named in the summary; the step
+    flattening). refine: outline refinement, one of :data:`~.refine.REFINEMENTS` (None or
+    "auto": the one the model chose on its validation images). Files that cannot be read are skipped and named in the summary; the step
     raises :class:`SegmentFailed` at the end if there were any.
     """
     start = time.perf_counter()
@@ -308,6 +347,15 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
     nms_thresh = _check_threshold(nms_thresh, "nms_thresh")
     if not (math.isfinite(image_scale) and image_scale > 0):
         raise OrgasegError(f"image_scale must be a positive number, got {image_scale}")
+    if refine is not None and str(refine).strip().lower() in ("", "auto"):
+        refine = None
+    if refine is not None:
+        from .refine import check_refinement
+
+        try:
+            refine = check_refinement(refine)
+        except ValueError as exc:
+            raise OrgasegError(f"{exc} (or auto)") from None
     stems, input_folder = input_images(images)
     jobs = list(stems.items())
     info = check_model_folder(model)  # before anything is written; no TensorFlow yet
@@ -316,7 +364,7 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
     arguments = {"model": model, "images": images, "out": out,
                  "n_tiles": list(n_tiles) if n_tiles else None, "prob_thresh": prob_thresh,
                  "nms_thresh": nms_thresh, "image_scale": float(image_scale),
-                 "preprocessing": bool(preprocessing), "overwrite": overwrite}
+                 "preprocessing": bool(preprocessing), "refine": refine, "overwrite": overwrite}
     with step_run("segment", out, arguments, overwrite=overwrite, inputs=[input_folder, model]) as record:
         result = SegmentResult(out=out, model=model, thresholds=thresholds)
         loaded = load_model(model)  # once for all images
@@ -327,7 +375,7 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
                 image = read_image(path)
                 seg = segment_array(image, loaded, image_scale=image_scale, n_tiles=n_tiles,
                                     prob_thresh=thresholds["prob"], nms_thresh=thresholds["nms"],
-                                    preprocessing=preprocessing)
+                                    preprocessing=preprocessing, refine=refine)
             except Exception as exc:  # one bad file must not stop the others; reported below
                 message = str(exc) if isinstance(exc, InputFileError) else f"{path}: {type(exc).__name__}: {exc}"
                 log.error("skipped %s", message)
@@ -343,6 +391,7 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
             result.objects[path.name] = seg.n_objects
             per_image[path.name] = {"objects": seg.n_objects, "shape": list(labels.shape),
                                     "model_shape": list(seg.model_shape), "n_tiles": list(seg.n_tiles),
+                                    "refinement": seg.refinement,
                                     "seconds": round(seconds, 3)}
             log.info("%s: %d objects (%dx%d px, network input %dx%d in %dx%d tiles, %.1f s) -> %s",
                      path, seg.n_objects, labels.shape[0], labels.shape[1], seg.model_shape[0],

@@ -47,6 +47,7 @@ import pandas as pd
 from ..common.errors import InputFileError, OrgasegError
 from ..common.images import list_images, pair_by_stem, read_image, read_labels, to_grey
 from ..common.outputs import RUN_RECORD_NAME, package_versions, step_run, write_csv, write_json
+from .augment import Augmenter
 from .model import (
     DEFAULT_NORM_PERCENTILES,
     FORMAT_VERSION,
@@ -62,11 +63,21 @@ from .model import (
     quiet_stardist,
     read_json_file,
 )
+from .refine import REFINEMENTS, check_refinement, refine_labels
+from .sizing import MIN_DIAMETER, choose_patch, choose_resize, object_diameters, receptive_field
 
 log = logging.getLogger(__name__)
 
 #: Largest patch side chosen automatically (pixels); StarDist's own default.
 MAX_AUTO_PATCH = 256
+#: Training budgets by name; values given explicitly win. "quick": the example data and CI's
+#: models (40 x 25 steps, about 5-6 min on 2 CPU cores). "real": real images with more variety:
+#: up to 400 x 50 steps, stopped when the validation loss has not improved for 20 epochs or
+#: after 30 minutes of training (about 3,000 steps of 256 px patches on 2 CPU cores).
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"epochs": 40, "steps_per_epoch": 25, "early_stopping": 0, "max_minutes": None},
+    "real": {"epochs": 400, "steps_per_epoch": 50, "early_stopping": 20, "max_minutes": 30.0},
+}
 #: IoU thresholds whose figures go into report.json (report.csv has all of them).
 REPORT_THRESHOLDS = (0.5, 0.7, 0.9)
 
@@ -214,38 +225,6 @@ def fit_patch_size(requested: int | Sequence[int] | None, shapes: Sequence[tuple
     return patch, message  # type: ignore[return-value]
 
 
-class Augmenter:
-    """Random flips, 90-degree rotations and intensity jitter of (image patch, label patch).
-
-    Called by StarDist as ``x, y = augmenter(x, y)`` on each training patch (never on
-    validation data). Flips up-down and left-right each with probability 1/2; a rotation by
-    k x 90 degrees (k uniform in 0..3) when the patch is square (a non-square patch would change
-    shape, and both flips already give the 180-degree rotation); intensity ``x * a + b`` with
-    ``a`` uniform in ``scale`` and ``b`` uniform in ``offset`` (the images are normalised so
-    that the background is ~0.5-1, objects darker). Seeded: the same seed gives the same
-    sequence of patches' transforms.
-    """
-
-    def __init__(self, seed: int = 0, *, scale: tuple[float, float] = (0.8, 1.2),
-                 offset: tuple[float, float] = (-0.1, 0.1)):
-        self.rng = np.random.default_rng(seed)
-        self.scale = scale
-        self.offset = offset
-
-    def __call__(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rng = self.rng
-        if x.shape[0] == x.shape[1]:
-            k = int(rng.integers(4))
-            if k:
-                x, y = np.rot90(x, k, axes=(0, 1)), np.rot90(y, k, axes=(0, 1))
-        if rng.random() < 0.5:
-            x, y = x[::-1], y[::-1]
-        if rng.random() < 0.5:
-            x, y = x[:, ::-1], y[:, ::-1]
-        x = x * np.float32(rng.uniform(*self.scale)) + np.float32(rng.uniform(*self.offset))
-        return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)
-
-
 # --------------------------------------------------------------------------- provenance
 
 def read_data_provenance(data: Path, *, max_hops: int = 4) -> dict[str, Any]:
@@ -299,7 +278,7 @@ def read_data_provenance(data: Path, *, max_hops: int = 4) -> dict[str, Any]:
 
 @dataclass
 class TrainSegmentationResult:
-    """What :func:`train_segmentation` did: data, settings, timings, validation metrics."""
+    """What :func:`train_segmentation` did: data, settings, choices, timings, validation metrics."""
 
     model_out: Path
     n_train: int = 0
@@ -307,9 +286,14 @@ class TrainSegmentationResult:
     n_train_objects: int = 0
     n_val_objects: int = 0
     epochs: int = 0
+    epochs_run: int = 0
+    stopped: str = ""
     steps_per_epoch: int = 0
     patch_size: tuple[int, int] = (0, 0)
     scale: float = 1.0
+    resize: dict[str, Any] = field(default_factory=dict)
+    refinement: str = "none"
+    refinement_scores: dict[str, float] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds_training: float = 0.0
@@ -320,15 +304,21 @@ class TrainSegmentationResult:
         lines = [f"train-segmentation: model written to {self.model_out} ({self.seconds:.0f} s, "
                  f"training {self.seconds_training:.0f} s)",
                  f"  data: {self.n_train} training images ({self.n_train_objects} objects), "
-                 f"{self.n_val} validation images ({self.n_val_objects} objects), scale {self.scale:g}",
-                 f"  {self.epochs} epochs x {self.steps_per_epoch} steps, patch "
+                 f"{self.n_val} validation images ({self.n_val_objects} objects)",
+                 f"  resize {self.resize.get('factor', 1.0):g} (model scale {self.scale:g}): "
+                 f"{self.resize.get('reason', '')}",
+                 f"  {self.epochs_run} of {self.epochs} epochs x {self.steps_per_epoch} steps"
+                 f"{' (' + self.stopped + ')' if self.stopped else ''}, patch "
                  f"{self.patch_size[0]}x{self.patch_size[1]} px",
                  f"  thresholds: probability {self.thresholds.get('prob', float('nan')):.3f}, "
                  f"NMS {self.thresholds.get('nms', float('nan')):.2f}",
+                 f"  outlines: {self.refinement} (validation mean F1 over IoU 0.5-0.9: "
+                 + ", ".join(f"{k} {v:.3f}" for k, v in self.refinement_scores.items()) + ")",
                  "  validation:"]
         for key, m in self.metrics.items():
             lines.append(f"    IoU {key}: precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
-                         f"F1 {m['f1']:.3f}  AP {m['ap']:.3f}")
+                         f"F1 {m['f1']:.3f}  AP {m['ap']:.3f}  mean matched IoU "
+                         f"{(m.get('mean_matched_iou') or float('nan')):.3f}")
         lines.append(f"  report: {self.model_out / 'report.csv'}; TensorBoard: tensorboard --logdir "
                      f"{self.model_out / 'logs'}")
         lines += [f"  warning: {w}" for w in self.warnings]
@@ -379,6 +369,105 @@ def _epoch_logger(history: list[dict], epochs: int):
     return EpochLogger()
 
 
+def _stop_callbacks(early_stopping: int, max_minutes: float | None, stopped: list[str]):
+    """Keras callbacks that end training early: no better validation loss for
+    ``early_stopping`` epochs (0: never), or ``max_minutes`` of training (None: no limit).
+    The reason is appended to ``stopped``. StarDist then loads the best weights it saved."""
+    import keras
+
+    callbacks = []
+    if early_stopping > 0:
+        class EarlyStop(keras.callbacks.EarlyStopping):
+            def on_train_end(self, logs=None):
+                super().on_train_end(logs)
+                if self.stopped_epoch > 0:
+                    stopped.append(f"early stopping: no better validation loss for {self.patience} "
+                                   f"epochs after epoch {self.stopped_epoch + 1 - self.patience}")
+                    log.info("stopped at epoch %d: %s", self.stopped_epoch + 1, stopped[-1])
+
+        callbacks.append(EarlyStop(monitor="val_loss", mode="min", patience=int(early_stopping),
+                                   min_delta=0.0, verbose=0))
+    if max_minutes is not None:
+        class TimeLimit(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self._start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                minutes = (time.perf_counter() - self._start) / 60.0
+                if minutes >= max_minutes:
+                    self.model.stop_training = True
+                    stopped.append(f"time budget of {max_minutes:g} min reached after epoch {epoch + 1}")
+                    log.info("stopped: %s", stopped[-1])
+
+        callbacks.append(TimeLimit())
+    return callbacks
+
+
+def resolve_budget(preset: str, *, epochs: int | None, steps_per_epoch: int | None,
+                   early_stopping: int | None, max_minutes: float | None) -> dict[str, Any]:
+    """The training budget: the values given, the rest from ``PRESETS[preset]``."""
+    key = str(preset).strip().lower()
+    if key not in PRESETS:
+        raise OrgasegError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    budget = dict(PRESETS[key])
+    for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch),
+                        ("early_stopping", early_stopping), ("max_minutes", max_minutes)):
+        if value is not None:
+            budget[name] = value
+    for name in ("epochs", "steps_per_epoch"):
+        if int(budget[name]) < 1:
+            raise OrgasegError(f"{name} must be at least 1, got {budget[name]}")
+        budget[name] = int(budget[name])
+    if int(budget["early_stopping"]) < 0:
+        raise OrgasegError(f"early_stopping must be 0 (off) or a number of epochs, got {budget['early_stopping']}")
+    budget["early_stopping"] = int(budget["early_stopping"])
+    if budget["max_minutes"] is not None:
+        value = float(budget["max_minutes"])
+        if not (math.isfinite(value) and value > 0):
+            raise OrgasegError(f"max_minutes must be a positive number, got {budget['max_minutes']}")
+        budget["max_minutes"] = value
+    budget["preset"] = key
+    return budget
+
+
+def parse_resize(value: float | str | None) -> float | None:
+    """``"auto"``/None -> None (choose from the object sizes); a number -> that factor (> 0)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
+        return None
+    try:
+        factor = float(value)
+    except (TypeError, ValueError):
+        raise OrgasegError(f"resize must be 'auto' or a positive number, got {value!r}") from None
+    if not (math.isfinite(factor) and factor > 0):
+        raise OrgasegError(f"resize must be 'auto' or a positive number, got {value!r}")
+    return factor
+
+
+def resize_split(split: SplitData, factor: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The split's grey images and masks resized by ``factor`` (area/linear; nearest for labels)."""
+    from ..common.labels import rescale_labels
+    from ..common.resample import rescale_image
+
+    if factor == 1.0:
+        return list(split.images), list(split.masks)
+    images = [rescale_image(g.astype(np.float32), factor) for g in split.images]
+    masks = []
+    for name, m in zip(split.names, split.masks):
+        resized, report = rescale_labels(m, factor)
+        if report.vanished:
+            log.info("%s/%s: %d of %d objects are too small to keep at resize %g", split.split,
+                     name, len(report.vanished), report.n_before, factor)
+        masks.append(resized)
+    return images, masks
+
+
+def mean_f1(table: pd.DataFrame) -> float:
+    """Mean F1 over the IoU thresholds 0.5-0.9 of a segmentation_metrics table: one figure that
+    rewards finding the objects and outlining them well."""
+    rows = table.loc[(table["threshold"] >= 0.5 - 1e-9) & (table["threshold"] <= 0.9 + 1e-9)]
+    return float(rows["f1"].fillna(0.0).mean()) if len(rows) else 0.0
+
+
 def _quiet_progress(keras_model) -> None:
     """Keras's per-step progress bar floods log files: outside a terminal, switch it off.
 
@@ -395,43 +484,83 @@ def _quiet_progress(keras_model) -> None:
     keras_model.fit = fit_quietly
 
 
-def train_segmentation(data: Path, model_out: Path, *, epochs: int = 40, steps_per_epoch: int = 25,
-                       batch_size: int = 4, patch_size: int | tuple[int, int] | None = None,
+def validation_segmentations(model, images: Sequence[np.ndarray], greys: Sequence[np.ndarray],
+                             shapes: Sequence[tuple[int, int]], methods: Sequence[str]
+                             ) -> dict[str, list[np.ndarray]]:
+    """The validation images segmented with each outline refinement in ``methods``.
+
+    images: network inputs (resized, normalised); greys: the normalised images at the size of
+    their masks (``shapes``), where the refinements work. Returns method -> label images at
+    the masks' size. One network prediction per image serves every method.
+    """
+    from .predict import upscale_labels
+
+    out: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+    for x, grey, shape in zip(images, greys, shapes):
+        with quiet_stardist():
+            (small, _), (prob, _) = model.predict_instances(
+                x, n_tiles=auto_n_tiles(x.shape), show_tile_progress=False, return_predict=True)
+        labels = upscale_labels(small, tuple(shape))
+        for method in methods:
+            out[method].append(refine_labels(method, labels, grey=grey, prob=prob))
+    return out
+
+
+def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", epochs: int | None = None,
+                       steps_per_epoch: int | None = None, early_stopping: int | None = None,
+                       max_minutes: float | None = None, batch_size: int = 4,
+                       patch_size: int | tuple[int, int] | None = None, resize: float | str | None = "auto",
                        n_rays: int = 32, grid: tuple[int, int] = (2, 2), learning_rate: float = 3e-4,
-                       augment: bool = True,
+                       augment: bool = True, refine: str = "auto",
                        norm_percentiles: tuple[float, float] = DEFAULT_NORM_PERCENTILES,
                        seed: int = 0, init_model: Path | None = None, scale: float | None = None,
                        overwrite: bool = False) -> TrainSegmentationResult:
     """Train a StarDist2D model on ``data`` (a ``split`` folder) and write it to ``model_out``.
 
     data: folder with ``train/images``, ``train/masks``, ``val/images``, ``val/masks`` (paired
-    by stem). epochs x steps_per_epoch parameter updates on batches of ``batch_size`` random
-    patches of ``patch_size`` = (rows, cols) px (None: automatic, up to 256 px, fitting the
-    smallest image). n_rays: polygon rays per object; grid: output subsampling (rows, cols).
-    learning_rate: Adam's; halved when the validation loss stalls for epochs // 4 epochs.
-    augment: flips, rotations, intensity jitter. norm_percentiles: (low, high) of the per-image
-    normalisation. seed: numpy, random, TensorFlow and augmentation. init_model: a local model
-    folder (StarDist config + weights) to start from (same n_rays, grid and channels; never
-    downloaded). scale: pixel scale of the training images relative to the originals (None:
-    read from the preprocess run record of ``data``, else 1.0); ``segment`` rescales new
-    images to it. Returns a :class:`TrainSegmentationResult`; writes the model folder, its
-    ``orgaseg_model.json``, ``report.json``, ``report.csv`` and ``run.json``.
+    by stem). Budget: ``preset`` (:data:`PRESETS`: "quick" or "real") gives epochs,
+    steps_per_epoch, early_stopping (epochs without a better validation loss before stopping,
+    0 = never) and max_minutes (training time limit, None = none); any of them given here wins.
+    Each step is a batch of ``batch_size`` random patches of ``patch_size`` = (rows, cols) px
+    (None: automatic, 256 px or twice the large objects, fitting the smallest image).
+    resize: factor applied to the training and validation images before training ("auto":
+    chosen from the object sizes in the training masks, :func:`~.sizing.choose_resize`; 1: as
+    given); the model's scale is the data's scale times this factor, so ``segment`` resizes new
+    images the same way. n_rays: polygon rays per object; grid: output subsampling (rows, cols).
+    learning_rate: Adam's; halved when the validation loss stalls (epochs // 4 epochs, at most
+    10). augment: flips, rotations, scale jitter, brightness, contrast, gamma, blur, noise
+    (:class:`~.augment.Augmenter`). refine: outline refinement stored in the model ("auto": the
+    best of :data:`~.refine.REFINEMENTS` by validation mean F1 over IoU 0.5-0.9).
+    norm_percentiles: (low, high) of the per-image normalisation. seed: numpy, random,
+    TensorFlow and augmentation. init_model: a local model folder (StarDist config + weights)
+    to start from (same n_rays, grid and channels; never downloaded). scale: pixel scale of the
+    training images relative to the originals (None: read from the preprocess run record of
+    ``data``, else 1.0). Returns a :class:`TrainSegmentationResult`; writes the model folder,
+    its ``orgaseg_model.json``, ``report.json``, ``report.csv`` and ``run.json``.
     """
     start = time.perf_counter()
     data, model_out = Path(data), Path(model_out)
     init_model = Path(init_model) if init_model is not None else None
     grid = as_pair(grid, what="grid")
     percentiles = check_percentiles(norm_percentiles)
-    for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch),
-                        ("batch_size", batch_size)):
-        if int(value) < 1:
-            raise OrgasegError(f"{name} must be at least 1, got {value}")
+    budget = resolve_budget(preset, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                            early_stopping=early_stopping, max_minutes=max_minutes)
+    epochs, steps_per_epoch = budget["epochs"], budget["steps_per_epoch"]
+    if int(batch_size) < 1:
+        raise OrgasegError(f"batch_size must be at least 1, got {batch_size}")
     if int(n_rays) < 3:
         raise OrgasegError(f"n_rays must be at least 3, got {n_rays}")
     if not (math.isfinite(learning_rate) and learning_rate > 0):
         raise OrgasegError(f"learning_rate must be a positive number, got {learning_rate}")
     if scale is not None and not (math.isfinite(scale) and scale > 0):
         raise OrgasegError(f"scale must be a positive number, got {scale}")
+    resize_factor = parse_resize(resize)
+    refine_key = str(refine).strip().lower()
+    if refine_key != "auto":
+        try:
+            refine_key = check_refinement(refine_key)
+        except ValueError as exc:
+            raise OrgasegError(f"{exc} (or auto)") from None
     if not data.is_dir():
         raise InputFileError(data, "data folder does not exist or is not a folder")
 
@@ -455,8 +584,40 @@ def train_segmentation(data: Path, model_out: Path, *, epochs: int = 40, steps_p
     unet_depth = int(init_config.get("unet_n_depth", 3)) if init_config else 3
     unet_pool = int(as_pair(init_config.get("unet_pool", 2), what="unet_pool")[0]) if init_config else 2
     divisor = patch_divisor(grid, unet_depth=unet_depth, unet_pool=unet_pool)
-    patch, patch_warning = fit_patch_size(patch_size, train.shapes + val.shapes,
-                                          train.names + [f"val/{n}" for n in val.names], divisor)
+
+    # The objects' sizes decide the resize (auto) and the patch (auto).
+    field_px = receptive_field(grid, unet_depth=unet_depth, pool=unet_pool)
+    diameters = object_diameters(train.masks)
+    choice = choose_resize(diameters, field_px)
+    resize_chosen = resize_factor is None
+    if resize_factor is None:
+        resize_factor = choice.factor
+        resize_reason = choice.reason
+    else:
+        resize_reason = f"given (the object sizes would suggest {choice.factor:g}: {choice.reason})"
+    resize_info = choice.as_dict()
+    resize_info.update(factor=resize_factor, reason=resize_reason,
+                       chosen="auto" if resize_chosen else "given",
+                       n_below_min_diameter_after=int(np.count_nonzero(diameters * resize_factor
+                                                                       < MIN_DIAMETER)))
+    log.info("training objects: %d, %.1f-%.0f px across (5th-95th percentile, median %.0f); "
+             "resize %g: %s", choice.n_objects, choice.p5, choice.p95, choice.median, resize_factor,
+             resize_reason)
+    if resize_info["n_below_min_diameter_after"]:
+        msg = (f"{resize_info['n_below_min_diameter_after']} of {choice.n_objects} training objects are "
+               f"under {MIN_DIAMETER:g} px across at resize {resize_factor:g}: the smallest organoids will be hard to find")
+        log.warning(msg)
+        warnings_out.append(msg)
+    resized_shapes = [(max(1, round(h * resize_factor)), max(1, round(w * resize_factor)))
+                      for h, w in train.shapes + val.shapes]
+    names = train.names + [f"val/{n}" for n in val.names]
+    if patch_size is None:
+        # fit_patch_size raises the clear error for images smaller than the network minimum
+        fit_patch_size(None, resized_shapes, names, divisor)
+        patch = choose_patch(resized_shapes, divisor, choice.p95 * resize_factor)
+        patch_warning = None
+    else:
+        patch, patch_warning = fit_patch_size(patch_size, resized_shapes, names, divisor)
     if patch_warning:
         log.warning(patch_warning)
         warnings_out.append(patch_warning)
@@ -467,14 +628,15 @@ def train_segmentation(data: Path, model_out: Path, *, epochs: int = 40, steps_p
                    "images are at the original size (scale 1.0)")
             log.warning(msg)
             warnings_out.append(msg)
-        model_scale = float(provenance["scale"] or 1.0)
+        data_scale = float(provenance["scale"] or 1.0)
     else:
-        model_scale = float(scale)
-        if provenance["scale"] is not None and not math.isclose(provenance["scale"], model_scale):
-            msg = (f"scale {model_scale:g} given, but {provenance['source']} says the data was made at "
-                   f"scale {provenance['scale']:g}; using {model_scale:g}")
+        data_scale = float(scale)
+        if provenance["scale"] is not None and not math.isclose(provenance["scale"], data_scale):
+            msg = (f"scale {data_scale:g} given, but {provenance['source']} says the data was made at "
+                   f"scale {provenance['scale']:g}; using {data_scale:g}")
             log.warning(msg)
             warnings_out.append(msg)
+    model_scale = data_scale * resize_factor
     if init_scale is not None and not math.isclose(float(init_scale), model_scale):
         msg = (f"the initial model {init_model} was trained at scale {float(init_scale):g}, this "
                f"data is at scale {model_scale:g}: its objects will look a different size to it")
@@ -482,27 +644,31 @@ def train_segmentation(data: Path, model_out: Path, *, epochs: int = 40, steps_p
         warnings_out.append(msg)
     _check_tensorboard()
 
-    arguments = {"data": data, "model_out": model_out, "epochs": int(epochs),
-                 "steps_per_epoch": int(steps_per_epoch), "batch_size": int(batch_size),
+    arguments = {"data": data, "model_out": model_out, "preset": budget["preset"],
+                 "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+                 "early_stopping": budget["early_stopping"], "max_minutes": budget["max_minutes"],
+                 "batch_size": int(batch_size),
                  "patch_size": list(patch_size) if isinstance(patch_size, (tuple, list)) else patch_size,
-                 "n_rays": int(n_rays), "grid": list(grid), "learning_rate": float(learning_rate),
-                 "augment": bool(augment), "norm_percentiles": list(percentiles), "seed": int(seed),
+                 "resize": resize, "n_rays": int(n_rays), "grid": list(grid),
+                 "learning_rate": float(learning_rate), "augment": bool(augment), "refine": refine_key,
+                 "norm_percentiles": list(percentiles), "seed": int(seed),
                  "init_model": init_model, "scale": scale, "overwrite": overwrite}
     with step_run("train-segmentation", model_out, arguments, overwrite=overwrite,
                   inputs=[data, init_model]) as record:
         result = TrainSegmentationResult(model_out=model_out, n_train=len(train.names),
                                          n_val=len(val.names), n_train_objects=train.n_objects,
-                                         n_val_objects=val.n_objects, epochs=int(epochs),
-                                         steps_per_epoch=int(steps_per_epoch), patch_size=patch,
-                                         scale=model_scale, warnings=warnings_out)
+                                         n_val_objects=val.n_objects, epochs=epochs,
+                                         steps_per_epoch=steps_per_epoch, patch_size=patch,
+                                         scale=model_scale, resize=resize_info, warnings=warnings_out)
         stale = model_out / ORGASEG_MODEL_JSON
         if stale.exists():
             # --overwrite of an earlier model: until this run completes the folder must not pass
             # for a finished model (weights of this run next to the old description).
             stale.unlink()
-        X = [normalize_image(g, percentiles) for g in train.images]
-        Xv = [normalize_image(g, percentiles) for g in val.images]
-        Y, Yv = train.masks, val.masks
+        train_images, Y = resize_split(train, resize_factor)
+        val_images, Yv = resize_split(val, resize_factor)
+        X = [normalize_image(g, percentiles) for g in train_images]
+        Xv = [normalize_image(g, percentiles) for g in val_images]
 
         models = import_stardist()
         import tensorflow as tf
@@ -520,10 +686,10 @@ def train_segmentation(data: Path, model_out: Path, *, epochs: int = 40, steps_p
         config = models.Config2D(
             n_rays=int(n_rays), grid=grid, n_channel_in=1, train_patch_size=patch,
             train_batch_size=int(batch_size), train_learning_rate=float(learning_rate),
-            train_epochs=int(epochs), train_steps_per_epoch=int(steps_per_epoch),
+            train_epochs=epochs, train_steps_per_epoch=steps_per_epoch,
             train_tensorboard=True,
             # StarDist's patience of 40 epochs is meant for 400 epochs; scale it to the run.
-            train_reduce_lr={"factor": 0.5, "patience": max(3, int(epochs) // 4), "min_delta": 0},
+            train_reduce_lr={"factor": 0.5, "patience": min(10, max(3, epochs // 4)), "min_delta": 0},
             **config_kwargs)
         folder = model_out.resolve()
         with quiet_stardist(), warnings.catch_warnings():
@@ -537,23 +703,30 @@ def train_segmentation(data: Path, model_out: Path, *, epochs: int = 40, steps_p
             log.info("starting from the weights of %s", init_weights[0])
 
         history: list[dict] = []
+        stopped: list[str] = []
         model.prepare_for_training()
-        model.callbacks.append(_epoch_logger(history, int(epochs)))
+        model.callbacks.append(_epoch_logger(history, epochs))
+        model.callbacks.extend(_stop_callbacks(budget["early_stopping"], budget["max_minutes"], stopped))
         _quiet_progress(model.keras_model)
         augmenter = Augmenter(seed) if augment else None
-        log.info("training on %d images (%d objects), validating on %d images (%d objects): %d "
-                 "epochs x %d steps, batch %d, patch %dx%d, grid %dx%d, %d rays", len(X),
-                 result.n_train_objects, len(Xv), result.n_val_objects, epochs, steps_per_epoch,
-                 batch_size, patch[0], patch[1], grid[0], grid[1], n_rays)
+        log.info("training on %d images (%d objects), validating on %d images (%d objects): up to %d "
+                 "epochs x %d steps (preset %s, early stopping %s, time limit %s), batch %d, patch "
+                 "%dx%d, grid %dx%d, %d rays, resize %g", len(X), result.n_train_objects, len(Xv),
+                 result.n_val_objects, epochs, steps_per_epoch, budget["preset"],
+                 f"{budget['early_stopping']} epochs" if budget["early_stopping"] else "off",
+                 f"{budget['max_minutes']:g} min" if budget["max_minutes"] else "none",
+                 batch_size, patch[0], patch[1], grid[0], grid[1], n_rays, resize_factor)
         t0 = time.perf_counter()
         # In a terminal Keras shows its progress bar on stdout; elsewhere StarDist's prints go
         # to the debug log.
         with contextlib.nullcontext() if sys.stdout.isatty() else quiet_stardist():
             model.train(X, Y, validation_data=(Xv, Yv), augmenter=augmenter, seed=int(seed),
-                        epochs=int(epochs), steps_per_epoch=int(steps_per_epoch))
+                        epochs=epochs, steps_per_epoch=steps_per_epoch)
         result.seconds_training = time.perf_counter() - t0
-        log.info("training took %.1f s (%.2f s per epoch)", result.seconds_training,
-                 result.seconds_training / epochs)
+        result.epochs_run = len(history)
+        result.stopped = "; ".join(stopped)
+        log.info("training took %.1f s (%d epochs, %.2f s per epoch)", result.seconds_training,
+                 result.epochs_run, result.seconds_training / max(1, result.epochs_run))
 
         t1 = time.perf_counter()
         with quiet_stardist():
@@ -566,22 +739,34 @@ def train_segmentation(data: Path, model_out: Path, *, epochs: int = 40, steps_p
         from .evaluation import DEFAULT_THRESHOLDS, segmentation_metrics
 
         t2 = time.perf_counter()
-        preds = []
-        with quiet_stardist():
-            for x in Xv:
-                labels, _ = model.predict_instances(x, n_tiles=auto_n_tiles(x.shape),
-                                                    show_tile_progress=False)
-                preds.append(labels)
-        # The masks as annotated (holes are not filled here): the report measures what users see.
+        # The masks as annotated, at the data's size (holes are not filled here): the report
+        # measures what users see, the way segment returns it.
         truths = [read_labels(mask_path) for _, mask_path in val.files]
-        table = segmentation_metrics(truths, preds, thresholds=DEFAULT_THRESHOLDS)
+        greys = [normalize_image(g, percentiles) for g in val.images]
+        methods = list(REFINEMENTS) if refine_key == "auto" else [refine_key]
+        preds = validation_segmentations(model, Xv, greys, [t.shape for t in truths], methods)
+        tables = {m: segmentation_metrics(truths, preds[m], thresholds=DEFAULT_THRESHOLDS)
+                  for m in methods}
+        result.refinement_scores = {m: round(mean_f1(tables[m]), 4) for m in methods}
+        # ties go to the simpler method (REFINEMENTS is ordered from simple to elaborate)
+        result.refinement = max(methods, key=lambda m: (result.refinement_scores[m], -methods.index(m)))
+        for m in methods:
+            log.info("outlines %s: validation mean F1 over IoU 0.5-0.9 %.3f%s", m,
+                     result.refinement_scores[m], " (chosen)" if m == result.refinement else "")
+        table = tables[result.refinement]
         seconds_validation = time.perf_counter() - t2
         result.metrics = _metrics_at(table, REPORT_THRESHOLDS)
         write_csv(model_out / "report.csv", table)
         report = {"n_images": len(Xv), "images": val.names, "n_objects": result.n_val_objects,
                   "thresholds": result.thresholds, "metrics": result.metrics,
-                  "definition": "pooled over the validation images; ap = tp / (tp + fp + fn), "
-                                "see orgaseg_core.segmentation.evaluation"}
+                  "refinement": {"chosen": result.refinement, "criterion": "mean F1 over IoU 0.5-0.9",
+                                 "scores": result.refinement_scores,
+                                 "metrics": {m: _metrics_at(tables[m], REPORT_THRESHOLDS) for m in methods}},
+                  "resize": resize_info,
+                  "training": {"epochs_run": result.epochs_run, "stopped": result.stopped or None,
+                               "seconds": round(result.seconds_training, 1)},
+                  "definition": "pooled over the validation images at their size in the split; "
+                                "ap = tp / (tp + fp + fn), see orgaseg_core.segmentation.evaluation"}
         write_json(model_out / "report.json", report)
         for key, m in result.metrics.items():
             log.info("validation at IoU %s: precision %.3f, recall %.3f, F1 %.3f, AP %.3f", key,
@@ -589,7 +774,7 @@ def train_segmentation(data: Path, model_out: Path, *, epochs: int = 40, steps_p
 
         result.seconds = time.perf_counter() - start
         timings = {"training": round(result.seconds_training, 2),
-                   "per_epoch": round(result.seconds_training / epochs, 3),
+                   "per_epoch": round(result.seconds_training / max(1, result.epochs_run), 3),
                    "thresholds": round(seconds_thresholds, 2),
                    "validation": round(seconds_validation, 2), "total": round(result.seconds, 2)}
         meta = {
@@ -598,13 +783,20 @@ def train_segmentation(data: Path, model_out: Path, *, epochs: int = 40, steps_p
             "created": record.started,
             "norm_percentiles": list(percentiles),
             "scale": model_scale,
+            "data_scale": data_scale,
+            "resize": resize_info,
             "preprocessing": provenance["preprocessing"],
             "patch_size": list(patch),
             "n_rays": int(n_rays),
             "grid": list(grid),
             "n_channel_in": 1,
             "thresholds": result.thresholds,
+            "refinement": result.refinement,
+            "refinement_scores": result.refinement_scores,
             "training": {k: (str(v) if isinstance(v, Path) else v) for k, v in arguments.items()},
+            "budget": budget,
+            "epochs_run": result.epochs_run,
+            "stopped": result.stopped or None,
             "data": {"folder": str(data), "provenance": provenance["source"],
                      "n_train_images": result.n_train, "n_val_images": result.n_val,
                      "n_train_objects": result.n_train_objects, "n_val_objects": result.n_val_objects,
@@ -620,6 +812,9 @@ def train_segmentation(data: Path, model_out: Path, *, epochs: int = 40, steps_p
         record.results.update(n_train=result.n_train, n_val=result.n_val,
                               n_train_objects=result.n_train_objects,
                               n_val_objects=result.n_val_objects, patch_size=list(patch),
-                              scale=model_scale, thresholds=result.thresholds,
-                              validation=result.metrics, timings_s=timings, warnings=warnings_out)
+                              scale=model_scale, resize=resize_info, epochs_run=result.epochs_run,
+                              stopped=result.stopped or None, refinement=result.refinement,
+                              refinement_scores=result.refinement_scores,
+                              thresholds=result.thresholds, validation=result.metrics,
+                              timings_s=timings, warnings=warnings_out)
     return result

@@ -15,7 +15,7 @@ def run():
     run_step(lambda: steps.segment(
         args.model, args.images, args.out, n_tiles=args.n_tiles, prob_thresh=args.prob_thresh,
         nms_thresh=args.nms_thresh, image_scale=args.image_scale,
-        preprocessing=args.preprocessing, overwrite=args.overwrite))
+        preprocessing=args.preprocessing, refine=args.refine, overwrite=args.overwrite))
 
 
 def pre_test():
@@ -69,7 +69,7 @@ def test():
 setup(
     group="orgaseg",
     name="segment",
-    version="0.2.0",
+    version="0.3.0",
     album_api_version="0.7.3",
     title="Segment organoids with a trained StarDist model",
     description=(
@@ -82,7 +82,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.2.0 (the source "
+                 "classification for brightfield microscopy, version 0.3.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},
@@ -116,6 +116,12 @@ setup(
         {"name": "preprocessing", "type": "boolean", "default": True,
          "description": "Repeat the clean-up the training images had (vignette removal, "
                         "background flattening) before predicting (True/False)."},
+        {"name": "refine", "type": "string", "default": "auto",
+         "description": "How the outlines are finished: 'auto' (what the model chose on its "
+                        "validation images), 'none' (StarDist's star-shaped polygons), "
+                        "'probability' (grown into the model's organoid probability map) or "
+                        "'edges' (moved onto the image's edges at full resolution, taking in "
+                        "buds)."},
         {"name": "overwrite", "type": "boolean", "default": False,
          "description": "Allow writing into an output folder that already holds files "
                         "(True/False); files of the same name are replaced."},

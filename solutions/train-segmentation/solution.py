@@ -13,11 +13,12 @@ def run():
 
     args = get_args()
     run_step(lambda: steps.train_segmentation(
-        args.data, args.model_out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-        batch_size=args.batch_size, patch_size=args.patch_size, n_rays=args.n_rays, grid=args.grid,
-        learning_rate=args.learning_rate, augment=args.augment, norm_low=args.norm_low,
-        norm_high=args.norm_high, seed=args.seed, init_model=args.init_model, scale=args.scale,
-        overwrite=args.overwrite))
+        args.data, args.model_out, preset=args.preset, epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch, early_stopping=args.early_stopping,
+        max_minutes=args.max_minutes, batch_size=args.batch_size, patch_size=args.patch_size,
+        resize=args.resize, n_rays=args.n_rays, grid=args.grid, learning_rate=args.learning_rate,
+        augment=args.augment, refine=args.refine, norm_low=args.norm_low, norm_high=args.norm_high,
+        seed=args.seed, init_model=args.init_model, scale=args.scale, overwrite=args.overwrite))
 
 
 def pre_test():
@@ -64,20 +65,21 @@ def test():
 setup(
     group="orgaseg",
     name="train-segmentation",
-    version="0.2.0",
+    version="0.3.0",
     album_api_version="0.7.3",
     title="Train a StarDist organoid segmentation model",
     description=(
         "Trains a StarDist2D model that outlines every organoid, from images and label images "
         "split into train/ and val/ (orgaseg:split with mode segmentation). Checks the data "
-        "first, trains from scratch or continues a local model, tunes the detection thresholds "
-        "on the validation images and reports precision, recall, F1 and AP at IoU 0.5, 0.7 and "
+        "first, chooses the image size and patch size from the organoid sizes, trains from "
+        "scratch or continues a local model, tunes the detection thresholds and the outline "
+        "refinement on the validation images and reports precision, recall, F1 and AP at IoU 0.5, 0.7 and "
         "0.9. The model folder holds everything needed to segment new images."
     ),
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.2.0 (the source "
+                 "classification for brightfield microscopy, version 0.3.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},
@@ -93,17 +95,34 @@ setup(
         {"name": "model-out", "type": "directory", "required": True,
          "description": "New or empty folder for the trained model (weights, thresholds, "
                         "report.json/report.csv, TensorBoard logs)."},
-        {"name": "epochs", "type": "integer", "default": 40,
-         "description": "Training rounds. More rounds train longer and usually segment better "
-                        "(40 x 25 steps takes about 6 minutes on 2 CPU cores)."},
-        {"name": "steps-per-epoch", "type": "integer", "default": 25,
-         "description": "Training steps (batches of image patches) per round."},
+        {"name": "preset", "type": "string", "default": "quick",
+         "description": "Training budget: 'quick' (40 rounds x 25 steps, about 6 minutes on 2 CPU "
+                        "cores; the example data) or 'real' (real images: up to 400 x 50 steps, "
+                        "stops when the validation loss has not improved for 20 rounds or after "
+                        "30 minutes)."},
+        {"name": "epochs", "type": "string", "default": "auto",
+         "description": "Training rounds; 'auto' takes them from the preset. More rounds train "
+                        "longer and usually segment better."},
+        {"name": "steps-per-epoch", "type": "string", "default": "auto",
+         "description": "Training steps (batches of image patches) per round; 'auto': from the "
+                        "preset."},
+        {"name": "early-stopping", "type": "string", "default": "auto",
+         "description": "Stop after this many rounds without a better validation loss (0: "
+                        "never); 'auto': from the preset."},
+        {"name": "max-minutes", "type": "string", "default": "auto",
+         "description": "Stop training after this many minutes; 'auto': from the preset."},
         {"name": "batch-size", "type": "integer", "default": 4,
          "description": "Image patches per training step; lower it if memory runs out."},
         {"name": "patch-size", "type": "string", "default": "auto",
-         "description": "Size of the training patches in pixels: 'auto' (up to 256, fitting the "
-                        "smallest image), one number like 256, or HEIGHTxWIDTH like 256x192 "
-                        "(multiples of 16). Patches should hold a few whole organoids."},
+         "description": "Size of the training patches in pixels: 'auto' (256, or twice the large "
+                        "organoids, fitting the smallest image), one number like 256, or "
+                        "HEIGHTxWIDTH like 256x192 (multiples of 16). Patches should hold a few "
+                        "whole organoids."},
+        {"name": "resize", "type": "string", "default": "auto",
+         "description": "Resize the images by this factor before training: 'auto' chooses it "
+                        "from the organoid sizes in the masks so that the large ones fit what "
+                        "the network sees; 1 keeps them as they are. New images are resized "
+                        "the same way when they are segmented."},
         {"name": "n-rays", "type": "integer", "default": 32,
          "description": "Number of rays describing each organoid's outline (StarDist polygon); "
                         "32 suits round to lobed organoids."},
@@ -114,8 +133,12 @@ setup(
          "description": "Initial learning rate of the optimiser (Adam), e.g. 0.0003; it is "
                         "lowered automatically when the validation loss stops improving."},
         {"name": "augment", "type": "boolean", "default": True,
-         "description": "Random flips, 90-degree rotations and brightness changes of the training "
-                        "patches (True/False); keep True unless you have a reason."},
+         "description": "Random flips, rotations, size, brightness, contrast, gamma, blur and "
+                        "noise changes of the training patches (True/False); keep True unless "
+                        "you have a reason."},
+        {"name": "refine", "type": "string", "default": "auto",
+         "description": "Outline refinement stored in the model: 'auto' (the best of none, "
+                        "probability and edges on the validation images), or one of them."},
         {"name": "norm-low", "type": "float", "default": 1.0,
          "description": "Lower percentile of the per-image intensity normalisation (0-100)."},
         {"name": "norm-high", "type": "float", "default": 99.8,
