@@ -87,6 +87,26 @@ def main(argv: list[str] | None = None) -> None:
     print(pd.DataFrame(metrics)[["threshold", "n_true", "n_pred", "tp", "precision", "recall", "f1",
                                  "ap", "mean_matched_iou"]]
           .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(per_class(masks, truths, preds).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def per_class(masks: Path, truths: list, preds: list):
+    """Recall at IoU 0.5 and mean IoU of the matches per organoid class (the classes of the
+    held-out annotations, ``<stem>_objects.csv`` of annotations-to-masks): no class may be
+    missed systematically (issue 10)."""
+    import pandas as pd
+
+    from orgaseg_core.segmentation.evaluation import match_objects, matched_pairs
+
+    rows = []
+    for truth_file, truth, pred in zip(sorted(masks.glob("*.tif")), truths, preds):
+        classes = pd.read_csv(masks / f"{truth_file.stem}_objects.csv").set_index("label")["class"]
+        found = {t: iou for t, _, iou in matched_pairs(match_objects(truth, pred), 0.5)}
+        for label, name in classes.items():
+            rows.append({"class": name, "found": label in found, "iou": found.get(label)})
+    table = pd.DataFrame(rows)
+    return (table.groupby("class").agg(objects=("found", "size"), recall_at_0_5=("found", "mean"),
+                                        mean_matched_iou=("iou", "mean")).reset_index())
 
 
 if __name__ == "__main__":
