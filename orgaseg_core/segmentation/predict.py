@@ -86,6 +86,30 @@ class Segmentation:
         return len(self.polygons)
 
 
+def preprocessed_grey(image: np.ndarray, loaded: LoadedModel, *, preprocessing: bool = True) -> np.ndarray:
+    """``image`` as grey with the model's training clean-up (vignette, background), at its own
+    resolution."""
+    info = loaded.info
+    grey = to_grey(image)
+    if preprocessing and any(info.preprocessing.values()):
+        grey = process_image(grey, vignette=info.preprocessing.get("remove_vignette", False),
+                             flatten=info.preprocessing.get("flatten_background", False))
+    return grey
+
+
+def _network_input(grey: np.ndarray, loaded: LoadedModel, image_scale: float) -> tuple[np.ndarray, float]:
+    """A preprocessed grey image rescaled to the model's scale and normalised; see prepare_image."""
+    info = loaded.info
+    factor = info.scale / float(image_scale)
+    small_shape = (output_length(grey.shape[0], factor), output_length(grey.shape[1], factor))
+    height, width = grey.shape
+    if small_shape != grey.shape:
+        grey = rescale_image(grey, factor)
+    if min(grey.shape) < 1:
+        raise OrgasegError(f"image of {height}x{width} px is empty at the model's scale")
+    return normalize_image(grey, info.norm_percentiles), factor
+
+
 def prepare_image(image: np.ndarray, loaded: LoadedModel, *, image_scale: float = 1.0,
                   preprocessing: bool = True) -> tuple[np.ndarray, float]:
     """The network input for ``image``: grey, preprocessed, rescaled, normalised (float32).
@@ -93,18 +117,8 @@ def prepare_image(image: np.ndarray, loaded: LoadedModel, *, image_scale: float 
     Returns (array at model scale, factor) with factor = model scale / ``image_scale`` (the
     size of the network input relative to ``image``).
     """
-    info = loaded.info
-    grey = to_grey(image)
-    if preprocessing and any(info.preprocessing.values()):
-        grey = process_image(grey, vignette=info.preprocessing.get("remove_vignette", False),
-                             flatten=info.preprocessing.get("flatten_background", False))
-    factor = info.scale / float(image_scale)
-    small_shape = (output_length(grey.shape[0], factor), output_length(grey.shape[1], factor))
-    if small_shape != grey.shape:
-        grey = rescale_image(grey, factor)
-    if min(grey.shape) < 1:
-        raise OrgasegError(f"image of {image.shape[0]}x{image.shape[1]} px is empty at the model's scale")
-    return normalize_image(grey, info.norm_percentiles), factor
+    return _network_input(preprocessed_grey(image, loaded, preprocessing=preprocessing), loaded,
+                          image_scale)
 
 
 def upscale_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -139,7 +153,8 @@ def segment_array(image: np.ndarray, loaded: LoadedModel, *, image_scale: float 
     from .refine import check_refinement, refine_labels
 
     method = model_refinement(loaded) if refine is None else check_refinement(refine)
-    x, _ = prepare_image(image, loaded, image_scale=image_scale, preprocessing=preprocessing)
+    grey = preprocessed_grey(image, loaded, preprocessing=preprocessing)
+    x, _ = _network_input(grey, loaded, image_scale)
     tiles = tuple(n_tiles) if n_tiles is not None else auto_n_tiles(x.shape)
     prob = None
     # the probability map is only needed (and only returned densely) for that refinement
@@ -180,10 +195,9 @@ def segment_array(image: np.ndarray, loaded: LoadedModel, *, image_scale: float 
     if method != "none" and len(polygons):
         from .outlines import label_outlines
 
-        grey = None
-        if method == "edges":  # the input's own grey levels, at its resolution
-            grey = prepare_image(image, loaded, image_scale=loaded.info.scale, preprocessing=preprocessing)[0]
-        labels = refine_labels(method, labels, grey=grey, prob=prob).astype(labels.dtype, copy=False)
+        # "edges" works on the input's own grey levels, at its resolution
+        full = normalize_image(grey, loaded.info.norm_percentiles) if method == "edges" else None
+        labels = refine_labels(method, labels, grey=full, prob=prob).astype(labels.dtype, copy=False)
         geometries = label_outlines(labels)
     return Segmentation(labels=labels, polygons=polygons, probabilities=probabilities,
                         model_shape=x.shape, n_tiles=tiles, refinement=method, geometries=geometries)

@@ -47,6 +47,8 @@ import pandas as pd
 from ..common.errors import InputFileError, OrgasegError
 from ..common.images import list_images, pair_by_stem, read_image, read_labels, to_grey
 from ..common.outputs import RUN_RECORD_NAME, package_versions, step_run, write_csv, write_json
+from ..common.labels import rescale_labels
+from ..common.resample import output_length, rescale_image
 from .augment import Augmenter
 from .model import (
     DEFAULT_NORM_PERCENTILES,
@@ -445,9 +447,6 @@ def parse_resize(value: float | str | None) -> float | None:
 
 def resize_split(split: SplitData, factor: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The split's grey images and masks resized by ``factor`` (area/linear; nearest for labels)."""
-    from ..common.labels import rescale_labels
-    from ..common.resample import rescale_image
-
     if factor == 1.0:
         return list(split.images), list(split.masks)
     images = [rescale_image(g.astype(np.float32), factor) for g in split.images]
@@ -597,9 +596,10 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
         resize_reason = f"given (the object sizes would suggest {choice.factor:g}: {choice.reason})"
     resize_info = choice.as_dict()
     resize_info.update(factor=resize_factor, reason=resize_reason,
-                       chosen="auto" if resize_chosen else "given",
-                       n_below_min_diameter_after=int(np.count_nonzero(diameters * resize_factor
-                                                                       < MIN_DIAMETER)))
+                       chosen="auto" if resize_chosen else "given")
+    if not resize_chosen:  # choose_resize counted them at its own factor
+        resize_info["n_below_min_diameter_after"] = int(np.count_nonzero(diameters * resize_factor
+                                                                         < MIN_DIAMETER))
     log.info("training objects: %d, %.1f-%.0f px across (5th-95th percentile, median %.0f); "
              "resize %g: %s", choice.n_objects, choice.p5, choice.p95, choice.median, resize_factor,
              resize_reason)
@@ -608,7 +608,8 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
                f"under {MIN_DIAMETER:g} px across at resize {resize_factor:g}: the smallest organoids will be hard to find")
         log.warning(msg)
         warnings_out.append(msg)
-    resized_shapes = [(max(1, round(h * resize_factor)), max(1, round(w * resize_factor)))
+    # the sizes resize_split will give (rescale_image's rounding)
+    resized_shapes = [(output_length(h, resize_factor), output_length(w, resize_factor))
                       for h, w in train.shapes + val.shapes]
     names = train.names + [f"val/{n}" for n in val.names]
     if patch_size is None:
@@ -742,7 +743,7 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
         # The masks as annotated, at the data's size (holes are not filled here): the report
         # measures what users see, the way segment returns it.
         truths = [read_labels(mask_path) for _, mask_path in val.files]
-        greys = [normalize_image(g, percentiles) for g in val.images]
+        greys = Xv if resize_factor == 1.0 else [normalize_image(g, percentiles) for g in val.images]
         methods = list(REFINEMENTS) if refine_key == "auto" else [refine_key]
         preds = validation_segmentations(model, Xv, greys, [t.shape for t in truths], methods)
         tables = {m: segmentation_metrics(truths, preds[m], thresholds=DEFAULT_THRESHOLDS)
