@@ -17,10 +17,13 @@ model and writes an outline overlay per image into ``WORK/unannotated/<folder>/o
         --tiles 1x1 --unannotated -- --epochs 80 --steps-per-epoch 25
     python benchmarks/bench_real_segmentation.py --work /tmp/real --name real --scale 0.5 \\
         --tiles 1x1 --unannotated -- --preset real --max-minutes 12
+    python benchmarks/bench_real_segmentation.py --work /tmp/real --name pyr --scale 1 \\
+        --tiles 1x1 --unannotated -- --preset real --max-minutes 7
 
 Each held-out image is segmented with every outline refinement (none, probability, edges);
 the main table uses the one the model chose on its validation image, a second table compares
-them all, pooled.
+them all, pooled. The model's choice of pyramid (several scales, ``--pyramid``) is compared
+with one scale on the same models in a third table (outlines as chosen).
 
 Each fold trains a model (minutes to tens of minutes on 2 CPU cores): run it in the background
 and read the log. TensorFlow runs in child processes (the orgaseg CLI). Without
@@ -138,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, truths, preds = [], [], []
     by_method: dict[str, list] = {}
+    by_pyramid: dict[str, list] = {}
     first_model = None
     for held in folds:
         split = fold_data(args.work, held, images, scale=args.scale, tiles=args.tiles)
@@ -166,9 +170,20 @@ def main(argv: list[str] | None = None) -> int:
                   f"{one['f1']:.3f}, mean matched IoU {one['mean_matched_iou']:.3f}", flush=True)
         pred = by_method[chosen][-1]
         preds.append(pred)
+        levels = meta.get("pyramid", {}).get("levels", [1.0])
+        pyramid_label = ",".join(f"{v:g}" for v in levels)
+        by_pyramid.setdefault(f"chosen ({pyramid_label})", []).append(pred)
+        if len(levels) > 1:
+            seg = args.work / args.name / f"segmented-{held}-single"
+            run_step("segment", "--model", model, "--images", images[held][0], "--out", seg,
+                     "--refine", chosen, "--pyramid", "none", "--overwrite")
+            single = read_labels(seg / f"{held}.tif")
+        else:
+            single = pred
+        by_pyramid.setdefault("one scale", []).append(single)
         metrics = {round(m["threshold"], 2): m for m in
                    segmentation_metrics([truth], [pred], thresholds=THRESHOLDS).to_dict("records")}
-        rows.append({"held_out": held, "outlines": chosen, "resize": meta.get("resize", {}).get("factor"),
+        rows.append({"held_out": held, "outlines": chosen, "pyramid": pyramid_label, "resize": meta.get("resize", {}).get("factor"),
                      "model_scale": meta["scale"], "epochs": meta.get("epochs_run", len(meta["history"])),
                      "objects": metrics[0.5]["n_true"], "found": metrics[0.5]["n_pred"],
                      **{f"f1@{t}": metrics[t]["f1"] for t in THRESHOLDS},
@@ -194,11 +209,21 @@ def main(argv: list[str] | None = None) -> int:
                         "mean_matched_iou": m[0.5]["mean_matched_iou"]})
     print("\nevery outline refinement, pooled over the held-out images:")
     print(pd.DataFrame(compare).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    scales = []
+    for name, found in by_pyramid.items():
+        m = {round(r["threshold"], 2): r for r in
+             segmentation_metrics(truths, found, thresholds=THRESHOLDS).to_dict("records")}
+        scales.append({"pyramid": name, "found": m[0.5]["n_pred"],
+                       **{f"f1@{t}": m[t]["f1"] for t in THRESHOLDS},
+                       "mean_matched_iou": m[0.5]["mean_matched_iou"]})
+    print("\nthe model's pyramid against one scale (same models, chosen outlines), pooled:")
+    print(pd.DataFrame(scales).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for peer, f1 in PEERS.items():
         print(f"  peer: {peer}: F1@0.5 {f1:.2f} (3 of these images, issue 10)")
     (args.work / args.name).mkdir(parents=True, exist_ok=True)
     table.to_csv(args.work / args.name / "loo.csv", index=False)
     pd.DataFrame(compare).to_csv(args.work / args.name / "outlines.csv", index=False)
+    pd.DataFrame(scales).to_csv(args.work / args.name / "pyramid.csv", index=False)
     if args.unannotated and first_model is not None:
         segment_unannotated(args.work / args.name, first_model)
     return 0

@@ -187,6 +187,7 @@ def train_segmentation_cmd(
     learning_rate: float = typer.Option(3e-4, "--learning-rate", help="Initial learning rate (halved when the validation loss stalls)."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random flips, rotations, scale jitter, brightness, contrast, gamma, blur and noise of the training patches."),
     refine: str = typer.Option("auto", help="Outline refinement stored in the model: none, probability, edges, or auto (the best on the validation images)."),
+    pyramid: str = typer.Option("auto", help="Scales to train and predict at, as factors of the model's scale, e.g. 1,2,4 (small organoids are found at the finer ones); 'auto': chosen from the small organoids' size and kept only if better on the validation images; 'none': one scale."),
     norm_low: float = typer.Option(1.0, "--norm-low", help="Lower percentile of the per-image intensity normalisation."),
     norm_high: float = typer.Option(99.8, "--norm-high", help="Upper percentile of the per-image intensity normalisation."),
     seed: int = typer.Option(0, help="Random seed (patches, augmentation, network initialisation)."),
@@ -200,7 +201,7 @@ def train_segmentation_cmd(
                                       max_minutes=max_minutes, batch_size=batch_size,
                                       patch_size=patch_size, resize=resize, n_rays=n_rays,
                                       grid=grid, learning_rate=learning_rate, augment=augment,
-                                      refine=refine, norm_low=norm_low, norm_high=norm_high,
+                                      refine=refine, pyramid=pyramid, norm_low=norm_low, norm_high=norm_high,
                                       seed=seed, init_model=init_model, scale=scale,
                                       overwrite=overwrite)
     typer.echo(result.summary())
@@ -217,13 +218,15 @@ def segment_cmd(
     image_scale: float = typer.Option(1.0, "--image-scale", help="Pixel scale of the images relative to the original images (1 = full size)."),
     preprocessing: bool = typer.Option(True, "--preprocessing/--no-preprocessing", help="Repeat the model's training preprocessing (vignette removal, background flattening); use --no-preprocessing for images that were preprocessed already (e.g. the test split)."),
     refine: str = typer.Option("auto", help="Outline refinement: none (StarDist's polygons), probability (grown into StarDist's probability map), edges (onto the image's edges), or auto (the model's choice on its validation images)."),
+    pyramid: str = typer.Option("auto", help="Predict at these factors of the model's scale, e.g. 1,2,4, keeping each organoid from the scale where it is best seen; 'none': one scale; 'auto': the model's choice."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Segment images with a trained StarDist model: label images, QuPath GeoJSON and object tables."""
     try:
         result = steps.segment(model, images, out, n_tiles=_tiles(n_tiles),
                                prob_thresh=prob_thresh, nms_thresh=nms_thresh, image_scale=image_scale,
-                               preprocessing=preprocessing, refine=refine, overwrite=overwrite)
+                               preprocessing=preprocessing, refine=refine, pyramid=pyramid,
+                               overwrite=overwrite)
     except OrgasegError as exc:
         _echo_partial_result(exc)
         raise

@@ -171,7 +171,7 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
                        batch_size: int = 4, patch_size: int | Pair | None = None,
                        resize: float | str | None = "auto", n_rays: int = 32, grid: Pair = (2, 2),
                        learning_rate: float = 3e-4, augment: bool = True, refine: str = "auto",
-                       norm_low: float = 1.0, norm_high: float = 99.8, seed: int = 0,
+                       pyramid: str = "auto", norm_low: float = 1.0, norm_high: float = 99.8, seed: int = 0,
                        init_model: PathLike | None = None, scale: float | str | None = None,
                        overwrite: bool = False):
     """Train a StarDist2D model on the split made by :func:`split` (mode segmentation).
@@ -186,7 +186,10 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
     organoids fit the network's field of view; 1: as given). ``grid``: StarDist output
     subsampling. ``augment``: flips, rotations, scale jitter, brightness, contrast, gamma,
     blur, noise. ``refine``: outline refinement ("auto": the best of none, probability, edges
-    on the validation images). ``norm_low``/``norm_high``: percentiles of the per-image
+    on the validation images). ``pyramid``: scales to train and predict at, as factors of the
+    model's scale ("auto": 1,2,4... when the small organoids are too small at the model's scale,
+    kept only if better on the validation images; "none": one; "1,2,4": these).
+    ``norm_low``/``norm_high``: percentiles of the per-image
     intensity normalisation. ``scale``: pixel scale of the training images relative to the
     originals (None/"auto": read from the preprocess run, else 1). ``init_model``: a local
     model folder to continue from. Writes the self-contained model folder ``model_out``
@@ -205,7 +208,7 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
                max_minutes=_optional_float(max_minutes, "--max-minutes"), batch_size=batch_size,
                patch_size=_optional_size(patch_size, "--patch-size"), resize=resize,
                n_rays=n_rays, grid=_pair(grid, "--grid"), learning_rate=learning_rate,
-               augment=augment, refine=refine, norm_percentiles=(norm_low, norm_high), seed=seed,
+               augment=augment, refine=refine, pyramid=pyramid, norm_percentiles=(norm_low, norm_high), seed=seed,
                init_model=_path(init_model), scale=_optional_float(scale, "--scale"),
                overwrite=overwrite)
 
@@ -213,7 +216,8 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
 def segment(model: PathLike, images: PathLike, out: PathLike, *,
             n_tiles: Pair | int | None = None, prob_thresh: float | str | None = None,
             nms_thresh: float | str | None = None, image_scale: float = 1.0,
-            preprocessing: bool = True, refine: str | None = "auto", overwrite: bool = False):
+            preprocessing: bool = True, refine: str | None = "auto", pyramid: str | None = "auto",
+            overwrite: bool = False):
     """Segment an image file or a folder of images of any size with a trained StarDist model.
 
     ``n_tiles``: predict in (rows, columns) tiles (None/"auto": tiles of at most 1024 px).
@@ -223,7 +227,9 @@ def segment(model: PathLike, images: PathLike, out: PathLike, *,
     ``preprocessing``: repeat the model's training clean-up (vignette, background).
     ``refine``: outline refinement, "none" (StarDist's polygons), "probability" (grown into
     StarDist's probability map), "edges" (onto the image's edges) or "auto" (the model's choice
-    on its validation images). Writes per
+    on its validation images). ``pyramid``: predict at these factors of the model's scale and
+    keep each organoid from the level where it is best seen ("1,2,4"; "none": one level;
+    "auto": the model's choice). Writes per
     image ``out/<stem>.tif`` (uint16 labels), ``out/<stem>.geojson`` (QuPath detections with
     label and probability) and ``out/<stem>_objects.csv``. Unreadable images are reported and
     skipped, then ``SegmentFailed`` is raised. Imports TensorFlow. Returns a ``SegmentResult``.
@@ -233,7 +239,7 @@ def segment(model: PathLike, images: PathLike, out: PathLike, *,
     return run(Path(model), Path(images), Path(out), n_tiles=_optional_pair(n_tiles, "--n-tiles"),
                prob_thresh=_optional_float(prob_thresh, "--prob-thresh"),
                nms_thresh=_optional_float(nms_thresh, "--nms-thresh"), image_scale=image_scale,
-               preprocessing=preprocessing, refine=refine, overwrite=overwrite)
+               preprocessing=preprocessing, refine=refine, pyramid=pyramid, overwrite=overwrite)
 
 
 def evaluate_segmentation(truth: PathLike, pred: PathLike, out: PathLike, *,

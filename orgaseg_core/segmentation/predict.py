@@ -80,6 +80,8 @@ class Segmentation:
     refinement: str = "none"
     #: label -> shapely outline traced from refined labels (None: StarDist's ``polygons``)
     geometries: dict | None = None
+    #: the pyramid levels predicted at (factors of the model's scale)
+    pyramid: tuple[float, ...] = (1.0,)
 
     @property
     def n_objects(self) -> int:
@@ -137,10 +139,133 @@ def model_refinement(loaded: LoadedModel) -> str:
     return check_refinement(loaded.info.metadata.get("refinement") or "none")
 
 
+def model_pyramid(loaded: LoadedModel) -> tuple[float, ...]:
+    """The pyramid levels a model chose on validation ((1,) for models before 0.4)."""
+    from .pyramid import parse_pyramid
+
+    stored = loaded.info.metadata.get("pyramid") or {}
+    levels = stored.get("levels") if isinstance(stored, dict) else None
+    return parse_pyramid(levels) if levels else (1.0,)
+
+
+@dataclass
+class PyramidPrediction:
+    """StarDist's objects at the output resolution, from one or more levels (see :mod:`.pyramid`).
+
+    labels: (Y, X) ids 1..N; polygons[i], probabilities[i]: object i + 1's (x, y) vertices in
+    QuPath pixel coordinates of the output and its probability; model_shape, n_tiles: the
+    network input and tiling of the first level; prob: StarDist's probability map at the
+    output resolution (the largest over the levels) when asked for, else None.
+    """
+
+    labels: np.ndarray
+    polygons: list[np.ndarray]
+    probabilities: np.ndarray
+    model_shape: tuple[int, int]
+    n_tiles: tuple[int, int]
+    prob: np.ndarray | None = None
+
+
+def _polygons_at(coord: np.ndarray, ids: np.ndarray, small_shape: tuple[int, int],
+                 shape: tuple[int, int]) -> list[np.ndarray]:
+    """StarDist's polygons ``coord[id - 1]`` (rows, cols at the network input) as (x, y) vertices in
+    QuPath pixel coordinates of an output of ``shape``; one vectorised pass."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.size == 0:
+        return []
+    height, width = shape
+    # Exact per-axis size ratios (the network input was rounded to whole pixels).
+    sy, sx = height / small_shape[0], width / small_shape[1]
+    yx = coord[ids - 1]  # (n, 2, n_rays): rows, cols in pixel indices at model scale
+    # Pixel index i has its centre at i + 0.5 in corner-aligned coordinates.
+    xy = np.stack([np.clip((yx[:, 1] + 0.5) * sx, 0.0, width),
+                   np.clip((yx[:, 0] + 0.5) * sy, 0.0, height)], axis=2)
+    return list(xy)
+
+
+def predict_pyramid(model, grey: np.ndarray, factor: float, levels: Sequence[float],
+                    percentiles: Sequence[float], shape: tuple[int, int], *,
+                    n_tiles: tuple[int, int] | None = None, prob_thresh: float | None = None,
+                    nms_thresh: float | None = None, want_prob: bool = False) -> PyramidPrediction:
+    """StarDist's objects in ``grey`` at every pyramid level, merged, at the output ``shape``.
+
+    model: a StarDist2D model. grey: (Y, X) preprocessed grey image, not normalised. factor:
+    size of the model's input relative to ``grey`` at the first level; level ``m`` predicts at
+    ``factor * m``. percentiles: the model's normalisation. n_tiles: tiles of the first level
+    (None: automatic; finer levels always choose their own). Thresholds: None = the model's.
+    One level reproduces a plain StarDist prediction; several are merged by
+    :func:`.pyramid.merge_levels`.
+    """
+    from .pyramid import LevelObjects, equivalent_diameters, merge_levels
+    from .refine import _resize_to
+
+    height, width = shape
+    runs = []
+    for index, m in enumerate(levels):
+        f = float(factor) * float(m)
+        small_shape = (output_length(grey.shape[0], f), output_length(grey.shape[1], f))
+        level_grey = grey if small_shape == grey.shape else rescale_image(grey, f)
+        if min(level_grey.shape) < 1:
+            raise OrgasegError(f"image of {grey.shape[0]}x{grey.shape[1]} px is empty at the model's scale")
+        x = normalize_image(level_grey, percentiles)
+        tiles = tuple(n_tiles) if (n_tiles is not None and index == 0) else auto_n_tiles(x.shape)
+        with quiet_stardist():
+            small, details = model.predict_instances(x, n_tiles=tiles, prob_thresh=prob_thresh,
+                                                     nms_thresh=nms_thresh, show_tile_progress=False)
+            # The map comes from a second pass of the network: predict_instances returns it
+            # only in its dense mode, whose non-maximum suppression over every pixel takes
+            # minutes on a large image.
+            prob = model.predict(x, n_tiles=tiles, show_tile_progress=False)[0] if want_prob else None
+        runs.append((x.shape, tiles, small, details, prob))
+    first_shape, first_tiles = runs[0][0], runs[0][1]
+    prob_out = None
+    if want_prob:
+        prob_out = np.maximum.reduce([_resize_to(np.asarray(r[4]), (height, width)) for r in runs])
+
+    if len(runs) == 1:
+        _, _, small, details, _ = runs[0]
+        # Renumber on the smaller of the two label images: enlarging keeps every object,
+        # shrinking back (factor > 1) can lose tiny ones, so then renumber after resizing.
+        if small.size <= height * width:
+            labels, id_map = relabel_consecutive(small)
+            labels = upscale_labels(labels, (height, width))
+        else:
+            labels, id_map = relabel_consecutive(upscale_labels(small, (height, width)))
+        coord = np.asarray(details.get("coord", np.zeros((0, 2, 0))), dtype=np.float64)
+        object_prob = np.asarray(details.get("prob", np.zeros(0)), dtype=np.float64)
+        # StarDist's label k is details entry k - 1; objects hidden by others or lost when
+        # shrinking back have no pixels and are dropped with their polygons (id_map lists the
+        # survivors).
+        old_ids = np.array(sorted(id_map, key=id_map.get), dtype=np.int64)
+        polygons = _polygons_at(coord, old_ids, small.shape, (height, width))
+        probabilities = object_prob[old_ids - 1] if old_ids.size else np.zeros(0)
+        return PyramidPrediction(labels, polygons, probabilities, first_shape, first_tiles, prob_out)
+
+    found_levels = []
+    for _, _, small, details, _ in runs:
+        object_prob = np.asarray(details.get("prob", np.zeros(0)), dtype=np.float64)
+        n = len(object_prob)
+        found_levels.append(LevelObjects(labels=upscale_labels(small, (height, width)),
+                                         probabilities=object_prob,
+                                         diameters=equivalent_diameters(small, n)))
+    labels, origin = merge_levels(found_levels, levels)
+    polygons, probabilities = [], []
+    for index, run in enumerate(runs):
+        ids = np.array([old for i, old in origin if i == index], dtype=np.int64)
+        coord = np.asarray(run[3].get("coord", np.zeros((0, 2, 0))), dtype=np.float64)
+        polygons.append(dict(zip(ids.tolist(), _polygons_at(coord, ids, run[2].shape, (height, width)))))
+        probabilities.append(np.asarray(run[3].get("prob", np.zeros(0)), dtype=np.float64))
+    polygons_out = [polygons[index][old] for index, old in origin]
+    probabilities_out = np.array([probabilities[index][old - 1] for index, old in origin], dtype=np.float64)
+    log.debug("pyramid %s: %s objects per level kept", list(levels),
+              [sum(1 for i, _ in origin if i == k) for k in range(len(levels))])
+    return PyramidPrediction(labels, polygons_out, probabilities_out, first_shape, first_tiles, prob_out)
+
+
 def segment_array(image: np.ndarray, loaded: LoadedModel, *, image_scale: float = 1.0,
                   n_tiles: tuple[int, int] | None = None, prob_thresh: float | None = None,
                   nms_thresh: float | None = None, preprocessing: bool = True,
-                  refine: str | None = None) -> Segmentation:
+                  refine: str | None = None, pyramid: Sequence[float] | None = None) -> Segmentation:
     """Segment one image (Y, X) or (Y, X, C) with a loaded model; see :class:`Segmentation`.
 
     image_scale: the input's pixel scale relative to the original images (1.0 = full size);
@@ -148,59 +273,32 @@ def segment_array(image: np.ndarray, loaded: LoadedModel, *, image_scale: float 
     n_tiles: (rows, cols) tiles at model scale, None = at most 1024 px per tile side.
     prob_thresh / nms_thresh: None = the model's optimised thresholds. preprocessing: repeat
     the vignette removal / background flattening the model was trained with. refine: outline
-    refinement (:data:`~.refine.REFINEMENTS`; None = the model's choice).
+    refinement (:data:`~.refine.REFINEMENTS`; None = the model's choice). pyramid: factors of
+    the model's scale to predict at (:mod:`.pyramid`; None = the model's choice, (1,) = one).
     """
     from .refine import check_refinement, refine_labels
 
     method = model_refinement(loaded) if refine is None else check_refinement(refine)
+    levels = model_pyramid(loaded) if pyramid is None else tuple(pyramid)
     grey = preprocessed_grey(image, loaded, preprocessing=preprocessing)
-    x, _ = _network_input(grey, loaded, image_scale)
-    tiles = tuple(n_tiles) if n_tiles is not None else auto_n_tiles(x.shape)
-    prob = None
-    # the probability map is only needed (and only returned densely) for that refinement
-    extra = {"return_predict": True} if method == "probability" else {}
-    with quiet_stardist():
-        found = loaded.model.predict_instances(
-            x, n_tiles=tiles, prob_thresh=prob_thresh, nms_thresh=nms_thresh,
-            show_tile_progress=False, **extra)
-    if method == "probability":
-        (small, details), (prob, _) = found
-    else:
-        small, details = found
+    factor = loaded.info.scale / float(image_scale)
     height, width = image.shape[:2]
-    # Renumber on the smaller of the two label images: enlarging keeps every object, shrinking
-    # back (factor > 1) can lose tiny ones, so then renumber after resizing.
-    if small.size <= height * width:
-        labels, id_map = relabel_consecutive(small)
-        labels = upscale_labels(labels, (height, width))
-    else:
-        labels, id_map = relabel_consecutive(upscale_labels(small, (height, width)))
-    coord = np.asarray(details.get("coord", np.zeros((0, 2, 0))), dtype=np.float64)
-    object_prob = np.asarray(details.get("prob", np.zeros(0)), dtype=np.float64)
-    # StarDist's label k is details entry k - 1; objects hidden by others or lost when shrinking
-    # back have no pixels and are dropped with their polygons (id_map lists the survivors).
-    old_ids = np.array(sorted(id_map, key=id_map.get), dtype=np.int64)
-    # Exact per-axis size ratios (the network input was rounded to whole pixels).
-    sy, sx = height / small.shape[0], width / small.shape[1]
-    polygons = []
-    for old in old_ids:
-        yx = coord[old - 1]  # (2, n_rays): rows, cols in pixel indices at model scale
-        # Pixel index i has its centre at i + 0.5 in corner-aligned coordinates.
-        xy = np.stack([(yx[1] + 0.5) * sx, (yx[0] + 0.5) * sy], axis=1)
-        xy[:, 0] = np.clip(xy[:, 0], 0.0, width)
-        xy[:, 1] = np.clip(xy[:, 1], 0.0, height)
-        polygons.append(xy)
-    probabilities = object_prob[old_ids - 1] if old_ids.size else np.zeros(0)
+    # the probability map is only needed (and only returned densely) for that refinement
+    found = predict_pyramid(loaded.model, grey, factor, levels, loaded.info.norm_percentiles,
+                            (height, width), n_tiles=n_tiles, prob_thresh=prob_thresh,
+                            nms_thresh=nms_thresh, want_prob=method == "probability")
+    labels = found.labels
     geometries = None
-    if method != "none" and len(polygons):
+    if method != "none" and len(found.polygons):
         from .outlines import label_outlines
 
         # "edges" works on the input's own grey levels, at its resolution
         full = normalize_image(grey, loaded.info.norm_percentiles) if method == "edges" else None
-        labels = refine_labels(method, labels, grey=full, prob=prob).astype(labels.dtype, copy=False)
+        labels = refine_labels(method, labels, grey=full, prob=found.prob).astype(labels.dtype, copy=False)
         geometries = label_outlines(labels)
-    return Segmentation(labels=labels, polygons=polygons, probabilities=probabilities,
-                        model_shape=x.shape, n_tiles=tiles, refinement=method, geometries=geometries)
+    return Segmentation(labels=labels, polygons=found.polygons, probabilities=found.probabilities,
+                        model_shape=found.model_shape, n_tiles=found.n_tiles, refinement=method,
+                        geometries=geometries, pyramid=levels)
 
 
 def object_table(labels: np.ndarray, probabilities: Sequence[float], image: str) -> pd.DataFrame:
@@ -340,7 +438,7 @@ def _check_threshold(value: float | None, name: str) -> float | None:
 def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | None = None,
             prob_thresh: float | None = None, nms_thresh: float | None = None,
             image_scale: float = 1.0, preprocessing: bool = True, refine: str | None = "auto",
-            overwrite: bool = False) -> SegmentResult:
+            pyramid: str | Sequence[float] | None = "auto", overwrite: bool = False) -> SegmentResult:
     """Segment an image file or every image in a folder with a trained orgaseg StarDist model.
 
     model: folder written by ``train-segmentation``. images: a file or a folder (not searched
@@ -350,8 +448,10 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
     relative to the original images (e.g. 0.5 for images already preprocessed at scale 0.5).
     preprocessing: repeat the model's training preprocessing (vignette removal, background
     flattening). refine: outline refinement, one of :data:`~.refine.REFINEMENTS` (None or
-    "auto": the one the model chose on its validation images). Files that cannot be read are skipped and named in the summary; the step
-    raises :class:`SegmentFailed` at the end if there were any.
+    "auto": the one the model chose on its validation images). pyramid: factors of the model's
+    scale to predict at and merge (:mod:`.pyramid`), e.g. "1,2,4"; "none" = one level; None
+    or "auto": the model's choice. Files that cannot be read are skipped and named in the
+    summary; the step raises :class:`SegmentFailed` at the end if there were any.
     """
     start = time.perf_counter()
     model, images, out = Path(model), Path(images), Path(out)
@@ -370,6 +470,12 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
             refine = check_refinement(refine)
         except ValueError as exc:
             raise OrgasegError(f"{exc} (or auto)") from None
+    from .pyramid import parse_pyramid
+
+    try:
+        levels = parse_pyramid(pyramid)
+    except ValueError as exc:
+        raise OrgasegError(str(exc)) from None
     stems, input_folder = input_images(images)
     jobs = list(stems.items())
     info = check_model_folder(model)  # before anything is written; no TensorFlow yet
@@ -378,7 +484,8 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
     arguments = {"model": model, "images": images, "out": out,
                  "n_tiles": list(n_tiles) if n_tiles else None, "prob_thresh": prob_thresh,
                  "nms_thresh": nms_thresh, "image_scale": float(image_scale),
-                 "preprocessing": bool(preprocessing), "refine": refine, "overwrite": overwrite}
+                 "preprocessing": bool(preprocessing), "refine": refine,
+                 "pyramid": list(levels) if levels else "auto", "overwrite": overwrite}
     with step_run("segment", out, arguments, overwrite=overwrite, inputs=[input_folder, model]) as record:
         result = SegmentResult(out=out, model=model, thresholds=thresholds)
         loaded = load_model(model)  # once for all images
@@ -389,7 +496,7 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
                 image = read_image(path)
                 seg = segment_array(image, loaded, image_scale=image_scale, n_tiles=n_tiles,
                                     prob_thresh=thresholds["prob"], nms_thresh=thresholds["nms"],
-                                    preprocessing=preprocessing, refine=refine)
+                                    preprocessing=preprocessing, refine=refine, pyramid=levels)
             except Exception as exc:  # one bad file must not stop the others; reported below
                 message = str(exc) if isinstance(exc, InputFileError) else f"{path}: {type(exc).__name__}: {exc}"
                 log.error("skipped %s", message)
@@ -405,7 +512,7 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
             result.objects[path.name] = seg.n_objects
             per_image[path.name] = {"objects": seg.n_objects, "shape": list(labels.shape),
                                     "model_shape": list(seg.model_shape), "n_tiles": list(seg.n_tiles),
-                                    "refinement": seg.refinement,
+                                    "refinement": seg.refinement, "pyramid": list(seg.pyramid),
                                     "seconds": round(seconds, 3)}
             log.info("%s: %d objects (%dx%d px, network input %dx%d in %dx%d tiles, %.1f s) -> %s",
                      path, seg.n_objects, labels.shape[0], labels.shape[1], seg.model_shape[0],

@@ -46,8 +46,14 @@ import pandas as pd
 
 from ..common.errors import InputFileError, OrgasegError
 from ..common.images import list_images, pair_by_stem, read_image, read_labels, to_grey
-from ..common.outputs import RUN_RECORD_NAME, package_versions, step_run, write_csv, write_json
 from ..common.labels import rescale_labels
+from ..common.outputs import (
+    RUN_RECORD_NAME,
+    package_versions,
+    step_run,
+    write_csv,
+    write_json,
+)
 from ..common.resample import output_length, rescale_image
 from .augment import Augmenter
 from .model import (
@@ -56,7 +62,6 @@ from .model import (
     MODEL_KIND,
     ORGASEG_MODEL_JSON,
     as_pair,
-    auto_n_tiles,
     check_init_compatible,
     check_percentiles,
     check_stardist_folder,
@@ -65,8 +70,15 @@ from .model import (
     quiet_stardist,
     read_json_file,
 )
+from .pyramid import PyramidChoice, choose_pyramid, parse_pyramid
 from .refine import REFINEMENTS, check_refinement, refine_labels
-from .sizing import MIN_DIAMETER, choose_patch, choose_resize, object_diameters, receptive_field
+from .sizing import (
+    MIN_DIAMETER,
+    choose_patch,
+    choose_resize,
+    object_diameters,
+    receptive_field,
+)
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +308,7 @@ class TrainSegmentationResult:
     resize: dict[str, Any] = field(default_factory=dict)
     refinement: str = "none"
     refinement_scores: dict[str, float] = field(default_factory=dict)
+    pyramid: dict[str, Any] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds_training: float = 0.0
@@ -316,6 +329,8 @@ class TrainSegmentationResult:
                  f"NMS {self.thresholds.get('nms', float('nan')):.2f}",
                  f"  outlines: {self.refinement} (validation mean F1 over IoU 0.5-0.9: "
                  + ", ".join(f"{k} {v:.3f}" for k, v in self.refinement_scores.items()) + ")",
+                 f"  pyramid: {', '.join(f'{m:g}x' for m in self.pyramid.get('levels', [1.0]))} the model "
+                 f"scale ({self.pyramid.get('reason', '')})",
                  "  validation:"]
         for key, m in self.metrics.items():
             lines.append(f"    IoU {key}: precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
@@ -483,25 +498,28 @@ def _quiet_progress(keras_model) -> None:
     keras_model.fit = fit_quietly
 
 
-def validation_segmentations(model, images: Sequence[np.ndarray], greys: Sequence[np.ndarray],
-                             shapes: Sequence[tuple[int, int]], methods: Sequence[str]
-                             ) -> dict[str, list[np.ndarray]]:
-    """The validation images segmented with each outline refinement in ``methods``.
+def validation_segmentations(model, greys: Sequence[np.ndarray], factor: float,
+                             pyramids: Sequence[tuple[float, ...]], methods: Sequence[str],
+                             percentiles: Sequence[float]) -> dict[tuple, list[np.ndarray]]:
+    """The validation images segmented with each pyramid and outline refinement.
 
-    images: network inputs (resized, normalised); greys: the normalised images at the size of
-    their masks (``shapes``), where the refinements work. Returns method -> label images at
-    the masks' size. One network prediction per image serves every method.
+    greys: the validation grey images at the size of their masks (not normalised); factor: the
+    model's input size relative to them (the resize). Returns (pyramid, method) -> label images
+    at the masks' size, predicted the way ``segment`` does (:func:`~.predict.predict_pyramid`).
+    One network prediction per image and pyramid serves every method.
     """
-    from .predict import upscale_labels
+    from .predict import predict_pyramid
 
-    out: dict[str, list[np.ndarray]] = {m: [] for m in methods}
-    for x, grey, shape in zip(images, greys, shapes):
-        with quiet_stardist():
-            (small, _), (prob, _) = model.predict_instances(
-                x, n_tiles=auto_n_tiles(x.shape), show_tile_progress=False, return_predict=True)
-        labels = upscale_labels(small, tuple(shape))
-        for method in methods:
-            out[method].append(refine_labels(method, labels, grey=grey, prob=prob))
+    out: dict[tuple, list[np.ndarray]] = {(p, m): [] for p in pyramids for m in methods}
+    for grey in greys:
+        grey = np.asarray(grey, dtype=np.float32)
+        normalised = normalize_image(grey, percentiles) if "edges" in methods else None
+        for levels in pyramids:
+            found = predict_pyramid(model, grey, factor, levels, percentiles, grey.shape,
+                                    want_prob="probability" in methods)
+            for method in methods:
+                out[(levels, method)].append(
+                    refine_labels(method, found.labels, grey=normalised, prob=found.prob))
     return out
 
 
@@ -510,7 +528,7 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
                        max_minutes: float | None = None, batch_size: int = 4,
                        patch_size: int | tuple[int, int] | None = None, resize: float | str | None = "auto",
                        n_rays: int = 32, grid: tuple[int, int] = (2, 2), learning_rate: float = 3e-4,
-                       augment: bool = True, refine: str = "auto",
+                       augment: bool = True, refine: str = "auto", pyramid: str | Sequence[float] = "auto",
                        norm_percentiles: tuple[float, float] = DEFAULT_NORM_PERCENTILES,
                        seed: int = 0, init_model: Path | None = None, scale: float | None = None,
                        overwrite: bool = False) -> TrainSegmentationResult:
@@ -529,7 +547,10 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
     learning_rate: Adam's; halved when the validation loss stalls (epochs // 4 epochs, at most
     10). augment: flips, rotations, scale jitter, brightness, contrast, gamma, blur, noise
     (:class:`~.augment.Augmenter`). refine: outline refinement stored in the model ("auto": the
-    best of :data:`~.refine.REFINEMENTS` by validation mean F1 over IoU 0.5-0.9).
+    best of :data:`~.refine.REFINEMENTS` by validation mean F1 over IoU 0.5-0.9). pyramid:
+    factors of the model's scale the model is trained and applied at (:mod:`.pyramid`; "auto":
+    chosen from the small objects' size, then kept only if it beats one level on the
+    validation images; "none": one level; e.g. "1,2,4": these).
     norm_percentiles: (low, high) of the per-image normalisation. seed: numpy, random,
     TensorFlow and augmentation. init_model: a local model folder (StarDist config + weights)
     to start from (same n_rays, grid and channels; never downloaded). scale: pixel scale of the
@@ -560,6 +581,10 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
             refine_key = check_refinement(refine_key)
         except ValueError as exc:
             raise OrgasegError(f"{exc} (or auto)") from None
+    try:
+        pyramid_given = parse_pyramid(pyramid)
+    except ValueError as exc:
+        raise OrgasegError(str(exc)) from None
     if not data.is_dir():
         raise InputFileError(data, "data folder does not exist or is not a folder")
 
@@ -608,6 +633,15 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
                f"under {MIN_DIAMETER:g} px across at resize {resize_factor:g}: the smallest organoids will be hard to find")
         log.warning(msg)
         warnings_out.append(msg)
+    if pyramid_given is None:
+        pyramid_choice = choose_pyramid(diameters, resize_factor)
+        pyramid_info = pyramid_choice.as_dict()
+        pyramid_info["chosen"] = "auto"
+    else:
+        pyramid_info = PyramidChoice(pyramid_given, "given").as_dict()
+        pyramid_info["chosen"] = "given"
+    levels = tuple(pyramid_info["levels"])
+    log.info("pyramid %s: %s", ", ".join(f"{m:g}x" for m in levels), pyramid_info["reason"])
     # the sizes resize_split will give (rescale_image's rounding)
     resized_shapes = [(output_length(h, resize_factor), output_length(w, resize_factor))
                       for h, w in train.shapes + val.shapes]
@@ -652,6 +686,7 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
                  "patch_size": list(patch_size) if isinstance(patch_size, (tuple, list)) else patch_size,
                  "resize": resize, "n_rays": int(n_rays), "grid": list(grid),
                  "learning_rate": float(learning_rate), "augment": bool(augment), "refine": refine_key,
+                 "pyramid": list(pyramid_given) if pyramid_given else "auto",
                  "norm_percentiles": list(percentiles), "seed": int(seed),
                  "init_model": init_model, "scale": scale, "overwrite": overwrite}
     with step_run("train-segmentation", model_out, arguments, overwrite=overwrite,
@@ -670,6 +705,20 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
         val_images, Yv = resize_split(val, resize_factor)
         X = [normalize_image(g, percentiles) for g in train_images]
         Xv = [normalize_image(g, percentiles) for g in val_images]
+        # The finer pyramid levels: the same images enlarged, so the network learns the small
+        # objects at a size it can see; their validation images count in the validation loss.
+        # The thresholds are optimised on the first level (Xv, Yv).
+        X_fit, Y_fit, Xv_fit, Yv_fit = list(X), list(Y), list(Xv), list(Yv)
+        for m in levels[1:]:
+            more, more_masks = resize_split(train, resize_factor * m)
+            X_fit += [normalize_image(g, percentiles) for g in more]
+            Y_fit += more_masks
+            more, more_masks = resize_split(val, resize_factor * m)
+            Xv_fit += [normalize_image(g, percentiles) for g in more]
+            Yv_fit += more_masks
+        if len(levels) > 1:
+            log.info("training images at %s the model scale: %d images, %.1f Mpx",
+                     ", ".join(f"{m:g}x" for m in levels), len(X_fit), sum(x.size for x in X_fit) / 1e6)
 
         models = import_stardist()
         import tensorflow as tf
@@ -721,7 +770,7 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
         # In a terminal Keras shows its progress bar on stdout; elsewhere StarDist's prints go
         # to the debug log.
         with contextlib.nullcontext() if sys.stdout.isatty() else quiet_stardist():
-            model.train(X, Y, validation_data=(Xv, Yv), augmenter=augmenter, seed=int(seed),
+            model.train(X_fit, Y_fit, validation_data=(Xv_fit, Yv_fit), augmenter=augmenter, seed=int(seed),
                         epochs=epochs, steps_per_epoch=steps_per_epoch)
         result.seconds_training = time.perf_counter() - t0
         result.epochs_run = len(history)
@@ -743,17 +792,31 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
         # The masks as annotated, at the data's size (holes are not filled here): the report
         # measures what users see, the way segment returns it.
         truths = [read_labels(mask_path) for _, mask_path in val.files]
-        greys = Xv if resize_factor == 1.0 else [normalize_image(g, percentiles) for g in val.images]
         methods = list(REFINEMENTS) if refine_key == "auto" else [refine_key]
-        preds = validation_segmentations(model, Xv, greys, [t.shape for t in truths], methods)
-        tables = {m: segmentation_metrics(truths, preds[m], thresholds=DEFAULT_THRESHOLDS)
-                  for m in methods}
-        result.refinement_scores = {m: round(mean_f1(tables[m]), 4) for m in methods}
-        # ties go to the simpler method (REFINEMENTS is ordered from simple to elaborate)
-        result.refinement = max(methods, key=lambda m: (result.refinement_scores[m], -methods.index(m)))
-        for m in methods:
-            log.info("outlines %s: validation mean F1 over IoU 0.5-0.9 %.3f%s", m,
-                     result.refinement_scores[m], " (chosen)" if m == result.refinement else "")
+        # "auto" compares the pyramid with one level; a given pyramid is used as it is
+        pyramids = [(1.0,), levels] if (pyramid_given is None and len(levels) > 1) else [levels]
+        preds = validation_segmentations(model, list(val.images), resize_factor, pyramids, methods,
+                                         percentiles)
+        all_tables = {key: segmentation_metrics(truths, found, thresholds=DEFAULT_THRESHOLDS)
+                      for key, found in preds.items()}
+        scores = {key: round(mean_f1(table), 4) for key, table in all_tables.items()}
+        # ties go to one level, then to the simpler method (REFINEMENTS: simple to elaborate)
+        best_levels, result.refinement = max(
+            scores, key=lambda k: (scores[k], -pyramids.index(k[0]), -methods.index(k[1])))
+        tables = {m: all_tables[(best_levels, m)] for m in methods}
+        result.refinement_scores = {m: scores[(best_levels, m)] for m in methods}
+        pyramid_info["levels"] = list(best_levels)
+        pyramid_info["scores"] = {",".join(f"{v:g}" for v in p): max(scores[(p, m)] for m in methods)
+                                  for p in pyramids}
+        if len(pyramids) > 1:
+            pyramid_info["reason"] += ("; kept: it beat one level on the validation images"
+                                       if len(best_levels) > 1 else
+                                       "; dropped: one level was as good on the validation images")
+        result.pyramid = pyramid_info
+        for (p, m), score in scores.items():
+            log.info("pyramid %s, outlines %s: validation mean F1 over IoU 0.5-0.9 %.3f%s",
+                     ",".join(f"{v:g}" for v in p), m, score,
+                     " (chosen)" if (p, m) == (best_levels, result.refinement) else "")
         table = tables[result.refinement]
         seconds_validation = time.perf_counter() - t2
         result.metrics = _metrics_at(table, REPORT_THRESHOLDS)
@@ -764,6 +827,7 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
                                  "scores": result.refinement_scores,
                                  "metrics": {m: _metrics_at(tables[m], REPORT_THRESHOLDS) for m in methods}},
                   "resize": resize_info,
+                  "pyramid": pyramid_info,
                   "training": {"epochs_run": result.epochs_run, "stopped": result.stopped or None,
                                "seconds": round(result.seconds_training, 1)},
                   "definition": "pooled over the validation images at their size in the split; "
@@ -794,6 +858,7 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
             "thresholds": result.thresholds,
             "refinement": result.refinement,
             "refinement_scores": result.refinement_scores,
+            "pyramid": pyramid_info,
             "training": {k: (str(v) if isinstance(v, Path) else v) for k, v in arguments.items()},
             "budget": budget,
             "epochs_run": result.epochs_run,
@@ -815,7 +880,7 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
                               n_val_objects=result.n_val_objects, patch_size=list(patch),
                               scale=model_scale, resize=resize_info, epochs_run=result.epochs_run,
                               stopped=result.stopped or None, refinement=result.refinement,
-                              refinement_scores=result.refinement_scores,
+                              refinement_scores=result.refinement_scores, pyramid=pyramid_info,
                               thresholds=result.thresholds, validation=result.metrics,
                               timings_s=timings, warnings=warnings_out)
     return result

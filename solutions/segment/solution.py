@@ -15,7 +15,8 @@ def run():
     run_step(lambda: steps.segment(
         args.model, args.images, args.out, n_tiles=args.n_tiles, prob_thresh=args.prob_thresh,
         nms_thresh=args.nms_thresh, image_scale=args.image_scale,
-        preprocessing=args.preprocessing, refine=args.refine, overwrite=args.overwrite))
+        preprocessing=args.preprocessing, refine=args.refine, pyramid=args.pyramid,
+        overwrite=args.overwrite))
 
 
 def pre_test():
@@ -69,7 +70,7 @@ def test():
 setup(
     group="orgaseg",
     name="segment",
-    version="0.3.0",
+    version="0.4.0",
     album_api_version="0.7.3",
     title="Segment organoids with a trained StarDist model",
     description=(
@@ -82,7 +83,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.3.0 (the source "
+                 "classification for brightfield microscopy, version 0.4.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},
@@ -122,6 +123,11 @@ setup(
                         "'probability' (grown into the model's organoid probability map) or "
                         "'edges' (moved onto the image's edges at full resolution, taking in "
                         "buds)."},
+        {"name": "pyramid", "type": "string", "default": "auto",
+         "description": "For organoids of very different sizes: segment at these factors of the "
+                        "model's scale, e.g. '1,2,4', and keep each organoid from the scale where "
+                        "it is best seen (small ones at the finer scales). 'auto': what the model "
+                        "chose on its validation images; 'none': one scale."},
         {"name": "overwrite", "type": "boolean", "default": False,
          "description": "Allow writing into an output folder that already holds files "
                         "(True/False); files of the same name are replaced."},

@@ -17,8 +17,9 @@ def run():
         steps_per_epoch=args.steps_per_epoch, early_stopping=args.early_stopping,
         max_minutes=args.max_minutes, batch_size=args.batch_size, patch_size=args.patch_size,
         resize=args.resize, n_rays=args.n_rays, grid=args.grid, learning_rate=args.learning_rate,
-        augment=args.augment, refine=args.refine, norm_low=args.norm_low, norm_high=args.norm_high,
-        seed=args.seed, init_model=args.init_model, scale=args.scale, overwrite=args.overwrite))
+        augment=args.augment, refine=args.refine, pyramid=args.pyramid, norm_low=args.norm_low,
+        norm_high=args.norm_high, seed=args.seed, init_model=args.init_model, scale=args.scale,
+        overwrite=args.overwrite))
 
 
 def pre_test():
@@ -65,7 +66,7 @@ def test():
 setup(
     group="orgaseg",
     name="train-segmentation",
-    version="0.3.0",
+    version="0.4.0",
     album_api_version="0.7.3",
     title="Train a StarDist organoid segmentation model",
     description=(
@@ -79,7 +80,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.3.0 (the source "
+                 "classification for brightfield microscopy, version 0.4.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},
@@ -139,6 +140,13 @@ setup(
         {"name": "refine", "type": "string", "default": "auto",
          "description": "Outline refinement stored in the model: 'auto' (the best of none, "
                         "probability and edges on the validation images), or one of them."},
+        {"name": "pyramid", "type": "string", "default": "auto",
+         "description": "For organoids of very different sizes: train and segment at several "
+                        "scales, given as factors of the model's scale, e.g. '1,2,4' (small "
+                        "organoids are found at the finer scales, each organoid is kept from "
+                        "the scale where it is at least 16 px across). 'auto': chosen from the "
+                        "size of the small organoids and kept only if it does better than one "
+                        "scale on the validation images; 'none': one scale."},
         {"name": "norm-low", "type": "float", "default": 1.0,
          "description": "Lower percentile of the per-image intensity normalisation (0-100)."},
         {"name": "norm-high", "type": "float", "default": 99.8,

@@ -1,0 +1,187 @@
+"""Organoids across a 100x range of sizes: one model applied at several scales (an image pyramid).
+
+A StarDist model sees objects well within a band of sizes: large ones must fit its receptive
+field (:mod:`.sizing` shrinks the data until they do), small ones need a few cells of its output
+grid. Real organoid images hold both: in GOAT's lung image most organoids are 6-20 px across at
+full resolution, in its intestinal images up to 470 px; at the scale where the large ones fit,
+the small ones are 2-6 px and vanish. So the model is trained on its data at the chosen scale
+*and* at 2x and 4x that scale (the levels of the pyramid), and ``segment`` predicts at every
+level and keeps each object from the level where it is seen best:
+
+* level factors ``m_0 = 1 < m_1 = 2 < ...`` multiply the model's scale; the coarsest level
+  (``m_0``) has the widest view, the finer ones enlarge the small objects;
+* an object found at level ``i`` with equivalent diameter ``d`` (px at that level) is taken
+  from there when it is at least :data:`MIN_LEVEL_DIAMETER` px across (or ``i`` is the finest
+  level) and when, at the next coarser level, it would have been smaller than that (or ``i`` is
+  the coarsest): the coarsest level at which it is comfortably large. Fragments of a large
+  organoid found at a fine level are large themselves and are dropped there;
+* objects still overlapping after that (two levels found the same organoid near a band edge)
+  are settled by probability: the more probable object keeps its pixels, the other is dropped
+  when more than :data:`MAX_OVERLAP` of its area is taken.
+
+:func:`choose_pyramid` picks the levels from the training objects' sizes; ``train-segmentation``
+then compares one level against the pyramid on the validation images and stores the better one
+in the model. Everything here is numpy/scipy; the network calls live in ``predict``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+#: An object is "comfortably large" for StarDist's 2x2 output grid from this diameter (px at the
+#: network input) on: 8 x 8 grid cells; below it outlines and detection degrade.
+MIN_LEVEL_DIAMETER = 16.0
+#: At most this many levels (1x, 2x, 4x the model's scale): each level costs 4x the pixels of
+#: the one before it.
+MAX_LEVELS = 3
+#: Never enlarge the data beyond this factor of its own resolution (adds pixels, not detail).
+MAX_ENLARGE = 2.0
+#: A candidate that loses more than this part of its area to more probable objects is dropped.
+MAX_OVERLAP = 0.5
+
+
+@dataclass
+class PyramidChoice:
+    """The levels (factors of the model's scale) and why."""
+
+    levels: tuple[float, ...]
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"levels": list(self.levels), "reason": self.reason,
+                "min_level_diameter_px": MIN_LEVEL_DIAMETER}
+
+
+def parse_pyramid(value) -> tuple[float, ...] | None:
+    """``"auto"``/None -> None (choose); ``"none"``/``"1"`` -> (1,); ``"1,2,4"`` or a sequence ->
+    those factors (increasing, the first 1, each more than the one before). ValueError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "auto"):
+            return None
+        if text in ("none", "off", "single"):
+            return (1.0,)
+        try:
+            factors = [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"pyramid must be 'auto', 'none' or factors like '1,2,4', got {value!r}") from None
+    else:
+        factors = [float(v) for v in value]
+    if (not factors or not all(math.isfinite(f) for f in factors) or factors[0] != 1.0
+            or any(b <= a for a, b in zip(factors, factors[1:]))):
+        raise ValueError(f"pyramid factors must start at 1 and increase (e.g. '1,2,4'), got {value!r}")
+    if len(factors) > MAX_LEVELS + 2 or factors[-1] > 16:
+        raise ValueError(f"pyramid {value!r} is too deep: at most {MAX_LEVELS + 2} levels up to 16x")
+    return tuple(factors)
+
+
+def choose_pyramid(diameters: np.ndarray, resize: float, *, min_diameter: float = MIN_LEVEL_DIAMETER,
+                   max_levels: int = MAX_LEVELS, max_enlarge: float = MAX_ENLARGE) -> PyramidChoice:
+    """Levels for training objects of these ``diameters`` (px of the training data) at ``resize``.
+
+    One level (1,) when the small objects (5th percentile) are at least ``min_diameter`` px at
+    the model's scale; otherwise factors 1, 2, 4, ... until they are, at most ``max_levels``
+    levels and never enlarging the data beyond ``max_enlarge`` x its own resolution.
+    """
+    d = np.asarray(diameters, dtype=np.float64)
+    if d.size == 0:
+        raise ValueError("no objects to choose pyramid levels from")
+    p5 = float(np.percentile(d, 5)) * float(resize)
+    levels = [1.0]
+    while (p5 * levels[-1] < min_diameter and len(levels) < max_levels
+           and resize * levels[-1] * 2 <= max_enlarge + 1e-9):
+        levels.append(levels[-1] * 2)
+    if len(levels) == 1:
+        if p5 >= min_diameter:
+            reason = (f"the small objects (5th percentile {p5:.1f} px at the model's scale) are at least "
+                      f"{min_diameter:g} px across: one level")
+        else:
+            reason = (f"the small objects are {p5:.1f} px at the model's scale, but enlarging beyond "
+                      f"{max_enlarge:g}x the data's resolution adds no detail: one level")
+    else:
+        reason = (f"the small objects (5th percentile {p5:.1f} px at the model's scale) are under "
+                  f"{min_diameter:g} px: also at {', '.join(f'{m:g}x' for m in levels[1:])} the scale "
+                  f"({p5 * levels[-1]:.1f} px at the finest)")
+    return PyramidChoice(levels=tuple(levels), reason=reason)
+
+
+def level_bands(levels: Sequence[float], min_diameter: float = MIN_LEVEL_DIAMETER
+                ) -> list[tuple[float, float]]:
+    """(low, high) equivalent diameter, in px at each level's own resolution, of the objects that
+    level is responsible for: at least ``min_diameter`` (none for the finest level) and smaller
+    than ``min_diameter`` at the next coarser level (no limit for the coarsest)."""
+    bands = []
+    for i, m in enumerate(levels):
+        low = 0.0 if i == len(levels) - 1 else min_diameter
+        high = math.inf if i == 0 else min_diameter * m / levels[i - 1]
+        bands.append((low, high))
+    return bands
+
+
+@dataclass
+class LevelObjects:
+    """The objects one level found, at the output resolution.
+
+    labels: (Y, X) ids 1..N (0 = background) resized to the output; probabilities[k]: object
+    k + 1's probability; diameters[k]: its equivalent diameter in px at the level's own
+    resolution (measured before resizing).
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    diameters: np.ndarray
+
+
+def merge_levels(found: Sequence[LevelObjects], levels: Sequence[float], *,
+                 min_diameter: float = MIN_LEVEL_DIAMETER, max_overlap: float = MAX_OVERLAP
+                 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """One label image from the objects of every level (see the module notes).
+
+    found[i]: what level ``levels[i]`` found, all at the same output shape. Returns (labels
+    uint32 with ids 1..K, origin) where ``origin[k]`` = (level index, that level's id) of
+    object k + 1. Objects are placed by decreasing probability; each keeps only pixels not
+    taken yet and is dropped when more than ``max_overlap`` of its area is taken. Linear in
+    pixels (one bounding-box pass per level) and objects.
+    """
+    if len(found) != len(levels) or not found:
+        raise ValueError("one LevelObjects per level is needed")
+    shape = found[0].labels.shape
+    bands = level_bands(levels, min_diameter)
+    candidates = []  # (probability, level, id, box)
+    for index, (objects, (low, high)) in enumerate(zip(found, bands)):
+        if objects.labels.shape != shape:
+            raise ValueError(f"level {index} labels {objects.labels.shape} differ from {shape}")
+        boxes = ndimage.find_objects(objects.labels)
+        for k, box in enumerate(boxes):
+            if box is None or k >= len(objects.diameters):
+                continue
+            if low <= float(objects.diameters[k]) < high:
+                candidates.append((float(objects.probabilities[k]), index, k + 1, box))
+    # most probable first; ties: the coarser level (wider view), then the id (deterministic)
+    candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
+    out = np.zeros(shape, dtype=np.uint32)
+    origin: list[tuple[int, int]] = []
+    for _, index, old, box in candidates:
+        mine = found[index].labels[box] == old
+        area = int(np.count_nonzero(mine))
+        if area == 0:
+            continue
+        free = mine & (out[box] == 0)
+        if area - int(np.count_nonzero(free)) > max_overlap * area:
+            continue
+        origin.append((index, old))
+        out[box][free] = len(origin)
+    return out, origin
+
+
+def equivalent_diameters(labels: np.ndarray, n: int) -> np.ndarray:
+    """Equivalent diameters ``2 sqrt(area / pi)`` (px) of objects 1..n of ``labels`` (0 if absent)."""
+    areas = np.bincount(np.asarray(labels).ravel().astype(np.int64, copy=False), minlength=n + 1)[1:n + 1]
+    return 2.0 * np.sqrt(areas / math.pi)
