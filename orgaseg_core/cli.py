@@ -187,7 +187,7 @@ def train_segmentation_cmd(
     learning_rate: float = typer.Option(3e-4, "--learning-rate", help="Initial learning rate (halved when the validation loss stalls)."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random flips, rotations, scale jitter, brightness, contrast, gamma, blur and noise of the training patches."),
     refine: str = typer.Option("auto", help="Outline refinement stored in the model: none, probability, edges, or auto (the best on the validation images)."),
-    pyramid: str = typer.Option("auto", help="Scales to train and predict at, as factors of the model's scale, e.g. 1,2,4 (small organoids are found at the finer ones); 'auto': chosen from the small organoids' size and kept only if better on the validation images; 'none': one scale."),
+    pyramid: str = typer.Option("auto", help="Scales to predict at, as factors of the model's scale, e.g. 1,2,4 (small organoids are found at the finer ones; the network is trained at one); 'auto': chosen from the small organoids' size and kept only if better on the validation images; 'none': one scale."),
     norm_low: float = typer.Option(1.0, "--norm-low", help="Lower percentile of the per-image intensity normalisation."),
     norm_high: float = typer.Option(99.8, "--norm-high", help="Upper percentile of the per-image intensity normalisation."),
     seed: int = typer.Option(0, help="Random seed (patches, augmentation, network initialisation)."),

@@ -186,7 +186,7 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
     organoids fit the network's field of view; 1: as given). ``grid``: StarDist output
     subsampling. ``augment``: flips, rotations, scale jitter, brightness, contrast, gamma,
     blur, noise. ``refine``: outline refinement ("auto": the best of none, probability, edges
-    on the validation images). ``pyramid``: scales to train and predict at, as factors of the
+    on the validation images). ``pyramid``: scales to predict at (the network trains at one), as factors of the
     model's scale ("auto": 1,2,4... when the small organoids are too small at the model's scale,
     kept only if better on the validation images; "none": one; "1,2,4": these).
     ``norm_low``/``norm_high``: percentiles of the per-image

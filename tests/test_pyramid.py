@@ -86,8 +86,21 @@ def test_merge_drops_duplicates_and_keeps_the_more_probable():
     found = [LevelObjects(a, np.array([0.7]), np.array([17.0])),
              LevelObjects(b, np.array([0.8, 0.5]), np.array([30.0, 14.0]))]
     labels, origin = merge_levels(found, (1.0, 2.0))
-    assert origin == [(1, 1), (1, 2)]  # the 1x copy lost most of its pixels: dropped
-    assert labels.max() == 2 and np.array_equal(labels == 1, b == 1)
+    assert origin == [(0, 1), (1, 2)]  # the 2x copy lost most of its pixels to the 1x one: dropped
+    assert labels.max() == 2 and np.array_equal(labels == 1, a == 1) and np.array_equal(labels == 2, b == 2)
+    # a small structure found at 2x inside a large organoid found at 1x is not a second organoid,
+    # even when the network is surer of it; a small organoid touching the large one keeps its pixels
+    big = np.zeros(shape, np.uint16)
+    big[_disc(shape, 50, 50, 30)] = 1
+    inner = np.zeros(shape, np.uint16)
+    inner[_disc(shape, 50, 50, 8)] = 1
+    inner[_disc(shape, 50, 86, 8)] = 2  # overlaps the large one by a sliver
+    found = [LevelObjects(big, np.array([0.5]), np.array([60.0])),
+             LevelObjects(inner, np.array([0.99, 0.9]), np.array([16.0, 16.0]))]
+    labels, origin = merge_levels(found, (1.0, 2.0))
+    assert origin == [(0, 1), (1, 2)]
+    assert np.array_equal(labels == 1, big == 1)
+    assert np.array_equal(labels == 2, (inner == 2) & (big == 0))
     with pytest.raises(ValueError):
         merge_levels(found[:1], (1.0, 2.0))
 

@@ -548,7 +548,8 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
     10). augment: flips, rotations, scale jitter, brightness, contrast, gamma, blur, noise
     (:class:`~.augment.Augmenter`). refine: outline refinement stored in the model ("auto": the
     best of :data:`~.refine.REFINEMENTS` by validation mean F1 over IoU 0.5-0.9). pyramid:
-    factors of the model's scale the model is trained and applied at (:mod:`.pyramid`; "auto":
+    factors of the model's scale that ``segment`` predicts at (:mod:`.pyramid`; the network is
+    trained at one scale, whose objects already span the sizes each level keeps; "auto":
     chosen from the small objects' size, then kept only if it beats one level on the
     validation images; "none": one level; e.g. "1,2,4": these).
     norm_percentiles: (low, high) of the per-image normalisation. seed: numpy, random,
@@ -705,20 +706,6 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
         val_images, Yv = resize_split(val, resize_factor)
         X = [normalize_image(g, percentiles) for g in train_images]
         Xv = [normalize_image(g, percentiles) for g in val_images]
-        # The finer pyramid levels: the same images enlarged, so the network learns the small
-        # objects at a size it can see; their validation images count in the validation loss.
-        # The thresholds are optimised on the first level (Xv, Yv).
-        X_fit, Y_fit, Xv_fit, Yv_fit = list(X), list(Y), list(Xv), list(Yv)
-        for m in levels[1:]:
-            more, more_masks = resize_split(train, resize_factor * m)
-            X_fit += [normalize_image(g, percentiles) for g in more]
-            Y_fit += more_masks
-            more, more_masks = resize_split(val, resize_factor * m)
-            Xv_fit += [normalize_image(g, percentiles) for g in more]
-            Yv_fit += more_masks
-        if len(levels) > 1:
-            log.info("training images at %s the model scale: %d images, %.1f Mpx",
-                     ", ".join(f"{m:g}x" for m in levels), len(X_fit), sum(x.size for x in X_fit) / 1e6)
 
         models = import_stardist()
         import tensorflow as tf
@@ -770,7 +757,7 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
         # In a terminal Keras shows its progress bar on stdout; elsewhere StarDist's prints go
         # to the debug log.
         with contextlib.nullcontext() if sys.stdout.isatty() else quiet_stardist():
-            model.train(X_fit, Y_fit, validation_data=(Xv_fit, Yv_fit), augmenter=augmenter, seed=int(seed),
+            model.train(X, Y, validation_data=(Xv, Yv), augmenter=augmenter, seed=int(seed),
                         epochs=epochs, steps_per_epoch=steps_per_epoch)
         result.seconds_training = time.perf_counter() - t0
         result.epochs_run = len(history)

@@ -141,7 +141,7 @@ setup(
          "description": "Outline refinement stored in the model: 'auto' (the best of none, "
                         "probability and edges on the validation images), or one of them."},
         {"name": "pyramid", "type": "string", "default": "auto",
-         "description": "For organoids of very different sizes: train and segment at several "
+         "description": "For organoids of very different sizes: segment at several "
                         "scales, given as factors of the model's scale, e.g. '1,2,4' (small "
                         "organoids are found at the finer scales, each organoid is kept from "
                         "the scale where it is at least 16 px across). 'auto': chosen from the "
