@@ -170,17 +170,28 @@ def main(argv: list[str] | None = None) -> int:
                   f"{one['f1']:.3f}, mean matched IoU {one['mean_matched_iou']:.3f}", flush=True)
         pred = by_method[chosen][-1]
         preds.append(pred)
-        levels = meta.get("pyramid", {}).get("levels", [1.0])
-        pyramid_label = ",".join(f"{v:g}" for v in levels)
-        by_pyramid.setdefault(f"chosen ({pyramid_label})", []).append(pred)
-        if len(levels) > 1:
-            seg = args.work / args.name / f"segmented-{held}-single"
-            run_step("segment", "--model", model, "--images", images[held][0], "--out", seg,
-                     "--refine", chosen, "--pyramid", "none", "--overwrite")
-            single = read_labels(seg / f"{held}.tif")
-        else:
-            single = pred
-        by_pyramid.setdefault("one scale", []).append(single)
+        # the model's pyramid choice against the other candidate on the same model (one scale
+        # against the pyramid its object sizes suggested), outlines as chosen
+        pyramid = meta.get("pyramid", {})
+        pyramid_label = ",".join(f"{v:g}" for v in pyramid.get("levels", [1.0]))
+        candidates = list(pyramid.get("scores", {}) or [pyramid_label])
+        if len(candidates) == 1:  # the objects suggested no pyramid: the same labels count as both
+            by_pyramid.setdefault("pyramid" if candidates[0] == "1" else "one scale", []).append(pred)
+        for candidate in candidates:
+            if candidate == pyramid_label:
+                found = pred
+            else:
+                seg = args.work / args.name / f"segmented-{held}-pyramid-{candidate.replace(',', '-')}"
+                run_step("segment", "--model", model, "--images", images[held][0], "--out", seg,
+                         "--refine", chosen, "--pyramid", candidate, "--overwrite")
+                found = read_labels(seg / f"{held}.tif")
+                write_overlay(images[held][0], seg / f"{held}.tif", seg / f"{held}_overlay.png")
+            by_pyramid.setdefault("one scale" if candidate == "1" else "pyramid", []).append(found)
+            one = segmentation_metrics([truth], [found], thresholds=THRESHOLDS).iloc[0]
+            print(f"  {held}, pyramid {candidate}{' (chosen)' if candidate == pyramid_label else ''}: "
+                  f"F1@0.5 {one['f1']:.3f}, {one['n_pred']} found, mean matched IoU "
+                  f"{one['mean_matched_iou']:.3f}", flush=True)
+        by_pyramid.setdefault("chosen on validation", []).append(pred)
         metrics = {round(m["threshold"], 2): m for m in
                    segmentation_metrics([truth], [pred], thresholds=THRESHOLDS).to_dict("records")}
         rows.append({"held_out": held, "outlines": chosen, "pyramid": pyramid_label, "resize": meta.get("resize", {}).get("factor"),
@@ -216,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         scales.append({"pyramid": name, "found": m[0.5]["n_pred"],
                        **{f"f1@{t}": m[t]["f1"] for t in THRESHOLDS},
                        "mean_matched_iou": m[0.5]["mean_matched_iou"]})
-    print("\nthe model's pyramid against one scale (same models, chosen outlines), pooled:")
+    print("\none scale against the pyramid (same models, chosen outlines; folds whose objects "
+          "suggested no pyramid count under both), pooled:")
     print(pd.DataFrame(scales).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for peer, f1 in PEERS.items():
         print(f"  peer: {peer}: F1@0.5 {f1:.2f} (3 of these images, issue 10)")

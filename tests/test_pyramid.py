@@ -32,6 +32,7 @@ def test_choose_pyramid_from_the_small_objects():
     # at resize 0.3 the small ones are 3 px: 2x and 4x (12 px), capped at 3 levels
     choice = choose_pyramid(small, 0.3)
     assert choice.levels == (1.0, 2.0, 4.0) and "under 16 px" in choice.reason
+    assert choice.as_dict()["level_diameters_px"] == {"min": 8.0, "max_fine": 32.0}
     # at resize 1 they are 10 px: one more level makes 20 px, but 2x the data's resolution
     # is the limit, so 1, 2 only
     assert choose_pyramid(small, 1.0).levels == (1.0, 2.0)
@@ -42,14 +43,16 @@ def test_choose_pyramid_from_the_small_objects():
         choose_pyramid(np.zeros(0), 1.0)
 
 
-def test_level_bands_tile_the_sizes():
-    bands = level_bands((1.0, 2.0, 4.0), 16.0)
-    assert bands == [(16.0, math.inf), (16.0, 32.0), (0.0, 32.0)]
+def test_level_bands_cover_every_size():
+    bands = level_bands(3, 8.0, 32.0)
+    assert bands == [(8.0, math.inf), (8.0, 32.0), (0.0, 32.0)]
     # an object D px across at the first level is D*2 at the second, D*4 at the third: every
-    # size above 0 is accepted at exactly one level
-    for d in (1.0, 3.9, 4.0, 7.9, 8.0, 15.9, 16.0, 300.0):
+    # size counts at one level at least (where two levels find it, the coarser one's copy wins)
+    for d in (0.5, 1.0, 3.9, 4.0, 7.9, 8.0, 15.9, 16.0, 300.0):
         accepted = [lo <= d * m < hi for m, (lo, hi) in zip((1, 2, 4), bands)]
-        assert sum(accepted) == 1, d
+        assert any(accepted), d
+    assert [lo <= 300 * m < hi for m, (lo, hi) in zip((1, 2, 4), bands)] == [True, False, False]
+    assert [lo <= 2 * m < hi for m, (lo, hi) in zip((1, 2, 4), bands)] == [False, False, True]
 
 
 def _disc(shape, cy, cx, r):
@@ -60,7 +63,8 @@ def _disc(shape, cy, cx, r):
 def test_merge_keeps_each_object_once_from_its_level():
     shape = (200, 200)
     big, tiny = _disc(shape, 80, 80, 40), _disc(shape, 170, 170, 5)
-    # level 1x (its own resolution is half the output's): the big one 40 px across, the tiny one 5 px
+    # level 1x (its own resolution is half the output's): the big one 40 px across, the tiny one
+    # 5 px (under 8: left to the finer level)
     coarse = np.zeros(shape, np.uint16)
     coarse[big], coarse[tiny] = 1, 2
     coarse_objects = LevelObjects(coarse, np.array([0.9, 0.6]), np.array([40.0, 5.0]))
@@ -71,7 +75,8 @@ def test_merge_keeps_each_object_once_from_its_level():
     fine[tiny] = 3
     fine_objects = LevelObjects(fine, np.array([0.95, 0.95, 0.7]), np.array([40.0, 40.0, 10.0]))
     labels, origin = merge_levels([coarse_objects, fine_objects], (1.0, 2.0))
-    assert origin == [(0, 1), (1, 3)]  # the big one from 1x, the tiny one from 2x, no fragments
+    # the big one from 1x, the tiny one from 2x; the fragments (40 px at 2x) do not count
+    assert origin == [(0, 1), (1, 3)]
     assert labels.dtype == np.uint32 and labels.max() == 2
     assert np.array_equal(labels == 1, big) and np.array_equal(labels == 2, tiny)
 
@@ -89,7 +94,8 @@ def test_merge_drops_duplicates_and_keeps_the_more_probable():
     assert origin == [(0, 1), (1, 2)]  # the 2x copy lost most of its pixels to the 1x one: dropped
     assert labels.max() == 2 and np.array_equal(labels == 1, a == 1) and np.array_equal(labels == 2, b == 2)
     # a small structure found at 2x inside a large organoid found at 1x is not a second organoid,
-    # even when the network is surer of it; a small organoid touching the large one keeps its pixels
+    # even when the network is surer of it; a small organoid touching the large one keeps its
+    # pixels
     big = np.zeros(shape, np.uint16)
     big[_disc(shape, 50, 50, 30)] = 1
     inner = np.zeros(shape, np.uint16)

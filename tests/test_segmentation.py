@@ -486,6 +486,33 @@ def test_segment_formats_and_scales(tiny, tmp_path, unchanged):
     check()
 
 
+def test_segment_with_an_image_pyramid(tiny, tmp_path, unchanged):
+    """--pyramid with a real network: every organoid once, from the level where it is at least
+    16 px across, the outputs as consistent as with one scale."""
+    data, model = tiny
+    meta = json.loads((model / "orgaseg_model.json").read_text())
+    assert meta["pyramid"]["levels"][0] == 1.0 and "1" in meta["pyramid"]["scores"]
+    rng = np.random.default_rng(11)
+    image, truth = disc_pair(rng, (192, 256), n=6, radius=(14, 24))
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "discs.tif"
+    tifffile.imwrite(path, image)
+    check = unchanged(path)
+    outs = {}
+    for pyramid in ("none", "1,2"):
+        out = outs[pyramid] = tmp_path / f"out-{pyramid}"
+        done = run_cli("segment", "--model", model, "--images", path, "--out", out, "--pyramid", pyramid)
+        assert done.returncode == 0, done.stderr[-3000:]
+        _check_outputs(out, "discs", (192, 256))
+        run = json.loads((out / "run.json").read_text())
+        assert run["results"]["images"]["discs.tif"]["pyramid"] == ([1.0] if pyramid == "none" else [1.0, 2.0])
+        f1 = segmentation_metrics([truth], [read_labels(out / "discs.tif")], thresholds=(0.5,)).loc[0, "f1"]
+        assert f1 >= 0.8, (pyramid, f1)  # no organoid found twice, none lost
+    done = run_cli("segment", "--model", model, "--images", path, "--out", tmp_path / "bad", "--pyramid", "2,4")
+    assert done.returncode != 0 and "pyramid" in done.stderr and not (tmp_path / "bad").exists()
+    check()
+
+
 def test_segment_folder_with_corrupt_file(tiny, tmp_path, unchanged, capsys):
     data, model = tiny
     inputs = tmp_path / "inputs"

@@ -11,15 +11,16 @@ object from the level where it lies in the well-seen part of that band:
 
 * level factors ``m_0 = 1 < m_1 = 2 < ...`` multiply the model's scale; the coarsest level
   (``m_0``) has the widest view, the finer ones enlarge the small objects;
-* an object found at level ``i`` with equivalent diameter ``d`` (px at that level) is taken
-  from there when it is at least :data:`MIN_LEVEL_DIAMETER` px across (or ``i`` is the finest
-  level) and when, at the next coarser level, it would have been smaller than that (or ``i`` is
-  the coarsest): the coarsest level at which it is comfortably large. Fragments of a large
-  organoid found at a fine level are large themselves and are dropped there;
-* objects still overlapping after that (two levels found the same organoid near a band edge,
-  or a fine level found a small structure inside a large organoid) are settled coarse level
-  first, then by probability: an object keeps only the pixels not taken yet and is dropped
-  when more than :data:`MAX_OVERLAP` of its area is taken.
+* an object found at level ``i`` with equivalent diameter ``d`` (px at that level) counts when
+  it is at least :data:`MIN_LEVEL_DIAMETER` px across (below that StarDist's 2x2 grid cannot
+  outline it; the finest level takes any size) and, at a finer level, under
+  :data:`MAX_FINE_DIAMETER` px (larger ones were the coarser level's to find; large objects at
+  an enlarged scale are mostly parts of organoids wider than the network sees);
+* the objects are placed coarse level first, by probability within a level: an object keeps
+  only the pixels not taken yet and is dropped when more than :data:`MAX_OVERLAP` of its area
+  is taken. So the same organoid found at two levels counts once, a small structure found at
+  a fine level inside a large organoid is not a second organoid, and a pyramid never loses an
+  object that one scale finds at 8 px or more: it only adds what the finer levels see.
 
 (Training on the enlarged images as well was tried and dropped: at 2x and 4x most training
 organoids are wider than the receptive field, and in the same 10 CPU minutes the network
@@ -39,9 +40,14 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-#: An object is "comfortably large" for StarDist's 2x2 output grid from this diameter (px at the
-#: network input) on: 8 x 8 grid cells; below it outlines and detection degrade.
-MIN_LEVEL_DIAMETER = 16.0
+#: Training organoids under this diameter (px at the model's scale; 8 x 8 cells of StarDist's
+#: 2x2 output grid) are small enough for a pyramid to be worth trying.
+COMFORTABLE_DIAMETER = 16.0
+#: Objects found at a level count from this diameter (px at that level; 4 x 4 grid cells) on,
+#: except at the finest level, which takes any size.
+MIN_LEVEL_DIAMETER = 8.0
+#: Finer levels add only objects under this diameter (px at that level).
+MAX_FINE_DIAMETER = 32.0
 #: At most this many levels (1x, 2x, 4x the model's scale): each level costs 4x the pixels of
 #: the one before it.
 MAX_LEVELS = 3
@@ -60,7 +66,7 @@ class PyramidChoice:
 
     def as_dict(self) -> dict:
         return {"levels": list(self.levels), "reason": self.reason,
-                "min_level_diameter_px": MIN_LEVEL_DIAMETER}
+                "level_diameters_px": {"min": MIN_LEVEL_DIAMETER, "max_fine": MAX_FINE_DIAMETER}}
 
 
 def parse_pyramid(value) -> tuple[float, ...] | None:
@@ -88,7 +94,7 @@ def parse_pyramid(value) -> tuple[float, ...] | None:
     return tuple(factors)
 
 
-def choose_pyramid(diameters: np.ndarray, resize: float, *, min_diameter: float = MIN_LEVEL_DIAMETER,
+def choose_pyramid(diameters: np.ndarray, resize: float, *, min_diameter: float = COMFORTABLE_DIAMETER,
                    max_levels: int = MAX_LEVELS, max_enlarge: float = MAX_ENLARGE) -> PyramidChoice:
     """Levels for training objects of these ``diameters`` (px of the training data) at ``resize``.
 
@@ -118,17 +124,13 @@ def choose_pyramid(diameters: np.ndarray, resize: float, *, min_diameter: float 
     return PyramidChoice(levels=tuple(levels), reason=reason)
 
 
-def level_bands(levels: Sequence[float], min_diameter: float = MIN_LEVEL_DIAMETER
-                ) -> list[tuple[float, float]]:
+def level_bands(n_levels: int, min_diameter: float = MIN_LEVEL_DIAMETER,
+                max_fine: float = MAX_FINE_DIAMETER) -> list[tuple[float, float]]:
     """(low, high) equivalent diameter, in px at each level's own resolution, of the objects that
-    level is responsible for: at least ``min_diameter`` (none for the finest level) and smaller
-    than ``min_diameter`` at the next coarser level (no limit for the coarsest)."""
-    bands = []
-    for i, m in enumerate(levels):
-        low = 0.0 if i == len(levels) - 1 else min_diameter
-        high = math.inf if i == 0 else min_diameter * m / levels[i - 1]
-        bands.append((low, high))
-    return bands
+    count at each of ``n_levels`` levels (coarse to fine): at least ``min_diameter`` (any size
+    at the finest level) and, at the finer levels, under ``max_fine``."""
+    return [(0.0 if i == n_levels - 1 else min_diameter, math.inf if i == 0 else max_fine)
+            for i in range(n_levels)]
 
 
 @dataclass
@@ -146,8 +148,8 @@ class LevelObjects:
 
 
 def merge_levels(found: Sequence[LevelObjects], levels: Sequence[float], *,
-                 min_diameter: float = MIN_LEVEL_DIAMETER, max_overlap: float = MAX_OVERLAP
-                 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+                 min_diameter: float = MIN_LEVEL_DIAMETER, max_fine: float = MAX_FINE_DIAMETER,
+                 max_overlap: float = MAX_OVERLAP) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """One label image from the objects of every level (see the module notes).
 
     found[i]: what level ``levels[i]`` found, all at the same output shape. Returns (labels
@@ -160,7 +162,7 @@ def merge_levels(found: Sequence[LevelObjects], levels: Sequence[float], *,
     if len(found) != len(levels) or not found:
         raise ValueError("one LevelObjects per level is needed")
     shape = found[0].labels.shape
-    bands = level_bands(levels, min_diameter)
+    bands = level_bands(len(levels), min_diameter, max_fine)
     candidates = []  # (probability, level, id, box)
     for index, (objects, (low, high)) in enumerate(zip(found, bands)):
         if objects.labels.shape != shape:

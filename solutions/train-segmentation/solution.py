@@ -144,9 +144,10 @@ setup(
          "description": "For organoids of very different sizes: segment at several "
                         "scales, given as factors of the model's scale, e.g. '1,2,4' (small "
                         "organoids are found at the finer scales, each organoid is kept from "
-                        "the scale where it is at least 16 px across). 'auto': chosen from the "
-                        "size of the small organoids and kept only if it does better than one "
-                        "scale on the validation images; 'none': one scale."},
+                        "the coarsest scale where it is at least 8 px across). 'auto': tried when "
+                        "the small organoids are under 16 px at the model's scale and kept only "
+                        "if it does better than one scale on the validation images; 'none': "
+                        "one scale."},
         {"name": "norm-low", "type": "float", "default": 1.0,
          "description": "Lower percentile of the per-image intensity normalisation (0-100)."},
         {"name": "norm-high", "type": "float", "default": 99.8,
