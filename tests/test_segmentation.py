@@ -394,6 +394,9 @@ def test_tiny_training_writes_a_complete_model(tiny):
     assert meta["training"]["epochs"] == 12 and meta["training"]["seed"] == 1
     assert "stardist" in meta["versions"] and "tensorflow-cpu" in meta["versions"]
     assert len(meta["history"]) == 12 and all("val_loss" in h for h in meta["history"])
+    # the lowest-loss or the last epoch's weights, whichever segments the validation images better
+    assert meta["weights"]["chosen"] in ("best", "last") and set(meta["weights"]["scores"]) == {"best", "last"}
+    assert meta["thresholds"] == meta["weights"]["thresholds"][meta["weights"]["chosen"]]
     thresholds = json.loads((model / "thresholds.json").read_text())
     assert 0 < thresholds["prob"] < 1 and 0 < thresholds["nms"] < 1
     assert meta["thresholds"] == pytest.approx(thresholds)
