@@ -11,11 +11,11 @@ from orgaseg_core.segmentation.predict import predict_pyramid
 from orgaseg_core.segmentation.pyramid import (
     LevelObjects,
     choose_pyramid,
-    equivalent_diameters,
     level_bands,
     merge_levels,
     parse_pyramid,
 )
+from orgaseg_core.segmentation.sizing import equivalent_diameters
 
 
 def test_parse_pyramid():

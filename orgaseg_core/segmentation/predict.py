@@ -99,28 +99,17 @@ def preprocessed_grey(image: np.ndarray, loaded: LoadedModel, *, preprocessing: 
     return grey
 
 
-def _network_input(grey: np.ndarray, loaded: LoadedModel, image_scale: float) -> tuple[np.ndarray, float]:
-    """A preprocessed grey image rescaled to the model's scale and normalised; see prepare_image."""
-    info = loaded.info
-    factor = info.scale / float(image_scale)
+def network_input(grey: np.ndarray, factor: float, percentiles: Sequence[float]) -> np.ndarray:
+    """A preprocessed grey image (Y, X) resized by ``factor`` and normalised with the model's
+    ``percentiles``: what the network is given (float32). Raises OrgasegError when nothing of
+    the image is left at that size."""
     small_shape = (output_length(grey.shape[0], factor), output_length(grey.shape[1], factor))
     height, width = grey.shape
     if small_shape != grey.shape:
         grey = rescale_image(grey, factor)
     if min(grey.shape) < 1:
         raise OrgasegError(f"image of {height}x{width} px is empty at the model's scale")
-    return normalize_image(grey, info.norm_percentiles), factor
-
-
-def prepare_image(image: np.ndarray, loaded: LoadedModel, *, image_scale: float = 1.0,
-                  preprocessing: bool = True) -> tuple[np.ndarray, float]:
-    """The network input for ``image``: grey, preprocessed, rescaled, normalised (float32).
-
-    Returns (array at model scale, factor) with factor = model scale / ``image_scale`` (the
-    size of the network input relative to ``image``).
-    """
-    return _network_input(preprocessed_grey(image, loaded, preprocessing=preprocessing), loaded,
-                          image_scale)
+    return normalize_image(grey, percentiles)
 
 
 def upscale_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -196,18 +185,14 @@ def predict_pyramid(model, grey: np.ndarray, factor: float, levels: Sequence[flo
     One level reproduces a plain StarDist prediction; several are merged by
     :func:`.pyramid.merge_levels`.
     """
-    from .pyramid import LevelObjects, equivalent_diameters, merge_levels
+    from .pyramid import LevelObjects, merge_levels
     from .refine import _resize_to
+    from .sizing import equivalent_diameters
 
     height, width = shape
     runs = []
     for index, m in enumerate(levels):
-        f = float(factor) * float(m)
-        small_shape = (output_length(grey.shape[0], f), output_length(grey.shape[1], f))
-        level_grey = grey if small_shape == grey.shape else rescale_image(grey, f)
-        if min(level_grey.shape) < 1:
-            raise OrgasegError(f"image of {grey.shape[0]}x{grey.shape[1]} px is empty at the model's scale")
-        x = normalize_image(level_grey, percentiles)
+        x = network_input(grey, float(factor) * float(m), percentiles)
         tiles = tuple(n_tiles) if (n_tiles is not None and index == 0) else auto_n_tiles(x.shape)
         with quiet_stardist():
             small, details = model.predict_instances(x, n_tiles=tiles, prob_thresh=prob_thresh,
@@ -216,14 +201,17 @@ def predict_pyramid(model, grey: np.ndarray, factor: float, levels: Sequence[flo
             # only in its dense mode, whose non-maximum suppression over every pixel takes
             # minutes on a large image.
             prob = model.predict(x, n_tiles=tiles, show_tile_progress=False)[0] if want_prob else None
-        runs.append((x.shape, tiles, small, details, prob))
+        # StarDist's label k is entry k - 1 of coord (n, 2, n_rays) and prob (n,)
+        coord = np.asarray(details.get("coord", np.zeros((0, 2, 0))), dtype=np.float64)
+        object_prob = np.asarray(details.get("prob", np.zeros(0)), dtype=np.float64)
+        runs.append((x.shape, tiles, small, coord, object_prob, prob))
     first_shape, first_tiles = runs[0][0], runs[0][1]
     prob_out = None
     if want_prob:
-        prob_out = np.maximum.reduce([_resize_to(np.asarray(r[4]), (height, width)) for r in runs])
+        prob_out = np.maximum.reduce([_resize_to(np.asarray(r[5]), (height, width)) for r in runs])
 
     if len(runs) == 1:
-        _, _, small, details, _ = runs[0]
+        _, _, small, coord, object_prob, _ = runs[0]
         # Renumber on the smaller of the two label images: enlarging keeps every object,
         # shrinking back (factor > 1) can lose tiny ones, so then renumber after resizing.
         if small.size <= height * width:
@@ -231,32 +219,23 @@ def predict_pyramid(model, grey: np.ndarray, factor: float, levels: Sequence[flo
             labels = upscale_labels(labels, (height, width))
         else:
             labels, id_map = relabel_consecutive(upscale_labels(small, (height, width)))
-        coord = np.asarray(details.get("coord", np.zeros((0, 2, 0))), dtype=np.float64)
-        object_prob = np.asarray(details.get("prob", np.zeros(0)), dtype=np.float64)
-        # StarDist's label k is details entry k - 1; objects hidden by others or lost when
-        # shrinking back have no pixels and are dropped with their polygons (id_map lists the
-        # survivors).
+        # Objects hidden by others or lost when shrinking back have no pixels and are dropped
+        # with their polygons (id_map lists the survivors).
         old_ids = np.array(sorted(id_map, key=id_map.get), dtype=np.int64)
         polygons = _polygons_at(coord, old_ids, small.shape, (height, width))
         probabilities = object_prob[old_ids - 1] if old_ids.size else np.zeros(0)
         return PyramidPrediction(labels, polygons, probabilities, first_shape, first_tiles, prob_out)
 
-    found_levels = []
-    for _, _, small, details, _ in runs:
-        object_prob = np.asarray(details.get("prob", np.zeros(0)), dtype=np.float64)
-        n = len(object_prob)
-        found_levels.append(LevelObjects(labels=upscale_labels(small, (height, width)),
-                                         probabilities=object_prob,
-                                         diameters=equivalent_diameters(small, n)))
+    found_levels = [LevelObjects(labels=upscale_labels(small, (height, width)), probabilities=object_prob,
+                                 diameters=equivalent_diameters(small, len(object_prob)))
+                    for _, _, small, _, object_prob, _ in runs]
     labels, origin = merge_levels(found_levels, levels)
-    polygons, probabilities = [], []
-    for index, run in enumerate(runs):
+    polygons = []  # per level: its id -> polygon, for the ids kept (one vectorised pass each)
+    for index, (_, _, small, coord, _, _) in enumerate(runs):
         ids = np.array([old for i, old in origin if i == index], dtype=np.int64)
-        coord = np.asarray(run[3].get("coord", np.zeros((0, 2, 0))), dtype=np.float64)
-        polygons.append(dict(zip(ids.tolist(), _polygons_at(coord, ids, run[2].shape, (height, width)))))
-        probabilities.append(np.asarray(run[3].get("prob", np.zeros(0)), dtype=np.float64))
+        polygons.append(dict(zip(ids.tolist(), _polygons_at(coord, ids, small.shape, (height, width)))))
     polygons_out = [polygons[index][old] for index, old in origin]
-    probabilities_out = np.array([probabilities[index][old - 1] for index, old in origin], dtype=np.float64)
+    probabilities_out = np.array([runs[index][4][old - 1] for index, old in origin], dtype=np.float64)
     log.debug("pyramid %s: %s objects per level kept", list(levels),
               [sum(1 for i, _ in origin if i == k) for k in range(len(levels))])
     return PyramidPrediction(labels, polygons_out, probabilities_out, first_shape, first_tiles, prob_out)

@@ -189,8 +189,3 @@ def merge_levels(found: Sequence[LevelObjects], levels: Sequence[float], *,
         out[box][free] = len(origin)
     return out, origin
 
-
-def equivalent_diameters(labels: np.ndarray, n: int) -> np.ndarray:
-    """Equivalent diameters ``2 sqrt(area / pi)`` (px) of objects 1..n of ``labels`` (0 if absent)."""
-    areas = np.bincount(np.asarray(labels).ravel().astype(np.int64, copy=False), minlength=n + 1)[1:n + 1]
-    return 2.0 * np.sqrt(areas / math.pi)

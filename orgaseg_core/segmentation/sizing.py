@@ -37,6 +37,13 @@ MAX_PATCH = 512
 DEFAULT_PATCH = 256
 
 
+def equivalent_diameters(labels: np.ndarray, n: int) -> np.ndarray:
+    """Equivalent diameters ``2 sqrt(area / pi)`` (px) of objects 1..n of ``labels``, indexed by
+    id - 1 (0 for an id without pixels). One bincount (linear in pixels)."""
+    areas = np.bincount(np.asarray(labels).ravel().astype(np.int64, copy=False), minlength=n + 1)[1:n + 1]
+    return 2.0 * np.sqrt(areas / math.pi)
+
+
 def object_diameters(masks: Sequence[np.ndarray]) -> np.ndarray:
     """Equivalent diameters ``2 * sqrt(area / pi)`` (px) of every object of every label image.
 
@@ -48,9 +55,8 @@ def object_diameters(masks: Sequence[np.ndarray]) -> np.ndarray:
         labels = np.asarray(labels)
         if labels.size == 0 or labels.max() <= 0:
             continue
-        areas = np.bincount(labels.ravel().astype(np.int64, copy=False))[1:]
-        areas = areas[areas > 0]
-        out.append(2.0 * np.sqrt(areas / math.pi))
+        d = equivalent_diameters(labels, int(labels.max()))
+        out.append(d[d > 0])
     return np.concatenate(out) if out else np.zeros(0)
 
 
