@@ -17,8 +17,8 @@ model and writes an outline overlay per image into ``WORK/unannotated/<folder>/o
         --tiles 1x1 --unannotated -- --epochs 80 --steps-per-epoch 25
     python benchmarks/bench_real_segmentation.py --work /tmp/real --name real --scale 0.5 \\
         --tiles 1x1 --unannotated -- --preset real --max-minutes 12
-    python benchmarks/bench_real_segmentation.py --work /tmp/real --name pyr --scale 1 \\
-        --tiles 1x1 --unannotated -- --preset real --max-minutes 7
+    python benchmarks/bench_real_segmentation.py --work /tmp/real --name v040 --scale 1 \\
+        --tiles 1x1 -- --preset real --max-minutes 8
 
 Each held-out image is segmented with every outline refinement (none, probability, edges);
 the main table uses the one the model chose on its validation image, a second table compares
@@ -86,6 +86,17 @@ def fold_data(work: Path, held: str, images: dict[str, tuple[Path, Path]], *, sc
     run_step("split", "--data", split.parent / "pre", "--out", split, "--mode", "segmentation",
              "--train", 0.75, "--val", 0.25, "--test", 0.0, "--seed", 0, "--overwrite")
     return split
+
+
+def scores(truths: list, preds: list) -> dict:
+    """Pooled figures of ``preds`` against ``truths``: objects, found, F1 at each of THRESHOLDS,
+    mean matched IoU (at IoU 0.5)."""
+    from orgaseg_core.segmentation.evaluation import segmentation_metrics
+
+    m = {round(r["threshold"], 2): r for r in
+         segmentation_metrics(truths, preds, thresholds=THRESHOLDS).to_dict("records")}
+    return {"objects": m[0.5]["n_true"], "found": m[0.5]["n_pred"],
+            **{f"f1@{t}": m[t]["f1"] for t in THRESHOLDS}, "mean_matched_iou": m[0.5]["mean_matched_iou"]}
 
 
 def write_overlay(image_path: Path, labels_path: Path, png: Path) -> None:
@@ -192,41 +203,22 @@ def main(argv: list[str] | None = None) -> int:
                   f"F1@0.5 {one['f1']:.3f}, {one['n_pred']} found, mean matched IoU "
                   f"{one['mean_matched_iou']:.3f}", flush=True)
         by_pyramid.setdefault("chosen on validation", []).append(pred)
-        metrics = {round(m["threshold"], 2): m for m in
-                   segmentation_metrics([truth], [pred], thresholds=THRESHOLDS).to_dict("records")}
-        rows.append({"held_out": held, "outlines": chosen, "pyramid": pyramid_label, "resize": meta.get("resize", {}).get("factor"),
-                     "model_scale": meta["scale"], "epochs": meta.get("epochs_run", len(meta["history"])),
-                     "objects": metrics[0.5]["n_true"], "found": metrics[0.5]["n_pred"],
-                     **{f"f1@{t}": metrics[t]["f1"] for t in THRESHOLDS},
-                     "mean_matched_iou": metrics[0.5]["mean_matched_iou"],
+        rows.append({"held_out": held, "outlines": chosen, "pyramid": pyramid_label,
+                     "resize": meta.get("resize", {}).get("factor"), "model_scale": meta["scale"],
+                     "epochs": meta.get("epochs_run", len(meta["history"])), **scores([truth], [pred]),
                      "training_min": meta["timings_s"]["total"] / 60, "run_min": t_train / 60})
         print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
-    pooled = {round(m["threshold"], 2): m for m in
-              segmentation_metrics(truths, preds, thresholds=THRESHOLDS).to_dict("records")}
-    rows.append({"held_out": "all (pooled)", "outlines": "chosen", "objects": pooled[0.5]["n_true"], "found": pooled[0.5]["n_pred"],
-                 **{f"f1@{t}": pooled[t]["f1"] for t in THRESHOLDS},
-                 "mean_matched_iou": pooled[0.5]["mean_matched_iou"],
+    rows.append({"held_out": "all (pooled)", "outlines": "chosen", **scores(truths, preds),
                  "training_min": sum(r["training_min"] for r in rows),
                  "run_min": sum(r["run_min"] for r in rows)})
     table = pd.DataFrame(rows)
     print(f"\nGOAT leave-one-image-out, {args.name}: preprocess --scale {args.scale:g} --tiles "
           f"{args.tiles}; train-segmentation {' '.join(args.train_args) or '(defaults)'}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    compare = []
-    for method, found in by_method.items():
-        m = {round(r["threshold"], 2): r for r in
-             segmentation_metrics(truths, found, thresholds=THRESHOLDS).to_dict("records")}
-        compare.append({"outlines": method, **{f"f1@{t}": m[t]["f1"] for t in THRESHOLDS},
-                        "mean_matched_iou": m[0.5]["mean_matched_iou"]})
+    compare = [{"outlines": method, **scores(truths, found)} for method, found in by_method.items()]
     print("\nevery outline refinement, pooled over the held-out images:")
     print(pd.DataFrame(compare).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    scales = []
-    for name, found in by_pyramid.items():
-        m = {round(r["threshold"], 2): r for r in
-             segmentation_metrics(truths, found, thresholds=THRESHOLDS).to_dict("records")}
-        scales.append({"pyramid": name, "found": m[0.5]["n_pred"],
-                       **{f"f1@{t}": m[t]["f1"] for t in THRESHOLDS},
-                       "mean_matched_iou": m[0.5]["mean_matched_iou"]})
+    scales = [{"pyramid": name, **scores(truths, found)} for name, found in by_pyramid.items()]
     print("\none scale against the pyramid (same models, chosen outlines; folds whose objects "
           "suggested no pyramid count under both), pooled:")
     print(pd.DataFrame(scales).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
