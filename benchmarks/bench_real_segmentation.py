@@ -19,6 +19,8 @@ model and writes an outline overlay per image into ``WORK/unannotated/<folder>/o
         --tiles 1x1 --unannotated -- --preset real --max-minutes 12
     python benchmarks/bench_real_segmentation.py --work /tmp/real --name v040 --scale 1 \\
         --tiles 1x1 -- --preset real --max-minutes 8
+    python benchmarks/bench_real_segmentation.py --work /tmp/real --name forest --scale 1 \\
+        --tiles 1x1 --unannotated -- --backend forest
 
 Each held-out image is segmented with every outline refinement (none, probability, edges);
 the main table uses the one the model chose on its validation image, a second table compares
@@ -165,14 +167,16 @@ def main(argv: list[str] | None = None) -> int:
         t_train = time.perf_counter() - t0
         meta = json.loads((model / "orgaseg_model.json").read_text())
         chosen = meta.get("refinement", "none")
+        # a pixel forest (--backend forest) has its own outlines and one scale
+        forest = meta.get("backend") == "forest"
         truth = read_labels(images[held][1])
         truths.append(truth)
         # every outline refinement on the held-out image; the table uses the one the model
         # chose on its validation image, the second table compares them all
-        for method in REFINEMENTS:
+        for method in ["none"] if forest else REFINEMENTS:
             seg = args.work / args.name / f"segmented-{held}-{method}"
             run_step("segment", "--model", model, "--images", images[held][0], "--out", seg,
-                     "--refine", method, "--overwrite")
+                     *([] if forest else ["--refine", method]), "--overwrite")
             pred = read_labels(seg / f"{held}.tif")
             by_method.setdefault(method, []).append(pred)
             write_overlay(images[held][0], seg / f"{held}.tif", seg / f"{held}_overlay.png")
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         by_pyramid.setdefault("chosen on validation", []).append(pred)
         rows.append({"held_out": held, "outlines": chosen, "pyramid": pyramid_label,
                      "resize": meta.get("resize", {}).get("factor"), "model_scale": meta["scale"],
-                     "epochs": meta.get("epochs_run", len(meta["history"])), **scores([truth], [pred]),
+                     "epochs": meta.get("epochs_run", len(meta.get("history", []))), **scores([truth], [pred]),
                      "training_min": meta["timings_s"]["total"] / 60, "run_min": t_train / 60})
         print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
     rows.append({"held_out": "all (pooled)", "outlines": "chosen", **scores(truths, preds),

@@ -1,4 +1,4 @@
-"""What a StarDist training budget reaches on held-out generated images (issue 3, README table).
+"""What a training budget (or the pixel forest) reaches on held-out generated images (issue 3, README table).
 
 The data are those of the quality test ``tests/test_segmentation_quality.py``: 36 example
 images of seed 0 (masks, preprocess with vignette removal, 2x2 tiles, scale 0.5, split), and 6
@@ -7,6 +7,7 @@ annotations. Every extra argument is passed to ``orgaseg train-segmentation``, s
 
     python benchmarks/bench_segmentation_budgets.py --work /tmp/budgets --name e100 -- --epochs 100
     python benchmarks/bench_segmentation_budgets.py --work /tmp/budgets --name rays64 -- --n-rays 64
+    python benchmarks/bench_segmentation_budgets.py --work /tmp/budgets --name forest -- --backend forest
 
 train the default settings for 100 epochs, or with 64 rays, on the same data (generated once in
 ``--work`` and reused) and print precision, recall, F1, AP and mean matched IoU at IoU 0.5, 0.7
@@ -80,10 +81,14 @@ def main(argv: list[str] | None = None) -> None:
     meta = json.loads((model / "orgaseg_model.json").read_text())
     training = meta["training"]
     print(f"run {args.name}: train-segmentation {' '.join(args.train_args) or '(defaults)'}")
-    print(f"  {training.get('epochs')} epochs x {training.get('steps_per_epoch')} steps, "
-          f"n_rays {meta['n_rays']}, patch {meta['patch_size']}: "
-          f"training {t_train / 60:.1f} min on this machine "
-          f"({meta['timings_s']['per_epoch']:.1f} s per epoch)")
+    if meta.get("backend") == "forest":
+        print(f"  pixel forest of {meta['forest']['n_trees']} trees at scale {meta['scale']:g}, regions "
+              f"{meta['regions']}: training {t_train / 60:.1f} min on this machine")
+    else:
+        print(f"  {training.get('epochs')} epochs x {training.get('steps_per_epoch')} steps, "
+              f"n_rays {meta['n_rays']}, patch {meta['patch_size']}: "
+              f"training {t_train / 60:.1f} min on this machine "
+              f"({meta['timings_s']['per_epoch']:.1f} s per epoch)")
     print(pd.DataFrame(metrics)[["threshold", "n_true", "n_pred", "tp", "precision", "recall", "f1",
                                  "ap", "mean_matched_iou"]]
           .to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -193,9 +193,11 @@ def train_segmentation_cmd(
     seed: int = typer.Option(0, help="Random seed (patches, augmentation, network initialisation)."),
     init_model: Optional[Path] = typer.Option(None, "--init-model", help="Local model folder to continue training from (same rays and grid)."),
     scale: Optional[float] = typer.Option(None, help="Pixel scale of the training images relative to the originals (default: read from the preprocess run, else 1)."),
+    backend: str = typer.Option("stardist", help="'stardist': a StarDist2D network (TensorFlow; the options above). 'forest': a random forest on multi-scale pixel features that finds organoid interiors and boundaries (CPU, seconds to minutes; takes --resize, --norm-low/--norm-high, --seed, --scale, --n-trees)."),
+    n_trees: int = typer.Option(100, "--n-trees", min=1, help="Trees of the pixel forest (--backend forest)."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
-    """Train a StarDist model on split image/mask pairs; choose thresholds and outlines; report validation quality."""
+    """Train a segmentation model (StarDist, or a pixel forest) on split image/mask pairs; choose thresholds and outlines; report validation quality."""
     result = steps.train_segmentation(data, model_out, preset=preset, epochs=epochs,
                                       steps_per_epoch=steps_per_epoch, early_stopping=early_stopping,
                                       max_minutes=max_minutes, batch_size=batch_size,
@@ -203,7 +205,7 @@ def train_segmentation_cmd(
                                       grid=grid, learning_rate=learning_rate, augment=augment,
                                       refine=refine, pyramid=pyramid, norm_low=norm_low, norm_high=norm_high,
                                       seed=seed, init_model=init_model, scale=scale,
-                                      overwrite=overwrite)
+                                      backend=backend, n_trees=n_trees, overwrite=overwrite)
     typer.echo(result.summary())
 
 

@@ -173,8 +173,12 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
                        learning_rate: float = 3e-4, augment: bool = True, refine: str = "auto",
                        pyramid: str = "auto", norm_low: float = 1.0, norm_high: float = 99.8, seed: int = 0,
                        init_model: PathLike | None = None, scale: float | str | None = None,
-                       overwrite: bool = False):
-    """Train a StarDist2D model on the split made by :func:`split` (mode segmentation).
+                       backend: str = "stardist", n_trees: int = 100, overwrite: bool = False):
+    """Train a segmentation model on the split made by :func:`split` (mode segmentation):
+    ``backend`` "stardist" (a StarDist2D network, TensorFlow; the options below) or "forest" (a
+    pixel random forest with boundary regions, :mod:`orgaseg_core.segmentation.forest`; seconds
+    to minutes on CPU; takes ``resize``, ``norm_low``/``norm_high``, ``seed``, ``scale``,
+    ``n_trees``, and refuses the network's options).
 
     ``data``: ``train/`` and ``val/`` with ``images/`` and ``masks/``. ``preset``: the training
     budget, "quick" (40 x 25 steps, the example data) or "real" (up to 400 x 50 steps, early
@@ -197,9 +201,40 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
     ``report.json``/``report.csv`` with validation precision, recall, F1 and AP at IoU
     0.5-0.9, TensorBoard logs). Imports TensorFlow. Returns a ``TrainSegmentationResult``.
     """
-    from .segmentation.train import train_segmentation as run
-
+    from .common.errors import OrgasegError
     from .common.params import parse_optional_int
+
+    backend = str(backend).strip().lower()
+    if backend not in ("stardist", "forest"):
+        raise OrgasegError(f"backend must be 'stardist' or 'forest', got {backend!r}")
+    if backend == "forest":
+        # compared after parsing, so "auto" (album, the CLI) counts as not given
+        auto = {None, "", "auto"}
+        network = {"preset": (str(preset).strip().lower(), "quick"),
+                   "epochs": (parse_optional_int(epochs, what="--epochs"), None),
+                   "steps_per_epoch": (parse_optional_int(steps_per_epoch, what="--steps-per-epoch"), None),
+                   "early_stopping": (parse_optional_int(early_stopping, what="--early-stopping"), None),
+                   "max_minutes": (_optional_float(max_minutes, "--max-minutes"), None),
+                   "batch_size": (batch_size, 4),
+                   "patch_size": (_optional_size(patch_size, "--patch-size"), None), "n_rays": (n_rays, 32),
+                   "learning_rate": (learning_rate, 3e-4), "augment": (augment, True),
+                   "refine": ("auto" if str(refine).strip().lower() in auto else refine, "auto"),
+                   "pyramid": ("auto" if str(pyramid).strip().lower() in auto else pyramid, "auto"),
+                   "init_model": (_path(init_model), None)}
+        given = [k for k, (value, default) in network.items() if value != default]
+        if _pair(grid, "--grid") != (2, 2):
+            given.append("grid")
+        if given:
+            raise OrgasegError("--backend forest trains no network: " + ", ".join(given)
+                               + " do(es) not apply to it")
+        from .segmentation.forest.train import train_forest
+
+        return train_forest(Path(data), Path(model_out), resize=resize, n_trees=n_trees,
+                            norm_percentiles=(norm_low, norm_high), seed=seed,
+                            scale=_optional_float(scale, "--scale"), overwrite=overwrite)
+    if n_trees != 100:
+        raise OrgasegError("--n-trees applies to --backend forest only")
+    from .segmentation.train import train_segmentation as run
 
     return run(Path(data), Path(model_out), preset=preset,
                epochs=parse_optional_int(epochs, what="--epochs"),
@@ -218,7 +253,9 @@ def segment(model: PathLike, images: PathLike, out: PathLike, *,
             nms_thresh: float | str | None = None, image_scale: float = 1.0,
             preprocessing: bool = True, refine: str | None = "auto", pyramid: str | None = "auto",
             overwrite: bool = False):
-    """Segment an image file or a folder of images of any size with a trained StarDist model.
+    """Segment an image file or a folder of images of any size with a trained model (StarDist, or a
+    pixel forest from ``train_segmentation(backend="forest")``: then leave ``n_tiles``,
+    ``prob_thresh``, ``nms_thresh``, ``refine`` and ``pyramid`` at their defaults).
 
     ``n_tiles``: predict in (rows, columns) tiles (None/"auto": tiles of at most 1024 px).
     ``prob_thresh``/``nms_thresh``: 0-1 (None/"auto": the values tuned in training).

@@ -29,7 +29,8 @@ RUN_RECORD_NAME = "run.json"
 # Packages whose versions go into every run record.
 _RECORDED_PACKAGES = (
     "orgaseg-core", "numpy", "scipy", "scikit-image", "tifffile", "pandas", "shapely",
-    "stardist", "csbdeep", "tensorflow-cpu", "tensorflow", "torch", "torchvision",
+    "stardist", "csbdeep", "tensorflow-cpu", "tensorflow", "torch", "torchvision", "scikit-learn",
+    "skops",
 )
 
 

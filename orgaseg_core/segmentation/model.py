@@ -204,6 +204,27 @@ def read_thresholds(folder: Path) -> dict[str, float]:
     return thresholds
 
 
+def model_kind(folder: Path) -> str | None:
+    """The ``kind`` in a folder's ``orgaseg_model.json`` (None when it has none or is not a
+    folder: :func:`check_model_folder` then says what is wrong). Which backend loads it:
+    :data:`MODEL_KIND` (StarDist) or the pixel forest's (:mod:`.forest.model`)."""
+    path = Path(folder) / ORGASEG_MODEL_JSON
+    if not path.is_file():
+        return None
+    meta = read_json_file(path, what="orgaseg model description")
+    return meta.get("kind") if isinstance(meta, dict) else None
+
+
+def check_segmentation_model(folder: Path):
+    """Check a model folder of either backend (StarDist or pixel forest) without loading it;
+    returns its :class:`ModelInfo` or :class:`~.forest.model.ForestInfo`."""
+    from .forest.model import FOREST_KIND, check_forest_folder
+
+    if model_kind(folder) == FOREST_KIND:
+        return check_forest_folder(folder)
+    return check_model_folder(folder)
+
+
 def check_model_folder(folder: Path) -> ModelInfo:
     """Check that ``folder`` is a complete orgaseg StarDist model; return its description.
 

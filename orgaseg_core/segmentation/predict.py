@@ -19,6 +19,11 @@ chose on its validation images, or the one asked for (:mod:`orgaseg_core.segment
 objects grown into StarDist's probability map or onto the image's edges at the input's
 resolution; the outlines written are then traced from the refined labels).
 
+A pixel-forest model (``train-segmentation --backend forest``, :mod:`.forest`) is segmented by
+:func:`~.forest.predict.segment_forest_array` instead (grey -> preprocessing -> model scale ->
+class probabilities in tiles -> regions), and the same files are written; its ``probability``
+is each object's mean foreground probability.
+
 Unreadable files are reported and skipped; the others are still written, and the step fails at
 the end naming them.
 """
@@ -50,7 +55,15 @@ from ..common.outputs import step_run, write_csv, write_tiff
 from ..common.params import parse_pair
 from ..common.resample import nearest_indices, output_length, rescale_image
 from ..qupath.geojson import make_feature, stable_object_id, write_feature_collection
-from .model import LoadedModel, auto_n_tiles, check_model_folder, load_model, normalize_image, quiet_stardist
+from .model import (
+    LoadedModel,
+    auto_n_tiles,
+    check_segmentation_model,
+    load_model,
+    model_kind,
+    normalize_image,
+    quiet_stardist,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +98,7 @@ class Segmentation:
 
     @property
     def n_objects(self) -> int:
-        return len(self.polygons)
+        return len(self.probabilities)
 
 
 def preprocessed_grey(image: np.ndarray, loaded: LoadedModel, *, preprocessing: bool = True) -> np.ndarray:
@@ -388,8 +401,10 @@ class SegmentResult:
     def summary(self) -> str:
         lines = [f"segment: {self.n_images} image(s), {self.n_objects} objects, written to {self.out} "
                  f"({self.seconds:.1f} s)",
-                 f"  model {self.model}: probability threshold {self.thresholds.get('prob', float('nan')):.3f}, "
-                 f"NMS threshold {self.thresholds.get('nms', float('nan')):.2f}",
+                 (f"  model {self.model}: probability threshold {self.thresholds['prob']:.3f}, "
+                  f"NMS threshold {self.thresholds['nms']:.2f}" if "prob" in self.thresholds else
+                  f"  model {self.model} (pixel forest): " + ", ".join(
+                      f"{k.replace('_', ' ')} {v:g}" for k, v in self.thresholds.items())),
                  "  per image: <stem>.tif (labels), <stem>.geojson (QuPath detections), "
                  "<stem>_objects.csv"]
         if self.failed:
@@ -418,9 +433,10 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
             prob_thresh: float | None = None, nms_thresh: float | None = None,
             image_scale: float = 1.0, preprocessing: bool = True, refine: str | None = "auto",
             pyramid: str | Sequence[float] | None = "auto", overwrite: bool = False) -> SegmentResult:
-    """Segment an image file or every image in a folder with a trained orgaseg StarDist model.
+    """Segment an image file or every image in a folder with a trained orgaseg model.
 
-    model: folder written by ``train-segmentation``. images: a file or a folder (not searched
+    model: folder written by ``train-segmentation`` (StarDist, or a pixel forest: then
+    n_tiles, prob_thresh, nms_thresh, refine and pyramid must be left unset/"auto"). images: a file or a folder (not searched
     recursively). out: output folder (see the module notes for what is written). n_tiles:
     (rows, cols) tiles at model scale, None = automatic (tiles of at most 1024 px). prob_thresh,
     nms_thresh: None = the model's optimised thresholds. image_scale: pixel scale of the inputs
@@ -457,9 +473,23 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
         raise OrgasegError(str(exc)) from None
     stems, input_folder = input_images(images)
     jobs = list(stems.items())
-    info = check_model_folder(model)  # before anything is written; no TensorFlow yet
-    thresholds = {"prob": prob_thresh if prob_thresh is not None else info.thresholds["prob"],
-                  "nms": nms_thresh if nms_thresh is not None else info.thresholds["nms"]}
+    from .forest.model import FOREST_KIND
+
+    forest = model_kind(model) == FOREST_KIND
+    if forest:
+        given = [name for name, value in (("prob_thresh", prob_thresh), ("nms_thresh", nms_thresh),
+                                          ("n_tiles", n_tiles), ("refine", refine), ("pyramid", levels))
+                 if value is not None]
+        if given:
+            raise OrgasegError(f"{model} is a pixel-forest model: {', '.join(given)} set(s) how a "
+                               "StarDist model segments and does not apply to it")
+    # before anything is written; no TensorFlow yet
+    info = check_segmentation_model(model)
+    if forest:
+        thresholds = dict(info.thresholds)
+    else:
+        thresholds = {"prob": prob_thresh if prob_thresh is not None else info.thresholds["prob"],
+                      "nms": nms_thresh if nms_thresh is not None else info.thresholds["nms"]}
     arguments = {"model": model, "images": images, "out": out,
                  "n_tiles": list(n_tiles) if n_tiles else None, "prob_thresh": prob_thresh,
                  "nms_thresh": nms_thresh, "image_scale": float(image_scale),
@@ -467,15 +497,25 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
                  "pyramid": list(levels) if levels else "auto", "overwrite": overwrite}
     with step_run("segment", out, arguments, overwrite=overwrite, inputs=[input_folder, model]) as record:
         result = SegmentResult(out=out, model=model, thresholds=thresholds)
-        loaded = load_model(model)  # once for all images
+        if forest:
+            from .forest.model import load_forest
+            from .forest.predict import segment_forest_array
+
+            loaded = load_forest(model)
+        else:
+            loaded = load_model(model)  # once for all images
         per_image = {}
         for stem, path in tqdm(jobs, desc="segment", unit="image", disable=None):
             t0 = time.perf_counter()
             try:
                 image = read_image(path)
-                seg = segment_array(image, loaded, image_scale=image_scale, n_tiles=n_tiles,
-                                    prob_thresh=thresholds["prob"], nms_thresh=thresholds["nms"],
-                                    preprocessing=preprocessing, refine=refine, pyramid=levels)
+                if forest:
+                    seg = segment_forest_array(image, loaded, image_scale=image_scale,
+                                               preprocessing=preprocessing)
+                else:
+                    seg = segment_array(image, loaded, image_scale=image_scale, n_tiles=n_tiles,
+                                        prob_thresh=thresholds["prob"], nms_thresh=thresholds["nms"],
+                                        preprocessing=preprocessing, refine=refine, pyramid=levels)
             except Exception as exc:  # one bad file must not stop the others; reported below
                 message = str(exc) if isinstance(exc, InputFileError) else f"{path}: {type(exc).__name__}: {exc}"
                 log.error("skipped %s", message)

@@ -101,12 +101,13 @@ def test():
 setup(
     group="orgaseg",
     name="analyze",
-    version="0.4.0",
+    version="0.5.0",
     album_api_version="0.7.3",
     title="Analyze new images: find, measure and classify every organoid",
     description=(
         "The whole inference pipeline in one run: finds every organoid in new brightfield images "
-        "with a model from orgaseg:train-segmentation, measures its shape and classifies it with "
+        "with a model from orgaseg:train-segmentation (a StarDist network or a pixel forest), "
+        "measures its shape and classifies it with "
         "a model from orgaseg:train-classifier. Writes per image a QuPath GeoJSON file with every "
         "organoid classified (drag it onto the image in QuPath) and an overlay picture, plus a "
         "table of all organoids and a per-image summary of the class counts and proportions. "
@@ -115,7 +116,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.4.0 (the source "
+                 "classification for brightfield microscopy, version 0.5.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},
@@ -129,8 +130,8 @@ setup(
     covers=[],
     args=[
         {"name": "segmentation-model", "type": "directory", "required": False, "default": None,
-         "description": "Model folder written by orgaseg:train-segmentation. Leave empty when "
-                        "you give masks instead."},
+         "description": "Model folder written by orgaseg:train-segmentation, either backend "
+                        "(StarDist or pixel forest). Leave empty when you give masks instead."},
         {"name": "classifier", "type": "file", "required": True,
          "description": "The classifier file model.pt written by orgaseg:train-classifier."},
         {"name": "images", "type": "string", "required": True,
@@ -146,13 +147,16 @@ setup(
                         "empty to segment with the model."},
         {"name": "n-tiles", "type": "string", "default": "auto",
          "description": "Segment in ROWSxCOLUMNS tiles, e.g. 4x4, to save memory: 'auto' "
-                        "chooses tiles of at most 1024 px."},
+                        "chooses tiles of at most 1024 px. StarDist models only: leave 'auto' "
+                        "with a pixel-forest model."},
         {"name": "prob-thresh", "type": "string", "default": "auto",
          "description": "Object probability threshold (0-1); higher finds fewer, surer "
-                        "organoids. 'auto' uses the value tuned during training."},
+                        "organoids. 'auto' uses the value tuned during training. StarDist models "
+                        "only: leave 'auto' with a pixel-forest model."},
         {"name": "nms-thresh", "type": "string", "default": "auto",
          "description": "Overlap threshold (0-1) above which two candidate outlines are one "
-                        "organoid. 'auto' uses the value tuned during training."},
+                        "organoid. 'auto' uses the value tuned during training. StarDist models "
+                        "only: leave 'auto' with a pixel-forest model."},
         {"name": "image-scale", "type": "float", "default": 1.0,
          "description": "Pixel scale of these images relative to the original microscope images "
                         "(1 = full size, 0.5 = half size)."},

@@ -1,0 +1,142 @@
+"""The pixel-forest model folder: what ``segment`` needs, checked before anything runs.
+
+::
+
+    model/forest.skops          the scikit-learn random forest (skops format: loading it runs
+                                no stored code; only sklearn's Tree type is trusted)
+    model/orgaseg_model.json    kind "orgaseg-pixel-forest", scale, normalisation, grey-level
+                                preprocessing, features, region parameters chosen on the
+                                validation images, training arguments, data, versions
+    model/report.json, .csv     validation report
+    model/run.json              how the folder was made
+
+``orgaseg_model.json`` is written last, so an interrupted training leaves a folder that is
+refused. Needs scikit-learn and skops only when the forest is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ...common.errors import InputFileError, OrgasegError
+from ..model import ORGASEG_MODEL_JSON, check_percentiles, read_json_file
+from .features import FeatureSpec
+from .regions import RegionParams
+
+log = logging.getLogger(__name__)
+
+FOREST_KIND = "orgaseg-pixel-forest"
+FOREST_FORMAT_VERSION = 1
+FOREST_FILE = "forest.skops"
+#: the only type a stored forest may hold beyond skops' defaults
+TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)
+
+
+@dataclass
+class ForestInfo:
+    """What orgaseg knows about a pixel-forest folder (from ``orgaseg_model.json``).
+
+    scale: pixel scale the forest works at, relative to the original images.
+    """
+
+    folder: Path
+    scale: float
+    norm_percentiles: tuple[float, float]
+    features: FeatureSpec
+    regions: RegionParams
+    preprocessing: dict[str, bool] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The region parameters (reported where a StarDist model reports its thresholds)."""
+        return self.regions.as_dict()
+
+    def describe(self) -> str:
+        r = self.regions
+        return (f"pixel forest {self.folder}: scale {self.scale:g}, features sigma "
+                f"{self.features.sigma_min:g}-{self.features.sigma_max:g} px ({self.features.num_sigma} "
+                f"scales), boundary threshold {r.boundary_threshold:g}, smoothing {r.smoothing:g} px")
+
+
+def check_forest_folder(folder: Path) -> ForestInfo:
+    """Check that ``folder`` is a complete pixel-forest model; clear errors naming the file."""
+    folder = Path(folder)
+    meta_path = folder / ORGASEG_MODEL_JSON
+    meta = read_json_file(meta_path, what="orgaseg model description")
+    if not isinstance(meta, dict) or meta.get("kind") != FOREST_KIND:
+        raise InputFileError(meta_path, f"does not describe a {FOREST_KIND!r} model")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or not 1 <= version <= FOREST_FORMAT_VERSION:
+        raise InputFileError(meta_path, f"has format version {version!r}; this orgaseg reads "
+                                        f"versions 1 to {FOREST_FORMAT_VERSION} (update orgaseg)")
+    if not (folder / FOREST_FILE).is_file():
+        raise InputFileError(folder, f"is not a usable pixel-forest model: {FOREST_FILE} is missing")
+    try:
+        scale = float(meta["scale"])
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale must be a positive number, got {scale}")
+        features = FeatureSpec(**{k: meta["features"][k] for k in ("sigma_min", "sigma_max", "num_sigma")})
+        regions = RegionParams(**{k: float(meta["regions"][k]) for k in
+                                  ("boundary_threshold", "smoothing", "min_foreground", "min_area")})
+        percentiles = check_percentiles(meta["norm_percentiles"])
+        preprocessing = {k: bool(v) for k, v in (meta.get("preprocessing") or {}).items()}
+    except (KeyError, TypeError, ValueError, OrgasegError) as exc:
+        raise InputFileError(meta_path, f"has a missing or invalid entry: {exc}") from exc
+    return ForestInfo(folder=folder, scale=scale, norm_percentiles=percentiles, features=features,
+                      regions=regions, preprocessing=preprocessing, metadata=meta)
+
+
+def import_sklearn():
+    """scikit-learn and skops, with a clear error when they are not installed."""
+    try:
+        import sklearn.ensemble  # noqa: F401
+        import skops.io
+    except ImportError as exc:
+        raise OrgasegError(f"the pixel forest needs scikit-learn and skops ({exc}); install the "
+                           "segmentation extra: pip install 'orgaseg-core[segmentation]'") from exc
+    return skops.io
+
+
+def save_forest(forest, path: Path) -> None:
+    """Write a fitted forest in skops format (atomically: a temporary file, then renamed)."""
+    sio = import_sklearn()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(sio.dumps(forest))
+    tmp.replace(path)
+
+
+@dataclass
+class LoadedForest:
+    """A pixel forest ready to predict, with orgaseg's description of it."""
+
+    forest: Any  # sklearn.ensemble.RandomForestClassifier
+    info: ForestInfo
+
+
+def load_forest(folder: Path) -> LoadedForest:
+    """Load a pixel-forest folder (checked by :func:`check_forest_folder`). The file is read with
+    skops, trusting only :data:`TRUSTED_TYPES`; anything else in it is refused."""
+    info = check_forest_folder(folder)
+    sio = import_sklearn()
+    path = Path(folder) / FOREST_FILE
+    data = path.read_bytes()
+    try:
+        untrusted = sio.get_untrusted_types(data=data)
+        unknown = sorted(set(untrusted) - set(TRUSTED_TYPES))
+        if unknown:
+            raise InputFileError(path, f"holds types orgaseg does not load: {', '.join(unknown)}")
+        forest = sio.loads(data, trusted=list(untrusted))
+    except InputFileError:
+        raise
+    except Exception as exc:  # skops raises many kinds on a damaged file
+        raise InputFileError(path, f"cannot be read as a skops forest ({type(exc).__name__}: {exc})") from exc
+    if not hasattr(forest, "predict_proba") or getattr(forest, "n_features_in_", None) != info.features.n_features:
+        raise InputFileError(path, f"is not a forest on {info.features.n_features} pixel features")
+    log.info("loaded %s", info.describe())
+    return LoadedForest(forest=forest, info=info)

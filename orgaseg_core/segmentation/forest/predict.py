@@ -1,0 +1,54 @@
+"""Segmenting an image with a pixel forest: grey -> the model's scale -> class probabilities,
+tile by tile -> regions (:mod:`.regions`) -> labels at the input's size and their outlines."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..predict import Segmentation, network_input, preprocessed_grey, upscale_labels
+from .features import TILE, FeatureSpec, tiled_features
+from .model import LoadedForest
+from .regions import RegionParams, regions_from_probabilities
+
+
+def class_probabilities(forest, image: np.ndarray, spec: FeatureSpec, tile: int = TILE) -> np.ndarray:
+    """Probabilities (Y, X, 3) float32 of background, interior and boundary for a normalised
+    grey image (Y, X); features and prediction run tile by tile (bounded memory)."""
+    out = np.zeros(image.shape + (3,), np.float32)
+    columns = [int(c) for c in forest.classes_]
+    for core, feats in tiled_features(image, spec, tile):
+        h, w, n = feats.shape
+        p = forest.predict_proba(feats.reshape(-1, n)).astype(np.float32)
+        block = np.zeros((h * w, 3), np.float32)
+        block[:, columns] = p  # a class absent from the training pixels stays at 0
+        out[core] = block.reshape(h, w, 3)
+    return out
+
+
+def segment_forest_array(image: np.ndarray, loaded: LoadedForest, *, image_scale: float = 1.0,
+                         preprocessing: bool = True, regions: RegionParams | None = None,
+                         tile: int = TILE) -> Segmentation:
+    """Segment one image (Y, X) or (Y, X, C) with a loaded pixel forest.
+
+    image_scale: the input's pixel scale relative to the original images. regions: None = the
+    parameters chosen on the model's validation images. The labels come back at the input's
+    size; ``probabilities`` are each object's mean foreground probability.
+    """
+    from ..outlines import label_outlines
+
+    info = loaded.info
+    grey = preprocessed_grey(image, loaded, preprocessing=preprocessing)
+    small = network_input(grey, info.scale / float(image_scale), info.norm_percentiles)
+    prob = class_probabilities(loaded.forest, small, info.features, tile)
+    labels, confidence = regions_from_probabilities(prob, regions or info.regions)
+    labels = upscale_labels(labels, image.shape[:2])
+    if info.scale / float(image_scale) > 1:
+        # shrinking back can lose an object of a pixel or two: keep ids 1..N and their confidence
+        present = np.bincount(labels.ravel(), minlength=confidence.size + 1)[1:] > 0
+        if not present.all():
+            new_ids = np.zeros(confidence.size + 1, labels.dtype)
+            new_ids[1:][present] = np.arange(1, int(present.sum()) + 1)
+            labels, confidence = new_ids[labels], confidence[present]
+    return Segmentation(labels=labels, polygons=[], probabilities=np.asarray(confidence),
+                        model_shape=tuple(small.shape), n_tiles=(-(-small.shape[0] // tile), -(-small.shape[1] // tile)),
+                        refinement="none", geometries=label_outlines(labels))

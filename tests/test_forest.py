@@ -1,0 +1,273 @@
+"""The pixel-forest backend (``train-segmentation --backend forest``): features, targets,
+regions, the model folder, training, ``segment`` and ``analyze`` with it.
+
+No TensorFlow and no torch in this process: the forest needs scikit-learn and skops only.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from digests import tree_digest
+from synthetic import write_split
+
+pytest.importorskip("sklearn", reason="the pixel forest needs scikit-learn (segmentation extra)")
+pytest.importorskip("skops", reason="the pixel forest needs skops (segmentation extra)")
+
+from orgaseg_core import steps  # noqa: E402
+from orgaseg_core.common.errors import InputFileError, OrgasegError  # noqa: E402
+from orgaseg_core.segmentation.evaluation import segmentation_metrics  # noqa: E402
+from orgaseg_core.segmentation.forest.features import (  # noqa: E402
+    BACKGROUND,
+    BOUNDARY,
+    INTERIOR,
+    FeatureSpec,
+    features_at,
+    pixel_features,
+    pixel_targets,
+    sample_pixels,
+    tiled_features,
+)
+from orgaseg_core.segmentation.forest.model import (  # noqa: E402
+    FOREST_FILE,
+    FOREST_KIND,
+    check_forest_folder,
+    load_forest,
+)
+from orgaseg_core.segmentation.forest.regions import RegionParams, regions_from_probabilities  # noqa: E402
+from orgaseg_core.segmentation.forest.train import choose_forest_resize, train_forest  # noqa: E402
+from orgaseg_core.segmentation.model import check_segmentation_model  # noqa: E402
+from orgaseg_core.segmentation.predict import segment  # noqa: E402
+
+
+# --------------------------------------------------------------------------- pure functions
+
+def test_targets_mark_interior_and_boundaries_also_between_touching_objects():
+    labels = np.zeros((8, 12), np.uint16)
+    labels[2:6, 2:6] = 1
+    labels[2:6, 6:10] = 2  # touches object 1 along column 5/6
+    t = pixel_targets(labels)
+    assert (t[labels == 0] == BACKGROUND).all()
+    # a 4x4 square has a 12-pixel ring and a 2x2 core; the shared edge is a boundary on both sides
+    for label in (1, 2):
+        assert np.count_nonzero(t[labels == label] == BOUNDARY) == 12
+        assert np.count_nonzero(t[labels == label] == INTERIOR) == 4
+    assert t[3, 5] == BOUNDARY and t[3, 6] == BOUNDARY
+    wide = pixel_targets(labels, boundary_width=2)
+    assert np.count_nonzero(wide == INTERIOR) == 0  # 4 px wide objects are all boundary at width 2
+
+
+def test_features_in_tiles_equal_the_whole_image():
+    image = np.random.default_rng(0).random((150, 230)).astype(np.float32)
+    spec = FeatureSpec(1, 6, 3)
+    whole = pixel_features(image, spec)
+    assert whole.shape == (150, 230, spec.n_features) and whole.dtype == np.float32
+    tiled = np.full_like(whole, np.nan)
+    for core, feats in tiled_features(image, spec, tile=64):
+        tiled[core] = feats
+    np.testing.assert_array_equal(tiled, whole)
+    idx = np.array([0, 229, 64 * 230 + 63, 150 * 230 - 1])
+    np.testing.assert_array_equal(features_at(image, spec, idx, tile=64), whole.reshape(-1, spec.n_features)[idx])
+
+
+def test_pixel_sampling_is_balanced_and_seeded():
+    t = np.zeros((50, 50), np.uint8)
+    t[10:20, 10:20] = INTERIOR
+    t[10, 10:20] = BOUNDARY
+    a = sample_pixels(t, 30, np.random.default_rng(3))
+    b = sample_pixels(t, 30, np.random.default_rng(3))
+    np.testing.assert_array_equal(a, b)
+    counts = np.bincount(t.ravel()[a], minlength=3)
+    assert counts.tolist() == [30, 30, 10]  # only 10 boundary pixels exist
+
+
+def _ring_probabilities(shape=(80, 120), discs=((25, 30, 12), (50, 85, 15), (70, 10, 2))):
+    """Class probabilities of discs (row, col, radius): interior inside, boundary on a 2 px
+    ring, background elsewhere."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    prob = np.zeros(shape + (3,), np.float32)
+    prob[..., BACKGROUND] = 1
+    truth = np.zeros(shape, np.int32)
+    for i, (r, c, radius) in enumerate(discs, start=1):
+        d = np.hypot(yy - r, xx - c)
+        inside, ring = d <= radius - 2, (d > radius - 2) & (d <= radius)
+        truth[d <= radius] = i
+        prob[inside] = (0, 1, 0)
+        prob[ring] = (0, 0.1, 0.9)
+    return prob, truth
+
+
+def test_regions_are_the_objects_between_boundaries():
+    prob, truth = _ring_probabilities()
+    labels, confidence = regions_from_probabilities(prob, RegionParams(0.5, 0.0, 0.5, min_area=30))
+    # the two large discs come back (the 2 px one is under min_area); the background is dropped
+    assert labels.max() == 2 and confidence.shape == (2,) and (confidence > 0.9).all()
+    table = segmentation_metrics([np.where(truth == 3, 0, truth)], [labels], [0.5, 0.8])
+    assert table["f1"].tolist() == [1.0, 1.0]
+    empty, none = regions_from_probabilities(np.dstack([np.ones((9, 9)), np.zeros((9, 9)), np.zeros((9, 9))]),
+                                             RegionParams())
+    assert empty.max() == 0 and none.size == 0
+
+
+def test_forest_scale_keeps_the_small_objects_a_few_pixels_across():
+    assert choose_forest_resize(np.full(50, 64.0))["factor"] == 0.25
+    assert choose_forest_resize(np.full(50, 17.0))["factor"] == 1.0  # 0.94: not worth resampling
+    assert choose_forest_resize(np.full(50, 5.0))["factor"] == 1.0  # never enlarged
+
+
+# --------------------------------------------------------------------------- training and segment
+
+@pytest.fixture(scope="module")
+def forest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("forest")
+    data = write_split(root / "split", n_train=6, n_val=2)
+    before = tree_digest(data)
+    result = steps.train_segmentation(data, root / "model", backend="forest", n_trees=20, seed=1)
+    assert tree_digest(data) == before
+    return data, root / "model", result
+
+
+def test_training_writes_a_complete_forest_folder(forest):
+    data, model, result = forest
+    assert {"forest.skops", "orgaseg_model.json", "report.json", "report.csv", "run.json"} <= {p.name for p in model.iterdir()}
+    meta = json.loads((model / "orgaseg_model.json").read_text())
+    assert meta["kind"] == FOREST_KIND and meta["backend"] == "forest"
+    assert meta["scale"] == pytest.approx(0.5)  # the split's provenance says 0.5, discs need every pixel
+    assert meta["regions"] == result.regions and len(meta["region_scores"]) == 12
+    assert "scikit-learn" in meta["versions"] and "skops" in meta["versions"]
+    assert result.metrics["0.5"]["f1"] >= 0.9
+    info = check_segmentation_model(model)
+    assert info.regions.as_dict() == meta["regions"]
+    assert "pixel forest" in result.summary()
+
+
+def test_forest_segments_new_images_well_and_writes_every_output(forest, tmp_path, unchanged):
+    data, model, _ = forest
+    images = data / "val" / "images"
+    check = unchanged(images)
+    out = tmp_path / "seg"
+    result = segment(model, images, out, image_scale=0.5)
+    check()
+    truths, preds = [], []
+    for path in sorted(images.iterdir()):
+        labels = tifffile.imread(out / f"{path.stem}.tif")
+        truths.append(tifffile.imread(data / "val" / "masks" / path.name))
+        preds.append(labels)
+        table = pd.read_csv(out / f"{path.stem}_objects.csv")
+        features = json.loads((out / f"{path.stem}.geojson").read_text())["features"]
+        assert len(table) == len(features) == labels.max() == result.objects[path.name]
+        assert table["probability"].between(0.5, 1).all()
+    metrics = segmentation_metrics(truths, preds, [0.5, 0.75])
+    # a regression guard on what the forest reaches on these discs (F1 1.0 and 1.0 when written)
+    assert metrics["f1"].tolist()[0] >= 0.9 and metrics["f1"].tolist()[1] >= 0.8
+    assert "pixel forest" in result.summary()
+
+
+def test_forest_training_is_reproducible(forest, tmp_path):
+    data, model, _ = forest
+    again = steps.train_segmentation(data, tmp_path / "again", backend="forest", n_trees=20, seed=1)
+    assert again.region_scores == json.loads((model / "orgaseg_model.json").read_text())["region_scores"]
+    a = segment(model, data / "val" / "images", tmp_path / "a", image_scale=0.5)
+    b = segment(tmp_path / "again", data / "val" / "images", tmp_path / "b", image_scale=0.5)
+    assert a.objects == b.objects
+    for path in (tmp_path / "a").glob("*.tif"):
+        np.testing.assert_array_equal(tifffile.imread(path), tifffile.imread(tmp_path / "b" / path.name))
+
+
+def test_network_options_are_refused_for_the_forest(forest, tmp_path):
+    data, model, _ = forest
+    with pytest.raises(OrgasegError, match="backend forest trains no network: epochs, n_rays"):
+        steps.train_segmentation(data, tmp_path / "m", backend="forest", epochs=3, n_rays=16)
+    with pytest.raises(OrgasegError, match="n-trees applies to --backend forest only"):
+        steps.train_segmentation(data, tmp_path / "m", n_trees=5)
+    with pytest.raises(OrgasegError, match="backend must be"):
+        steps.train_segmentation(data, tmp_path / "m", backend="unet")
+    with pytest.raises(OrgasegError, match="pixel-forest model: prob_thresh, pyramid"):
+        segment(model, data / "val" / "images", tmp_path / "s", prob_thresh=0.5, pyramid="1,2")
+    assert not (tmp_path / "m").exists() and not (tmp_path / "s").exists()
+
+
+def test_auto_values_count_as_not_given(forest, tmp_path):
+    """album and the CLI pass "auto" for the network's options: the forest takes them."""
+    data, _, _ = forest
+    result = steps.train_segmentation(data, tmp_path / "m", backend="forest", n_trees=5, epochs="auto",
+                                      steps_per_epoch="auto", early_stopping="auto", max_minutes="auto",
+                                      patch_size="auto", refine="auto", pyramid="auto", scale="auto")
+    assert result.scale == pytest.approx(0.5)
+
+
+def test_analyze_refuses_stardist_options_with_a_forest_before_any_work(forest, tmp_path):
+    from orgaseg_core.pipelines.analyze import analyze
+
+    data, model, _ = forest
+    (tmp_path / "clf.pt").write_bytes(b"x")
+    with pytest.raises(OrgasegError, match="pixel-forest model: --n-tiles, --prob-thresh"):
+        analyze(model, tmp_path / "clf.pt", data / "val" / "images", tmp_path / "out", prob_thresh=0.5)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_or_foreign_forest_file_is_refused(forest, tmp_path):
+    import shutil
+
+    import skops.io as sio
+
+    _, model, _ = forest
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    (copy / FOREST_FILE).write_bytes(b"not a zip file")
+    with pytest.raises(InputFileError, match=r"forest\.skops.*cannot be read"):
+        load_forest(copy)
+    (copy / FOREST_FILE).write_bytes(sio.dumps(pd.Timestamp("2026-01-01")))
+    with pytest.raises(InputFileError, match=r"forest\.skops.*(types orgaseg does not load|not a forest)"):
+        load_forest(copy)
+    (copy / FOREST_FILE).unlink()
+    with pytest.raises(InputFileError, match="forest.skops is missing"):
+        check_forest_folder(copy)
+    meta = json.loads((model / "orgaseg_model.json").read_text())
+    meta["regions"].pop("smoothing")
+    (copy / "orgaseg_model.json").write_text(json.dumps(meta))
+    shutil.copy2(model / FOREST_FILE, copy / FOREST_FILE)
+    with pytest.raises(InputFileError, match="orgaseg_model.json.*missing or invalid entry"):
+        check_forest_folder(copy)
+
+
+def test_cli_trains_and_segments_with_the_forest(tmp_path):
+    data = write_split(tmp_path / "split", n_train=4, n_val=2, seed=5)
+    model = tmp_path / "model"
+    run = [sys.executable, "-m", "orgaseg_core"]
+    done = subprocess.run(run + ["train-segmentation", "--data", str(data), "--model-out", str(model),
+                                 "--backend", "forest", "--n-trees", "10"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "train-segmentation (pixel forest): model written to" in done.stdout
+    refused = subprocess.run(run + ["train-segmentation", "--data", str(data), "--model-out", str(tmp_path / "x"),
+                                    "--backend", "forest", "--epochs", "2"], capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 1 and "epochs" in refused.stderr and not (tmp_path / "x").exists()
+    done = subprocess.run(run + ["segment", "--model", str(model), "--images", str(data / "val" / "images"),
+                                 "--out", str(tmp_path / "seg"), "--image-scale", "0.5"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "(pixel forest): boundary threshold" in done.stdout
+    assert len(list((tmp_path / "seg").glob("*.geojson"))) == 2
+
+
+def test_analyze_segments_with_a_forest(story, tmp_path):
+    """The story's data: a forest trained on its split, then analyze with its classifier."""
+    demo, _ = story
+    model = tmp_path / "forest"
+    steps.train_segmentation(demo / "split-segmentation", model, backend="forest", n_trees=20)
+    out = tmp_path / "analysis"
+    done = subprocess.run([sys.executable, "-m", "orgaseg_core", "analyze", "--segmentation-model", str(model),
+                           "--classifier", str(demo / "models" / "classifier" / "model.pt"),
+                           "--images", str(demo / "new-images" / "images"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    objects = pd.read_csv(out / "objects.csv", dtype={"stem": str})
+    assert len(objects) > 0 and objects["predicted_class"].notna().all()
+    assert objects["segmentation_probability"].between(0.5, 1).all()
