@@ -13,21 +13,16 @@ def run():
     from orgaseg_core.album_support import run_step
 
     args = get_args()
-
-    def auto(value):
-        # album's 'auto' is the API's None (automatic): the same for StarDist, and with the
-        # forest backend an option left at 'auto' counts as not given
-        return None if value is None or str(value).strip().lower() in ("", "auto") else value
-
+    # 'auto' (album's default for the budget and patch options) means automatic, and with
+    # backend 'forest' it counts as not given: steps.train_segmentation reads it so
     run_step(lambda: steps.train_segmentation(
-        args.data, args.model_out, preset=args.preset, epochs=auto(args.epochs),
-        steps_per_epoch=auto(args.steps_per_epoch), early_stopping=auto(args.early_stopping),
-        max_minutes=auto(args.max_minutes), batch_size=args.batch_size,
-        patch_size=auto(args.patch_size), resize=args.resize, n_rays=args.n_rays, grid=args.grid,
-        learning_rate=args.learning_rate, augment=args.augment, refine=args.refine,
-        pyramid=args.pyramid, norm_low=args.norm_low, norm_high=args.norm_high, seed=args.seed,
-        init_model=args.init_model, scale=args.scale, backend=args.backend,
-        n_trees=args.n_trees, overwrite=args.overwrite))
+        args.data, args.model_out, preset=args.preset, epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch, early_stopping=args.early_stopping,
+        max_minutes=args.max_minutes, batch_size=args.batch_size, patch_size=args.patch_size,
+        resize=args.resize, n_rays=args.n_rays, grid=args.grid, learning_rate=args.learning_rate,
+        augment=args.augment, refine=args.refine, pyramid=args.pyramid, norm_low=args.norm_low,
+        norm_high=args.norm_high, seed=args.seed, init_model=args.init_model, scale=args.scale,
+        backend=args.backend, n_trees=args.n_trees, overwrite=args.overwrite))
 
 
 def pre_test():
