@@ -203,6 +203,17 @@ def test_auto_values_count_as_not_given(forest, tmp_path):
     assert result.scale == pytest.approx(0.5)
 
 
+def test_many_training_images_share_the_pixel_budget(forest, tmp_path, monkeypatch):
+    import orgaseg_core.segmentation.forest.train as forest_train
+
+    data, _, _ = forest
+    monkeypatch.setattr(forest_train, "MAX_PIXELS_PER_CLASS", 600)  # 6 training images: 100 each
+    result = train_forest(data, tmp_path / "m", n_trees=5)
+    meta = json.loads((tmp_path / "m" / "orgaseg_model.json").read_text())
+    assert meta["forest"]["pixels_per_class_per_image"] == 100
+    assert result.n_pixels == 3 * 600  # every disc image has 100+ pixels of each class
+
+
 def test_analyze_refuses_stardist_options_with_a_forest_before_any_work(forest, tmp_path):
     from orgaseg_core.pipelines.analyze import analyze
 

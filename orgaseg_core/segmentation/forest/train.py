@@ -4,7 +4,8 @@
    small objects (5th percentile of the equivalent diameters) are :data:`SMALL_DIAMETER` px
    across, never enlarged (features of resampled pixels add nothing) (``resize="auto"``).
 2. Up to ``samples_per_class`` random pixels of each class (background, interior, boundary;
-   :func:`~.features.pixel_targets`) per training image, their features computed tile by tile.
+   :func:`~.features.pixel_targets`) per training image, fewer when there are so many images
+   that the total would pass :data:`MAX_PIXELS_PER_CLASS`; features computed tile by tile.
 3. A random forest (scikit-learn) on them, with balanced class weights.
 4. On the validation images: class probabilities once, then every :data:`REGION_GRID`
    combination of boundary threshold and smoothing; the one with the best mean F1 over IoU
@@ -36,6 +37,9 @@ from .regions import RegionParams, regions_from_probabilities
 
 log = logging.getLogger(__name__)
 
+#: most pixels of one class sampled over all training images together: beyond that a forest
+#: learns little more, and its fitting time grows (many tiles share the budget)
+MAX_PIXELS_PER_CLASS = 200_000
 #: the small objects' diameter (px) the automatic scale aims at
 SMALL_DIAMETER = 16.0
 #: boundary thresholds and smoothings (px at model scale) tried on the validation images
@@ -120,7 +124,8 @@ def train_forest(data: Path, model_out: Path, *, resize: float | str | None = "a
     ``images/`` and ``masks/``) and write the model folder ``model_out``.
 
     resize: factor applied to the data ("auto": :func:`choose_forest_resize`). n_trees,
-    max_depth: the random forest's. samples_per_class: pixels per class per training image.
+    max_depth: the random forest's. samples_per_class: pixels per class per training image
+    (fewer with many images, see :data:`MAX_PIXELS_PER_CLASS`).
     features: :class:`~.features.FeatureSpec` (None: the default, sigma 1-32 px in 6 scales).
     norm_percentiles: per-image normalisation. seed: pixel sampling and the forest. scale: pixel
     scale of the data relative to the originals (None: from the preprocess run record, else 1).
@@ -180,11 +185,15 @@ def train_forest(data: Path, model_out: Path, *, resize: float | str | None = "a
         train_images, train_masks = resize_split(train, factor)
         val_images, _ = resize_split(val, factor)
         rng = np.random.default_rng(seed)
+        per_image = min(int(samples_per_class), max(1, -(-MAX_PIXELS_PER_CLASS // len(train_images))))
+        if per_image < int(samples_per_class):
+            log.info("%d training images: %d pixels per class from each (at most %d per class in all)",
+                     len(train_images), per_image, MAX_PIXELS_PER_CLASS)
         X, y = [], []
         for name, grey, mask in tqdm(list(zip(train.names, train_images, train_masks)),
                                      desc="pixel features", unit="image", disable=None):
             targets = pixel_targets(mask)
-            idx = sample_pixels(targets, int(samples_per_class), rng)
+            idx = sample_pixels(targets, per_image, rng)
             X.append(features_at(normalize_image(grey, percentiles), spec, idx))
             y.append(targets.ravel()[idx])
             log.info("train/%s: %s pixels sampled", name, ", ".join(
@@ -238,7 +247,8 @@ def train_forest(data: Path, model_out: Path, *, resize: float | str | None = "a
                 "features": spec.as_dict(), "classes": list(CLASS_NAMES), "regions": params.as_dict(),
                 "region_scores": scores,
                 "forest": {"n_trees": int(n_trees), "max_depth": int(max_depth),
-                           "n_pixels": result.n_pixels, "samples_per_class": int(samples_per_class)},
+                           "n_pixels": result.n_pixels, "samples_per_class": int(samples_per_class),
+                           "pixels_per_class_per_image": per_image},
                 "training": {k: (str(v) if isinstance(v, Path) else v) for k, v in arguments.items()},
                 "data": {"folder": str(data), "provenance": provenance["source"],
                          "n_train_images": result.n_train, "n_val_images": result.n_val,
