@@ -236,7 +236,7 @@ def test_a_damaged_or_foreign_forest_file_is_refused(forest, tmp_path):
     with pytest.raises(InputFileError, match=r"forest\.skops.*cannot be read"):
         load_forest(copy)
     (copy / FOREST_FILE).write_bytes(sio.dumps(pd.Timestamp("2026-01-01")))
-    with pytest.raises(InputFileError, match=r"forest\.skops.*(types orgaseg does not load|not a forest)"):
+    with pytest.raises(InputFileError, match=r"forest\.skops.*(types orgaseg does not load|not an orgaseg pixel forest)"):
         load_forest(copy)
     (copy / FOREST_FILE).unlink()
     with pytest.raises(InputFileError, match="forest.skops is missing"):
@@ -308,3 +308,69 @@ def test_forest_segments_unseen_generated_organoids(tmp_path):
                                    [0.5]).iloc[0]
     print(metrics.to_dict())
     assert metrics["f1"] >= 0.85 and metrics["mean_matched_iou"] >= 0.88
+
+
+def test_a_forest_folder_must_hold_a_forest_with_sound_values(forest, tmp_path):
+    import shutil
+
+    import skops.io as sio
+    from sklearn.neighbors import KNeighborsClassifier
+
+    _, model, _ = forest
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    other = KNeighborsClassifier(1).fit(np.random.default_rng(0).random((4, 24)), [0, 7, 0, 7])
+    (copy / FOREST_FILE).write_bytes(sio.dumps(other))  # scikit-learn, trusted by skops, not ours
+    with pytest.raises(InputFileError, match=r"forest\.skops.*not an orgaseg pixel forest"):
+        load_forest(copy)
+    meta = json.loads((model / "orgaseg_model.json").read_text())
+    for key, value in (("boundary_threshold", float("nan")), ("boundary_threshold", 1.5), ("smoothing", -1)):
+        bad = json.loads(json.dumps(meta))
+        bad["regions"][key] = value
+        (copy / "orgaseg_model.json").write_text(json.dumps(bad))
+        with pytest.raises(InputFileError, match="orgaseg_model.json.*missing or invalid entry"):
+            check_forest_folder(copy)
+    bad = json.loads(json.dumps(meta))
+    bad["features"].update(sigma_min=8, sigma_max=2)
+    (copy / "orgaseg_model.json").write_text(json.dumps(bad))
+    with pytest.raises(InputFileError, match="sigma_min <= sigma_max"):
+        check_forest_folder(copy)
+    (copy / "orgaseg_model.json").unlink()  # what an interrupted training leaves
+    with pytest.raises(InputFileError, match="pixel forest but no orgaseg_model.json.*interrupted"):
+        check_segmentation_model(copy)
+    with pytest.raises(InputFileError, match="interrupted"):
+        segment(copy, forest[0] / "val" / "images", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("image_scale", [1.0, 0.25])
+def test_forest_labels_stay_consecutive_at_other_scales(forest, tmp_path, image_scale):
+    """The model works at scale 0.5: images said to be at scale 1 are shrunk for it, at 0.25
+    enlarged; labels come back at the input's size, ids 1..N, with a table row and an outline
+    each."""
+    data, model, _ = forest
+    out = tmp_path / "seg"
+    result = segment(model, data / "val" / "images", out, image_scale=image_scale)
+    for path in sorted((data / "val" / "images").iterdir()):
+        labels = tifffile.imread(out / f"{path.stem}.tif")
+        assert labels.shape == tifffile.imread(path).shape
+        ids = np.unique(labels[labels > 0])
+        assert ids.tolist() == list(range(1, result.objects[path.name] + 1))
+        table = pd.read_csv(out / f"{path.stem}_objects.csv")
+        assert table["label"].tolist() == ids.tolist() and table["probability"].notna().all()
+        features = json.loads((out / f"{path.stem}.geojson").read_text())["features"]
+        assert len(features) == ids.size
+
+
+def test_an_image_too_small_for_the_forest_is_named_and_the_others_go_on(forest, tmp_path):
+    from orgaseg_core.segmentation.predict import SegmentFailed
+
+    data, model, _ = forest
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in (data / "val" / "images").iterdir():
+        (images / path.name).write_bytes(path.read_bytes())
+    tifffile.imwrite(images / "tiny.tif", np.full((6, 40), 100, np.uint8))
+    with pytest.raises(SegmentFailed, match=r"tiny\.tif.*at least 8 px"):
+        segment(model, images, tmp_path / "seg", image_scale=0.5)
+    assert len(list((tmp_path / "seg").glob("*.geojson"))) == 2

@@ -218,10 +218,14 @@ def model_kind(folder: Path) -> str | None:
 def check_segmentation_model(folder: Path):
     """Check a model folder of either backend (StarDist or pixel forest) without loading it;
     returns its :class:`ModelInfo` or :class:`~.forest.model.ForestInfo`."""
-    from .forest.model import FOREST_KIND, check_forest_folder
+    from .forest.model import FOREST_FILE, FOREST_KIND, check_forest_folder
 
-    if model_kind(folder) == FOREST_KIND:
+    kind = model_kind(folder)
+    if kind == FOREST_KIND:
         return check_forest_folder(folder)
+    if kind is None and (Path(folder) / FOREST_FILE).is_file():
+        raise InputFileError(folder, f"holds a pixel forest but no {ORGASEG_MODEL_JSON}: its training "
+                                     "was interrupted (train it again)")
     return check_model_folder(folder)
 
 

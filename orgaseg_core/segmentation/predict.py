@@ -495,14 +495,14 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
                  "nms_thresh": nms_thresh, "image_scale": float(image_scale),
                  "preprocessing": bool(preprocessing), "refine": refine,
                  "pyramid": list(levels) if levels else "auto", "overwrite": overwrite}
+    if forest:  # cheap, so a forest that cannot be used is refused before anything is written
+        from .forest.model import load_forest
+        from .forest.predict import segment_forest_array
+
+        loaded = load_forest(model)
     with step_run("segment", out, arguments, overwrite=overwrite, inputs=[input_folder, model]) as record:
         result = SegmentResult(out=out, model=model, thresholds=thresholds)
-        if forest:
-            from .forest.model import load_forest
-            from .forest.predict import segment_forest_array
-
-            loaded = load_forest(model)
-        else:
+        if not forest:
             loaded = load_model(model)  # once for all images
         per_image = {}
         for stem, path in tqdm(jobs, desc="segment", unit="image", disable=None):

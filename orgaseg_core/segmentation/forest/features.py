@@ -22,6 +22,9 @@ BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 CLASS_NAMES = ("background", "interior", "boundary")
 #: tile core side (px) of the feature computation
 TILE = 1024
+#: smallest side (px) an image may have at the model's scale (the filters' finite differences
+#: need a few pixels)
+MIN_SIDE = 8
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,16 @@ class FeatureSpec:
     sigma_min: float = 1.0
     sigma_max: float = 32.0
     num_sigma: int = 6
+
+    def __post_init__(self):
+        ok = (isinstance(self.num_sigma, int) and not isinstance(self.num_sigma, bool) and self.num_sigma >= 1
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                      for v in (self.sigma_min, self.sigma_max))
+              and 0 < self.sigma_min <= self.sigma_max)
+        if not ok:
+            raise ValueError(f"features need 0 < sigma_min <= sigma_max (finite) and a whole num_sigma >= 1, "
+                             f"got sigma_min={self.sigma_min!r}, sigma_max={self.sigma_max!r}, "
+                             f"num_sigma={self.num_sigma!r}")
 
     def as_dict(self) -> dict:
         return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "num_sigma": self.num_sigma}

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ...common.errors import InputFileError, OrgasegError
 from ..model import ORGASEG_MODEL_JSON, check_percentiles, read_json_file
 from .features import FeatureSpec
@@ -81,7 +83,7 @@ def check_forest_folder(folder: Path) -> ForestInfo:
         if not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"scale must be a positive number, got {scale}")
         features = FeatureSpec(**{k: meta["features"][k] for k in ("sigma_min", "sigma_max", "num_sigma")})
-        regions = RegionParams(**{k: float(meta["regions"][k]) for k in
+        regions = RegionParams(**{k: meta["regions"][k] for k in
                                   ("boundary_threshold", "smoothing", "min_foreground", "min_area")})
         percentiles = check_percentiles(meta["norm_percentiles"])
         preprocessing = {k: bool(v) for k, v in (meta.get("preprocessing") or {}).items()}
@@ -104,27 +106,23 @@ def import_sklearn():
 
 def save_forest(forest, path: Path) -> None:
     """Write a fitted forest in skops format (atomically: a temporary file, then renamed)."""
+    from ...common.outputs import atomic_path
+
     sio = import_sklearn()
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_bytes(sio.dumps(forest))
+
+
+def read_forest_file(path: Path, n_features: int):
+    """The random forest in the skops file ``path``, refused (InputFileError naming the file)
+    unless it is a scikit-learn RandomForestClassifier of decision trees on ``n_features``
+    features with classes within 0-2 (background, interior, boundary). skops builds only the
+    types it trusts: its defaults and :data:`TRUSTED_TYPES`."""
+    sio = import_sklearn()
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.tree import DecisionTreeClassifier
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(sio.dumps(forest))
-    tmp.replace(path)
-
-
-@dataclass
-class LoadedForest:
-    """A pixel forest ready to predict, with orgaseg's description of it."""
-
-    forest: Any  # sklearn.ensemble.RandomForestClassifier
-    info: ForestInfo
-
-
-def load_forest(folder: Path) -> LoadedForest:
-    """Load a pixel-forest folder (checked by :func:`check_forest_folder`). The file is read with
-    skops, trusting only :data:`TRUSTED_TYPES`; anything else in it is refused."""
-    info = check_forest_folder(folder)
-    sio = import_sklearn()
-    path = Path(folder) / FOREST_FILE
     data = path.read_bytes()
     try:
         untrusted = sio.get_untrusted_types(data=data)
@@ -136,7 +134,29 @@ def load_forest(folder: Path) -> LoadedForest:
         raise
     except Exception as exc:  # skops raises many kinds on a damaged file
         raise InputFileError(path, f"cannot be read as a skops forest ({type(exc).__name__}: {exc})") from exc
-    if not hasattr(forest, "predict_proba") or getattr(forest, "n_features_in_", None) != info.features.n_features:
-        raise InputFileError(path, f"is not a forest on {info.features.n_features} pixel features")
+    classes = getattr(forest, "classes_", None)
+    if (type(forest) is not RandomForestClassifier
+            or not all(type(tree) is DecisionTreeClassifier for tree in getattr(forest, "estimators_", [None]))
+            or getattr(forest, "n_outputs_", None) != 1 or classes is None
+            or not set(np.asarray(classes).tolist()) <= {0, 1, 2}
+            or getattr(forest, "n_features_in_", None) != n_features):
+        raise InputFileError(path, f"is not an orgaseg pixel forest (a random forest of decision trees "
+                                   f"on {n_features} pixel features, classes 0-2)")
+    return forest
+
+
+@dataclass
+class LoadedForest:
+    """A pixel forest ready to predict, with orgaseg's description of it."""
+
+    forest: Any  # sklearn.ensemble.RandomForestClassifier
+    info: ForestInfo
+
+
+def load_forest(folder: Path) -> LoadedForest:
+    """Load a pixel-forest folder (checked by :func:`check_forest_folder`; the forest by
+    :func:`read_forest_file`)."""
+    info = check_forest_folder(folder)
+    forest = read_forest_file(Path(folder) / FOREST_FILE, info.features.n_features)
     log.info("loaded %s", info.describe())
     return LoadedForest(forest=forest, info=info)

@@ -6,14 +6,20 @@ from __future__ import annotations
 import numpy as np
 
 from ..predict import Segmentation, network_input, preprocessed_grey, upscale_labels
-from .features import TILE, FeatureSpec, tiled_features
+from ...common.errors import OrgasegError
+from .features import MIN_SIDE, TILE, FeatureSpec, tiled_features
 from .model import LoadedForest
 from .regions import RegionParams, regions_from_probabilities
 
 
 def class_probabilities(forest, image: np.ndarray, spec: FeatureSpec, tile: int = TILE) -> np.ndarray:
     """Probabilities (Y, X, 3) float32 of background, interior and boundary for a normalised
-    grey image (Y, X); features and prediction run tile by tile (bounded memory)."""
+    grey image (Y, X); features and prediction run tile by tile (bounded memory).
+
+    scikit-learn sums the trees' votes in as many threads as the forest's ``n_jobs`` (all
+    cores), in the order the threads finish: runs agree to float rounding (1e-7), and a pixel
+    lying exactly on a threshold could rarely fall the other way.
+    """
     out = np.zeros(image.shape + (3,), np.float32)
     columns = [int(c) for c in forest.classes_]
     for core, feats in tiled_features(image, spec, tile):
@@ -39,6 +45,9 @@ def segment_forest_array(image: np.ndarray, loaded: LoadedForest, *, image_scale
     info = loaded.info
     grey = preprocessed_grey(image, loaded, preprocessing=preprocessing)
     small = network_input(grey, info.scale / float(image_scale), info.norm_percentiles)
+    if min(small.shape) < MIN_SIDE:
+        raise OrgasegError(f"image of {image.shape[0]}x{image.shape[1]} px is {small.shape[0]}x{small.shape[1]} px "
+                           f"at the model's scale; the pixel forest needs at least {MIN_SIDE} px on each side")
     prob = class_probabilities(loaded.forest, small, info.features, tile)
     labels, confidence = regions_from_probabilities(prob, regions or info.regions)
     labels = upscale_labels(labels, image.shape[:2])

@@ -9,6 +9,7 @@ foreground probability is low. Linear in pixels (one watershed, bincounts).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,15 @@ class RegionParams:
     smoothing: float = 1.0
     min_foreground: float = 0.5
     min_area: float = 10.0
+
+    def __post_init__(self):
+        values = (self.boundary_threshold, self.smoothing, self.min_foreground, self.min_area)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise ValueError(f"region parameters must be finite numbers, got {values}")
+        if not (0 <= self.boundary_threshold <= 1 and 0 <= self.min_foreground <= 1
+                and self.smoothing >= 0 and self.min_area >= 0):
+            raise ValueError("boundary_threshold and min_foreground must be within 0-1, smoothing and "
+                             f"min_area 0 or more, got {values}")
 
     def as_dict(self) -> dict:
         return {"boundary_threshold": self.boundary_threshold, "smoothing": self.smoothing,

@@ -28,10 +28,11 @@ from tqdm import tqdm
 from ...common.errors import InputFileError, OrgasegError
 from ...common.images import read_labels
 from ...common.outputs import package_versions, step_run, write_csv, write_json
+from ...common.resample import output_length, rescale_image
 from ..model import DEFAULT_NORM_PERCENTILES, ORGASEG_MODEL_JSON, check_percentiles, normalize_image
 from ..sizing import object_diameters
 from ..train import REPORT_THRESHOLDS, _metrics_at, load_split, mean_f1, parse_resize, read_data_provenance, resize_split
-from .features import CLASS_NAMES, FeatureSpec, features_at, pixel_targets, sample_pixels
+from .features import CLASS_NAMES, MIN_SIDE, FeatureSpec, features_at, pixel_targets, sample_pixels
 from .model import FOREST_FILE, FOREST_FORMAT_VERSION, FOREST_KIND, import_sklearn, save_forest
 from .regions import RegionParams, regions_from_probabilities
 
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 MAX_PIXELS_PER_CLASS = 200_000
 #: the small objects' diameter (px) the automatic scale aims at
 SMALL_DIAMETER = 16.0
+#: never shrink the data more than this automatically
+MIN_FACTOR = 0.1
 #: boundary thresholds and smoothings (px at model scale) tried on the validation images
 REGION_GRID = {"boundary_threshold": (0.25, 0.35, 0.5), "smoothing": (0.0, 1.0, 2.0, 4.0)}
 
@@ -102,6 +105,10 @@ def choose_forest_resize(diameters: np.ndarray, small: float = SMALL_DIAMETER) -
     if factor >= 0.9:
         factor = 1.0
         reason = f"the small objects (5th percentile {p5:.1f} px across) need every pixel: kept as given"
+    elif factor < MIN_FACTOR:
+        factor = MIN_FACTOR
+        reason = (f"the small objects (5th percentile {p5:.1f} px across) would allow more, but the "
+                  f"images are shrunk at most to {MIN_FACTOR:g} (their texture and edges matter too)")
     else:
         reason = (f"the small objects (5th percentile {p5:.1f} px across) stay {small:g} px across: "
                   "shrunk to save time and memory")
@@ -158,6 +165,13 @@ def train_forest(data: Path, model_out: Path, *, resize: float | str | None = "a
     log.info("training objects: %d, %.1f-%.0f px across (5th-95th percentile); resize %g: %s",
              choice["n_objects"], choice["diameter_px"]["p5"], choice["diameter_px"]["p95"], factor,
              choice["reason"])
+    for split_data in (train, val):
+        for (image_path, _), shape in zip(split_data.files, split_data.shapes):
+            small = (output_length(shape[0], factor), output_length(shape[1], factor))
+            if min(small) < MIN_SIDE:
+                raise InputFileError(image_path,
+                                     f"is {small[0]}x{small[1]} px at resize {factor:g}; the pixel forest "
+                                     f"needs at least {MIN_SIDE} px on each side (give a larger --resize)")
     provenance = read_data_provenance(data)
     warnings_out: list[str] = []
     if scale is None:
@@ -183,7 +197,8 @@ def train_forest(data: Path, model_out: Path, *, resize: float | str | None = "a
         if stale.exists():
             stale.unlink()  # until this run completes the folder must not pass for a model
         train_images, train_masks = resize_split(train, factor)
-        val_images, _ = resize_split(val, factor)
+        # the validation masks are compared at their own size: only the images are resized
+        val_images = [g if factor == 1.0 else rescale_image(g.astype(np.float32), factor) for g in val.images]
         rng = np.random.default_rng(seed)
         per_image = min(int(samples_per_class), max(1, -(-MAX_PIXELS_PER_CLASS // len(train_images))))
         if per_image < int(samples_per_class):
@@ -213,7 +228,8 @@ def train_forest(data: Path, model_out: Path, *, resize: float | str | None = "a
         from .predict import class_probabilities
 
         truths = [read_labels(mask_path) for _, mask_path in val.files]
-        probs = [class_probabilities(forest, normalize_image(g, percentiles), spec)
+        # float16 halves what is kept of every validation image for the 12 region settings
+        probs = [class_probabilities(forest, normalize_image(g, percentiles), spec).astype(np.float16)
                  for g in tqdm(val_images, desc="validation", unit="image", disable=None)]
         tables, scores = {}, {}
         for threshold, smoothing in itertools.product(REGION_GRID["boundary_threshold"], REGION_GRID["smoothing"]):
