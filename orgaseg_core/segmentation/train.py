@@ -338,10 +338,7 @@ class TrainSegmentationResult:
                  f"  pyramid: {', '.join(f'{m:g}x' for m in self.pyramid.get('levels', [1.0]))} the model "
                  f"scale ({self.pyramid.get('reason', '')})",
                  "  validation:"]
-        for key, m in self.metrics.items():
-            lines.append(f"    IoU {key}: precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
-                         f"F1 {m['f1']:.3f}  AP {m['ap']:.3f}  mean matched IoU "
-                         f"{(m.get('mean_matched_iou') or float('nan')):.3f}")
+        lines += validation_lines(self.metrics)
         lines.append(f"  report: {self.model_out / 'report.csv'}; TensorBoard: tensorboard --logdir "
                      f"{self.model_out / 'logs'}")
         lines += [f"  warning: {w}" for w in self.warnings]
@@ -349,6 +346,35 @@ class TrainSegmentationResult:
 
 
 # --------------------------------------------------------------------------- the step
+
+def resolve_data_scale(data: Path, provenance: dict[str, Any], scale: float | None,
+                       warnings_out: list[str]) -> float:
+    """The pixel scale of the training data: ``scale`` when given (warning when the preprocess
+    run record of ``data`` says otherwise), else the record's, else 1.0 (with a warning).
+    Warnings are logged and appended to ``warnings_out``."""
+    msg = None
+    if scale is None:
+        if provenance["scale"] is None:
+            msg = (f"pixel scale of {data} unknown (no preprocess run record found); assuming the "
+                   "images are at the original size (scale 1.0)")
+        data_scale = float(provenance["scale"] or 1.0)
+    else:
+        data_scale = float(scale)
+        if provenance["scale"] is not None and not math.isclose(provenance["scale"], data_scale):
+            msg = (f"scale {data_scale:g} given, but {provenance['source']} says the data was made at "
+                   f"scale {provenance['scale']:g}; using {data_scale:g}")
+    if msg:
+        log.warning(msg)
+        warnings_out.append(msg)
+    return data_scale
+
+
+def validation_lines(metrics: dict[str, dict[str, float]]) -> list[str]:
+    """The summary's lines of validation metrics, one per IoU threshold."""
+    return [f"    IoU {key}: precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
+            f"F1 {m['f1']:.3f}  AP {m['ap']:.3f}  mean matched IoU "
+            f"{(m.get('mean_matched_iou') or float('nan')):.3f}" for key, m in metrics.items()]
+
 
 def _check_tensorboard() -> None:
     import importlib.util
@@ -717,20 +743,7 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
         log.warning(patch_warning)
         warnings_out.append(patch_warning)
     provenance = read_data_provenance(data)
-    if scale is None:
-        if provenance["scale"] is None:
-            msg = (f"pixel scale of {data} unknown (no preprocess run record found); assuming the "
-                   "images are at the original size (scale 1.0)")
-            log.warning(msg)
-            warnings_out.append(msg)
-        data_scale = float(provenance["scale"] or 1.0)
-    else:
-        data_scale = float(scale)
-        if provenance["scale"] is not None and not math.isclose(provenance["scale"], data_scale):
-            msg = (f"scale {data_scale:g} given, but {provenance['source']} says the data was made at "
-                   f"scale {provenance['scale']:g}; using {data_scale:g}")
-            log.warning(msg)
-            warnings_out.append(msg)
+    data_scale = resolve_data_scale(data, provenance, scale, warnings_out)
     model_scale = data_scale * resize_factor
     if init_scale is not None and not math.isclose(float(init_scale), model_scale):
         msg = (f"the initial model {init_model} was trained at scale {float(init_scale):g}, this "

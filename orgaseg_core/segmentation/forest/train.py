@@ -30,8 +30,19 @@ from ...common.images import read_labels
 from ...common.outputs import package_versions, step_run, write_csv, write_json
 from ...common.resample import output_length, rescale_image
 from ..model import DEFAULT_NORM_PERCENTILES, ORGASEG_MODEL_JSON, check_percentiles, normalize_image
+from ..predict import upscale_labels
 from ..sizing import object_diameters
-from ..train import REPORT_THRESHOLDS, _metrics_at, load_split, mean_f1, parse_resize, read_data_provenance, resize_split
+from ..train import (
+    REPORT_THRESHOLDS,
+    _metrics_at,
+    load_split,
+    mean_f1,
+    parse_resize,
+    read_data_provenance,
+    resize_split,
+    resolve_data_scale,
+    validation_lines,
+)
 from .features import CLASS_NAMES, MIN_SIDE, FeatureSpec, features_at, pixel_targets, sample_pixels
 from .model import FOREST_FILE, FOREST_FORMAT_VERSION, FOREST_KIND, import_sklearn, save_forest
 from .regions import RegionParams, regions_from_probabilities
@@ -85,10 +96,7 @@ class TrainForestResult:
                  f"{self.regions.get('smoothing')} px (best of {len(self.region_scores)} on the "
                  f"validation images, mean F1 over IoU 0.5-0.9 {best:.3f})",
                  "  validation:"]
-        for key, m in self.metrics.items():
-            lines.append(f"    IoU {key}: precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
-                         f"F1 {m['f1']:.3f}  AP {m['ap']:.3f}  mean matched IoU "
-                         f"{(m.get('mean_matched_iou') or float('nan')):.3f}")
+        lines += validation_lines(self.metrics)
         lines.append(f"  report: {self.model_out / 'report.csv'}")
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
@@ -114,12 +122,6 @@ def choose_forest_resize(diameters: np.ndarray, small: float = SMALL_DIAMETER) -
                   "shrunk to save time and memory")
     return {"factor": factor, "reason": reason, "n_objects": int(d.size),
             "diameter_px": {"p5": round(p5, 1), "median": round(median, 1), "p95": round(p95, 1)}}
-
-
-def _labels_at(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    from ..predict import upscale_labels
-
-    return upscale_labels(labels, shape)
 
 
 def train_forest(data: Path, model_out: Path, *, resize: float | str | None = "auto",
@@ -174,15 +176,7 @@ def train_forest(data: Path, model_out: Path, *, resize: float | str | None = "a
                                      f"needs at least {MIN_SIDE} px on each side (give a larger --resize)")
     provenance = read_data_provenance(data)
     warnings_out: list[str] = []
-    if scale is None:
-        if provenance["scale"] is None:
-            msg = (f"pixel scale of {data} unknown (no preprocess run record found); assuming the "
-                   "images are at the original size (scale 1.0)")
-            log.warning(msg)
-            warnings_out.append(msg)
-        data_scale = float(provenance["scale"] or 1.0)
-    else:
-        data_scale = float(scale)
+    data_scale = resolve_data_scale(data, provenance, scale, warnings_out)
     model_scale = data_scale * factor
     arguments = {"data": data, "model_out": model_out, "backend": "forest", "resize": resize,
                  "n_trees": int(n_trees), "max_depth": int(max_depth),
@@ -234,7 +228,7 @@ def train_forest(data: Path, model_out: Path, *, resize: float | str | None = "a
         tables, scores = {}, {}
         for threshold, smoothing in itertools.product(REGION_GRID["boundary_threshold"], REGION_GRID["smoothing"]):
             params = RegionParams(boundary_threshold=threshold, smoothing=smoothing)
-            preds = [_labels_at(regions_from_probabilities(p, params)[0], t.shape) for p, t in zip(probs, truths)]
+            preds = [upscale_labels(regions_from_probabilities(p, params)[0], t.shape) for p, t in zip(probs, truths)]
             key = f"boundary {threshold:g}, smoothing {smoothing:g}"
             tables[key] = (params, segmentation_metrics(truths, preds, thresholds=DEFAULT_THRESHOLDS))
             scores[key] = round(mean_f1(tables[key][1]), 4)
