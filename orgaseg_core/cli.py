@@ -65,10 +65,14 @@ def demo_data_cmd(
     n_images: int = typer.Option(8, "--n-images", min=1, help="Number of images to generate."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same data."),
     size: str = typer.Option("760x1008", help="Image size as HEIGHTxWIDTH in pixels."),
+    style: str = typer.Option("default", help="Image style: 'default' (clearly different classes, "
+                              "vignetted field) or 'faint' (bright low-contrast cysts, paler and "
+                              "smaller organoids, flat field, more noise)."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Generate synthetic brightfield organoid images laid out like a QuPath project export."""
-    result = steps.demo_data(out, n_images=n_images, seed=seed, size=size, overwrite=overwrite)
+    result = steps.demo_data(out, n_images=n_images, seed=seed, size=size, overwrite=overwrite,
+                             style=style)
     typer.echo(result.summary())
 
 
@@ -264,8 +268,16 @@ def _comma_list(text: str, kind, what: str, *, minimum: float, strict: bool) -> 
 # load without the classification extra); tests/test_classifier.py checks that they agree.
 @app.command("train-classifier")
 def train_classifier_cmd(
-    data: Path = typer.Option(..., help="Folder written by 'orgaseg split --mode classification' (train/, val/, test/ with one sub-folder per class)."),
-    model_out: Path = typer.Option(..., "--model-out", help="Folder for the trained model (model.pt), reports, grid results and TensorBoard logs."),
+    data: Optional[Path] = typer.Option(None, help="Folder written by 'orgaseg split --mode classification' (train/, val/, test/ with one sub-folder per class); crops only: trains the cnn family. Or give --images and --masks."),
+    images: Optional[Path] = typer.Option(None, help="Folder of annotated images (with --masks): every object becomes a crop and a row of measurements; all families can be trained."),
+    masks: Optional[Path] = typer.Option(None, help="Folder written by annotations-to-masks for --images (<stem>.tif label images and <stem>_objects.csv classes)."),
+    model_out: Path = typer.Option(..., "--model-out", help="Folder for the classifier (classifier.json, model.pt and/or measurements.skops), reports, grid results and TensorBoard logs."),
+    families: str = typer.Option("measurements,cnn,combined", help="Candidate families, comma-separated: measurements (random forest on the object measurements), cnn (network on the crops), combined (their weighted mean). The best on validation is kept."),
+    val_fraction: float = typer.Option(0.15, "--val-fraction", min=0.0, max=1.0, help="With --images: fraction of the images for validation (model choice, calibration)."),
+    test_fraction: float = typer.Option(0.15, "--test-fraction", min=0.0, max=1.0, help="With --images: fraction of the images for the final test (used once)."),
+    padding: int = typer.Option(10, min=0, help="With --images: pixels of context around each object's crop (as extract-objects cuts them; analyze uses the same)."),
+    n_trees: int = typer.Option(300, "--n-trees", min=1, help="Trees of the measurement random forest."),
+    outline_augmentation: bool = typer.Option(True, "--outline-augmentation/--no-outline-augmentation", help="Also train the measurement forest on eroded, dilated and smoothed outlines, so that segmented outlines do not throw it."),
     architectures: str = typer.Option("resnet18", help="Network architectures to try, comma-separated: resnet18, resnet50, resnext50_32x4d, wide_resnet50_2, densenet121, efficientnet_b0, mobilenet_v3_small, convnext_tiny."),
     learning_rates: str = typer.Option("1e-3,3e-4", "--learning-rates", help="Learning rates to try, comma-separated."),
     batch_sizes: str = typer.Option("32", "--batch-sizes", help="Batch sizes (crops per training step) to try, comma-separated."),
@@ -274,59 +286,66 @@ def train_classifier_cmd(
     epochs: int = typer.Option(15, min=1, help="Most epochs of the final run of the best setting."),
     patience: int = typer.Option(5, min=1, help="Stop the final run after this many epochs without a better validation macro-F1."),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=32, max=1024, help="Network input size in pixels (default: learned from the training crops)."),
-    weights: Optional[Path] = typer.Option(None, help="Local weights file (a torchvision state_dict of the architecture) to start from; nothing is downloaded."),
+    weights: Optional[Path] = typer.Option(None, help="Local weights file (a torchvision state_dict of the architecture) to start the CNN from; nothing is downloaded."),
+    pretrained: bool = typer.Option(False, help="Start the CNN from torchvision's ImageNet weights (read from torchvision's cache, downloaded there when online)."),
+    review_below: float = typer.Option(0.6, "--review-below", min=0.0, max=1.0, help="Objects whose calibrated confidence is below this are flagged for review by classify and analyze."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same model on the CPU."),
     num_workers: int = typer.Option(0, "--num-workers", min=0, help="Worker processes that prepare crops (0 = in the main process)."),
     device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda' (default: cuda when available)."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
-    """Train a crop classifier: grid search and early stopping on the validation split, report on the test split."""
+    """Train the classifier families (measurements, CNN, combined), keep the best on validation, calibrate its confidence, report on the test split."""
     result = steps.train_classifier(
-        data, model_out,
+        data, model_out, images=images, masks=masks, families=families, val_fraction=val_fraction,
+        test_fraction=test_fraction, padding=padding, n_trees=n_trees,
+        outline_augmentation=outline_augmentation,
         architectures=[a.strip() for a in architectures.split(",") if a.strip()],
         learning_rates=_comma_list(learning_rates, float, "--learning-rates", minimum=0, strict=True),
         batch_sizes=_comma_list(batch_sizes, int, "--batch-sizes", minimum=1, strict=False),
         weight_decays=_comma_list(weight_decays, float, "--weight-decays", minimum=0, strict=False),
         grid_epochs=grid_epochs, epochs=epochs, patience=patience, input_size=input_size,
-        weights=weights, seed=seed, num_workers=num_workers, device=device, overwrite=overwrite)
+        weights=weights, pretrained=pretrained, review_below=review_below, seed=seed,
+        num_workers=num_workers, device=device, overwrite=overwrite)
     typer.echo(result.summary())
 
 
 @app.command("classify")
 def classify_cmd(
-    model: Path = typer.Option(..., help="model.pt written by train-classifier."),
-    objects: Path = typer.Option(..., help="Folder written by extract-objects (objects.csv + crops/), or a folder of crops."),
+    model: Path = typer.Option(..., help="Classifier folder written by train-classifier (or its classifier.json / model.pt)."),
+    objects: Path = typer.Option(..., help="Folder written by extract-objects (objects.csv + crops/), or a folder of crops (CNN only)."),
     out: Path = typer.Option(..., help="Folder for predictions.csv."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Crops classified at once."),
     device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda' (default: cuda when available)."),
+    review_below: Optional[float] = typer.Option(None, "--review-below", min=0.0, max=1.0, help="Flag objects whose confidence is below this for review (default: the model's threshold)."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
-    """Classify every object crop: predicted class, confidence and one probability per class."""
-    result = steps.classify(model, objects, out, batch_size=batch_size, device=device, overwrite=overwrite)
+    """Classify every object: predicted class, calibrated confidence, review flag and one probability per class."""
+    result = steps.classify(model, objects, out, batch_size=batch_size, device=device,
+                            review_below=review_below, overwrite=overwrite)
     typer.echo(result.summary())
 
 
 @app.command("classifier-info")
 def classifier_info_cmd(
-    model: Path = typer.Option(..., help="model.pt written by train-classifier."),
+    model: Path = typer.Option(..., help="Classifier folder written by train-classifier (or its classifier.json / model.pt)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (for scripts) instead of text."),
 ) -> None:
-    """Check a classifier checkpoint and print what it holds: architecture, classes, input size, metrics."""
+    """Check a classifier and print what it holds: family, classes, calibration, metrics."""
     import json
 
-    from .classification.networks import load_checkpoint
+    from .classification.model import load_classifier
 
-    checkpoint = load_checkpoint(model)
-    info = {"model": str(model), "architecture": checkpoint.architecture,
-            "class_names": list(checkpoint.class_names), "input_size": checkpoint.input_size,
-            "normalisation": {"mean": checkpoint.mean, "std": checkpoint.std},
-            "metrics": checkpoint.metrics, "versions": checkpoint.versions}
+    classifier = load_classifier(model)
+    info = {"model": str(model), **classifier.info(),
+            "metrics": (classifier.description.get("metrics")
+                        or (classifier.checkpoint.metrics if classifier.checkpoint else {})),
+            "versions": (classifier.description.get("versions")
+                         or (classifier.checkpoint.versions if classifier.checkpoint else {}))}
     if as_json:
         typer.echo(json.dumps(info, default=str))
         return
-    typer.echo(f"{model}: orgaseg classifier, {checkpoint.architecture}, input {checkpoint.input_size} px")
-    typer.echo(f"  classes: {', '.join(checkpoint.class_names)}")
-    test = (checkpoint.metrics or {}).get("test") or {}
+    typer.echo(f"{model}: orgaseg {classifier.describe()}")
+    test = (info["metrics"] or {}).get("test") or {}
     if "macro_f1" in test:
         typer.echo(f"  test macro-F1 {test['macro_f1']:.3f}")
 
@@ -334,7 +353,7 @@ def classifier_info_cmd(
 @app.command("analyze")
 def analyze_cmd(
     segmentation_model: Optional[Path] = typer.Option(None, "--segmentation-model", help="Model folder written by train-segmentation (or give --masks)."),
-    classifier: Path = typer.Option(..., help="model.pt written by train-classifier."),
+    classifier: Path = typer.Option(..., help="Classifier folder written by train-classifier (or its classifier.json / model.pt)."),
     images: Path = typer.Option(..., help="An image file or a folder of images to analyse."),
     out: Path = typer.Option(..., help="Folder for the QuPath files, overlays, objects.csv and summary.csv."),
     masks: Optional[Path] = typer.Option(None, help="Instead of --segmentation-model: a folder of label images of the same names from another tool (Cellpose, QuPath, ...)."),
@@ -343,12 +362,13 @@ def analyze_cmd(
     nms_thresh: Optional[float] = typer.Option(None, "--nms-thresh", help="Overlap threshold (default: the model's tuned value)."),
     image_scale: float = typer.Option(1.0, "--image-scale", help="Pixel scale of the images relative to the original images (1 = full size)."),
     preprocessing: bool = typer.Option(True, "--preprocessing/--no-preprocessing", help="Repeat the segmentation model's training preprocessing."),
-    padding: int = typer.Option(10, min=0, help="Pixels of context around each object's crop."),
+    padding: Optional[int] = typer.Option(None, min=0, help="Pixels of context around each object's crop (default: the padding the classifier was trained with, else 10)."),
     mask_background: bool = typer.Option(False, "--mask-background", help="Set crop pixels outside the object to the background level."),
     min_area: int = typer.Option(0, "--min-area", min=0, help="Do not classify objects smaller than this many pixels."),
     exclude_border: bool = typer.Option(False, "--exclude-border", help="Do not classify objects touching the image border."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Crops classified at once."),
     device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda' for the classifier (default: cuda when available)."),
+    review_below: Optional[float] = typer.Option(None, "--review-below", min=0.0, max=1.0, help="Flag objects whose class confidence is below this for review (default: the classifier's threshold)."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Segment (or take --masks), measure and classify every organoid in new images; QuPath files, overlays and tables."""
@@ -359,7 +379,7 @@ def analyze_cmd(
                                preprocessing=preprocessing, padding=padding,
                                mask_background=mask_background, min_area=min_area,
                                exclude_border=exclude_border, batch_size=batch_size, device=device,
-                               overwrite=overwrite)
+                               review_below=review_below, overwrite=overwrite)
     except OrgasegError as exc:
         _echo_partial_result(exc)
         raise

@@ -83,19 +83,23 @@ def _optional_float(value: float | str | None, what: str) -> float | None:
 # ------------------------------------------------------------------------------ data steps
 
 def demo_data(out: PathLike, *, n_images: int = 8, seed: int = 0, size: Pair = (760, 1008),
-              overwrite: bool = False):
+              overwrite: bool = False, style: str = "default"):
     """Generate synthetic brightfield organoid images laid out like a QuPath project export.
 
     ``n_images`` images of ``size`` = (height, width) px in ``out/images/`` (8-bit RGB JPEG,
     8-bit and 16-bit grey TIFF), ``out/geojsons/<image name>.geojson`` (QuPath annotations with
     classes), ``out/crops/<image name>Annotation (<Class>)_<i>.tif`` (per-object crops, named as
     QuPath exports them) and ``out/objects.csv`` (the ground truth). The same ``seed`` gives
-    byte-identical files. Returns a ``DemoDataResult``.
+    byte-identical files. ``style``: ``default`` (clearly different classes: light cysts with a
+    dark wall, dark filled/branching organoids, round vignetted field of view) or ``faint``
+    (another generator's look: bright low-contrast cysts, paler organoids, smaller and more
+    numerous objects, flat field without vignette, more noise and blur). Returns a
+    ``DemoDataResult``.
     """
     from .data.demo import make_demo_data
 
     return make_demo_data(Path(out), n_images=n_images, seed=seed, size=_pair(size, "--size"),
-                          overwrite=overwrite)
+                          overwrite=overwrite, style=style)
 
 
 def sort_crops(crops: PathLike, out: PathLike, *, move: bool = False,
@@ -325,30 +329,46 @@ def extract_objects(images: PathLike, masks: PathLike, out: PathLike, *, padding
 
 # ------------------------------------------------------------------------------ classification
 
-def train_classifier(data: PathLike, model_out: PathLike, *,
+def train_classifier(data: PathLike | None, model_out: PathLike, *, images: PathLike | None = None,
+                     masks: PathLike | None = None,
+                     families: Sequence[str] | str = ("measurements", "cnn", "combined"),
+                     val_fraction: float = 0.15, test_fraction: float = 0.15, padding: int = 10,
+                     n_trees: int = 300, outline_augmentation: bool = True,
                      architectures: Sequence[str] | str = ("resnet18",),
                      learning_rates: Sequence[float] | str = (1e-3, 3e-4),
                      batch_sizes: Sequence[int] | str = (32,),
                      weight_decays: Sequence[float] | str = (1e-4,), grid_epochs: int = 3,
                      epochs: int = 15, patience: int = 5, input_size: int | str | None = None,
-                     weights: PathLike | None = None, seed: int = 0, num_workers: int = 0,
+                     weights: PathLike | None = None, pretrained: bool = False,
+                     review_below: float = 0.6, seed: int = 0, num_workers: int = 0,
                      device: str | None = None, overwrite: bool = False):
-    """Train a torchvision crop classifier on the split made by :func:`split` (classification).
+    """Train the classifier families, choose one on validation, calibrate it, report on test.
 
-    Grid search over ``architectures`` x ``learning_rates`` x ``batch_sizes`` x
-    ``weight_decays`` (lists, or comma-separated text), ``grid_epochs`` each, scored by the
-    validation macro-F1; the best is trained up to ``epochs`` with early stopping
-    (``patience``). ``input_size``: px (None/"auto": learned from the crops). ``weights``: a
-    local state_dict to start from (nothing is downloaded). ``device``: "cpu", "cuda" or
-    None/"auto". Writes ``model_out/model.pt`` (self-describing, loaded with
-    ``weights_only=True``), ``grid.csv``, ``history.csv``, ``report.json``,
-    ``classification_report.csv``, ``confusion_matrix.png`` (test split) and TensorBoard
-    logs. Imports torch. Returns a ``TrainClassifierResult``.
+    Inputs: ``data``, the class folders of :func:`split` (classification; crops only: the CNN
+    family), or ``images`` + ``masks`` (the annotations-to-masks folder: every object's crop
+    and measurements; the images are split by ``val_fraction``/``test_fraction``). Candidate
+    ``families`` (list or comma-separated): "measurements" (random forest of ``n_trees`` on
+    the object measurements; with ``outline_augmentation`` also on eroded, dilated and smoothed
+    outlines), "cnn" (torchvision network: grid over ``architectures`` x
+    ``learning_rates`` x ``batch_sizes`` x ``weight_decays``, ``grid_epochs`` each, then up to
+    ``epochs`` with early stopping after ``patience``), "combined" (their weighted mean). The
+    family with the best validation macro-F1 wins; its confidence is calibrated on validation
+    (temperature scaling); the test split is evaluated once. ``input_size``: px (None/"auto":
+    learned). ``weights``: a local state_dict to start the CNN from; ``pretrained``:
+    torchvision's ImageNet weights (cached by torchvision). ``review_below``: the confidence
+    under which classify flags objects. Writes ``model_out/classifier.json`` (what classify
+    and analyze load), ``model.pt`` and/or ``measurements.skops``, ``grid.csv``,
+    ``report.json``, ``classification_report.csv``, ``confusion_matrix.png``,
+    ``reliability.png``. Imports torch. Returns a ``TrainClassifierResult``.
     """
     from .common.params import parse_number_list, parse_optional_int, parse_optional_text, split_list
     from .classification.train import train_classifier as run
 
-    return run(Path(data), Path(model_out), architectures=split_list(architectures),
+    return run(_path(data), Path(model_out), images=_path(images), masks=_path(masks),
+               families=split_list(families), val_fraction=float(val_fraction),
+               test_fraction=float(test_fraction), padding=padding, n_trees=n_trees,
+               outline_augmentation=bool(outline_augmentation),
+               architectures=split_list(architectures),
                learning_rates=parse_number_list(learning_rates, float, what="--learning-rates"),
                batch_sizes=parse_number_list(batch_sizes, int, what="--batch-sizes", minimum=1,
                                              strict=False),
@@ -356,25 +376,30 @@ def train_classifier(data: PathLike, model_out: PathLike, *,
                                                strict=False),
                grid_epochs=grid_epochs, epochs=epochs, patience=patience,
                input_size=parse_optional_int(input_size, what="--input-size"),
-               weights=_path(weights), seed=seed, num_workers=num_workers,
-               device=parse_optional_text(device), overwrite=overwrite)
+               weights=_path(weights), pretrained=bool(pretrained), review_below=float(review_below),
+               seed=seed, num_workers=num_workers, device=parse_optional_text(device),
+               overwrite=overwrite)
 
 
 def classify(model: PathLike, objects: PathLike, out: PathLike, *, batch_size: int = 64,
-             device: str | None = None, overwrite: bool = False):
-    """Classify every object crop with a ``model.pt`` of :func:`train_classifier`.
+             device: str | None = None, review_below: float | str | None = None,
+             overwrite: bool = False):
+    """Classify every object with a classifier of :func:`train_classifier` (its folder, or its
+    classifier.json / model.pt).
 
     ``objects``: a folder of :func:`extract_objects` (``objects.csv`` + ``crops/``) or a
-    folder of crops. Writes ``out/predictions.csv``: image, label, crop, predicted class,
-    confidence (0-1) and one ``prob_<Class>`` column per class, joined with the measurements;
-    unreadable crops go to ``out/unreadable.csv``. Imports torch. Returns a
+    folder of crops (CNN only). Writes ``out/predictions.csv``: image, label, crop, predicted
+    class, calibrated confidence (0-1), ``needs_review`` (confidence below ``review_below``;
+    None/"auto": the model's threshold) and one ``prob_<Class>`` column per class, joined with
+    the measurements; unreadable crops go to ``out/unreadable.csv``. Returns a
     ``ClassifyResult``.
     """
     from .classification.predict import classify as run
     from .common.params import parse_optional_text
 
     return run(Path(model), Path(objects), Path(out), batch_size=batch_size,
-               device=parse_optional_text(device), overwrite=overwrite)
+               device=parse_optional_text(device),
+               review_below=_optional_float(review_below, "--review-below"), overwrite=overwrite)
 
 
 # ------------------------------------------------------------------------------ pipelines
@@ -382,9 +407,10 @@ def classify(model: PathLike, objects: PathLike, out: PathLike, *, batch_size: i
 def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: PathLike,
             out: PathLike, *, masks: PathLike | None = None, n_tiles: Pair | int | None = None, prob_thresh: float | str | None = None,
             nms_thresh: float | str | None = None, image_scale: float = 1.0,
-            preprocessing: bool = True, padding: int = 10, mask_background: bool = False,
-            min_area: int = 0, exclude_border: bool = False, batch_size: int = 64,
-            device: str | None = None, overwrite: bool = False):
+            preprocessing: bool = True, padding: int | str | None = None,
+            mask_background: bool = False, min_area: int = 0, exclude_border: bool = False,
+            batch_size: int = 64, device: str | None = None,
+            review_below: float | str | None = None, overwrite: bool = False):
     """Segment, measure and classify every organoid of an image file or a folder of images.
 
     Runs :func:`segment` and :func:`classify` in child processes (TensorFlow and torch never
@@ -399,16 +425,18 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
     per class) and each step's own folder. Raises ``AnalyzeFailed`` after the others when an
     image cannot be analysed. Returns an ``AnalyzeResult``.
     """
-    from .common.params import parse_optional_text
+    from .common.params import parse_optional_int, parse_optional_text
     from .pipelines.analyze import analyze as run
 
     return run(_path(segmentation_model), Path(classifier), Path(images), Path(out),
                masks=_path(masks), n_tiles=_optional_pair(n_tiles, "--n-tiles"),
                prob_thresh=_optional_float(prob_thresh, "--prob-thresh"),
                nms_thresh=_optional_float(nms_thresh, "--nms-thresh"), image_scale=image_scale,
-               preprocessing=preprocessing, padding=padding, mask_background=mask_background,
+               preprocessing=preprocessing,
+               padding=parse_optional_int(padding, what="--padding"), mask_background=mask_background,
                min_area=min_area, exclude_border=exclude_border, batch_size=batch_size,
-               device=parse_optional_text(device), overwrite=overwrite)
+               device=parse_optional_text(device),
+               review_below=_optional_float(review_below, "--review-below"), overwrite=overwrite)
 
 
 def example(out: PathLike = "orgaseg-demo", *, n_images: int = 24, seed: int = 0,

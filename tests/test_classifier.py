@@ -261,8 +261,13 @@ def test_local_rgb_weights_are_summed_to_grey_and_the_head_stays_random(tmp_path
 def test_tiny_training_writes_a_self_describing_model_and_reports(trained):
     out = trained.model_out
     assert sorted(p.name for p in out.iterdir()) == sorted([
-        "model.pt", "grid.csv", "history.csv", "report.json", "classification_report.csv",
-        "confusion_matrix.png", "tensorboard", "run.json"])
+        "classifier.json", "model.pt", "grid.csv", "history.csv", "report.json",
+        "classification_report.csv", "confusion_matrix.png", "reliability.png", "tensorboard",
+        "run.json"])
+    description = json.loads((out / "classifier.json").read_text())
+    assert description["kind"] == "orgaseg-classifier" and description["family"] == "cnn"
+    assert description["files"] == ["model.pt"] and description["class_names"] == list(CLASSES)
+    assert 0.05 <= description["temperature"] <= 20
     checkpoint = torch.load(out / "model.pt", weights_only=True)
     assert set(CHECKPOINT_KEYS) <= set(checkpoint)
     assert checkpoint["format"] == "orgaseg-classifier" and checkpoint["format_version"] == 1
@@ -274,7 +279,10 @@ def test_tiny_training_writes_a_self_describing_model_and_reports(trained):
     assert checkpoint["arguments"]["learning_rates"] == [1e-3, 3e-3]
     assert checkpoint["metrics"]["chosen_on"] == "val"
 
-    grid = pd.read_csv(out / "grid.csv")
+    table = pd.read_csv(out / "grid.csv")
+    assert list(table["stage"]) == ["family", "cnn grid", "cnn grid"]  # crops: the cnn family only
+    assert table.loc[0, "family"] == "cnn" and bool(table.loc[0, "chosen"])
+    grid = table[table["stage"] == "cnn grid"]
     assert len(grid) == 2 and grid["chosen"].sum() == 1
     assert sorted(grid["learning_rate"]) == [1e-3, 3e-3] and (grid["epochs"] == 1).all()
     chosen = grid[grid["chosen"]].iloc[0]
@@ -282,12 +290,17 @@ def test_tiny_training_writes_a_self_describing_model_and_reports(trained):
 
     report = json.loads((out / "report.json").read_text())
     assert report["chosen_on"] == "val" and report["report_split"] == "test"
-    assert report["chosen"]["learning_rate"] == chosen["learning_rate"]
+    assert report["family"] == "cnn" and report["source"] == "crops"
+    assert report["cnn"]["chosen"]["learning_rate"] == chosen["learning_rate"]
     assert report["test"]["n"] == 9 and report["val"]["n"] == 9
     assert set(report["test"]["per_class"]) == set(CLASSES)
     assert report["counts"]["train"] == {c: 8 for c in CLASSES}
-    assert report["class_weights"] == {c: pytest.approx(1.0) for c in CLASSES}
-    assert report["epochs_trained"] == len(pd.read_csv(out / "history.csv"))
+    assert report["cnn"]["class_weights"] == {c: pytest.approx(1.0) for c in CLASSES}
+    assert report["cnn"]["epochs_trained"] == len(pd.read_csv(out / "history.csv"))
+    calibration = report["calibration"]
+    assert calibration["temperature"] == pytest.approx(description["temperature"])
+    assert calibration["val_after"]["n"] == 9 and len(calibration["val_after"]["bins"]) == 10
+    assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     table = pd.read_csv(out / "classification_report.csv")
     assert list(table["class"]) == list(CLASSES) + ["macro avg", "weighted avg", "accuracy"]
@@ -311,7 +324,7 @@ def test_tensorboard_holds_scalars_and_the_confusion_matrix(trained):
     tags = events.Tags()
     assert {"loss/train", "loss/val", "val/macro_f1", "val/accuracy", "learning_rate"} <= set(tags["scalars"])
     assert len(events.Scalars("val/macro_f1")) == trained.epochs_trained
-    assert "test/confusion_matrix" in tags["images"]
+    assert "val/confusion_matrix_best_epoch" in tags["images"]
 
 
 def test_test_split_never_influences_the_model(trained, split_data, tmp_path, unchanged):
@@ -385,7 +398,8 @@ def test_unreadable_training_crops_are_reported_and_skipped(tmp_path):
     assert table["file"].str.endswith("broken.tif").all() and "cannot be read" in table["error"][0]
     assert result.counts["train"]["Dark"] == 10 and result.test is None
     assert json.loads((tmp_path / "m" / "report.json").read_text())["report_split"] == "val"
-    assert not (tmp_path / "m" / "grid.csv").exists()  # one setting: no grid search
+    grid = pd.read_csv(tmp_path / "m" / "grid.csv")
+    assert list(grid["stage"]) == ["family"]  # one setting: no CNN grid search
     for f in sorted((data / "train" / "Dark").iterdir())[:5]:  # 5 of 31 training crops: > 10 %
         f.write_bytes(b"")
     with pytest.raises(OrgasegError, match="cannot be read"):
@@ -469,7 +483,9 @@ def test_classify_an_extract_objects_folder(trained, split_data, tmp_path, uncha
     check()
     table = pd.read_csv(tmp_path / "pred" / "predictions.csv")
     prob_columns = [f"prob_{c}" for c in CLASSES]
-    assert list(table.columns[:8]) == ["image", "label", "crop", "predicted_class", "confidence"] + prob_columns
+    assert list(table.columns[:9]) == ["image", "label", "crop", "predicted_class", "confidence",
+                                       "needs_review"] + prob_columns
+    assert (table["needs_review"] == (table["confidence"] < 0.6)).all()
     assert {"stem", "area_px", "true_class"} <= set(table.columns)  # objects.csv columns joined
     assert len(table) == 9 and result.n_crops == 10 and result.n_classified == 9
     np.testing.assert_allclose(table[prob_columns].sum(axis=1), 1.0, atol=1e-5)
@@ -545,7 +561,7 @@ def test_cli_errors_and_exit_codes(split_data, tmp_path, capsys):
     assert "unknown architecture 'vgg11'; supported: resnet18" in capsys.readouterr().err
     assert main(["classify", "--model", str(tmp_path / "none.pt"), "--objects", str(split_data),
                  "--out", str(tmp_path / "p")]) == 1
-    assert "none.pt: model file does not exist" in capsys.readouterr().err
+    assert "none.pt: classifier model does not exist" in capsys.readouterr().err
     assert not (tmp_path / "m").exists() and not (tmp_path / "p").exists()
 
 

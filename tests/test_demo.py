@@ -16,6 +16,7 @@ from orgaseg_core.common.errors import OrgasegError, OutputError
 from orgaseg_core.common.images import read_image
 from orgaseg_core.data.demo import (
     CLASSES,
+    STYLES,
     capsule_radius,
     make_demo_data,
     radial_function,
@@ -265,8 +266,8 @@ def test_objects_csv_matches_features(demo):
     assert min(result.class_counts.values()) >= 0.1 * sum(result.class_counts.values())
 
 
-def _class_stats(out):
-    """Per class: (mean object grey / local background median, fraction of object pixels dark)."""
+def _class_stats(out, skip_holes=False):
+    """Per class: mean object grey / local background median (``skip_holes``: without ring cysts)."""
     ratios: dict[str, list[float]] = {}
     for image_name, features in _all_features(out).items():
         image = _grey(read_image(out / "images" / image_name))
@@ -283,7 +284,8 @@ def _class_stats(out):
             boxes.append((f, box, mask))
         for f, (x0, y0, x1, y1), mask in boxes:
             cls = f["properties"].get("classification", {}).get("name")
-            if cls is None:
+            if cls is None or (skip_holes and f["geometry"]["type"] == "Polygon"
+                               and len(f["geometry"]["coordinates"]) > 1):
                 continue
             # Local background: the box grown by 10 px, without any object.
             gy0, gx0 = max(y0 - 10, 0), max(x0 - 10, 0)
@@ -392,3 +394,90 @@ def test_cli(tmp_path, capsys):
     assert read_image(out / "images" / "demo_001.tif").shape == (192, 256)
     assert main(["demo-data", "--out", str(out), "--n-images", "2"]) == 1  # not empty
     assert main(["demo-data", "--out", str(tmp_path / "bad"), "--size", "100x100"]) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The faint style
+
+
+@pytest.fixture(scope="module")
+def faint(tmp_path_factory):
+    """The faint style and the default style, same seed and size."""
+    base = tmp_path_factory.mktemp("styles")
+    faint_result = make_demo_data(base / "faint", n_images=3, seed=7, size=SIZE, style="faint")
+    default_result = make_demo_data(base / "default", n_images=3, seed=7, size=SIZE)
+    return base, faint_result, default_result
+
+
+def test_faint_style_is_reproducible_and_differs_from_default(faint, tmp_path):
+    base, result, default = faint
+    assert result.style == "faint" and default.style == "default" and set(STYLES) == {"default", "faint"}
+    assert json.loads((base / "faint" / "run.json").read_text())["arguments"]["style"] == "faint"
+    assert json.loads((base / "default" / "run.json").read_text())["arguments"]["style"] == "default"
+    assert "style: faint" in result.summary()
+    make_demo_data(tmp_path / "again", n_images=3, seed=7, size=SIZE, style="faint")
+    a, b = _digest(base / "faint"), _digest(tmp_path / "again")
+    assert a == b
+    other = _digest(base / "default")
+    for name in ("images/demo_000.jpg", "images/demo_001.tif", "geojsons/demo_002.jpg.geojson"):
+        assert a[name] != other[name]
+
+
+def test_faint_style_keeps_the_special_cases(faint):
+    base, result, _ = faint
+    table = pd.read_csv(base / "faint" / "objects.csv", keep_default_na=False)
+    assert set(table["class"]) - {""} == set(CLASSES)
+    assert {"Filled in", "Filled-in"} <= set(table["class_as_annotated"])
+    assert (table["geometry"] == "MultiPolygon").sum() >= 2 and (table["n_holes"] > 0).sum() >= 2
+    assert (table["geometry"] == "LineString").sum() == 1
+    assert ((table["class"] == "") & (table["geometry"] == "Polygon")).sum() == 1
+    assert len(result.crops) == (table["geometry"] != "LineString").sum()
+
+
+def test_faint_cysts_brighter_than_background_others_darker(faint):
+    base, _, _ = faint
+    ratio = _class_stats(base / "faint", skip_holes=True)
+    assert set(ratio) == set(CLASSES)
+    assert ratio["Cyst"] > 1.0, ratio  # bright lumen, thin wall barely darker than the background
+    assert ratio["Cyst"] < 1.15
+    assert ratio["Burned out"] < 0.35
+    for cls in ("Filled in", "Early branching", "Branched"):
+        assert 0.45 < ratio[cls] < 0.9, (cls, ratio)  # moderately dark: lower contrast than default
+    default = _class_stats(base / "default", skip_holes=True)
+    assert default["Cyst"] < 0.95 and default["Filled in"] < ratio["Filled in"] - 0.1
+
+
+def test_faint_objects_smaller_than_default(faint):
+    base, _, _ = faint
+    areas = {}
+    for style in ("faint", "default"):
+        table = pd.read_csv(base / style / "objects.csv", keep_default_na=False)
+        areas[style] = table[table["kind"] == "organoid"]["area"].mean()
+    assert areas["faint"] < 0.65 * areas["default"]  # radii about 0.6x: areas about 0.36x
+
+
+def test_faint_field_is_flat_without_vignette(faint):
+    base, result, _ = faint
+    for path in result.images:
+        image = _grey(read_image(path))
+        if image.max() > 255:
+            image = image / 257.0
+        background = np.median(image)
+        assert 140 < background < 200
+        corners = [image[:6, :6], image[:6, -6:], image[-6:, :6], image[-6:, -6:]]
+        for corner in corners:
+            assert abs(np.median(corner) / background - 1.0) < 0.1
+
+
+def test_unknown_style_is_an_error(tmp_path, capsys):
+    with pytest.raises(OrgasegError, match="known styles: default, faint") as info:
+        make_demo_data(tmp_path / "out", n_images=1, size=(128, 128), style="bright")
+    assert "\n" not in str(info.value) and "'bright'" in str(info.value)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(OrgasegError, match="unknown demo style"):
+        synthesise_image((128, 128), np.random.default_rng(0), style="Faint")
+    out = tmp_path / "cli"
+    assert main(["demo-data", "--out", str(out), "--size", "128x160", "--n-images", "1", "--style", "nope"]) == 1
+    assert "known styles" in capsys.readouterr().err
+    assert main(["demo-data", "--out", str(out), "--size", "128x160", "--n-images", "1", "--style", "faint"]) == 0
+    assert json.loads((out / "run.json").read_text())["arguments"]["style"] == "faint"

@@ -30,7 +30,7 @@ ALLOWED = {
     "data": {"common", "qupath"},
     "segmentation": {"common", "qupath"},
     "objects": {"common", "qupath"},
-    "classification": {"common", "qupath"},
+    "classification": {"common", "qupath", "objects"},
     "pipelines": {"common", "qupath", "data", "segmentation", "objects", "classification"},
 }
 TOP_LEVEL = {"__init__", "__main__", "steps", "cli", "album_support"}
@@ -236,10 +236,10 @@ def test_solutions_and_cli_steps_use_only_the_public_api():
                     and module != "orgaseg_core.steps":
                 wrong.append(f"{path.relative_to(REPO)}:{line} imports {module}")
     # the CLI parses options and calls steps; besides the API it uses the foundations (errors,
-    # logging, option parsing) and, for the checkpoint viewer classifier-info, the classifier's
-    # checkpoint loader
+    # logging, option parsing) and, for the model viewer classifier-info, the classifier's
+    # loader
     allowed_cli = ("orgaseg_core.steps", "orgaseg_core.__version__", "orgaseg_core.common.",
-                   "orgaseg_core.classification.networks.load_checkpoint")
+                   "orgaseg_core.classification.model.load_classifier")
     for line, module in orgaseg_imports(PACKAGE / "cli.py"):
         if not module.startswith(allowed_cli):
             wrong.append(f"orgaseg_core/cli.py:{line} imports {module}")

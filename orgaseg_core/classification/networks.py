@@ -146,6 +146,13 @@ def load_weights(model: nn.Module, path: Path) -> dict[str, Any]:
     state = _torch_load(path, what="weights file")
     if isinstance(state, Mapping) and state.get("format") == CHECKPOINT_FORMAT:
         state = state.get("state_dict")
+    return load_state(model, state, source=path)
+
+
+def load_state(model: nn.Module, state: Any, *, source: Path | str) -> dict[str, Any]:
+    """Initialise ``model`` from a state_dict ``state`` (read from ``source``, named in errors);
+    the rules of :func:`load_weights`."""
+    path = Path(source)
     if not isinstance(state, Mapping) or not state or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise InputFileError(path, "is not a state_dict (a dictionary of named tensors) or an "
@@ -155,22 +162,22 @@ def load_weights(model: nn.Module, path: Path) -> dict[str, Any]:
     head = _last_linear(model)
     adapted, loaded, skipped_head, problems = False, {}, [], []
     for key, target in own.items():
-        source = state.get(key)
-        if source is not None and source.shape == target.shape:
-            loaded[key] = source.to(target.dtype)
-        elif (source is not None and key == f"{conv_name}.weight" and source.ndim == 4
-              and target.shape[1] == 1 and source.shape[0] == target.shape[0]
-              and source.shape[2:] == target.shape[2:]):
+        found = state.get(key)
+        if found is not None and found.shape == target.shape:
+            loaded[key] = found.to(target.dtype)
+        elif (found is not None and key == f"{conv_name}.weight" and found.ndim == 4
+              and target.shape[1] == 1 and found.shape[0] == target.shape[0]
+              and found.shape[2:] == target.shape[2:]):
             # A grey image repeated to C channels gives sum over C of w_c * x: sum the weights.
-            loaded[key] = source.sum(dim=1, keepdim=True).to(target.dtype)
+            loaded[key] = found.sum(dim=1, keepdim=True).to(target.dtype)
             adapted = True
         elif key.startswith(head + "."):
             skipped_head.append(key)
         elif key.endswith("num_batches_tracked"):
             continue
         else:
-            problems.append(key if source is None else
-                            f"{key} (file {tuple(source.shape)}, model {tuple(target.shape)})")
+            problems.append(key if found is None else
+                            f"{key} (file {tuple(found.shape)}, model {tuple(target.shape)})")
     if problems:
         shown = ", ".join(problems[:5]) + (f", ... ({len(problems) - 5} more)" if len(problems) > 5 else "")
         raise InputFileError(path, f"weights do not fit the {type(model).__name__} architecture: "
@@ -180,6 +187,30 @@ def load_weights(model: nn.Module, path: Path) -> dict[str, Any]:
              "; first convolution summed to 1 grey channel" if adapted else "",
              f"; classification head ({head}) left random" if skipped_head else "")
     return {"tensors": len(loaded), "head_random": bool(skipped_head), "first_conv_adapted": adapted}
+
+
+def pretrained_state(architecture: str) -> tuple[dict[str, Any], str]:
+    """torchvision's default pretrained weights of ``architecture`` (ImageNet) and their name.
+
+    torchvision downloads them once into its cache (``$TORCH_HOME/hub/checkpoints/``, by
+    default ``~/.cache/torch``) and reads them from there afterwards, so this works offline
+    when the cache holds the file. Loaded with ``weights_only=True`` (no code from the file).
+    Raises OrgasegError saying where the file is expected when it is neither cached nor
+    downloadable.
+    """
+    import torch.hub
+    from torchvision.models import get_model_weights
+
+    weights = get_model_weights(validate_architecture(architecture)).DEFAULT
+    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    try:
+        state = weights.get_state_dict(progress=True, weights_only=True, map_location="cpu")
+    except Exception as exc:  # URLError, HTTPError, OSError, unpickling errors ...
+        raise OrgasegError(f"pretrained weights {weights} of {architecture} are not in the torchvision "
+                           f"cache ({target}) and could not be downloaded ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); put the file "
+                           f"there, or give a local file with --weights") from exc
+    return state, f"{weights} ({target})"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,12 +8,15 @@ Input ``objects`` is either
   image and label are parsed from names like ``<stem>_<label>.tif`` (label left empty when the
   name has no trailing number).
 
+The model folder says which family classifies (:mod:`orgaseg_core.classification.model`): the
+measurement forest reads the measurement columns of ``objects.csv``; the CNN reads the crops.
 Every crop is prepared exactly as in training (the checkpoint says how: grey, [0, 1] by dtype,
 fitted and padded to the input size, normalised with the training mean/std; see
 :mod:`orgaseg_core.classification.crops`) and classified in batches.
 
 Outputs in ``out``: ``predictions.csv`` (image, label, crop, predicted_class, confidence = the
-highest probability, ``prob_<Class>`` per class of the checkpoint, then the remaining columns of
+highest calibrated probability, needs_review = confidence below the review threshold,
+``prob_<Class>`` per class of the model, then the remaining columns of
 ``objects.csv`` such as the measurements), ``unreadable.csv`` (crops that could not be read:
 reported, skipped; if every crop fails the step fails) and ``run.json``.
 """
@@ -112,6 +115,8 @@ class ClassifyResult:
     class_counts: dict[str, int] = field(default_factory=dict)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     mean_confidence: float = 0.0
+    n_review: int = 0
+    review_below: float = 0.0
     device: str = "cpu"
     seconds: float = 0.0
 
@@ -124,7 +129,8 @@ class ClassifyResult:
         lines = [f"classify: {self.n_classified} of {self.n_crops} crops classified with {self.model} "
                  f"({self.device}, {self.seconds:.1f} s, {rate:.0f} crops/s)",
                  "  predicted: " + ", ".join(f"{c} {self.class_counts.get(c, 0)}" for c in self.class_names),
-                 f"  mean confidence {self.mean_confidence:.3f}",
+                 f"  mean confidence {self.mean_confidence:.3f}; {self.n_review} below "
+                 f"{self.review_below:.2f} flagged for review (needs_review)",
                  f"  table: {self.predictions_csv}"]
         if self.unreadable:
             lines.append(f"  {len(self.unreadable)} crops could not be read and were skipped "
@@ -151,62 +157,83 @@ def predict_batch(model, units: list[np.ndarray], *, input_size: int, mean: floa
 
 
 def classify(model: Path, objects: Path, out: Path, *, batch_size: int = 64, device: str | None = None,
-             overwrite: bool = False) -> ClassifyResult:
-    """Classify every crop of ``objects`` with the checkpoint ``model``; write ``out/predictions.csv``.
+             review_below: float | None = None, overwrite: bool = False) -> ClassifyResult:
+    """Classify every object of ``objects`` with a classifier of train-classifier; write
+    ``out/predictions.csv``.
 
-    model: ``model.pt`` written by train-classifier (all it needs is inside). objects: an
-    extract-objects output folder or a folder of crops (see the module notes). out: new or
-    empty folder (or ``overwrite``), not the model's folder. batch_size: crops per forward pass.
-    device: "cpu" or "cuda" (None: cuda when available).
+    model: the folder written by train-classifier (or its classifier.json or model.pt; all it
+    needs is inside, whatever family won). objects: an extract-objects output folder or a
+    folder of crops (see the module notes); the measurement and combined families need the
+    measurements of ``objects.csv``. out: new or empty folder (or ``overwrite``), not the
+    model's folder. batch_size: crops per forward pass. device: "cpu" or "cuda" (None: cuda
+    when available). review_below: objects whose confidence is below it get ``needs_review``
+    (None: the model's own threshold).
     """
-    import torch
-
     from ..common.images import read_image
     from .crops import to_unit
-    from .networks import load_checkpoint, resolve_device
+    from .model import load_classifier, predict_probabilities
 
     model, objects, out = Path(model), Path(objects), Path(out)
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise OrgasegError(f"batch size must be a whole number >= 1, got {batch_size!r}")
+    if review_below is not None and not (isinstance(review_below, (int, float))
+                                         and 0.0 <= float(review_below) <= 1.0):
+        raise OrgasegError(f"review_below must be a confidence between 0 and 1, got {review_below!r}")
     batch_size = int(batch_size)
-    device = resolve_device(device)
-    checkpoint = load_checkpoint(model)
-    if out.resolve() == model.resolve().parent:
+    classifier = load_classifier(model)
+    review = classifier.review_below if review_below is None else float(review_below)
+    if classifier.needs_crops:
+        from .networks import resolve_device
+
+        device = resolve_device(device)
+    else:
+        device = "cpu"
+    if out.resolve() == (model if model.is_dir() else model.parent).resolve():
         raise OutputError(f"{out}: is the model's folder; write the predictions to another folder")
     table, files, source = collect_crops(objects)
-    log.info("read %s: %d crops to classify; model %s (%s, classes %s, input %d px)", source,
-             len(files), model, checkpoint.architecture, ", ".join(checkpoint.class_names),
-             checkpoint.input_size)
+    log.info("read %s: %d objects to classify with the %s", source, len(files), classifier.describe())
+    if classifier.needs_measurements:
+        from .measurement_model import feature_matrix
+
+        feature_matrix(table, classifier.measurement_columns, source=source)  # fail before writing
 
     arguments = {"model": model, "objects": objects, "out": out, "batch_size": batch_size,
-                 "device": device, "overwrite": overwrite}
+                 "device": device, "review_below": review, "overwrite": overwrite}
     with step_run("classify", out, arguments, overwrite=overwrite, inputs=[objects]) as record:
         start = time.perf_counter()
-        result = ClassifyResult(out=out, model=model, class_names=list(checkpoint.class_names),
+        result = ClassifyResult(out=out, model=model, class_names=list(classifier.class_names),
                                 n_crops=len(files), device=device)
-        net = checkpoint.build(device)
-        if device == "cpu":
-            net = net.to(memory_format=torch.channels_last)
-        probabilities = np.full((len(files), len(checkpoint.class_names)), np.nan, dtype=np.float64)
-        ok = np.zeros(len(files), dtype=bool)
-        bar = tqdm(total=len(files), desc="classify", unit="crop", disable=None)
-        for begin in range(0, len(files), batch_size):
-            indices, units = [], []
-            for i in range(begin, min(begin + batch_size, len(files))):
-                try:
-                    units.append(to_unit(read_image(files[i])))
-                    indices.append(i)
-                except OrgasegError as exc:
-                    log.warning("%s (skipped)", exc)
-                    result.unreadable.append((str(table["crop"].iloc[i]), str(exc)))
-            if units:
-                probabilities[indices] = predict_batch(
-                    net, units, input_size=checkpoint.input_size, mean=checkpoint.mean,
-                    std=checkpoint.std, device=device)
-                ok[indices] = True
-            bar.update(min(begin + batch_size, len(files)) - begin)
-        bar.close()
 
+        def crop_probabilities() -> tuple[np.ndarray, np.ndarray]:
+            import torch
+
+            checkpoint = classifier.checkpoint
+            net = checkpoint.build(device)
+            if device == "cpu":
+                net = net.to(memory_format=torch.channels_last)
+            probabilities = np.full((len(files), len(classifier.class_names)), np.nan, dtype=np.float64)
+            ok = np.zeros(len(files), dtype=bool)
+            bar = tqdm(total=len(files), desc="classify", unit="crop", disable=None)
+            for begin in range(0, len(files), batch_size):
+                indices, units = [], []
+                for i in range(begin, min(begin + batch_size, len(files))):
+                    try:
+                        units.append(to_unit(read_image(files[i])))
+                        indices.append(i)
+                    except OrgasegError as exc:
+                        log.warning("%s (skipped)", exc)
+                        result.unreadable.append((str(table["crop"].iloc[i]), str(exc)))
+                if units:
+                    probabilities[indices] = predict_batch(
+                        net, units, input_size=checkpoint.input_size, mean=checkpoint.mean,
+                        std=checkpoint.std, device=device)
+                    ok[indices] = True
+                bar.update(min(begin + batch_size, len(files)) - begin)
+            bar.close()
+            return probabilities, ok
+
+        probabilities, ok = predict_probabilities(classifier, table, source=source,
+                                                  crop_probabilities=crop_probabilities)
         if result.unreadable:
             write_csv(out / UNREADABLE_CSV, pd.DataFrame(result.unreadable, columns=["crop", "error"]))
         record.results["unreadable"] = [{"crop": c, "error": e} for c, e in result.unreadable]
@@ -216,13 +243,15 @@ def classify(model: Path, objects: Path, out: Path, *, batch_size: int = 64, dev
 
         kept = table[ok].reset_index(drop=True)
         probs = probabilities[ok]
-        names = np.asarray(checkpoint.class_names, dtype=object)
+        names = np.asarray(classifier.class_names, dtype=object)
+        confidence = probs.max(axis=1)
         predictions = pd.DataFrame({
             "image": kept["image"], "label": kept["label"], "crop": kept["crop"],
             "predicted_class": names[probs.argmax(axis=1)],
-            "confidence": probs.max(axis=1).round(6),
+            "confidence": confidence.round(6),
+            "needs_review": confidence < review,
         })
-        for column, values in zip(probability_columns(checkpoint.class_names), probs.T):
+        for column, values in zip(probability_columns(classifier.class_names), probs.T):
             predictions[column] = values.round(6)
         extra = [c for c in kept.columns if c not in ("image", "label", "crop")]
         clashes = [c for c in extra if c in predictions.columns]
@@ -234,16 +263,21 @@ def classify(model: Path, objects: Path, out: Path, *, batch_size: int = 64, dev
         write_csv(out / PREDICTIONS_CSV, predictions)
 
         result.n_classified = int(ok.sum())
+        result.n_review = int(predictions["needs_review"].sum())
+        result.review_below = review
         result.class_counts = dict(Counter(predictions["predicted_class"]))
         result.mean_confidence = float(predictions["confidence"].mean())
         result.seconds = time.perf_counter() - start
         record.results.update({
-            "model": str(model), "architecture": checkpoint.architecture,
-            "class_names": list(checkpoint.class_names), "crops": result.n_crops,
+            "model": str(model), "family": classifier.family,
+            "architecture": classifier.checkpoint.architecture if classifier.checkpoint else None,
+            "class_names": list(classifier.class_names), "crops": result.n_crops,
             "classified": result.n_classified,
-            "class_counts": {c: result.class_counts.get(c, 0) for c in checkpoint.class_names},
-            "mean_confidence": round(result.mean_confidence, 4), "seconds": round(result.seconds, 3),
+            "class_counts": {c: result.class_counts.get(c, 0) for c in classifier.class_names},
+            "mean_confidence": round(result.mean_confidence, 4), "review_below": review,
+            "needs_review": result.n_review, "seconds": round(result.seconds, 3),
         })
-        log.info("wrote %s (%d crops)%s", out / PREDICTIONS_CSV, result.n_classified,
+        log.info("wrote %s (%d objects, %d below confidence %.2f flagged for review)%s",
+                 out / PREDICTIONS_CSV, result.n_classified, result.n_review, review,
                  f" and {UNREADABLE_CSV} ({len(result.unreadable)} crops)" if result.unreadable else "")
     return result

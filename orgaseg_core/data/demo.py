@@ -15,12 +15,26 @@ QuPath: ``x`` to the right, ``y`` down, in pixels; pixel ``(row, col)`` covers
 ``[col, col + 1) x [row, row + 1)``, so its centre is at ``(col + 0.5, row + 0.5)`` and a pixel
 belongs to a polygon when its centre lies inside.
 
-The five classes look clearly different (so that a classifier and a StarDist model can learn them):
-``Cyst`` (light lumen, thin dark wall), ``Filled in`` (uniformly dark), ``Early branching`` (body
-with 1-3 round buds), ``Branched`` (body with 5-9 long narrow branches), ``Burned out`` (very dark,
-rough outline, granular). The first images also hold the awkward cases of real exports:
-MultiPolygons, polygons with holes, an unclassified annotation, a measurement line, the class
-spelled both ``Filled in`` and ``Filled-in``, and one slightly overlapping pair of organoids.
+Two image styles (:data:`STYLES`, chosen with ``style``) draw the same five classes:
+
+``default``
+    The five classes look clearly different (so that a classifier and a StarDist model can learn
+    them): ``Cyst`` (light lumen, thin dark wall), ``Filled in`` (uniformly dark), ``Early
+    branching`` (body with 1-3 round buds), ``Branched`` (body with 5-9 long narrow branches),
+    ``Burned out`` (very dark, rough outline, granular), 10-25 organoids per image at the reference
+    size, in a round vignetted field of view (black corners).
+``faint``
+    Imitates another generator, with low contrast: cysts are *bright* (lumen slightly brighter than
+    the background, thin wall only a little darker), ``Filled in``, ``Early branching`` and
+    ``Branched`` are only moderately dark, ``Burned out`` stays very dark. Objects are smaller
+    (radii about 0.6x) and more numerous (14-32 per image at the reference size), the field is
+    flat (a gentle gradient of a few percent, no vignette, objects anywhere but near the border),
+    with somewhat more camera noise and blur.
+
+The first images of either style also hold the awkward cases of real exports: MultiPolygons,
+polygons with holes, an unclassified annotation, a measurement line, the class spelled both
+``Filled in`` and ``Filled-in``, and one slightly overlapping pair of organoids. The default
+style's output is unchanged by the existence of other styles (same seed, same bytes).
 """
 
 from __future__ import annotations
@@ -57,6 +71,61 @@ _RADIUS_RANGE = {
 }
 _FINE_ANGLES = 2048  # samples of r(theta) used to place the polygon vertices by arc length
 _TWO_PI = 2.0 * math.pi
+
+
+
+@dataclass(frozen=True)
+class Style:
+    """How a synthetic image looks: the numbers that differ between :data:`STYLES`.
+
+    Ranges are (low, high) for uniform draws; transmissions are fractions of the background light
+    (1 = background); sizes in px refer to :data:`REFERENCE_SIZE`.
+    """
+
+    name: str
+    radius_scale: float = 1.0  # organoid radii relative to _RADIUS_RANGE (and the special cases)
+    n_organoids: tuple[int, int] = (10, 25)  # per image at the reference size (inclusive)
+    vignette: bool = True  # round field of view with black corners; else a flat field
+    background: tuple[float, float] = (175.0, 210.0)  # background grey level (0-255)
+    gradient: float = 0.12  # largest linear illumination gradient (relative, per half diagonal)
+    blur: float = 0.5  # optical blur sigma (px)
+    noise: tuple[float, float] = (2.5, 4.5)  # camera noise sigma range (grey levels)
+    max_transmission: float = 1.0  # objects brighter than the background need > 1
+    cyst_wall: tuple[float, float] = (0.30, 0.46)
+    cyst_lumen: tuple[float, float] = (0.78, 0.92)
+    cyst_wall_px: tuple[float, float] = (0.10, 0.18)  # wall thickness / radius
+    cyst_wall_min_px: float = 1.5  # thinnest wall (px)
+    filled_elongation: tuple[float, float] | None = None  # None: the common 1.0-1.5
+    filled_base: tuple[float, float] = (0.36, 0.52)
+    filled_texture: float = 0.05
+    filled_rim: float = 0.10
+    budding_base: tuple[float, float] = (0.48, 0.64)  # Early branching and Branched
+    budding_texture: float = 0.06
+    budding_rim: float = 0.12
+    burned_base: tuple[float, float] = (0.10, 0.24)
+
+
+#: The image styles ``make_demo_data(style=...)`` knows.
+STYLES = {
+    "default": Style("default"),
+    "faint": Style(
+        "faint", radius_scale=0.6, n_organoids=(14, 32), vignette=False,
+        background=(150.0, 190.0), gradient=0.03, blur=0.8, noise=(4.0, 7.0),
+        max_transmission=1.25, cyst_wall=(0.80, 0.90), cyst_lumen=(1.03, 1.12),
+        cyst_wall_px=(0.06, 0.10), cyst_wall_min_px=1.0, filled_elongation=(1.0, 1.15), filled_base=(0.55, 0.70),
+        filled_texture=0.04, filled_rim=0.06, budding_base=(0.60, 0.75), budding_texture=0.04,
+        budding_rim=0.07, burned_base=(0.08, 0.22)),
+}
+
+
+def get_style(style: str | Style) -> Style:
+    """The :class:`Style` called ``style`` (a Style passes through); OrgasegError if unknown."""
+    if isinstance(style, Style):
+        return style
+    if isinstance(style, str) and style in STYLES:
+        return STYLES[style]
+    raise OrgasegError(f"unknown demo style {style!r}; known styles: {', '.join(STYLES)}")
+
 
 # Which special cases go into which image (index) when there are at least two images.
 _SPECIALS = {
@@ -153,6 +222,7 @@ class DemoDataResult:
     class_counts: dict[str, int] = field(default_factory=dict)  # canonical class -> organoids
     image_formats: dict[str, str] = field(default_factory=dict)  # image name -> "8-bit RGB", ...
     size: tuple[int, int] = REFERENCE_SIZE
+    style: str = "default"  # name of the image style (see STYLES)
 
     def summary(self) -> str:
         formats: dict[str, int] = {}
@@ -162,6 +232,7 @@ class DemoDataResult:
         lines = [
             f"demo-data: {len(self.images)} images of {self.size[0]}x{self.size[1]} px "
             f"({', '.join(f'{n} {k}' for k, n in sorted(formats.items()))}) in {self.out / 'images'}",
+            f"  style: {self.style}",
             f"  {len(self.geojsons)} QuPath GeoJSON files in {self.out / 'geojsons'}: "
             f"{self.n_objects} annotations ({self.n_organoids} classified organoids, {others} other)",
             "  classes: " + ", ".join(f"{name} {n}" for name, n in sorted(self.class_counts.items())),
@@ -355,18 +426,22 @@ def _spread_directions(rng: np.random.Generator, n: int, jitter: float = 0.3) ->
 
 def organoid_template(class_name: str, rng: np.random.Generator, scale: float, *,
                       radius: float | None = None, hole: bool = False, detached_bud: bool = False,
-                      spelling: str | None = None) -> _Template:
+                      spelling: str | None = None, style: str | Style = "default") -> _Template:
     """A random organoid of ``class_name`` (canonical spelling) centred on the origin.
 
     ``scale``: image size relative to :data:`REFERENCE_SIZE` (sizes in px are multiplied by it).
-    ``radius``: mean body radius in px at this scale (random per class when None).
+    ``radius``: mean body radius in px at this scale (random per class, times the style's
+    ``radius_scale``, when None; a given radius is used as it is).
+    ``style``: a :data:`STYLES` name or :class:`Style` (sizes and grey levels of the classes).
     ``hole``: the lumen is a hole of the polygon (background in the image; for ring-like cysts).
     ``detached_bud``: add a separate small bud as a second polygon (a MultiPolygon).
     ``spelling``: the class name written to the GeoJSON (default ``class_name``).
     """
+    style = get_style(style)
     if radius is None:
         lo, hi = _RADIUS_RANGE[class_name]
-        radius = rng.uniform(lo, hi) * scale
+        f = style.radius_scale
+        radius = rng.uniform(lo * f, hi * f) * scale
     radius = max(float(radius), 5.0)
     elongation = rng.uniform(1.0, 1.5)
     angle = rng.uniform(0.0, math.pi)
@@ -376,21 +451,26 @@ def organoid_template(class_name: str, rng: np.random.Generator, scale: float, *
     appearance: dict[str, Any] = {}
     if class_name == "Cyst":
         elongation = rng.uniform(1.0, 1.35)
-        appearance = {"wall": rng.uniform(0.30, 0.46), "lumen": rng.uniform(0.78, 0.92),
-                      "wall_px": max(1.5, rng.uniform(0.10, 0.18) * radius)}
+        appearance = {"wall": rng.uniform(*style.cyst_wall), "lumen": rng.uniform(*style.cyst_lumen),
+                      "wall_px": max(style.cyst_wall_min_px, rng.uniform(*style.cyst_wall_px) * radius)}
     elif class_name == "Filled in":
-        appearance = {"base": rng.uniform(0.36, 0.52), "texture": 0.05, "rim": 0.10}
+        if style.filled_elongation is not None:
+            elongation = rng.uniform(*style.filled_elongation)
+        appearance = {"base": rng.uniform(*style.filled_base), "texture": style.filled_texture,
+                      "rim": style.filled_rim}
     elif class_name == "Early branching":
         elongation = rng.uniform(1.0, 1.35)
         protrusions = ((1, 3), (0.30, 0.45), (0.30, 0.60))  # 1-3 short, round buds
-        appearance = {"base": rng.uniform(0.48, 0.64), "texture": 0.06, "rim": 0.12}
+        appearance = {"base": rng.uniform(*style.budding_base), "texture": style.budding_texture,
+                      "rim": style.budding_rim}
     elif class_name == "Branched":
         elongation = rng.uniform(1.0, 1.3)
         protrusions = ((5, 9), (0.16, 0.26), (0.80, 1.30))  # 5-9 long, narrow branches
-        appearance = {"base": rng.uniform(0.48, 0.64), "texture": 0.06, "rim": 0.12}
+        appearance = {"base": rng.uniform(*style.budding_base), "texture": style.budding_texture,
+                      "rim": style.budding_rim}
     elif class_name == "Burned out":
         noise, k_max, decay = 0.10, 24, 0.5  # rough, irregular outline
-        appearance = {"base": rng.uniform(0.10, 0.24), "grain": 0.08}
+        appearance = {"base": rng.uniform(*style.burned_base), "grain": 0.08}
     elif class_name == "debris":
         noise, k_max, decay = 0.15, 12, 0.6
         appearance = {"base": rng.uniform(0.30, 0.40), "grain": 0.05}
@@ -444,13 +524,15 @@ def _detached_bud(rng: np.random.Generator, r: Callable[[np.ndarray], np.ndarray
     return radial_polygon(bud_r, 40, centre=centre), []
 
 
-def _overlapping_pair(rng: np.random.Generator, scale: float, filled_spelling: str) -> list[_Template]:
+def _overlapping_pair(rng: np.random.Generator, scale: float, filled_spelling: str,
+                      style: Style = STYLES["default"]) -> list[_Template]:
     """A 'Filled in' organoid and a 'Cyst' whose polygons overlap slightly (2-8 % of the smaller)."""
     from shapely.geometry import Polygon
 
-    a = organoid_template("Filled in", rng, scale, radius=rng.uniform(28, 36) * scale,
-                          spelling=filled_spelling)
-    b = organoid_template("Cyst", rng, scale, radius=rng.uniform(24, 32) * scale)
+    f = style.radius_scale
+    a = organoid_template("Filled in", rng, scale, radius=rng.uniform(28, 36) * f * scale,
+                          spelling=filled_spelling, style=style)
+    b = organoid_template("Cyst", rng, scale, radius=rng.uniform(24, 32) * f * scale, style=style)
     direction = rng.uniform(0.0, _TWO_PI)
     unit = np.array([math.cos(direction), math.sin(direction)])
     pa = Polygon(a.parts[0][0])
@@ -512,10 +594,11 @@ def _object_transmission(appearance: dict[str, Any], mask: np.ndarray, rng: np.r
 
 
 def paint_object(transmission: np.ndarray, obj: DemoObject, rng: np.random.Generator,
-                 scale: float) -> int:
+                 scale: float, *, max_transmission: float = 1.0) -> int:
     """Paint one polygon object into ``transmission`` (float32 (H, W), in place); return its pixels.
 
-    Works only inside the object's bounding box. Later objects cover earlier ones.
+    Works only inside the object's bounding box. Later objects cover earlier ones. Transmission
+    is clipped to [0.03, ``max_transmission``] (above 1: brighter than the background).
     """
     x0, y0, x1, y1 = roi_pixel_bounds(obj.bounds(), transmission.shape)
     if x1 <= x0 or y1 <= y0:
@@ -523,7 +606,7 @@ def paint_object(transmission: np.ndarray, obj: DemoObject, rng: np.random.Gener
     mask = rasterise_parts(obj.parts, (x0, y0), (y1 - y0, x1 - x0))
     if not mask.any():
         return 0
-    values = np.clip(_object_transmission(obj.appearance, mask, rng, scale), 0.03, 1.0)
+    values = np.clip(_object_transmission(obj.appearance, mask, rng, scale), 0.03, max_transmission)
     box = transmission[y0:y1, x0:x1]
     box[mask] = values[mask]
     return int(mask.sum())
@@ -551,25 +634,34 @@ class _Field:
     height: int
     width: int
     centre: tuple[float, float]  # vignette circle centre (x, y), px
-    radius: float  # vignette circle radius, px
+    radius: float  # vignette circle radius, px (infinite without vignette)
     edge: float  # width of its soft edge, px
 
 
-def illumination(height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, _Field]:
+def illumination(height: int, width: int, rng: np.random.Generator,
+                 style: str | Style = "default") -> tuple[np.ndarray, _Field]:
     """Background grey level (float32 (H, W), 0-255 scale) with uneven illumination and vignette.
 
-    A light grey level with a smooth gradient and a broad bright or dim patch, falling off
-    towards the edge of the field, and black outside a circle that cuts off the corners.
+    With a vignetting ``style`` (the default): a light grey level with a smooth gradient and a
+    broad bright or dim patch, falling off towards the edge of the field, and black outside a
+    circle that cuts off the corners. Otherwise a flat field with a gentle linear gradient.
     """
+    style = get_style(style)
     half_diag = 0.5 * math.hypot(height, width)
     x = np.arange(width, dtype=np.float32) + 0.5
     y = (np.arange(height, dtype=np.float32) + 0.5)[:, None]
+    if not style.vignette:
+        level = rng.uniform(*style.background)
+        gx, gy = rng.uniform(-style.gradient, style.gradient, 2)
+        xn, yn = (x - width / 2) / half_diag, (y - height / 2) / half_diag
+        field_ = level * (1.0 + gx * xn + gy * yn)
+        return field_.astype(np.float32), _Field(height, width, (width / 2, height / 2), math.inf, 0.0)
     cx = width / 2 + rng.uniform(-0.02, 0.02) * width
     cy = height / 2 + rng.uniform(-0.02, 0.02) * height
     radius = half_diag * rng.uniform(0.86, 0.92)
     edge = 0.03 * half_diag
-    level = rng.uniform(175.0, 210.0)
-    gx, gy = rng.uniform(-0.12, 0.12, 2)
+    level = rng.uniform(*style.background)
+    gx, gy = rng.uniform(-style.gradient, style.gradient, 2)
     bx, by = rng.uniform(0.2, 0.8) * width, rng.uniform(0.2, 0.8) * height
     amp, spread = rng.uniform(-0.05, 0.08), rng.uniform(0.3, 0.6) * half_diag
     xn, yn = (x - cx) / half_diag, (y - cy) / half_diag
@@ -628,42 +720,46 @@ def _finalise(template: _Template, x: float, y: float) -> DemoObject:
 
 def synthesise_image(size: tuple[int, int], rng: np.random.Generator, *,
                      specials: Sequence[str] = (), filled_spelling: str = "Filled in",
-                     n_organoids: int | None = None) -> SyntheticImage:
+                     n_organoids: int | None = None, style: str | Style = "default") -> SyntheticImage:
     """Generate one brightfield image and its annotations.
 
     ``size``: (height, width) px. ``specials``: any of ``overlap`` (one slightly overlapping
     Filled in/Cyst pair), ``multipolygon`` (an organoid with a detached bud), ``hole`` (a cyst
     whose lumen is a hole), ``unclassified`` (a debris clump annotated without class), ``line``
     (a measurement line). ``filled_spelling``: how the Filled in class is written.
-    ``n_organoids``: total organoids wanted (random 10-25 at the reference field of view).
+    ``n_organoids``: total organoids wanted (random per style, 10-25 for ``default``, at the
+    reference field of view). ``style``: a :data:`STYLES` name or :class:`Style`.
     Returns intensities on a 0-255 scale (float32, (H, W)) and the objects in feature order.
     """
+    style = get_style(style)
     height, width = size
     scale = min(height / REFERENCE_SIZE[0], width / REFERENCE_SIZE[1])
     # More objects where the aspect ratio gives more field than the reference shape at this scale.
     area_factor = min(4.0, height * width / (scale ** 2 * REFERENCE_SIZE[0] * REFERENCE_SIZE[1]))
-    intensity, fov = illumination(height, width, rng)
+    intensity, fov = illumination(height, width, rng, style)
     placer = _Placer(fov, scale)
 
     # Special objects first, so they find room; then a class-balanced set of ordinary organoids.
     groups: list[list[_Template]] = []
     if "overlap" in specials:
-        groups.append(_overlapping_pair(rng, scale, filled_spelling))
+        groups.append(_overlapping_pair(rng, scale, filled_spelling, style))
     if "multipolygon" in specials:
         cls = "Branched" if "overlap" in specials else "Early branching"
-        groups.append([organoid_template(cls, rng, scale, detached_bud=True)])
+        groups.append([organoid_template(cls, rng, scale, detached_bud=True, style=style)])
     if "hole" in specials:
-        groups.append([organoid_template("Cyst", rng, scale, hole=True,
-                                         radius=rng.uniform(30, 50) * scale)])
+        groups.append([organoid_template("Cyst", rng, scale, hole=True, style=style,
+                                         radius=rng.uniform(30, 50) * style.radius_scale * scale)])
     if "unclassified" in specials:
         groups.append([organoid_template("debris", rng, scale, radius=rng.uniform(9, 13) * scale)])
     n_special = sum(len(g) for g in groups if g[0].kind == "organoid")
     if n_organoids is None:
-        n_organoids = int(round(rng.integers(10, 26) * area_factor))
+        lo, hi = style.n_organoids
+        n_organoids = int(round(rng.integers(lo, hi + 1) * area_factor))
     n_regular = max(0, n_organoids - n_special)
     classes = np.resize(rng.permutation(len(CLASSES)), n_regular)
     classes = [CLASSES[i] for i in rng.permutation(classes)]
-    regular = [organoid_template(c, rng, scale, spelling=filled_spelling if c == "Filled in" else None)
+    regular = [organoid_template(c, rng, scale, spelling=filled_spelling if c == "Filled in" else None,
+                                 style=style)
                for c in classes]
     # Large objects first: they are the hardest to fit.
     regular.sort(key=lambda t: -t.bound_radius)
@@ -683,7 +779,7 @@ def synthesise_image(size: tuple[int, int], rng: np.random.Generator, *,
 
     transmission = np.ones((height, width), dtype=np.float32)
     for obj in objects:
-        paint_object(transmission, obj, rng, scale)
+        paint_object(transmission, obj, rng, scale, max_transmission=style.max_transmission)
 
     # Dust specks between the objects (not annotated).
     n_specks = int(rng.integers(15, 40) * area_factor)
@@ -696,10 +792,10 @@ def synthesise_image(size: tuple[int, int], rng: np.random.Generator, *,
 
     intensity *= transmission
     # A little optical blur, then camera noise.
-    blur = 0.5 * scale
+    blur = style.blur * scale
     if blur >= 0.3:
         intensity = ndi.gaussian_filter(intensity, blur)
-    noise_sigma = rng.uniform(2.5, 4.5)
+    noise_sigma = rng.uniform(*style.noise)
     intensity += noise_sigma * rng.standard_normal(intensity.shape, dtype=np.float32)
     np.clip(intensity, 0.0, 255.0, out=intensity)
 
@@ -805,7 +901,8 @@ def _check_arguments(n_images: int, seed: int, size: Sequence[int]) -> tuple[int
 
 
 def make_demo_data(out: Path, *, n_images: int = 8, seed: int = 0,
-                   size: tuple[int, int] = REFERENCE_SIZE, overwrite: bool = False) -> DemoDataResult:
+                   size: tuple[int, int] = REFERENCE_SIZE, overwrite: bool = False,
+                   style: str | Style = "default") -> DemoDataResult:
     """Write synthetic brightfield organoid images and their QuPath-style annotations to ``out``.
 
     ``n_images`` images of ``size`` = (height, width) px: even-numbered ones as 8-bit RGB JPEG
@@ -814,17 +911,19 @@ def make_demo_data(out: Path, *, n_images: int = 8, seed: int = 0,
     ``<image name>.geojson`` FeatureCollection per image), ``crops/`` (QuPath-named ROI crops of
     every polygon annotation), ``objects.csv`` (ground truth) and ``run.json``. The same
     ``seed`` and arguments give byte-identical files; image k does not depend on ``n_images``
-    (except that with one image, all special cases go into it).
+    (except that with one image, all special cases go into it). ``style``: how the images look,
+    a name in :data:`STYLES` (``default`` or ``faint``, see the module docstring).
     """
     import pandas as pd
     from tqdm import tqdm
 
     height, width = _check_arguments(n_images, seed, size)
+    image_style = get_style(style)
     out = Path(out)
     arguments = {"out": out, "n_images": int(n_images), "seed": int(seed), "size": [height, width],
-                 "overwrite": overwrite}
+                 "style": image_style.name, "overwrite": overwrite}
     with step_run("demo-data", out, arguments, overwrite=overwrite) as record:
-        result = DemoDataResult(out=out, size=(height, width))
+        result = DemoDataResult(out=out, size=(height, width), style=image_style.name)
         rows: list[dict[str, Any]] = []
         for index in tqdm(range(n_images), desc="demo images", unit="image", disable=None):
             rng = np.random.default_rng([int(seed), index])
@@ -833,7 +932,8 @@ def make_demo_data(out: Path, *, n_images: int = 8, seed: int = 0,
             else:
                 specials = _SPECIALS.get(index, ())
             spelling = "Filled in" if index % 2 == 0 else "Filled-in"
-            image = synthesise_image((height, width), rng, specials=specials, filled_spelling=spelling)
+            image = synthesise_image((height, width), rng, specials=specials, filled_spelling=spelling,
+                                     style=image_style)
             suffix, description = image_format(index)
             name = f"demo_{index:03d}{suffix}"
             path = out / "images" / name

@@ -13,7 +13,10 @@ Outputs in ``out``::
     crops/<stem>_<label>.tif   one crop per kept object
     objects.csv                one row per kept object: image, stem, label, crop (path relative
                                to out), the measurements of orgaseg_core.objects.measurements (pixels;
-                               intensities on the grey image), padding and the crop window
+                               intensities on the grey image) and the descriptors of
+                               orgaseg_core.objects.descriptors (relative intensities,
+                               rim/core, texture, concavities; what the measurement
+                               classifier reads), padding and the crop window
     skipped.csv                objects dropped by --min-area / --exclude-border, with the reason
     run.json                   arguments, versions, per-image counts
 
@@ -43,7 +46,8 @@ from tqdm import tqdm
 from ..common.errors import InputFileError, OrgasegError
 from ..common.images import list_images, pair_by_stem, read_image, read_labels, report_unmatched, to_grey
 from ..common.outputs import step_run, write_csv, write_tiff
-from .measurements import MEASUREMENT_COLUMNS, measure_objects
+from .descriptors import DESCRIPTOR_COLUMNS, measure_and_describe
+from .measurements import MEASUREMENT_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,7 @@ CROP_FOLDER = "crops"
 OBJECTS_CSV = "objects.csv"
 SKIPPED_CSV = "skipped.csv"
 #: Columns of objects.csv.
-OBJECT_TABLE_COLUMNS = (["image", "stem", "label", "crop"] + MEASUREMENT_COLUMNS[1:]
+OBJECT_TABLE_COLUMNS = (["image", "stem", "label", "crop"] + MEASUREMENT_COLUMNS[1:] + DESCRIPTOR_COLUMNS
                         + ["padding", "crop_min_row", "crop_min_col", "crop_max_row", "crop_max_col"])
 #: Columns of skipped.csv.
 SKIPPED_COLUMNS = ["image", "stem", "label", "reason", "area_px", "bbox_min_row", "bbox_min_col",
@@ -234,7 +238,7 @@ def _extract_pair(stem: str, image_path: Path, mask_path: Path, out: Path, *, pa
                   ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Crops and tables of one pair: (kept objects table, skipped objects table, counts)."""
     image, labels = _read_pair(image_path, mask_path)
-    table = measure_objects(labels, to_grey(image))
+    table = measure_and_describe(labels, to_grey(image))
     reasons = skip_reasons(table, labels.shape, min_area=min_area, exclude_border=exclude_border)
     keep = (reasons == "").to_numpy()
     background = background_median(image, labels) if mask_background and keep.any() else None

@@ -106,10 +106,12 @@ def summary_table(objects: pd.DataFrame, per_image: pd.DataFrame, class_names: S
         for name in class_names:
             row[f"fraction_{name}"] = round(counts.get(name, 0) / n, 6) if n else math.nan
         row["mean_confidence"] = round(float(mine["confidence"].mean()), 6) if n else math.nan
+        review = mine["needs_review"].astype(str).isin(["True", "true", "1"]) if "needs_review" in mine else None
+        row["needs_review"] = int(review.sum()) if review is not None and n else 0
         rows.append(row)
     columns = (["image", "stem", "objects", "classified", "excluded", "unreadable"]
                + [f"count_{c}" for c in class_names] + [f"fraction_{c}" for c in class_names]
-               + ["mean_confidence"])
+               + ["mean_confidence", "needs_review"])
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -135,6 +137,8 @@ def classified_features(features: list[dict], objects: pd.DataFrame, reasons: di
             name = str(row["predicted_class"])
             properties["classification"] = {"name": name, "color": list(class_colour(name))}
             measurements["Class confidence"] = float(row["confidence"])
+            if "needs_review" in row:
+                measurements["Needs review"] = int(str(row["needs_review"]) in ("True", "true", "1"))
             for c in class_names:
                 measurements[f"Probability {c}"] = float(row[f"prob_{c}"])
             for column, title in QUPATH_MEASUREMENTS.items():
@@ -206,19 +210,20 @@ class AnalyzeFailed(OrgasegError):
 def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out: Path, *,
             masks: Path | None = None, n_tiles: tuple[int, int] | None = None, prob_thresh: float | None = None,
             nms_thresh: float | None = None, image_scale: float = 1.0, preprocessing: bool = True,
-            padding: int = 10, mask_background: bool = False, min_area: int = 0,
+            padding: int | None = None, mask_background: bool = False, min_area: int = 0,
             exclude_border: bool = False, batch_size: int = 64, device: str | None = None,
-            overwrite: bool = False) -> AnalyzeResult:
+            review_below: float | None = None, overwrite: bool = False) -> AnalyzeResult:
     """Segment, measure and classify every organoid of an image file or a folder of images.
 
     segmentation_model: folder of ``train-segmentation``; or None with ``masks``: a folder of
     label images of the same stems from any other tool, used instead of segmenting (see
-    :mod:`orgaseg_core.segmentation.external`). classifier: ``model.pt`` of
-    ``train-classifier``. images: a file or a folder (not searched recursively). out: new or
+    :mod:`orgaseg_core.segmentation.external`). classifier: the folder written by
+    ``train-classifier`` (or its classifier.json / model.pt). images: a file or a folder (not searched recursively). out: new or
     empty folder (or ``overwrite``); see the module notes for what is written.
     n_tiles, prob_thresh, nms_thresh, image_scale, preprocessing: as in ``segment`` (None =
     automatic tiles / the model's tuned thresholds). padding, mask_background, min_area,
-    exclude_border: as in ``extract-objects`` (pixels). batch_size, device: as in ``classify``.
+    exclude_border: as in ``extract-objects`` (pixels; padding None: the padding the classifier
+    was trained with, else 10). batch_size, device, review_below: as in ``classify``.
     """
     from ..common.params import parse_pair
     from ..objects.extract import ExtractFailed, extract_objects
@@ -236,7 +241,7 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
     classifier, images, out = Path(classifier), Path(images), Path(out)
     if n_tiles is not None:
         n_tiles = parse_pair(n_tiles, what="n_tiles")
-    if int(padding) < 0 or int(min_area) < 0:
+    if (padding is not None and int(padding) < 0) or int(min_area) < 0:
         raise OrgasegError(f"padding and min_area must be 0 or more pixels, got {padding} and {min_area}")
     if isinstance(batch_size, bool) or int(batch_size) < 1:
         raise OrgasegError(f"batch size must be a whole number >= 1, got {batch_size!r}")
@@ -251,11 +256,16 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
                                "and --nms-thresh set how a StarDist model segments; they do not apply to it")
     elif not masks.is_dir():
         raise InputFileError(masks, "is not a folder of label images")
-    if classifier.is_file() and out.resolve() in classifier.resolve().parents:
+    if out.resolve() == classifier.resolve() or out.resolve() in classifier.resolve().parents:
         raise OutputError(f"{out}: holds the classifier {classifier}; choose another output folder")
+    if review_below is not None and not 0.0 <= float(review_below) <= 1.0:
+        raise OrgasegError(f"review_below must be a confidence between 0 and 1, got {review_below!r}")
     info = classifier_info(classifier)
     class_names = [str(c) for c in info["class_names"]]
-    log.info("classifier %s: %s, classes %s", classifier, info["architecture"], ", ".join(class_names))
+    if padding is None:
+        padding = int(info.get("crop_padding") or 10)
+    log.info("classifier %s: %s family, classes %s; crops cut with %d px of padding", classifier,
+             info.get("family", "cnn"), ", ".join(class_names), padding)
 
     arguments = {"segmentation_model": segmentation_model, "masks": masks, "classifier": classifier,
                  "images": images, "out": out, "n_tiles": list(n_tiles) if n_tiles else None,
@@ -263,7 +273,7 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
                  "preprocessing": bool(preprocessing), "padding": int(padding),
                  "mask_background": bool(mask_background), "min_area": int(min_area),
                  "exclude_border": bool(exclude_border), "batch_size": int(batch_size),
-                 "device": device, "overwrite": overwrite}
+                 "device": device, "review_below": review_below, "overwrite": overwrite}
     with step_run("analyze", out, arguments, overwrite=overwrite,
                   inputs=[image_folder, segmentation_model or masks]) as record:
         result = AnalyzeResult(out=out, class_names=class_names)
@@ -303,6 +313,8 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
                        "--batch-size", int(batch_size)]
             if device:
                 options += ["--device", device]
+            if review_below is not None:
+                options += ["--review-below", float(review_below)]
             if overwrite:
                 options.append("--overwrite")
             cls = run_step_process("classify", options, out=cls_out)
@@ -407,8 +419,9 @@ def _objects_table(predictions: pd.DataFrame, seg_out: Path, class_names: Sequen
            else pd.DataFrame(columns=["stem", "label", "probability"]))
     seg = seg.rename(columns={"probability": "segmentation_probability"})
     table = predictions.merge(seg, on=["stem", "label"], how="left", validate="one_to_one")
-    first = ["image", "stem", "label", "predicted_class", "confidence"] + [f"prob_{c}" for c in class_names]
-    first += ["segmentation_probability"]
+    first = ["image", "stem", "label", "predicted_class", "confidence"]
+    first += ["needs_review"] if "needs_review" in table.columns else []
+    first += [f"prob_{c}" for c in class_names] + ["segmentation_probability"]
     rest = [c for c in table.columns if c not in first and c != "crop"]
     return table[first + rest + ["crop"]]
 

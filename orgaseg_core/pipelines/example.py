@@ -7,7 +7,8 @@ under ``out``, so a new user sees what every step reads and writes:
 2. ``sorted-crops``, ``masks``, ``preprocessed``: sort-crops, annotations-to-masks, preprocess
 3. ``split-segmentation``, ``split-classification``: split (by source image, no leakage)
 4. ``models/segmentation``: train-segmentation (StarDist, TensorFlow: its own process)
-5. ``models/classifier``: train-classifier (torch: its own process)
+5. ``models/classifier``: train-classifier from the annotated images (torch: its own process):
+   measurement forest, CNN and their combination, the best on validation kept
 6. ``new-images``: other example images, never seen in training (demo-data, another seed)
 7. ``analysis``: analyze of the new images (segment, extract-objects, classify; QuPath files,
    overlays, objects.csv, summary.csv)
@@ -63,7 +64,8 @@ class ExampleResult:
             lines.append(f"  classes of the matched organoids: macro-F1 {f['class_macro_f1']:.3f}, "
                          f"accuracy {f['class_accuracy']:.3f} ({f['class_n']} organoids)")
         if "classifier_test_macro_f1" in f:
-            lines.append(f"  classifier on its test crops: macro-F1 {f['classifier_test_macro_f1']:.3f}")
+            lines.append(f"  classifier ({f.get('classifier_family', 'cnn')} family, chosen on validation) on its "
+                         f"test objects: macro-F1 {f['classifier_test_macro_f1']:.3f}")
         if "analysis" in self.folders:
             a = self.folders["analysis"]
             lines.append(f"  open in QuPath: {a / 'qupath'}/<image>.geojson; overlays: {a / 'overlays'}; "
@@ -167,11 +169,15 @@ def _models_and_analysis(result: ExampleResult, run_step_process, *, seed, size,
                                  "--steps-per-epoch", seg_steps, "--seed", seed],
           folders["train-segmentation"])
     folders["train-classifier"] = out / "models" / "classifier"
-    child("train-classifier", ["--data", folders["split (classification)"], "--model-out",
+    # From the annotated images (not the crops): every family can be trained, and the objects
+    # are cut and measured exactly as analyze will cut and measure the segmented ones.
+    child("train-classifier", ["--images", folders["demo-data"] / "images", "--masks",
+                               folders["annotations-to-masks"], "--model-out",
                                folders["train-classifier"], "--grid-epochs", clf_grid_epochs,
                                "--epochs", clf_epochs, "--seed", seed],
           folders["train-classifier"])
     report = json.loads((folders["train-classifier"] / "report.json").read_text())
+    result.figures["classifier_family"] = report["family"]
     if report.get("test"):
         result.figures["classifier_test_macro_f1"] = round(float(report["test"]["macro_f1"]), 4)
 
@@ -180,7 +186,7 @@ def _models_and_analysis(result: ExampleResult, run_step_process, *, seed, size,
                                       seed=seed + NEW_IMAGES_SEED_OFFSET, size=size,
                                       overwrite=overwrite).summary())
     folders["analysis"] = out / "analysis"
-    analysed = analyze(folders["train-segmentation"], folders["train-classifier"] / "model.pt",
+    analysed = analyze(folders["train-segmentation"], folders["train-classifier"],
                        folders["new images"] / "images", folders["analysis"], overwrite=overwrite)
     done("analyze", analysed.summary())
 

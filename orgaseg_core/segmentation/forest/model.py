@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from ...common.errors import InputFileError, OrgasegError
+from ...common.skops_io import import_skops, read_random_forest, save_skops
 from ..model import ORGASEG_MODEL_JSON, check_percentiles, read_json_file
 from .features import FeatureSpec
 from .regions import RegionParams
@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 FOREST_KIND = "orgaseg-pixel-forest"
 FOREST_FORMAT_VERSION = 1
 FOREST_FILE = "forest.skops"
-#: the only type a stored forest may hold beyond skops' defaults
-TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)
 
 
 @dataclass
@@ -95,54 +93,22 @@ def check_forest_folder(folder: Path) -> ForestInfo:
 
 def import_sklearn():
     """scikit-learn and skops, with a clear error when they are not installed."""
-    try:
-        import sklearn.ensemble  # noqa: F401
-        import skops.io
-    except ImportError as exc:
-        raise OrgasegError(f"the pixel forest needs scikit-learn and skops ({exc}); install the "
-                           "segmentation extra: pip install 'orgaseg-core[segmentation]'") from exc
-    return skops.io
+    return import_skops("the pixel forest", "segmentation")
 
 
 def save_forest(forest, path: Path) -> None:
     """Write a fitted forest in skops format (atomically: a temporary file, then renamed)."""
-    from ...common.outputs import atomic_path
-
-    sio = import_sklearn()
-    with atomic_path(Path(path)) as tmp:
-        tmp.write_bytes(sio.dumps(forest))
+    save_skops(forest, path, purpose="the pixel forest", extra="segmentation")
 
 
 def read_forest_file(path: Path, n_features: int):
     """The random forest in the skops file ``path``, refused (InputFileError naming the file)
     unless it is a scikit-learn RandomForestClassifier of decision trees on ``n_features``
-    features with classes within 0-2 (background, interior, boundary). skops builds only the
-    types it trusts: its defaults and :data:`TRUSTED_TYPES`."""
-    sio = import_sklearn()
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.tree import DecisionTreeClassifier
-
-    path = Path(path)
-    data = path.read_bytes()
-    try:
-        untrusted = sio.get_untrusted_types(data=data)
-        unknown = sorted(set(untrusted) - set(TRUSTED_TYPES))
-        if unknown:
-            raise InputFileError(path, f"holds types orgaseg does not load: {', '.join(unknown)}")
-        forest = sio.loads(data, trusted=list(untrusted))
-    except InputFileError:
-        raise
-    except Exception as exc:  # skops raises many kinds on a damaged file
-        raise InputFileError(path, f"cannot be read as a skops forest ({type(exc).__name__}: {exc})") from exc
-    classes = getattr(forest, "classes_", None)
-    if (type(forest) is not RandomForestClassifier
-            or not all(type(tree) is DecisionTreeClassifier for tree in getattr(forest, "estimators_", [None]))
-            or getattr(forest, "n_outputs_", None) != 1 or classes is None
-            or not set(np.asarray(classes).tolist()) <= {0, 1, 2}
-            or getattr(forest, "n_features_in_", None) != n_features):
-        raise InputFileError(path, f"is not an orgaseg pixel forest (a random forest of decision trees "
-                                   f"on {n_features} pixel features, classes 0-2)")
-    return forest
+    features with classes within 0-2 (background, interior, boundary); see
+    :func:`orgaseg_core.common.skops_io.read_random_forest`."""
+    return read_random_forest(path, n_features=n_features, classes={0, 1, 2},
+                              what="an orgaseg pixel forest", purpose="the pixel forest",
+                              extra="segmentation")
 
 
 @dataclass
