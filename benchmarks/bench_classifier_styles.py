@@ -6,15 +6,16 @@ For each demo-data style (``default`` and ``faint``, or ``--styles``):
    1000) of the style, with their QuPath annotations; ``annotations-to-masks`` of both;
 2. a segmentation model: ``train-segmentation --backend forest`` (the pixel forest: minutes on
    CPU) on the training images (grey, whole images, split by ``split``);
-3. ``train-classifier --images --masks`` on the training images, once with the default
-   candidate families (the one chosen on validation is kept) and once per single family
-   (``--families measurements``, ``cnn``, ``combined``), so every family's own figure is known;
-4. ``analyze`` of the new images with each classifier, and the class of every organoid it found
-   compared with the class of the annotation it matches (IoU >= 0.5): macro-F1 and accuracy.
+3. ``train-classifier --images --masks`` on the training images with its defaults (every
+   candidate family; the one chosen on validation is kept), and a measurement forest without
+   the outline variants for comparison;
+4. ``analyze`` of the new images, then ``classify --family F`` of its objects with every trained
+   candidate; the class of every organoid found compared with the class of the annotation it
+   matches (IoU >= 0.5): macro-F1 and accuracy.
 
-Prints per style and classifier: the family, its validation and test macro-F1 (annotated
-outlines of held-out training-style images), the macro-F1 on the analysed organoids of the
-new images (segmented outlines), the expected calibration error there, the share flagged for
+Prints per style and family: whether it was chosen, its validation macro-F1 (annotated
+outlines), the chosen one's test macro-F1, the macro-F1 on the analysed organoids of the new
+images (segmented outlines), the expected calibration error there, the share flagged for
 review and the training time. Every step runs as ``orgaseg`` in its own process (TensorFlow
 and torch never share one); data and models are kept in ``--work`` and reused.
 
@@ -69,21 +70,20 @@ def prepare(work: Path, style: str, n_train: int, n_new: int) -> dict[str, Path]
     return paths
 
 
-def evaluate(paths: dict[str, Path], model: Path, analysis: Path) -> dict:
-    """Analyze the new images with ``model``; class agreement of the matched organoids."""
+def agreement(paths: dict[str, Path], segmentation: Path, predictions: Path, out_csv: Path) -> dict:
+    """Class of every found organoid against its matched annotation (IoU >= 0.5): macro-F1,
+    accuracy, expected calibration error, share flagged for review."""
     import numpy as np
     import pandas as pd
 
     from orgaseg_core.classification.calibration import reliability
     from orgaseg_core.pipelines.example import class_agreement
 
-    run_step("analyze", "--segmentation-model", paths["seg_model"], "--classifier", model, "--images",
-             paths["new"] / "images", "--out", analysis, "--overwrite")
-    figures = class_agreement(paths["new_masks"], analysis / "segmentation", analysis / "objects.csv",
-                              analysis / "classes.csv")
-    objects = pd.read_csv(analysis / "objects.csv", dtype={"stem": str})
-    matched = pd.read_csv(analysis / "classes.csv", dtype={"stem": str}).merge(
-        objects, left_on=["stem", "pred_label"], right_on=["stem", "label"], how="left")
+    figures = class_agreement(paths["new_masks"], segmentation, predictions, out_csv)
+    objects = pd.read_csv(predictions, dtype={"stem": str})
+    matched = pd.read_csv(out_csv, dtype={"stem": str}).merge(
+        objects, left_on=["stem", "pred_label"], right_on=["stem", "label"], how="left",
+        suffixes=("", "_prediction"))
     names = sorted({c[len("prob_"):] for c in objects.columns if c.startswith("prob_")})
     index = {n: i for i, n in enumerate(names)}
     known = matched["true_class"].isin(index)
@@ -101,35 +101,50 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--styles", default=",".join(STYLES), help="demo-data styles, comma-separated")
     parser.add_argument("--n-train", type=int, default=30, help="training images per style")
     parser.add_argument("--n-new", type=int, default=8, help="new images per style")
-    parser.add_argument("--families", default="default,measurements,cnn,combined",
-                        help="classifier runs: 'default' (all candidates, chosen on validation) "
-                             "and/or single families")
     parser.add_argument("--epochs", type=int, default=None, help="CNN epochs (default: train-classifier's)")
     args = parser.parse_args(argv)
 
     rows = []
     for style in [s.strip() for s in args.styles.split(",") if s.strip()]:
         paths = prepare(args.work, style, args.n_train, args.n_new)
-        for run in [f.strip() for f in args.families.split(",") if f.strip()]:
-            model = args.work / style / f"classifier-{run}"
-            options = ["--images", paths["train"] / "images", "--masks", paths["train_masks"],
-                       "--model-out", model, "--seed", 0, "--overwrite"]
-            if run != "default":
-                options += ["--families", run]
-            if args.epochs:
-                options += ["--epochs", args.epochs]
-            seconds = run_step("train-classifier", *options)
-            report = json.loads((model / "report.json").read_text())
-            figures = evaluate(paths, model, args.work / style / f"analysis-{run}")
+        model = args.work / style / "classifier"
+        options = ["--images", paths["train"] / "images", "--masks", paths["train_masks"],
+                   "--model-out", model, "--seed", 0, "--overwrite"]
+        if args.epochs:
+            options += ["--epochs", args.epochs]
+        seconds = run_step("train-classifier", *options)
+        # The same measurement forest without the outline variants, for comparison.
+        plain = args.work / style / "classifier-no-outline-augmentation"
+        plain_seconds = run_step("train-classifier", "--images", paths["train"] / "images", "--masks",
+                                 paths["train_masks"], "--model-out", plain, "--families", "measurements",
+                                 "--no-outline-augmentation", "--seed", 0, "--overwrite")
+        report = json.loads((model / "report.json").read_text())
+        description = json.loads((model / "classifier.json").read_text())
+        analysis = args.work / style / "analysis"
+        run_step("analyze", "--segmentation-model", paths["seg_model"], "--classifier", model, "--images",
+                 paths["new"] / "images", "--out", analysis, "--overwrite")
+        runs = [(f, model, f) for f in description["candidates"]]
+        runs.append(("measurements, no outline augmentation", plain, None))
+        for name, folder, family in runs:
+            out = analysis / f"classify-{name.replace(', ', '-').replace(' ', '-')}"
+            options = ["--model", folder, "--objects", analysis / "objects", "--out", out, "--overwrite"]
+            if family:
+                options += ["--family", family]
+            run_step("classify", *options)
+            figures = agreement(paths, analysis / "segmentation", out / "predictions.csv", out / "classes.csv")
+            candidate = (description["candidates"].get(family) if family else
+                         json.loads((plain / "classifier.json").read_text())["candidates"]["measurements"])
             rows.append({
-                "style": style, "run": run, "family": report["family"],
-                "val_f1": report["val"]["macro_f1"],
-                "test_f1": (report["test"] or {}).get("macro_f1", float("nan")),
+                "style": style, "family": name,
+                "chosen": family == report["family"],
+                "val_f1": candidate["val_macro_f1"],
+                "test_f1": (report["test"] or {}).get("macro_f1", float("nan")) if family == report["family"] else float("nan"),
                 "analyze_f1": figures.get("class_macro_f1", float("nan")),
                 "analyze_acc": figures.get("class_accuracy", float("nan")),
                 "matched": figures.get("class_n", 0), "found": figures["found"],
                 "ece": figures["ece"], "review": figures["review"],
-                "temperature": report["calibration"]["temperature"], "train_min": seconds / 60,
+                "temperature": candidate["temperature"],
+                "train_min": (seconds if family else plain_seconds) / 60,
             })
             print(json.dumps(rows[-1]), flush=True)
 
@@ -138,9 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     table = pd.DataFrame(rows)
     print("\nclassifier quality on the organoids analyze found in new images (IoU >= 0.5 to an annotation):")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print("val_f1/test_f1: annotated outlines of held-out images of the training set (test used once); "
-          "analyze_f1: segmented outlines of new images; ece: expected calibration error there; "
-          "review: share of found objects flagged for review", file=sys.stderr)
+    print("val_f1: validation macro-F1 (annotated outlines, chooses the family); test_f1: the chosen "
+          "family on the test images (annotated outlines, used once); analyze_f1: segmented outlines of "
+          "new images; ece: expected calibration error there; review: share of found objects flagged "
+          "for review; train_min: the whole train-classifier run (all candidates)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -256,6 +256,10 @@ def extract_objects_cmd(
     typer.echo(result.summary())
 
 
+FAMILY_HELP = ("Use this trained candidate of the classifier folder (measurements, cnn, combined) "
+               "instead of the one chosen on validation.")
+
+
 def _comma_list(text: str, kind, what: str, *, minimum: float, strict: bool) -> list:
     """``"1e-3,3e-4"`` -> [0.001, 0.0003]; bad items are a usage error (exit status 2)."""
     try:
@@ -317,11 +321,12 @@ def classify_cmd(
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Crops classified at once."),
     device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda' (default: cuda when available)."),
     review_below: Optional[float] = typer.Option(None, "--review-below", min=0.0, max=1.0, help="Flag objects whose confidence is below this for review (default: the model's threshold)."),
+    family: Optional[str] = typer.Option(None, help=FAMILY_HELP),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Classify every object: predicted class, calibrated confidence, review flag and one probability per class."""
     result = steps.classify(model, objects, out, batch_size=batch_size, device=device,
-                            review_below=review_below, overwrite=overwrite)
+                            review_below=review_below, family=family, overwrite=overwrite)
     typer.echo(result.summary())
 
 
@@ -329,13 +334,14 @@ def classify_cmd(
 def classifier_info_cmd(
     model: Path = typer.Option(..., help="Classifier folder written by train-classifier (or its classifier.json / model.pt)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (for scripts) instead of text."),
+    family: Optional[str] = typer.Option(None, help=FAMILY_HELP),
 ) -> None:
     """Check a classifier and print what it holds: family, classes, calibration, metrics."""
     import json
 
     from .classification.model import load_classifier
 
-    classifier = load_classifier(model)
+    classifier = load_classifier(model, family)
     info = {"model": str(model), **classifier.info(),
             "metrics": (classifier.description.get("metrics")
                         or (classifier.checkpoint.metrics if classifier.checkpoint else {})),
@@ -369,6 +375,7 @@ def analyze_cmd(
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Crops classified at once."),
     device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda' for the classifier (default: cuda when available)."),
     review_below: Optional[float] = typer.Option(None, "--review-below", min=0.0, max=1.0, help="Flag objects whose class confidence is below this for review (default: the classifier's threshold)."),
+    family: Optional[str] = typer.Option(None, help=FAMILY_HELP),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Segment (or take --masks), measure and classify every organoid in new images; QuPath files, overlays and tables."""
@@ -379,7 +386,7 @@ def analyze_cmd(
                                preprocessing=preprocessing, padding=padding,
                                mask_background=mask_background, min_area=min_area,
                                exclude_border=exclude_border, batch_size=batch_size, device=device,
-                               review_below=review_below, overwrite=overwrite)
+                               review_below=review_below, family=family, overwrite=overwrite)
     except OrgasegError as exc:
         _echo_partial_result(exc)
         raise

@@ -318,7 +318,8 @@ def extract_objects(images: PathLike, masks: PathLike, out: PathLike, *, padding
     ``out/skipped.csv``). Writes ``out/crops/<stem>_<label>.tif`` and ``out/objects.csv``
     (bounding box, centroid, area, perimeter, equivalent diameter, circularity,
     eccentricity, solidity, axes, orientation, mean/std intensity; lengths in px, areas in
-    px²). Returns an ``ExtractResult``.
+    px²; and the descriptors the measurement classifier reads: intensities relative to the
+    background, rim/core, gradient, radius CV, concavities). Returns an ``ExtractResult``.
     """
     from .objects.extract import extract_objects as run
 
@@ -383,7 +384,7 @@ def train_classifier(data: PathLike | None, model_out: PathLike, *, images: Path
 
 def classify(model: PathLike, objects: PathLike, out: PathLike, *, batch_size: int = 64,
              device: str | None = None, review_below: float | str | None = None,
-             overwrite: bool = False):
+             family: str | None = None, overwrite: bool = False):
     """Classify every object with a classifier of :func:`train_classifier` (its folder, or its
     classifier.json / model.pt).
 
@@ -391,7 +392,8 @@ def classify(model: PathLike, objects: PathLike, out: PathLike, *, batch_size: i
     folder of crops (CNN only). Writes ``out/predictions.csv``: image, label, crop, predicted
     class, calibrated confidence (0-1), ``needs_review`` (confidence below ``review_below``;
     None/"auto": the model's threshold) and one ``prob_<Class>`` column per class, joined with
-    the measurements; unreadable crops go to ``out/unreadable.csv``. Returns a
+    the measurements; unreadable crops go to ``out/unreadable.csv``. ``family``: another
+    trained candidate of the folder (None/"auto": the one chosen on validation). Returns a
     ``ClassifyResult``.
     """
     from .classification.predict import classify as run
@@ -399,7 +401,8 @@ def classify(model: PathLike, objects: PathLike, out: PathLike, *, batch_size: i
 
     return run(Path(model), Path(objects), Path(out), batch_size=batch_size,
                device=parse_optional_text(device),
-               review_below=_optional_float(review_below, "--review-below"), overwrite=overwrite)
+               review_below=_optional_float(review_below, "--review-below"),
+               family=parse_optional_text(family), overwrite=overwrite)
 
 
 # ------------------------------------------------------------------------------ pipelines
@@ -410,7 +413,8 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
             preprocessing: bool = True, padding: int | str | None = None,
             mask_background: bool = False, min_area: int = 0, exclude_border: bool = False,
             batch_size: int = 64, device: str | None = None,
-            review_below: float | str | None = None, overwrite: bool = False):
+            review_below: float | str | None = None, family: str | None = None,
+            overwrite: bool = False):
     """Segment, measure and classify every organoid of an image file or a folder of images.
 
     Runs :func:`segment` and :func:`classify` in child processes (TensorFlow and torch never
@@ -436,7 +440,8 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
                padding=parse_optional_int(padding, what="--padding"), mask_background=mask_background,
                min_area=min_area, exclude_border=exclude_border, batch_size=batch_size,
                device=parse_optional_text(device),
-               review_below=_optional_float(review_below, "--review-below"), overwrite=overwrite)
+               review_below=_optional_float(review_below, "--review-below"),
+               family=parse_optional_text(family), overwrite=overwrite)
 
 
 def example(out: PathLike = "orgaseg-demo", *, n_images: int = 24, seed: int = 0,

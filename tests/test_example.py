@@ -69,7 +69,8 @@ def test_story_prints_where_everything_is(story):
     for step in ("train-segmentation", "train-classifier", "analyze", "evaluate-segmentation"):
         assert step in record["results"]["seconds"], step
     assert (out / "models" / "segmentation" / "orgaseg_model.json").is_file()
-    assert (out / "models" / "classifier" / "model.pt").is_file()
+    assert (out / "models" / "classifier" / "classifier.json").is_file()
+    assert "classifier (" in printed and "family, chosen on validation)" in printed
     assert (out / "evaluation" / "segmentation" / "metrics.csv").is_file()
 
 
@@ -129,7 +130,7 @@ def test_analyze_skips_a_broken_image_and_says_so(story, tmp_path):
     (images / "broken.tif").write_bytes(b"not a tiff at all")
     done = subprocess.run(
         [sys.executable, "-m", "orgaseg_core", "analyze", "--segmentation-model",
-         str(out / "models" / "segmentation"), "--classifier", str(out / "models" / "classifier" / "model.pt"),
+         str(out / "models" / "segmentation"), "--classifier", str(out / "models" / "classifier"),
          "--images", str(images), "--out", str(tmp_path / "analysis"), "--exclude-border"],
         capture_output=True, text=True, timeout=900)
     assert done.returncode == 1, done.stderr[-3000:]

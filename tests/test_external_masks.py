@@ -143,7 +143,7 @@ def test_analyze_classifies_the_objects_of_another_tools_masks(story, tmp_path, 
     check = unchanged(masks)
     out = tmp_path / "analysis"
     done = subprocess.run([sys.executable, "-m", "orgaseg_core", "analyze", "--masks", str(masks),
-                           "--classifier", str(demo / "models" / "classifier" / "model.pt"),
+                           "--classifier", str(demo / "models" / "classifier"),
                            "--images", str(images), "--out", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

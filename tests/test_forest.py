@@ -275,7 +275,7 @@ def test_analyze_segments_with_a_forest(story, tmp_path):
     steps.train_segmentation(demo / "split-segmentation", model, backend="forest", n_trees=20)
     out = tmp_path / "analysis"
     done = subprocess.run([sys.executable, "-m", "orgaseg_core", "analyze", "--segmentation-model", str(model),
-                           "--classifier", str(demo / "models" / "classifier" / "model.pt"),
+                           "--classifier", str(demo / "models" / "classifier"),
                            "--images", str(demo / "new-images" / "images"), "--out", str(out)],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

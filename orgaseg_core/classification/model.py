@@ -173,19 +173,34 @@ def resolve_model_path(model: Path) -> tuple[Path, Path | None]:
     return folder, None
 
 
-def load_classifier(model: Path) -> Classifier:
-    """Load a classifier folder (or its classifier.json / model.pt); see the module notes."""
+def load_classifier(model: Path, family: str | None = None) -> Classifier:
+    """Load a classifier folder (or its classifier.json / model.pt); see the module notes.
+
+    family: use this trained candidate instead of the one chosen on validation (its own
+    calibration temperature and CNN weight are in classifier.json); None: the chosen one.
+    """
     model = Path(model)
     folder, description_path = resolve_model_path(model)
     if description_path is None:  # a CNN checkpoint alone (orgaseg 0.5 or a bare model.pt)
         from .networks import load_checkpoint
 
+        if family not in (None, "cnn"):
+            raise InputFileError(model, f"holds a CNN only; it has no {family!r} classifier")
         checkpoint = load_checkpoint(model if model.is_file() else folder / CNN_FILE)
         return Classifier(path=checkpoint.path, family="cnn", class_names=list(checkpoint.class_names),
                           checkpoint=checkpoint)
     if model.is_file() and model.name != CLASSIFIER_JSON:
         log.info("%s: using the whole classifier described by %s", model, description_path)
     d = read_description(description_path)
+    if family is not None and family != d["family"]:
+        candidates = d.get("candidates") or {}
+        if family not in candidates:
+            raise InputFileError(description_path, f"has no trained {family!r} candidate (trained: "
+                                                   f"{', '.join(candidates) or d['family']})")
+        log.info("%s: using the %s candidate instead of the chosen %s", description_path, family,
+                 d["family"])
+        d = {**d, "family": family, "temperature": candidates[family].get("temperature", 1.0),
+             "cnn_weight": candidates[family].get("cnn_weight", 1.0)}
     family = d["family"]
     use_cnn, use_forest = uses(family)
     classifier = Classifier(

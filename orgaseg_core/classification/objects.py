@@ -48,6 +48,8 @@ class ObjectSet:
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> objects
     unmatched: list[str] = field(default_factory=list)
     variants: pd.DataFrame | None = None  # measurements of outline variants (no crops)
+    stress: pd.DataFrame | None = None  # stronger outline variants, for validation (with crops)
+    stress_crops: list[np.ndarray] = field(default_factory=list)
 
     def subset(self, split: str) -> tuple[pd.DataFrame, list[np.ndarray]]:
         """(table rows, crops) of one split."""
@@ -69,7 +71,14 @@ def _class_table(path: Path) -> dict[int, str]:
     return {int(lab): str(c) for lab, c in zip(table["label"], table["class"]) if isinstance(c, str) and c}
 
 
-def outline_variants(labels: np.ndarray) -> dict[str, np.ndarray]:
+#: Outline variants the measurement forest trains on: (grow/shrink px, smoothing fraction).
+TRAINING_VARIANTS = (2, 0.1)
+#: Stronger variants on which the candidates are also validated (errors larger than trained for).
+VALIDATION_VARIANTS = (4, 0.2)
+
+
+def outline_variants(labels: np.ndarray, pixels: int = TRAINING_VARIANTS[0],
+                     smoothing: float = TRAINING_VARIANTS[1]) -> dict[str, np.ndarray]:
     """Label images whose outlines differ from the annotated ones as segmented outlines do.
 
     A model's outlines are rarely the annotator's: a little tighter or looser, smoother, with
@@ -78,10 +87,10 @@ def outline_variants(labels: np.ndarray) -> dict[str, np.ndarray]:
     faint demo style: macro-F1 1.00 on annotated outlines, 0.90 on segmented ones). Training
     also on these variants teaches it which differences do not change the class:
 
-    - ``eroded``: every object shrunk by 2 px;
-    - ``dilated``: every object grown by 2 px into the background (never into another);
-    - ``smoothed``: every object opened with a disk of 10 % of its equivalent radius (at least
-      2 px): rough edges and thin protrusions go.
+    - ``eroded``: every object shrunk by ``pixels`` px (default 2);
+    - ``dilated``: every object grown by ``pixels`` px into the background (never into another);
+    - ``smoothed``: every object opened with a disk of ``smoothing`` (default 10 %) of its
+      equivalent radius (at least 2 px): rough edges and thin protrusions go.
 
     Objects that vanish in a variant are simply absent from it. Linear in the pixels (the
     opening runs inside each object's bounding box).
@@ -92,7 +101,7 @@ def outline_variants(labels: np.ndarray) -> dict[str, np.ndarray]:
     labels = np.asarray(labels)
     eroded = labels.copy()
     # A pixel stays when its 5x5 disk holds only its own label (erosion of each object by 2 px).
-    footprint = disk(2).astype(bool)
+    footprint = disk(int(pixels)).astype(bool)
     low = ndimage.grey_erosion(labels, footprint=footprint)
     high = ndimage.grey_dilation(labels, footprint=footprint)
     eroded[(low != labels) | (high != labels)] = 0
@@ -102,15 +111,15 @@ def outline_variants(labels: np.ndarray) -> dict[str, np.ndarray]:
             continue
         label = index + 1
         mask = labels[box] == label
-        radius = max(2, int(round(0.1 * np.sqrt(mask.sum() / np.pi))))
+        radius = max(2, int(round(smoothing * np.sqrt(mask.sum() / np.pi))))
         opened = ndimage.binary_opening(np.pad(mask, radius), structure=disk(radius).astype(bool))
         opened = opened[radius:-radius, radius:-radius]
         smoothed[box][opened] = label
-    return {"eroded": eroded, "dilated": expand_labels(labels, 2), "smoothed": smoothed}
+    return {"eroded": eroded, "dilated": expand_labels(labels, int(pixels)), "smoothed": smoothed}
 
 
 def read_annotated_objects(images: Path, masks: Path, *, padding: int,
-                           outline_augmentation: bool = True) -> ObjectSet:
+                           outline_augmentation: bool = True, stress_variants: bool = False) -> ObjectSet:
     """Every classified object of the annotated images (see the module notes); ``split`` empty.
 
     images: folder of images; masks: annotations-to-masks folder. Images and masks are paired
@@ -118,7 +127,9 @@ def read_annotated_objects(images: Path, masks: Path, *, padding: int,
     class without pixels) is counted in ``skipped``. With ``outline_augmentation`` the table
     also holds, per object, the measurements of its :func:`outline_variants` (rows with
     ``variant`` set and no crop; only the measurement forest trains on them, and only those of
-    training images are used); ``variant`` is "" for the annotated outline.
+    training images are used); ``variant`` is "" for the annotated outline. With
+    ``stress_variants``, ``stress`` and ``stress_crops`` hold the stronger variants of
+    :data:`VALIDATION_VARIANTS` with the crops cut around them (for validation only).
     """
     from ..objects.descriptors import measure_and_describe
     from ..objects.extract import crop_window, object_crop
@@ -129,7 +140,7 @@ def read_annotated_objects(images: Path, masks: Path, *, padding: int,
     if not pairs:
         raise InputFileError(masks, f"no label image matches an image of {images} by name (stem)")
     unmatched = report_unmatched(only_images, only_masks, first_what="image", second_what="mask")
-    tables, crops, variants = [], [], []
+    tables, crops, variants, stressed, stressed_crops = [], [], [], [], []
     skipped: dict[str, int] = {}
     for stem, image_path, mask_path in tqdm(pairs, desc="reading annotated objects", unit="image",
                                             disable=None):
@@ -157,23 +168,36 @@ def read_annotated_objects(images: Path, masks: Path, *, padding: int,
         table.insert(4, "split", "")
         table.insert(5, "variant", "")
         tables.append(table)
+        sets = []
         if outline_augmentation:
-            for name, variant in outline_variants(labels).items():
+            sets.append(("", outline_variants(labels, *TRAINING_VARIANTS), variants, None))
+        if stress_variants:
+            sets.append(("stress ", outline_variants(labels, *VALIDATION_VARIANTS), stressed, stressed_crops))
+        for prefix, outlines, rows, crop_list in sets:
+            for name, variant in outlines.items():
                 extra = measure_and_describe(variant, grey)
                 extra = extra[extra["label"].isin(table["label"])].reset_index(drop=True)
+                if crop_list is not None:  # the crop analyze would cut around this outline
+                    for label, box in zip(extra["label"].tolist(),
+                                          extra[["bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col"]]
+                                          .itertuples(index=False, name=None)):
+                        crop_list.append(object_crop(grey, variant, int(label),
+                                                     crop_window(box, padding, labels.shape)))
                 extra.insert(0, "image", image_path.name)
                 extra.insert(1, "stem", stem)
                 extra.insert(3, "class", [classes[int(lab)] for lab in extra["label"]])
                 extra.insert(4, "split", "")
-                extra.insert(5, "variant", name)
-                variants.append(extra)
+                extra.insert(5, "variant", prefix + name)
+                rows.append(extra)
         log.info("read %s and %s: %d classified objects", image_path.name, mask_path.name, len(table))
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=ID_COLUMNS)
     if table.empty:
         raise InputFileError(masks, "holds no classified object (the <stem>_objects.csv tables "
                                     "name no class for any label)")
     augmented = pd.concat(variants, ignore_index=True) if variants else table.iloc[:0]
-    return ObjectSet(table=table, crops=crops, skipped=skipped, unmatched=unmatched, variants=augmented)
+    stress = pd.concat(stressed, ignore_index=True) if stressed else table.iloc[:0]
+    return ObjectSet(table=table, crops=crops, skipped=skipped, unmatched=unmatched, variants=augmented,
+                     stress=stress, stress_crops=stressed_crops)
 
 
 def split_by_image(objects: ObjectSet, ratios: Mapping[str, float], seed: int) -> dict[str, str]:
@@ -190,8 +214,9 @@ def split_by_image(objects: ObjectSet, ratios: Mapping[str, float], seed: int) -
         counts[stem][cls] += 1
     assignment = assign_groups(counts, ratios, seed)
     objects.table["split"] = objects.table["stem"].map(assignment)
-    if objects.variants is not None:
-        objects.variants["split"] = objects.variants["stem"].map(assignment)
+    for extra in (objects.variants, objects.stress):
+        if extra is not None:
+            extra["split"] = extra["stem"].map(assignment)
     present = set(assignment.values())
     for split in ("train", "val"):
         if split not in present:

@@ -157,7 +157,8 @@ def predict_batch(model, units: list[np.ndarray], *, input_size: int, mean: floa
 
 
 def classify(model: Path, objects: Path, out: Path, *, batch_size: int = 64, device: str | None = None,
-             review_below: float | None = None, overwrite: bool = False) -> ClassifyResult:
+             review_below: float | None = None, family: str | None = None,
+             overwrite: bool = False) -> ClassifyResult:
     """Classify every object of ``objects`` with a classifier of train-classifier; write
     ``out/predictions.csv``.
 
@@ -167,7 +168,8 @@ def classify(model: Path, objects: Path, out: Path, *, batch_size: int = 64, dev
     measurements of ``objects.csv``. out: new or empty folder (or ``overwrite``), not the
     model's folder. batch_size: crops per forward pass. device: "cpu" or "cuda" (None: cuda
     when available). review_below: objects whose confidence is below it get ``needs_review``
-    (None: the model's own threshold).
+    (None: the model's own threshold). family: use this trained candidate of the folder instead
+    of the one chosen on validation (None: the chosen one).
     """
     from ..common.images import read_image
     from .crops import to_unit
@@ -180,7 +182,7 @@ def classify(model: Path, objects: Path, out: Path, *, batch_size: int = 64, dev
                                          and 0.0 <= float(review_below) <= 1.0):
         raise OrgasegError(f"review_below must be a confidence between 0 and 1, got {review_below!r}")
     batch_size = int(batch_size)
-    classifier = load_classifier(model)
+    classifier = load_classifier(model, family)
     review = classifier.review_below if review_below is None else float(review_below)
     if classifier.needs_crops:
         from .networks import resolve_device
@@ -198,7 +200,7 @@ def classify(model: Path, objects: Path, out: Path, *, batch_size: int = 64, dev
         feature_matrix(table, classifier.measurement_columns, source=source)  # fail before writing
 
     arguments = {"model": model, "objects": objects, "out": out, "batch_size": batch_size,
-                 "device": device, "review_below": review, "overwrite": overwrite}
+                 "device": device, "review_below": review, "family": family, "overwrite": overwrite}
     with step_run("classify", out, arguments, overwrite=overwrite, inputs=[objects]) as record:
         start = time.perf_counter()
         result = ClassifyResult(out=out, model=model, class_names=list(classifier.class_names),

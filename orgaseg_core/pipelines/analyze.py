@@ -72,11 +72,12 @@ QUPATH_MEASUREMENTS = {
 
 
 
-def classifier_info(model: Path) -> dict[str, Any]:
+def classifier_info(model: Path, family: str | None = None) -> dict[str, Any]:
     """What the checkpoint ``model`` holds (architecture, class names, input size ...), read in a
     child process (torch); raises the checkpoint's own error (naming the file) if it is not an
     orgaseg classifier."""
-    command = orgaseg_command("classifier-info", ["--model", model, "--json"])
+    options = ["--model", model, "--json"] + (["--family", family] if family else [])
+    command = orgaseg_command("classifier-info", options)
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
         lines = [l[len("error: "):] for l in completed.stderr.splitlines() if l.startswith("error: ")]
@@ -212,7 +213,8 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
             nms_thresh: float | None = None, image_scale: float = 1.0, preprocessing: bool = True,
             padding: int | None = None, mask_background: bool = False, min_area: int = 0,
             exclude_border: bool = False, batch_size: int = 64, device: str | None = None,
-            review_below: float | None = None, overwrite: bool = False) -> AnalyzeResult:
+            review_below: float | None = None, family: str | None = None,
+            overwrite: bool = False) -> AnalyzeResult:
     """Segment, measure and classify every organoid of an image file or a folder of images.
 
     segmentation_model: folder of ``train-segmentation``; or None with ``masks``: a folder of
@@ -223,7 +225,7 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
     n_tiles, prob_thresh, nms_thresh, image_scale, preprocessing: as in ``segment`` (None =
     automatic tiles / the model's tuned thresholds). padding, mask_background, min_area,
     exclude_border: as in ``extract-objects`` (pixels; padding None: the padding the classifier
-    was trained with, else 10). batch_size, device, review_below: as in ``classify``.
+    was trained with, else 10). batch_size, device, review_below, family: as in ``classify``.
     """
     from ..common.params import parse_pair
     from ..objects.extract import ExtractFailed, extract_objects
@@ -260,7 +262,7 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
         raise OutputError(f"{out}: holds the classifier {classifier}; choose another output folder")
     if review_below is not None and not 0.0 <= float(review_below) <= 1.0:
         raise OrgasegError(f"review_below must be a confidence between 0 and 1, got {review_below!r}")
-    info = classifier_info(classifier)
+    info = classifier_info(classifier, family)
     class_names = [str(c) for c in info["class_names"]]
     if padding is None:
         padding = int(info.get("crop_padding") or 10)
@@ -273,7 +275,8 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
                  "preprocessing": bool(preprocessing), "padding": int(padding),
                  "mask_background": bool(mask_background), "min_area": int(min_area),
                  "exclude_border": bool(exclude_border), "batch_size": int(batch_size),
-                 "device": device, "review_below": review_below, "overwrite": overwrite}
+                 "device": device, "review_below": review_below, "family": family,
+                 "overwrite": overwrite}
     with step_run("analyze", out, arguments, overwrite=overwrite,
                   inputs=[image_folder, segmentation_model or masks]) as record:
         result = AnalyzeResult(out=out, class_names=class_names)
@@ -315,6 +318,8 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
                 options += ["--device", device]
             if review_below is not None:
                 options += ["--review-below", float(review_below)]
+            if family:
+                options += ["--family", family]
             if overwrite:
                 options.append("--overwrite")
             cls = run_step_process("classify", options, out=cls_out)

@@ -19,12 +19,12 @@ def run():
         preprocessing=args.preprocessing, padding=args.padding,
         mask_background=args.mask_background, min_area=args.min_area,
         exclude_border=args.exclude_border, batch_size=args.batch_size, device=args.device,
-        overwrite=args.overwrite))
+        review_below=args.review_below, family=args.family, overwrite=args.overwrite))
 
 
 def pre_test():
     """Small example data and two small models, each trained in its own process (TensorFlow and
-    torch must not meet in this one)."""
+    torch must not meet in this one); the classifier from the annotated images."""
     import subprocess
     import sys
     import tempfile
@@ -38,23 +38,22 @@ def pre_test():
     steps.preprocess(root / "data" / "images", root / "pre", masks=root / "masks", scale=0.5)
     steps.split(root / "pre", root / "split-seg", mode="segmentation", train=0.67, val=0.33,
                 test=0.0, seed=0)
-    steps.sort_crops(root / "data" / "crops", root / "sorted")
-    steps.split(root / "sorted", root / "split-cls", mode="classification", train=0.5, val=0.25,
-                test=0.25, seed=0)
     # small budgets: the test checks what analyze writes, not how good the models are
     for step, options in (
             ("train-segmentation", ["--data", root / "split-seg", "--model-out", root / "seg-model",
                                     "--epochs", 15, "--steps-per-epoch", 10, "--learning-rate", 1e-3]),
-            ("train-classifier", ["--data", root / "split-cls", "--model-out", root / "classifier",
-                                  "--grid-epochs", 1, "--epochs", 2, "--learning-rates", 1e-3,
-                                  "--input-size", 64])):
+            ("train-classifier", ["--images", root / "data" / "images", "--masks", root / "masks",
+                                  "--model-out", root / "classifier", "--val-fraction", 0.34,
+                                  "--test-fraction", 0.34, "--n-trees", 30, "--grid-epochs", 1,
+                                  "--epochs", 1, "--learning-rates", 1e-3, "--input-size", 32,
+                                  "--device", "cpu"])):
         # the orgaseg command line of this environment, one process per framework
         ended = subprocess.run([sys.executable, "-m", "orgaseg_core", step, *map(str, options)])
         assert ended.returncode == 0, f"{step} failed with exit status {ended.returncode}"
     steps.demo_data(root / "new", n_images=2, seed=22, size=(480, 640))
     return {"--segmentation-model": str(root / "seg-model"),
-            "--classifier": str(root / "classifier" / "model.pt"),
-            "--images": str(root / "new" / "images"), "--out": str(root / "analysis")}
+            "--classifier": str(root / "classifier"), "--images": str(root / "new" / "images"),
+            "--out": str(root / "analysis"), "--review-below": "0.9"}
 
 
 def test():
@@ -76,6 +75,8 @@ def test():
     assert len(classes) >= 2 and set(objects["predicted_class"]) <= set(classes)
     probabilities = objects[[f"prob_{c}" for c in classes]].sum(axis=1)
     assert np.allclose(probabilities, 1.0, atol=1e-4)
+    review = float(args.review_below)
+    assert list(objects["needs_review"]) == list(objects["confidence"] < review)
     for row in summary.to_dict("records"):
         stem = row["stem"]
         labels = tifffile.imread(out / "segmentation" / f"{stem}.tif")
@@ -85,6 +86,8 @@ def test():
         assert row["classified"] == len(mine) and set(mine["label"]) <= ids
         for c in classes:
             assert row[f"count_{c}"] == (mine["predicted_class"] == c).sum(), (stem, c)
+        assert row["needs_review"] == mine["needs_review"].sum(), stem
+        flagged = set(mine.loc[mine["needs_review"], "label"])
         features = json.loads((out / "qupath" / f"{stem}.geojson").read_text())["features"]
         assert sorted(f["properties"]["measurements"]["Label"] for f in features) == sorted(ids)
         for feature in features:
@@ -92,8 +95,11 @@ def test():
             if "classification" in props:
                 assert props["classification"]["name"] in classes
                 assert "Class confidence" in props["measurements"]
+                label = props["measurements"]["Label"]
+                assert props["measurements"]["Needs review"] == int(label in flagged), (stem, label)
         assert (out / "overlays" / f"{stem}.png").stat().st_size > 0
-    assert json.loads((out / "run.json").read_text())["status"] == "ok"
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "ok" and record["arguments"]["padding"] == 10  # the classifier's
     if out.parent.name.startswith("orgaseg-album-test-"):
         shutil.rmtree(out.parent, ignore_errors=True)
 
@@ -101,7 +107,7 @@ def test():
 setup(
     group="orgaseg",
     name="analyze",
-    version="0.5.0",
+    version="0.6.0",
     album_api_version="0.7.3",
     title="Analyze new images: find, measure and classify every organoid",
     description=(
@@ -110,13 +116,14 @@ setup(
         "measures its shape and classifies it with "
         "a model from orgaseg:train-classifier. Writes per image a QuPath GeoJSON file with every "
         "organoid classified (drag it onto the image in QuPath) and an overlay picture, plus a "
-        "table of all organoids and a per-image summary of the class counts and proportions. "
+        "table of all organoids and a per-image summary of the class counts and proportions; "
+        "organoids whose class is uncertain are flagged for review. "
         "Label images from another tool can take the place of the segmentation model."
     ),
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.5.0 (the source "
+                 "classification for brightfield microscopy, version 0.6.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},
@@ -132,8 +139,9 @@ setup(
         {"name": "segmentation-model", "type": "directory", "required": False, "default": None,
          "description": "Model folder written by orgaseg:train-segmentation, either backend "
                         "(StarDist or pixel forest). Leave empty when you give masks instead."},
-        {"name": "classifier", "type": "file", "required": True,
-         "description": "The classifier file model.pt written by orgaseg:train-classifier."},
+        {"name": "classifier", "type": "directory", "required": True,
+         "description": "Classifier folder written by orgaseg:train-classifier (or its "
+                        "classifier.json / model.pt)."},
         {"name": "images", "type": "string", "required": True,
          "description": "One image file or a folder of images (TIFF, JPEG, PNG; grey, RGB or "
                         "16-bit) to analyse."},
@@ -163,8 +171,10 @@ setup(
         {"name": "preprocessing", "type": "boolean", "default": True,
          "description": "Repeat the clean-up the segmentation training images had (vignette "
                         "removal, background flattening) before segmenting (True/False)."},
-        {"name": "padding", "type": "integer", "default": 10,
-         "description": "Pixels of surroundings included around each organoid for the classifier."},
+        {"name": "padding", "type": "string", "default": "auto",
+         "description": "Pixels of surroundings included around each organoid for the "
+                        "classifier, e.g. 10; 'auto' uses the padding the classifier was trained "
+                        "with, else 10."},
         {"name": "mask-background", "type": "boolean", "default": False,
          "description": "Hide everything around each organoid (set it to the background level) "
                         "before classifying (True/False)."},
@@ -178,6 +188,12 @@ setup(
         {"name": "device", "type": "string", "default": "auto",
          "description": "Where the classifier runs: 'cpu', 'cuda' (an NVIDIA GPU) or 'auto' "
                         "(the GPU when there is one)."},
+        {"name": "review-below", "type": "string", "default": "auto",
+         "description": "Flag organoids whose class confidence is below this (0-1) for review "
+                        "(needs_review); 'auto' uses the classifier's threshold."},
+        {"name": "family", "type": "string", "default": "auto",
+         "description": "Use this trained candidate of the classifier folder (measurements, cnn, "
+                        "combined) instead of the one chosen on validation ('auto')."},
         {"name": "overwrite", "type": "boolean", "default": False,
          "description": "Allow writing into an output folder that already holds files "
                         "(True/False); files of the same name are replaced."},

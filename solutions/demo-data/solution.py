@@ -13,7 +13,7 @@ def run():
 
     args = get_args()
     run_step(lambda: steps.demo_data(args.out, n_images=args.n_images, seed=args.seed,
-                                     size=args.size, overwrite=args.overwrite))
+                                     size=args.size, style=args.style, overwrite=args.overwrite))
 
 
 def pre_test():
@@ -59,7 +59,7 @@ def test():
 setup(
     group="orgaseg",
     name="demo-data",
-    version="0.5.0",
+    version="0.6.0",
     album_api_version="0.7.3",
     title="Example organoid images (QuPath export layout)",
     description=(
@@ -72,7 +72,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.5.0 (the source "
+                 "classification for brightfield microscopy, version 0.6.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Bankhead P. et al. QuPath: Open source software for digital pathology image "
                  "analysis. Scientific Reports 7, 16878 (2017).",
@@ -95,6 +95,10 @@ setup(
         {"name": "size", "type": "string", "default": "760x1008",
          "description": "Image size as HEIGHTxWIDTH in pixels, e.g. 760x1008 (at least "
                         "128x128). Organoid sizes scale with the image."},
+        {"name": "style", "type": "string", "default": "default",
+         "description": "Image style of the synthetic data: 'default' (clearly different "
+                        "classes, vignetted field) or 'faint' (bright low-contrast cysts, paler "
+                        "and smaller organoids, flat field, more noise)."},
         {"name": "overwrite", "type": "boolean", "default": False,
          "description": "Allow writing into an output folder that already holds files "
                         "(True/False); files of the same name are replaced. False protects "

@@ -46,8 +46,13 @@ def test():
         "image", "stem", "label", "crop", "bbox_min_row", "bbox_min_col", "bbox_max_row",
         "bbox_max_col", "centroid_row", "centroid_col", "area_px", "perimeter",
         "equivalent_diameter", "circularity", "eccentricity", "solidity", "major_axis_length",
-        "minor_axis_length", "orientation", "mean_intensity", "std_intensity", "padding",
-        "crop_min_row", "crop_min_col", "crop_max_row", "crop_max_col"]
+        "minor_axis_length", "orientation", "mean_intensity", "std_intensity",
+        # the descriptors the measurement classifier reads (since 0.6.0)
+        "background_intensity", "relative_mean_intensity", "relative_std_intensity",
+        "relative_p10_intensity", "relative_p90_intensity", "relative_rim_intensity",
+        "relative_core_intensity", "core_rim_ratio", "relative_gradient", "radius_cv",
+        "n_concavities", "concavity_depth",
+        "padding", "crop_min_row", "crop_min_col", "crop_max_row", "crop_max_col"]
 
     def read_image(path):
         if path.suffix.lower() in (".tif", ".tiff"):
@@ -61,6 +66,9 @@ def test():
     objects = pd.read_csv(out / "objects.csv")
     skipped = pd.read_csv(out / "skipped.csv")
     assert list(objects.columns) == object_table_columns, list(objects.columns)
+    descriptors = objects[object_table_columns[21:-5]]
+    assert np.isfinite(descriptors.to_numpy(dtype=float)).all(), "a descriptor is not a number"
+    assert (objects["background_intensity"] > 0).all() and (objects["n_concavities"] >= 0).all()
     assert len(skipped) > 0 and set(skipped["reason"]) == {"smaller than min_area"}
     assert (skipped["area_px"] < min_area).all() and (objects["area_px"] >= min_area).all()
     for image_path in sorted(images.iterdir()):
@@ -92,7 +100,7 @@ def test():
 setup(
     group="orgaseg",
     name="extract-objects",
-    version="0.5.0",
+    version="0.6.0",
     album_api_version="0.7.3",
     title="Cut out and measure every organoid",
     description=(
@@ -106,7 +114,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.5.0 (the source "
+                 "classification for brightfield microscopy, version 0.6.0 (the source "
                  "repository of this album catalog)."},
     ],
     tags=["organoids", "brightfield", "crops", "measurements", "morphology", "orgaseg"],

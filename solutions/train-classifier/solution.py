@@ -14,11 +14,15 @@ def run():
     args = get_args()
     # lists and 'auto' are parsed inside run_step, so a bad value is one ERROR line (exit 1)
     run_step(lambda: steps.train_classifier(
-        args.data, args.model_out, architectures=args.architectures,
-        learning_rates=args.learning_rates, batch_sizes=args.batch_sizes,
-        weight_decays=args.weight_decays, grid_epochs=args.grid_epochs, epochs=args.epochs,
-        patience=args.patience, input_size=args.input_size, weights=args.weights, seed=args.seed,
-        num_workers=args.num_workers, device=args.device, overwrite=args.overwrite))
+        args.data, args.model_out, images=args.images, masks=args.masks, families=args.families,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, padding=args.padding,
+        n_trees=args.n_trees, outline_augmentation=args.outline_augmentation,
+        architectures=args.architectures, learning_rates=args.learning_rates,
+        batch_sizes=args.batch_sizes, weight_decays=args.weight_decays,
+        grid_epochs=args.grid_epochs, epochs=args.epochs, patience=args.patience,
+        input_size=args.input_size, weights=args.weights, pretrained=args.pretrained,
+        review_below=args.review_below, seed=args.seed, num_workers=args.num_workers,
+        device=args.device, overwrite=args.overwrite))
 
 
 def pre_test():
@@ -28,16 +32,16 @@ def pre_test():
     from orgaseg_core import steps
 
     root = Path(tempfile.mkdtemp(prefix="orgaseg-album-test-"))
-    steps.demo_data(root / "data", n_images=4, seed=7, size=(240, 320))
-    steps.sort_crops(root / "data" / "crops", root / "sorted")
-    steps.split(root / "sorted", root / "split", mode="classification", train=0.5, val=0.25,
-                test=0.25, seed=0)
-    # a tiny run (two grid points of one epoch, then two epochs at 64 px): this checks that
-    # training works end to end and writes a complete model folder, not that the model is good
-    return {"--data": str(root / "split"), "--model-out": str(root / "model"),
-            "--architectures": "resnet18", "--learning-rates": "0.001,0.0003", "--batch-sizes": "16",
-            "--grid-epochs": "1", "--epochs": "2", "--patience": "1", "--input-size": "64",
-            "--device": "cpu"}
+    steps.demo_data(root / "data", n_images=6, seed=7, size=(240, 320))
+    steps.annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
+    # a tiny run from annotated images (all three families; a 32 px CNN of one epoch, 30 trees):
+    # this checks that training works end to end and writes a complete classifier folder, not
+    # that the classifier is good
+    return {"--images": str(root / "data" / "images"), "--masks": str(root / "masks"),
+            "--model-out": str(root / "model"), "--val-fraction": "0.34", "--test-fraction": "0.34",
+            "--n-trees": "30", "--architectures": "resnet18", "--learning-rates": "0.001",
+            "--batch-sizes": "16", "--grid-epochs": "1", "--epochs": "1", "--patience": "1",
+            "--input-size": "32", "--device": "cpu"}
 
 
 def test():
@@ -51,29 +55,42 @@ def test():
     from PIL import Image
 
     args = get_args()
-    data, model = Path(args.data), Path(args.model_out)
-    classes = sorted(p.name for p in (data / "train").iterdir() if p.is_dir() and any(p.iterdir()))
-    # what the checkpoint holds, read back by the orgaseg command line of this environment
+    masks, model = Path(args.masks), Path(args.model_out)
+    classes = sorted({c for table in masks.glob("*_objects.csv")
+                      for c in pd.read_csv(table, keep_default_na=False)["class"] if c})
+    families = {"measurements", "cnn", "combined"}
+    description = json.loads((model / "classifier.json").read_text())
+    assert description["family"] in families and description["class_names"] == classes, description
+    # what the classifier holds, read back by the orgaseg command line of this environment
     info = subprocess.run([sys.executable, "-m", "orgaseg_core", "classifier-info", "--model",
-                           str(model / "model.pt"), "--json"], capture_output=True, text=True, check=True)
-    checkpoint = json.loads(info.stdout)
-    class_names = checkpoint["class_names"]
-    assert sorted(class_names) == classes, (class_names, classes)
-    assert checkpoint["architecture"] == "resnet18" and checkpoint["input_size"] == 64
-    assert checkpoint["normalisation"]["std"] > 0
-    grid = pd.read_csv(model / "grid.csv")
-    assert sorted(grid["learning_rate"]) == [0.0003, 0.001] and grid["chosen"].sum() == 1
-    assert len(pd.read_csv(model / "history.csv")) <= 2
+                           str(model), "--json"], capture_output=True, text=True, check=True)
+    info = json.loads(info.stdout)
+    assert {"family", "class_names", "temperature", "needs_crops", "needs_measurements",
+            "crop_padding", "review_below"} <= set(info), sorted(info)
+    assert info["family"] == description["family"] and info["class_names"] == classes
+    assert info["temperature"] > 0 and info["crop_padding"] == 10 and info["review_below"] == 0.6
+    if info["needs_crops"]:  # the CNN is used (cnn or combined)
+        assert info["architecture"] == "resnet18" and info["input_size"] == 32
+    assert (model / "model.pt").is_file() or (model / "measurements.skops").is_file()
     report = json.loads((model / "report.json").read_text())
-    assert report["class_names"] == class_names and report["report_split"] == "test"
-    n_test = sum(len(list((data / "test" / c).iterdir())) for c in classes if (data / "test" / c).is_dir())
-    assert report["test"]["n"] == n_test and 0.0 <= report["test"]["macro_f1"] <= 1.0
+    assert report["family"] == info["family"] and report["class_names"] == classes
+    assert sorted(row["family"] for row in report["candidates"]) == sorted(families)
+    assert sum(bool(row["chosen"]) for row in report["candidates"]) == 1
+    split = pd.read_csv(model / "split.csv")
+    n_test = int((split["split"] == "test").sum())
+    assert report["report_split"] == "test" and report["test"]["n"] == n_test > 0
+    assert 0.0 <= report["test"]["macro_f1"] <= 1.0
+    grid = pd.read_csv(model / "grid.csv")
+    rows = grid[grid["stage"] == "family"]
+    assert sorted(rows["family"]) == sorted(families) and rows["chosen"].sum() == 1
+    assert rows.loc[rows["chosen"], "family"].item() == info["family"]
+    assert set(grid["stage"]) <= {"family", "cnn grid"}
     table = pd.read_csv(model / "classification_report.csv")
-    assert list(table["class"]) == class_names + ["macro avg", "weighted avg", "accuracy"]
+    assert list(table["class"]) == classes + ["macro avg", "weighted avg", "accuracy"]
     assert table["support"].iloc[-1] == n_test
-    with Image.open(model / "confusion_matrix.png") as png:
-        assert png.format == "PNG" and min(png.size) > 200, png.size
-    assert any((model / "tensorboard").iterdir()), "no TensorBoard logs"
+    for name in ("confusion_matrix.png", "reliability.png"):
+        with Image.open(model / name) as png:
+            assert png.format == "PNG" and min(png.size) > 200, (name, png.size)
     assert (model / "run.json").is_file()
     if model.parent.name.startswith("orgaseg-album-test-"):
         shutil.rmtree(model.parent, ignore_errors=True)
@@ -82,22 +99,24 @@ def test():
 setup(
     group="orgaseg",
     name="train-classifier",
-    version="0.5.0",
+    version="0.6.0",
     album_api_version="0.7.3",
     title="Train an organoid morphology classifier",
     description=(
-        "Trains a neural network (a torchvision ResNet or another architecture, from scratch or "
-        "from a local weights file) that sorts organoid crops into morphological classes such "
-        "as Cyst, Filled in or Branched, from crops split into train/, val/ and test/ with one "
-        "folder per class (orgaseg:split with mode classification). Tries every combination of "
-        "the settings you list, keeps the best on the validation crops, stops early when the "
-        "validation score stops improving and reports precision, recall and F1 per class on "
-        "the test crops. The model file holds everything orgaseg:classify needs."
+        "Trains a classifier that sorts organoids into morphological classes such as Cyst, "
+        "Filled in or Branched, from annotated images (images and the label images of "
+        "orgaseg:annotations-to-masks) or from crops split into class folders (orgaseg:split). "
+        "Three candidate families: a random forest on the organoids' shape and intensity "
+        "measurements, a neural network (a torchvision ResNet or another architecture) on the "
+        "crops, and their combination; the best on the validation images is kept, its "
+        "confidence is calibrated, and precision, recall and F1 per class are reported on the "
+        "test images. The output folder holds everything orgaseg:classify and orgaseg:analyze "
+        "need."
     ),
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.5.0 (the source "
+                 "classification for brightfield microscopy, version 0.6.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Paszke A., Gross S., Massa F., Lerer A., Bradbury J., Chanan G., Killeen T., "
                  "Lin Z., Gimelshein N., Antiga L., et al. PyTorch: An Imperative Style, "
@@ -108,20 +127,51 @@ setup(
                  "Vision library (2016).", "url": "https://github.com/pytorch/vision"},
         {"text": "He K., Zhang X., Ren S., Sun J. Deep Residual Learning for Image Recognition. "
                  "CVPR 2016, 770-778.", "doi": "10.1109/CVPR.2016.90"},
+        {"text": "Pedregosa F. et al. Scikit-learn: Machine Learning in Python. Journal of "
+                 "Machine Learning Research 12, 2825-2830 (2011).",
+         "url": "https://jmlr.org/papers/v12/pedregosa11a.html"},
+        {"text": "Guo C., Pleiss G., Sun Y., Weinberger K. Q. On Calibration of Modern Neural "
+                 "Networks. ICML 2017.", "url": "https://arxiv.org/abs/1706.04599"},
     ],
     tags=["organoids", "brightfield", "classification", "morphology", "PyTorch", "torchvision",
-          "ResNet", "training", "orgaseg"],
+          "ResNet", "random forest", "scikit-learn", "training", "orgaseg"],
     license="MIT",
     documentation=["README.md"],
     covers=[],
     args=[
-        {"name": "data", "type": "directory", "required": True,
+        {"name": "data", "type": "directory", "required": False, "default": None,
          "description": "Folder made by orgaseg:split (mode classification): train/, val/ and "
-                        "optionally test/, each with one sub-folder of crops per class. Not changed."},
+                        "optionally test/, each with one sub-folder of crops per class; crops only: "
+                        "trains the cnn family. Or give images and masks instead. Not changed."},
+        {"name": "images", "type": "directory", "required": False, "default": None,
+         "description": "Folder of annotated images (with masks): every object becomes a crop and "
+                        "a row of measurements; all families can be trained. Not changed."},
+        {"name": "masks", "type": "directory", "required": False, "default": None,
+         "description": "Folder written by orgaseg:annotations-to-masks for the images "
+                        "(<stem>.tif label images and <stem>_objects.csv classes). Not changed."},
         {"name": "model-out", "type": "directory", "required": True,
-         "description": "New or empty folder for the trained model (model.pt), the reports "
-                        "(report.json, classification_report.csv, confusion_matrix.png, grid.csv) "
-                        "and TensorBoard logs."},
+         "description": "New or empty folder for the classifier (classifier.json, model.pt "
+                        "and/or measurements.skops), the reports (report.json, "
+                        "classification_report.csv, confusion_matrix.png, reliability.png, "
+                        "grid.csv, split.csv) and TensorBoard logs."},
+        {"name": "families", "type": "string", "default": "measurements,cnn,combined",
+         "description": "Candidate families, comma-separated: measurements (random forest on the "
+                        "object measurements), cnn (network on the crops), combined (their "
+                        "weighted mean). The best on validation is kept."},
+        {"name": "val-fraction", "type": "float", "default": 0.15,
+         "description": "With images: fraction of the images for validation (model choice, "
+                        "calibration), e.g. 0.15."},
+        {"name": "test-fraction", "type": "float", "default": 0.15,
+         "description": "With images: fraction of the images for the final test (used once), "
+                        "e.g. 0.15."},
+        {"name": "padding", "type": "integer", "default": 10,
+         "description": "With images: pixels of context around each object's crop (as "
+                        "orgaseg:extract-objects cuts them; orgaseg:analyze uses the same)."},
+        {"name": "n-trees", "type": "integer", "default": 300,
+         "description": "Trees of the measurement random forest, e.g. 300."},
+        {"name": "outline-augmentation", "type": "boolean", "default": True,
+         "description": "Also train the measurement forest on eroded, dilated and smoothed "
+                        "outlines, so that segmented outlines do not throw it (True/False)."},
         {"name": "architectures", "type": "string", "default": "resnet18",
          "description": "Network architectures to try, separated by commas: resnet18, resnet50, "
                         "resnext50_32x4d, wide_resnet50_2, densenet121, efficientnet_b0, "
@@ -151,6 +201,12 @@ setup(
          "description": "Optional local weights file to start from (a torchvision state_dict "
                         "of the one architecture given, or an orgaseg model.pt). Leave empty to "
                         "train from scratch; nothing is downloaded."},
+        {"name": "pretrained", "type": "boolean", "default": False,
+         "description": "Start the CNN from torchvision's ImageNet weights (read from "
+                        "torchvision's cache, downloaded there when online) (True/False)."},
+        {"name": "review-below", "type": "float", "default": 0.6,
+         "description": "Objects whose calibrated confidence (0-1) is below this are flagged for "
+                        "review by orgaseg:classify and orgaseg:analyze."},
         {"name": "seed", "type": "integer", "default": 0,
          "description": "Random seed (a whole number): the same seed and data give the same "
                         "model on the CPU."},

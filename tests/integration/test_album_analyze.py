@@ -16,7 +16,7 @@ from digests import tree_digest
 
 pytestmark = pytest.mark.integration
 
-STEP = "orgaseg:analyze:0.5.0"
+STEP = "orgaseg:analyze:0.6.0"
 
 
 def test_analyze(album, story, tmp_path):
@@ -30,7 +30,7 @@ def test_analyze(album, story, tmp_path):
     try:
         out = album.workdir / "analysis"
         run = album("run", STEP, "--segmentation-model", models / "segmentation",
-                    "--classifier", models / "classifier" / "model.pt", "--images", images,
+                    "--classifier", models / "classifier", "--images", images,
                     "--out", out, "--min-area", "200", timeout=900)
         assert "analyze: 2 image(s)" in run.output
         assert (tree_digest(images), tree_digest(models)) == before  # inputs unchanged
@@ -38,6 +38,11 @@ def test_analyze(album, story, tmp_path):
         objects = pd.read_csv(out / "objects.csv", dtype={"stem": str})
         assert list(summary["image"]) == sorted(p.name for p in images.iterdir())
         assert (objects["area_px"] >= 200).all()
+        classifier = json.loads((models / "classifier" / "classifier.json").read_text())
+        # the review flag at the classifier's threshold, per object and per image
+        assert list(objects["needs_review"]) == list(objects["confidence"] < classifier["review_below"])
+        assert list(summary["needs_review"]) == [
+            int(objects.loc[objects["stem"] == stem, "needs_review"].sum()) for stem in summary["stem"]]
         for row in summary.to_dict("records"):
             labels = tifffile.imread(out / "segmentation" / f"{row['stem']}.tif")
             ids = {int(i) for i in np.unique(labels) if i}
@@ -49,15 +54,22 @@ def test_analyze(album, story, tmp_path):
                           if "classification" in f["properties"]}
             assert classified == set(objects.loc[objects["stem"] == row["stem"], "label"])
             assert classified.isdisjoint(small)
+            mine = objects[objects["stem"] == row["stem"]]
+            flagged = set(mine.loc[mine["needs_review"], "label"])
+            assert {f["properties"]["measurements"]["Label"]: f["properties"]["measurements"]["Needs review"]
+                    for f in features if "classification" in f["properties"]} == \
+                {label: int(label in flagged) for label in classified}
         record = json.loads((out / "run.json").read_text())
         assert record["status"] == "ok" and set(record["results"]["steps"]) == {
             "segment", "extract-objects", "classify"}
+        # padding 'auto': the crops are cut as the classifier's training crops were
+        assert record["arguments"]["padding"] == classifier["crop_padding"]
 
         # label images of another tool instead of the model: their objects, under their ids
         masks = demo / "evaluation" / "true-masks"
         masks_before = tree_digest(masks)
         out_masks = album.workdir / "analysis-masks"
-        album("run", STEP, "--masks", masks, "--classifier", models / "classifier" / "model.pt",
+        album("run", STEP, "--masks", masks, "--classifier", models / "classifier",
               "--images", images, "--out", out_masks, timeout=600)
         assert tree_digest(masks) == masks_before
         record = json.loads((out_masks / "run.json").read_text())
@@ -69,7 +81,7 @@ def test_analyze(album, story, tmp_path):
             assert row["objects"] == len(ids) == row["classified"]
             assert {f["properties"]["measurements"]["Label"] for f in features} == ids
         # neither a model nor masks: one error line, nothing written
-        neither = album("run", STEP, "--classifier", models / "classifier" / "model.pt",
+        neither = album("run", STEP, "--classifier", models / "classifier",
                         "--images", images, "--out", album.workdir / "never", expect=1)
         assert "--segmentation-model" in neither.output and "--masks" in neither.output
         assert "Traceback" not in neither.output and not (album.workdir / "never").exists()

@@ -24,7 +24,7 @@ from digests import tree_digest
 
 pytestmark = pytest.mark.integration
 
-VERSION = "0.5.0"
+VERSION = "0.6.0"
 # the columns of objects.csv that a user reads first (the rest are crop window and intensities)
 MEASUREMENTS = ["image", "stem", "label", "crop", "bbox_min_row", "bbox_min_col", "bbox_max_row",
                 "bbox_max_col", "centroid_row", "centroid_col", "area_px", "perimeter",
@@ -139,55 +139,81 @@ def test_extract_objects(album, demo, tmp_path):
 
 
 def test_train_classifier_then_classify(album, demo, tmp_path):
-    """The torch pair: a tiny classifier trained through album, then used through album."""
+    """The torch pair: a tiny classifier trained through album from the annotated images (all
+    three families), then used through album."""
     from orgaseg_core.data.sort_crops import sort_crops
     from orgaseg_core.data.split import split_dataset
     from orgaseg_core.objects.extract import extract_objects
 
-    sort_crops(demo / "crops", tmp_path / "sorted")
-    split = tmp_path / "split"
-    split_dataset(tmp_path / "sorted", split, mode="classification", train=0.5, val=0.25, test=0.25,
-                  seed=0)
-    classes = sorted(p.name for p in (split / "train").iterdir() if p.is_dir())
+    classes = sorted({c for table in (demo / "masks").glob("*_objects.csv")
+                      for c in pd.read_csv(table, keep_default_na=False)["class"] if c})
     assert len(classes) == 5
+    families = ["measurements", "cnn", "combined"]
     model = album.workdir / "classifier"
     with installed(album, "train-classifier"):
         step = coordinates("train-classifier")
-        before = tree_digest(split)
-        run = album("run", step, "--data", split, "--model-out", model, "--architectures", "resnet18",
-                    "--learning-rates", "0.001,0.0003", "--batch-sizes", "16", "--grid-epochs", "1",
-                    "--epochs", "2", "--patience", "1", "--input-size", "64", "--seed", "3",
-                    "--device", "cpu", timeout=600)
-        assert f"train-classifier: 5 classes ({', '.join(classes)}), input 64 px, cpu" in run.output
-        assert zipfile.is_zipfile(model / "model.pt")  # torch's checkpoint format (not loaded here)
+        before = tree_digest(demo)
+        run = album("run", step, "--images", demo / "images", "--masks", demo / "masks",
+                    "--model-out", model, "--val-fraction", "0.25", "--test-fraction", "0.25",
+                    "--n-trees", "30", "--architectures", "resnet18", "--learning-rates", "0.001,0.0003",
+                    "--batch-sizes", "16", "--grid-epochs", "1", "--epochs", "2", "--patience", "1",
+                    "--input-size", "32", "--review-below", "0.7", "--seed", "3", "--device", "cpu",
+                    timeout=600)
+        assert (f"train-classifier: 5 classes ({', '.join(classes)}) from annotated images, cpu"
+                in run.output), run.output
+        description = json.loads((model / "classifier.json").read_text())
+        family = description["family"]
+        assert family in families and description["class_names"] == classes
+        assert description["review_below"] == 0.7 and description["crop_padding"] == 10
+        assert set(description["candidates"]) == set(families)
+        if family in ("cnn", "combined"):
+            assert zipfile.is_zipfile(model / "model.pt")  # torch's format (not loaded here)
+        if family in ("measurements", "combined"):
+            assert (model / "measurements.skops").is_file()
         grid = pd.read_csv(model / "grid.csv")
-        assert sorted(grid["learning_rate"]) == [0.0003, 0.001] and grid["chosen"].sum() == 1
-        assert set(grid["architecture"]) == {"resnet18"} and set(grid["batch_size"]) == {16}
+        rows = grid[grid["stage"] == "family"]
+        assert list(rows["family"]) == families and rows["chosen"].sum() == 1
+        assert rows.loc[rows["chosen"], "family"].item() == family
+        cnn_grid = grid[grid["stage"] == "cnn grid"]
+        assert sorted(cnn_grid["learning_rate"]) == [0.0003, 0.001] and cnn_grid["chosen"].sum() == 1
+        assert set(cnn_grid["architecture"]) == {"resnet18"} and set(cnn_grid["batch_size"]) == {16}
         report = json.loads((model / "report.json").read_text())
-        assert report["class_names"] == classes and report["input_size"] == 64
-        n_test = len(list((split / "test").glob("*/*")))
-        assert report["report_split"] == "test" and report["test"]["n"] == n_test
-        assert report["epochs_trained"] <= 2 and report["chosen_on"] == "val"
+        assert report["class_names"] == classes and report["family"] == family
+        assert [row["family"] for row in report["candidates"]] == families
+        split = pd.read_csv(model / "split.csv", dtype={"stem": str})
+        assert set(split["split"]) == {"train", "val", "test"}
+        # no image in two splits
+        assert split.groupby("image")["split"].nunique().max() == 1
+        n_test = int((split["split"] == "test").sum())
+        assert report["report_split"] == "test" and report["test"]["n"] == n_test > 0
+        assert report["chosen_on"] == "val"
         table = pd.read_csv(model / "classification_report.csv")
         assert list(table["class"]) == classes + ["macro avg", "weighted avg", "accuracy"]
         assert table["support"].iloc[:5].sum() == n_test
-        assert (model / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        for name in ("confusion_matrix.png", "reliability.png"):
+            assert (model / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         arguments = json.loads((model / "run.json").read_text())["arguments"]
         assert arguments["learning_rates"] == [0.001, 0.0003] and arguments["batch_sizes"] == [16]
         assert arguments["architectures"] == ["resnet18"] and arguments["seed"] == 3
-        assert tree_digest(split) == before
+        assert arguments["families"] == families and arguments["n_trees"] == 30
+        assert tree_digest(demo) == before
 
-        # a class folder with a single training crop: refused before anything is written
+        # class folders of crops (split --mode classification) with a single training crop in a
+        # class: refused before anything is written
+        sort_crops(demo / "crops", tmp_path / "sorted")
+        split_crops = tmp_path / "split"
+        split_dataset(tmp_path / "sorted", split_crops, mode="classification", train=0.5, val=0.25,
+                      test=0.25, seed=0)
         one = tmp_path / "one-crop"
-        shutil.copytree(split, one)
+        shutil.copytree(split_crops, one)
         lonely = one / "train" / classes[0]
         for crop in sorted(lonely.iterdir())[1:]:
             crop.unlink()
         bad = album("run", step, "--data", one, "--model-out", album.workdir / "never", expect=1)
         error_line(bad.output, str(lonely), "only one image")
         # a grid value that is not a number: one ERROR line, no traceback
-        bad = album("run", step, "--data", split, "--model-out", album.workdir / "never",
-                    "--learning-rates", "0.001,fast", expect=1)
+        bad = album("run", step, "--images", demo / "images", "--masks", demo / "masks",
+                    "--model-out", album.workdir / "never", "--learning-rates", "0.001,fast", expect=1)
         error_line(bad.output, "--learning-rates", "'fast' is not a number")
         assert "Traceback" not in bad.output
         assert not (album.workdir / "never").exists()
@@ -198,25 +224,37 @@ def test_train_classifier_then_classify(album, demo, tmp_path):
     objects = pd.read_csv(tmp_path / "objects" / "objects.csv")
     with installed(album, "classify"):
         step = coordinates("classify")
-        before = tree_digest(tmp_path / "objects"), tree_digest(model / "model.pt")
-        out = album.workdir / "classified"
-        run = album("run", step, "--model", model / "model.pt", "--objects", tmp_path / "objects",
-                    "--out", out, "--batch-size", "7", "--device", "cpu")
-        assert f"classify: {len(objects)} of {len(objects)} crops classified" in run.output
+        before = tree_digest(tmp_path / "objects"), tree_digest(model)
+        for chosen in ("auto", "combined"):
+            out = album.workdir / f"classified-{chosen}"
+            options = ["--family", chosen] if chosen != "auto" else []
+            run = album("run", step, "--model", model, "--objects", tmp_path / "objects",
+                        "--out", out, "--batch-size", "7", "--device", "cpu", *options)
+            assert f"classify: {len(objects)} of {len(objects)} crops classified" in run.output
+            assert "0.70 flagged for review" in run.output  # the classifier's threshold
+            predictions = pd.read_csv(out / "predictions.csv")
+            # one row per object, in the order of objects.csv, its measurements carried over
+            assert list(predictions["crop"]) == list(objects["crop"])
+            assert list(predictions["label"]) == list(objects["label"])
+            assert list(predictions["area_px"]) == list(objects["area_px"])
+            prob_columns = [f"prob_{name}" for name in classes]
+            assert list(predictions.columns[:11]) == ["image", "label", "crop", "predicted_class",
+                                                      "confidence", "needs_review"] + prob_columns
+            probs = predictions[prob_columns].to_numpy()
+            assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4) and (probs >= 0).all()
+            assert set(predictions["predicted_class"]) <= set(classes)
+            assert list(predictions["predicted_class"]) == [classes[i] for i in probs.argmax(axis=1)]
+            assert np.allclose(predictions["confidence"], probs.max(axis=1))
+            assert list(predictions["needs_review"]) == list(predictions["confidence"] < 0.7)
+            results = json.loads((out / "run.json").read_text())["results"]
+            assert results["family"] == (description["family"] if chosen == "auto" else chosen)
+        # review-below given: every object below it is flagged
+        out = album.workdir / "classified-review"
+        album("run", step, "--model", model, "--objects", tmp_path / "objects", "--out", out,
+              "--review-below", "0.95", "--device", "cpu")
         predictions = pd.read_csv(out / "predictions.csv")
-        # one row per object, in the order of objects.csv, its measurements carried over
-        assert list(predictions["crop"]) == list(objects["crop"])
-        assert list(predictions["label"]) == list(objects["label"])
-        assert list(predictions["area_px"]) == list(objects["area_px"])
-        prob_columns = [f"prob_{name}" for name in classes]
-        assert list(predictions.columns[:10]) == ["image", "label", "crop", "predicted_class",
-                                                  "confidence"] + prob_columns
-        probs = predictions[prob_columns].to_numpy()
-        assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4) and (probs >= 0).all()
-        assert set(predictions["predicted_class"]) <= set(classes)
-        assert list(predictions["predicted_class"]) == [classes[i] for i in probs.argmax(axis=1)]
-        assert np.allclose(predictions["confidence"], probs.max(axis=1))
-        assert (tree_digest(tmp_path / "objects"), tree_digest(model / "model.pt")) == before
+        assert list(predictions["needs_review"]) == list(predictions["confidence"] < 0.95)
+        assert (tree_digest(tmp_path / "objects"), tree_digest(model)) == before
 
         # a file that is not an orgaseg checkpoint: refused, named, nothing written
         foreign = tmp_path / "foreign.pt"

@@ -21,7 +21,7 @@ from digests import tree_digest
 
 pytestmark = pytest.mark.integration
 
-VERSION = "0.5.0"
+VERSION = "0.6.0"
 STEPS = ("demo-data", "sort-crops", "annotations-to-masks", "preprocess", "split", "evaluate-segmentation",
          "train-segmentation", "segment", "extract-objects", "train-classifier", "classify", "analyze")
 CLASSES = {"Cyst", "Filled in", "Early branching", "Branched", "Burned out"}
@@ -83,6 +83,7 @@ def test_demo_data(album):
         assert len(list((out / "crops").iterdir())) == (objects["crop"] != "").sum()
         record = json.loads((out / "run.json").read_text())
         assert record["arguments"]["n_images"] == 2 and record["arguments"]["size"] == [240, 320]
+        assert record["arguments"]["style"] == "default"
 
         # album's argument parser rejects a value of the wrong type before anything runs
         bad = album("run", step, "--out", album.workdir / "never", "--n-images", "abc", expect=2)
@@ -90,6 +91,8 @@ def test_demo_data(album):
         # values the solution checks end the run with one ERROR line and exit status 1
         bad = album("run", step, "--out", album.workdir / "never", "--size", "big", expect=1)
         error_line(bad.output, "--size must look like 2x3")
+        bad = album("run", step, "--out", album.workdir / "never", "--style", "sketch", expect=1)
+        error_line(bad.output, "unknown demo style 'sketch'", "default, faint")
         assert "Traceback" not in bad.output
         assert not (album.workdir / "never").exists()
         # the output folder of the first run is refused without overwrite
