@@ -36,6 +36,27 @@ def _tiles(text: str | None) -> tuple[int, int] | None:
     return parse_pair(text, what="--n-tiles") if text else None
 
 
+def _object_types_option(text: str) -> str:
+    """Check ``--object-types`` while parsing, so a typo is a usage error (exit status 2)."""
+    from .qupath.geojson import parse_object_types
+
+    try:
+        parse_object_types(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return text
+
+
+def _plane_option(text: str) -> tuple[int, int]:
+    """``--plane 1,0`` -> (1, 0); anything else is a usage error (exit status 2)."""
+    from .qupath.geojson import parse_plane
+
+    try:
+        return parse_plane(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 def _echo_partial_result(exc: OrgasegError) -> None:
     """A batch step that failed on some files (SegmentFailed, AnalyzeFailed) carries the result of
     the others: print its summary (what was written) before the error line."""
@@ -96,11 +117,18 @@ def annotations_to_masks_cmd(
     out: Path = typer.Option(..., help="Folder for the label images and object tables."),
     keep_unclassified: bool = typer.Option(False, "--keep-unclassified", help="Also draw annotations without a class."),
     class_map: Optional[Path] = typer.Option(None, help="JSON or CSV file mapping class-name aliases to class names."),
+    object_types: str = typer.Option(
+        "annotation", callback=_object_types_option,
+        help="QuPath object types to draw, comma-separated: annotation, detection, cell, tile, "
+             "tmaCore, or all (e.g. 'detection,annotation' for a corrected analyze result)."),
+    plane: str = typer.Option("0,0", callback=_plane_option,
+                              help="z,t plane whose objects are drawn (0-based); others are skipped."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Turn QuPath GeoJSON annotations into instance label images and per-object class tables."""
     result = steps.annotations_to_masks(annotations, images, out, keep_unclassified=keep_unclassified,
-                                        class_map=class_map, overwrite=overwrite)
+                                        class_map=class_map, object_types=object_types, plane=plane,
+                                        overwrite=overwrite)
     typer.echo(result.summary())
 
 

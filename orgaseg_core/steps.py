@@ -118,19 +118,24 @@ def sort_crops(crops: PathLike, out: PathLike, *, move: bool = False,
 
 def annotations_to_masks(annotations: PathLike, images: PathLike, out: PathLike, *,
                          keep_unclassified: bool = False, class_map: PathLike | None = None,
+                         object_types: str = "annotation", plane: str | tuple[int, int] = (0, 0),
                          overwrite: bool = False):
     """Turn QuPath GeoJSON annotations into instance label images and per-object class tables.
 
-    ``annotations``: one GeoJSON file per image (``a.jpg.geojson`` or ``a.geojson``), paired
-    with the images of ``images`` by stem (the images give the size). Writes
-    ``out/<stem>.tif`` (uint16 labels, uint32 beyond 65,535 objects; 0 = background; a pixel
-    belongs to a polygon when its centre is inside) and ``out/<stem>_objects.csv`` (label,
-    class, area px, bounding box, centroid). Returns a ``MasksResult``.
+    ``annotations``: one GeoJSON file per image (``a.jpg.geojson``, ``a.geojson``,
+    ``a.geojson.gz`` or a QuPath ``a.zip``), paired with the images of ``images`` by stem (the
+    images give the size). ``object_types``: QuPath object types drawn, comma-separated
+    (``annotation``, ``detection``, ``cell``, ``tile``, ``tmaCore``, ``all``). ``plane``: the
+    (z, t) plane drawn. Writes ``out/<stem>.tif`` (uint16 labels, uint32 beyond 65,535 objects;
+    0 = background; a pixel belongs to a polygon when its centre is inside),
+    ``out/<stem>_objects.csv`` (label, class as QuPath shows it, area px, bounding box,
+    centroid) and ``out/classes.csv`` (class, folder name, counts). Returns a ``MasksResult``.
     """
     from .data.masks import annotations_to_masks as run
 
     return run(Path(annotations), Path(images), Path(out), keep_unclassified=keep_unclassified,
-               class_map=_path(class_map), overwrite=overwrite)
+               class_map=_path(class_map), object_types=object_types, plane=plane,
+               overwrite=overwrite)
 
 
 def preprocess(images: PathLike, out: PathLike, *, masks: PathLike | None = None,

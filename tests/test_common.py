@@ -12,7 +12,8 @@ from orgaseg_core.common.classes import (
     canonical_class_name,
     class_colour,
     load_class_map,
-    normalise_class_name,
+    ClassNames,
+    class_folder_name,
     validate_class_name,
 )
 from orgaseg_core.common.errors import InputFileError, OrgasegError, OutputError
@@ -85,8 +86,13 @@ def test_label_dtype():
 
 def test_class_names():
     assert canonical_class_name("Filled-in") == canonical_class_name("filled  IN") == "Filled in"
-    assert normalise_class_name("Early_branching") == "Early branching"
-    assert normalise_class_name("Filled-in", {"filled in": "Solid"}) == "Solid"
+    names = ClassNames({"filled in": "Solid"})
+    assert names.resolve("Filled-in") == names.resolve("filled_in") == "Solid"
+    assert names.resolve("CD8 T cell") == names.resolve("cd8  t-cell") == "CD8 T cell"
+    assert names.resolve("Tumor:positive") == names.resolve("tumor: Positive") == "Tumor:positive"
+    assert names.describe_merges()[0].startswith("class 'CD8 T cell' also spelled 'cd8  t-cell'")
+    assert class_folder_name("Tumor: Positive") == "Tumor - Positive"
+    assert class_folder_name("Filled-in") == "Filled-in"
     assert class_colour("Cyst") == class_colour("cyst")
     assert class_colour("Something new") == class_colour("something-new")
     for bad in ("..", ".", "", "a/b", "a\\b", "a\x00b", "nul\n"):

@@ -236,9 +236,10 @@ def test_solutions_and_cli_steps_use_only_the_public_api():
                     and module != "orgaseg_core.steps":
                 wrong.append(f"{path.relative_to(REPO)}:{line} imports {module}")
     # the CLI parses options and calls steps; besides the API it uses the foundations (errors,
-    # logging, option parsing) and, for the model viewer classifier-info, the classifier's
-    # loader
+    # logging, option parsing), the QuPath option parsers (object types, plane) and, for the
+    # model viewer classifier-info, the classifier's loader
     allowed_cli = ("orgaseg_core.steps", "orgaseg_core.__version__", "orgaseg_core.common.",
+                   "orgaseg_core.qupath.geojson.parse_",
                    "orgaseg_core.classification.model.load_classifier")
     for line, module in orgaseg_imports(PACKAGE / "cli.py"):
         if not module.startswith(allowed_cli):

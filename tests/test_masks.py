@@ -215,7 +215,8 @@ def test_step_writes_label_images_and_tables(project, unchanged):
     table = pd.read_csv(out / "a_objects.csv")
     assert list(table.columns) == OBJECT_COLUMNS
     assert table["label"].tolist() == [1, 2, 3]
-    assert table["class"].tolist() == ["Filled in", "Filled in", "Cyst"]
+    # spellings merged, the first one found kept exactly (QuPath knows that class)
+    assert table["class"].tolist() == ["Filled-in", "Filled-in", "Cyst"]
     assert table["feature_id"].tolist() == ["id-a1", "id-a2", "id-a3"]
     assert table["name"].iloc[0] == "first" and table["name"].isna().iloc[1:].all()
     assert table["area_px"].tolist() == [200, 50, 16]
@@ -230,10 +231,12 @@ def test_step_writes_label_images_and_tables(project, unchanged):
     assert (b[5:10, 5:10] == 2).all() and (b == 1).sum() == 600 - 25  # small one on top
 
     classes = pd.read_csv(out / "classes.csv")
-    assert dict(zip(classes["class"], classes["count"])) == {"Cyst": 2, "Filled in": 2, "Ring": 1}
-    assert dict(zip(classes["class"], classes["images"])) == {"Cyst": 2, "Filled in": 1, "Ring": 1}
+    assert dict(zip(classes["class"], classes["count"])) == {"Cyst": 2, "Filled-in": 2, "Ring": 1}
+    assert dict(zip(classes["class"], classes["images"])) == {"Cyst": 2, "Filled-in": 1, "Ring": 1}
+    assert dict(zip(classes["class"], classes["folder"])) == {"Cyst": "Cyst", "Filled-in": "Filled-in",
+                                                              "Ring": "Ring"}
 
-    assert result.class_counts == {"Cyst": 2, "Filled in": 2, "Ring": 1} and result.n_objects == 5
+    assert result.class_counts == {"Cyst": 2, "Filled-in": 2, "Ring": 1} and result.n_objects == 5
     assert result.skipped == {"LineString": 1, "Point": 1, "unclassified": 1}
     assert result.images_without_annotations == ["c.png"] and not result.errors
     assert result.n_overlaps == 1
@@ -293,7 +296,7 @@ def test_missing_image_fails_that_file_and_the_run_but_writes_the_rest(project, 
     ("all-unknown", json.dumps([feat({"type": "Circle", "coordinates": [1, 1]}, "Cyst")]),
      "no usable object: every feature was skipped (1 skipped: 1 unknown geometry type 'Circle')"),
     ("unsafe-class", json.dumps([feat(rect(0, 0, 2, 2), "../evil")]), "class '../evil'"),
-    ("unsafe-class-2", json.dumps([feat(rect(0, 0, 2, 2), "a/b")]), "class 'a/b' (normalised to 'A/b')"),
+    ("unsafe-class-2", json.dumps([feat(rect(0, 0, 2, 2), "a/b")]), "class 'a/b' cannot be used"),
 ])
 def test_bad_geojson_is_named_in_the_error(project, case, content, expected):
     root, ann, img = project
@@ -340,7 +343,7 @@ def test_empty_collection_and_unclassified_only_write_empty_masks(project, caplo
         assert labels.shape == shape and not labels.any()
         assert list(pd.read_csv(root / "out" / f"{stem}_objects.csv").columns) == OBJECT_COLUMNS
     assert result.n_objects == 0 and not result.errors
-    assert list(pd.read_csv(root / "out" / "classes.csv").columns) == ["class", "count", "images"]
+    assert list(pd.read_csv(root / "out" / "classes.csv").columns) == ["class", "folder", "count", "images"]
 
 
 def test_missing_input_folders_create_no_output(tmp_path, project):

@@ -323,6 +323,7 @@ def test_upscale_labels_exact_shape():
 
 
 def test_degenerate_polygon_falls_back_to_bounding_box():
+    from orgaseg_core.qupath.geojson import new_run_ids
     from orgaseg_core.segmentation.predict import detection_features
 
     labels = np.zeros((10, 10), np.uint16)
@@ -330,7 +331,7 @@ def test_degenerate_polygon_falls_back_to_bounding_box():
     seg = Segmentation(labels=labels, polygons=[np.zeros((8, 2))], probabilities=np.array([0.7]),
                        model_shape=(10, 10), n_tiles=(1, 1))
     table = object_table(labels, seg.probabilities, "x")
-    features = detection_features(seg, table, "x")
+    features = detection_features(seg, table, "x", new_run_ids())
     assert len(features) == 1
     assert features[0]["properties"]["measurements"]["Label"] == 1
 

@@ -61,6 +61,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ..common.classes import read_class_names
 from ..common.errors import InputFileError, OrgasegError, OutputError
 from ..common.outputs import atomic_path, package_versions, step_run, write_csv, write_json
 from .measurement_model import DEFAULT_N_TREES
@@ -319,6 +320,9 @@ def _scan_split(data: Path, split: str, class_names: list[str] | None, warnings:
     if not folder.is_dir():
         return (class_names or []), [], []
     folders = class_folders(folder)
+    # Class names as QuPath shows them (split's classes.csv: folder "Tumor - Positive" holds
+    # class "Tumor: Positive"); plain class folders are named by their folder.
+    shown = read_class_names(data)
     files: list[Path] = []
     labels: list[int] = []
     if class_names is None:  # training split: it defines the classes
@@ -336,7 +340,7 @@ def _scan_split(data: Path, split: str, class_names: list[str] | None, warnings:
                                           "class needs at least 2 training crops to be learned (many "
                                           "more to be learned well): add crops of this class or "
                                           "remove the folder")
-            names.append(sub.name)
+            names.append(shown.get(sub.name, sub.name))
             per_class.append(images)
         if len(names) < 2:
             raise InputFileError(folder, f"needs at least 2 class folders with images (found "
@@ -350,15 +354,16 @@ def _scan_split(data: Path, split: str, class_names: list[str] | None, warnings:
     index_of = {name: i for i, name in enumerate(class_names)}
     for sub in folders:
         images = list_class_images(sub)
-        if sub.name not in index_of:
+        name = shown.get(sub.name, sub.name)
+        if name not in index_of:
             if images:
-                msg = (f"{sub}: class {sub.name!r} is not among the training classes; its "
+                msg = (f"{sub}: class {name!r} is not among the training classes; its "
                        f"{len(images)} crops are left out of the {split} split")
                 warnings.append(msg)
                 log.warning(msg)
             continue
         files += images
-        labels += [index_of[sub.name]] * len(images)
+        labels += [index_of[name]] * len(images)
     return class_names, files, labels
 
 

@@ -1,7 +1,8 @@
 """Class names: normalising spelling variants, user alias maps, safe folder names, colours.
 
 QuPath users spell one class several ways (``Filled in``, ``Filled-in``, ``filled  in``).
-All steps pass class names through :func:`normalise_class_name` so they agree.
+All steps merge them with :class:`ClassNames` on :func:`class_key`, keeping the first spelling
+found (or a class map's target), so the name written back is one QuPath already knows.
 """
 
 from __future__ import annotations
@@ -39,15 +40,102 @@ class UnsafeClassNameError(OrgasegError):
 
 
 def class_key(name: str) -> str:
-    """Comparison key: Unicode-normalised, lower case, runs of space/``-``/``_`` as one space."""
+    """Comparison key: Unicode-normalised, lower case, runs of space/``-``/``_`` as one space.
+
+    The parts of a derived QuPath class (``Tumor: Positive``) are keyed one by one, so
+    ``tumor:positive`` is the same class and ``Tumor - Positive`` (its folder name) is not.
+    """
     text = unicodedata.normalize("NFKC", str(name))
-    return _SEPARATORS.sub(" ", text).strip().casefold()
+    return ":".join(_SEPARATORS.sub(" ", part).strip().casefold() for part in text.split(":"))
 
 
 def canonical_class_name(name: str) -> str:
     """Display form of a class: the key with its first letter upper case (``Filled in``)."""
     key = class_key(name)
     return key[:1].upper() + key[1:]
+
+
+def class_folder_name(name: str) -> str:
+    """The folder name of a class: its display name with QuPath's derived-class delimiter
+    ``":"`` written as ``" - "`` (``Tumor: Positive`` -> ``Tumor - Positive``), because ``:`` is
+    not allowed in Windows (and old macOS) file names. Other names are returned unchanged.
+    Raises UnsafeClassNameError when the result still cannot be a folder name.
+    """
+    folder = " - ".join(part.strip() for part in str(name).split(":"))
+    return validate_class_name(folder)
+
+
+class ClassNames:
+    """Spelling-insensitive class names that keep the spelling of the data.
+
+    Names are merged on :func:`class_key` (case, spaces, hyphens, underscores), but the name
+    given back is the target of the alias ``class_map`` when it has the key, else the FIRST
+    spelling :meth:`resolve` saw, unchanged: a QuPath project's ``CD8 T cell`` or ``Filled-in``
+    comes back exactly so, and QuPath does not create a second class on import.
+    One instance is used for all files of one run, so every file agrees.
+    """
+
+    def __init__(self, class_map: Mapping[str, str] | None = None):
+        self._map = {class_key(k): v for k, v in (class_map or {}).items()}
+        self._first: dict[str, str] = {}
+        #: name given back -> the other spellings merged into it (for the log)
+        self.merged: dict[str, set[str]] = {}
+
+    def resolve(self, raw: str) -> str:
+        """The class name to use for ``raw`` (a display name as found in the data)."""
+        raw = str(raw).strip()
+        key = class_key(raw)
+        name = self._map.get(key)
+        if name is None:
+            name = self._first.setdefault(key, raw)
+        if raw != name:
+            self.merged.setdefault(name, set()).add(raw)
+        return name
+
+    def describe_merges(self) -> list[str]:
+        """One line per class that was found under other spellings too."""
+        return [f"class {name!r} also spelled " + ", ".join(repr(s) for s in sorted(others))
+                for name, others in sorted(self.merged.items())]
+
+
+#: The table, beside class folders, of each class's name as QuPath shows it and its folder.
+CLASS_NAMES_FILE = "classes.csv"
+
+
+def write_class_names(folder: Path, folders: Mapping[str, str],
+                      counts: Mapping[str, int] | None = None) -> Path:
+    """Write ``folder/classes.csv``: class (as QuPath shows it), folder (its folder name) and,
+    when given, count; one row per class, sorted by class."""
+    from .outputs import write_text
+
+    rows = ["class,folder" + (",count" if counts is not None else "")]
+    for name in sorted(folders):
+        cells = [name, folders[name]] + ([str(int(counts.get(name, 0)))] if counts is not None else [])
+        rows.append(",".join(_csv_cell(c) for c in cells))
+    return write_text(Path(folder) / CLASS_NAMES_FILE, "\n".join(rows) + "\n")
+
+
+def _csv_cell(text: str) -> str:
+    if any(c in text for c in ',"\n\r') or text != text.strip():
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def read_class_names(folder: Path) -> dict[str, str]:
+    """Folder name -> class name as QuPath shows it, from ``folder/classes.csv`` (written by
+    sort-crops, annotations-to-masks and split); {} when there is no such table, so plain class
+    folders keep their folder names as class names."""
+    path = Path(folder) / CLASS_NAMES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputFileError(path, f"cannot be read as a class table ({exc})") from exc
+    if rows and not {"class", "folder"} <= set(rows[0]):
+        return {}  # an older table without folder names
+    return {r["folder"]: r["class"] for r in rows if r.get("folder") and r.get("class")}
 
 
 def validate_class_name(name: str, *, source: Path | str | None = None) -> str:
@@ -103,14 +191,6 @@ def load_class_map(path: Path | None) -> dict[str, str]:
         validate_class_name(target.strip(), source=path)
         mapping[class_key(alias)] = target.strip()
     return mapping
-
-
-def normalise_class_name(name: str, class_map: Mapping[str, str] | None = None) -> str:
-    """Canonical class name: alias map first (spelling-insensitive), else :func:`canonical_class_name`."""
-    key = class_key(name)
-    if class_map and key in class_map:
-        return class_map[key]
-    return canonical_class_name(name)
 
 
 def class_colour(name: str) -> tuple[int, int, int]:

@@ -30,13 +30,13 @@ def is_image_file(path: Path) -> bool:
 def image_stem(name: str | Path) -> str:
     """File name without its suffixes that name image formats or GeoJSON.
 
-    QuPath keeps the image extension in exported names, so ``a.jpg.geojson`` and ``a.tif``
-    both have the stem ``a``.
+    QuPath keeps the image extension in exported names, so ``a.jpg.geojson``,
+    ``a.jpg.geojson.gz``, ``a.zip`` and ``a.tif`` all have the stem ``a``.
     """
     name = Path(name).name
     while True:
         base, dot, ext = name.rpartition(".")
-        if dot and base and ("." + ext.lower()) in IMAGE_SUFFIXES + (".geojson", ".json"):
+        if dot and base and ("." + ext.lower()) in IMAGE_SUFFIXES + (".geojson", ".json", ".gz", ".zip"):
             name = base
         else:
             return name

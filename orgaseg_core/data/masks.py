@@ -35,7 +35,7 @@ import shapely
 from scipy import ndimage
 from tqdm import tqdm
 
-from ..common.classes import load_class_map
+from ..common.classes import ClassNames, class_folder_name, load_class_map
 from ..common.errors import InputFileError, OrgasegError
 from ..common.images import (
     IMAGE_SUFFIXES,
@@ -47,11 +47,13 @@ from ..common.images import (
 )
 from ..common.outputs import step_run, write_csv, write_tiff
 from ..qupath.geojson import (
-    GEOJSON_SUFFIXES,
     describe_skipped,
+    is_geojson_file,
     is_problem_reason,
     load_features,
     parse_annotations,
+    parse_object_types,
+    parse_plane,
 )
 
 log = logging.getLogger(__name__)
@@ -323,9 +325,7 @@ class MasksResult:
 
 
 def _geojson_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in GEOJSON_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_geojson_file(p))
 
 
 @dataclass
@@ -336,14 +336,16 @@ class _FileResult:
     report: RasterReport
 
 
-def _convert_one(geojson: Path, image: Path, out: Path, *, class_map: dict[str, str],
-                 keep_unclassified: bool) -> _FileResult:
+def _convert_one(geojson: Path, image: Path, out: Path, *, class_names: ClassNames,
+                 keep_unclassified: bool, object_types: frozenset[str] | None,
+                 plane: tuple[int, int]) -> _FileResult:
     """Rasterise one GeoJSON onto the grid of its image and write the label image and table."""
     stem = image_stem(geojson)
     height, width = read_image_shape(image)
     features = load_features(geojson)
-    objects, skipped = parse_annotations(features, source=geojson, class_map=class_map,
-                                         keep_unclassified=keep_unclassified)
+    objects, skipped = parse_annotations(features, source=geojson, class_names=class_names,
+                                         keep_unclassified=keep_unclassified,
+                                         object_types=object_types, plane=plane)
     log.info("%s: %d features, %d objects, %s", geojson.name, len(features), len(objects),
              describe_skipped(skipped))
     if not features:
@@ -379,8 +381,15 @@ def _convert_one(geojson: Path, image: Path, out: Path, *, class_map: dict[str, 
     return _FileResult(stem, table, skipped, report)
 
 
+#: QuPath object types drawn by default: annotations (what people draw by hand). A parent
+#: rectangle annotation with cells inside then never becomes a label under its cells.
+DEFAULT_OBJECT_TYPES = "annotation"
+
+
 def annotations_to_masks(annotations: Path, images: Path, out: Path, *,
                          keep_unclassified: bool = False, class_map: Path | None = None,
+                         object_types: str | Sequence[str] | None = DEFAULT_OBJECT_TYPES,
+                         plane: str | tuple[int, int] = (0, 0),
                          overwrite: bool = False) -> MasksResult:
     """Turn QuPath GeoJSON annotations into instance label images and per-object class tables.
 
@@ -388,7 +397,14 @@ def annotations_to_masks(annotations: Path, images: Path, out: Path, *,
     image (``a.geojson`` or QuPath's ``a.jpg.geojson`` for ``a.jpg``). images: folder of the
     annotated images (only their size in pixels is read). out: new or empty folder (or
     ``overwrite``). keep_unclassified: also draw annotations without a class, as
-    ``Unclassified``. class_map: JSON/CSV alias map of class names.
+    ``Unclassified``. class_map: JSON/CSV alias map of class names. object_types: the QuPath
+    object types to draw (``"annotation"``, ``"annotation,detection"`` - e.g. a corrected
+    ``analyze`` result -, ``"cell"``, ``"tile"``, ``"tmaCore"`` or ``"all"``); the others are
+    counted as skipped. plane: ``(z, t)`` or ``"z,t"``; objects of other planes are skipped.
+    GeoJSON files may be ``.geojson``, ``.json``, ``.geojson.gz`` or QuPath ``.zip`` exports.
+    Class names keep the first spelling found (files in name order), see
+    :class:`~orgaseg_core.common.classes.ClassNames`; derived classes keep QuPath's display
+    name (``Tumor: Positive``) in every table.
 
     Writes ``<stem>.tif``, ``<stem>_objects.csv`` per image, ``classes.csv`` (objects with
     pixels per class, over all images) and ``run.json``. A GeoJSON whose image is missing or
@@ -402,15 +418,23 @@ def annotations_to_masks(annotations: Path, images: Path, out: Path, *,
         raise InputFileError(annotations, "annotations folder does not exist or is not a folder")
     image_files = list_images(images)
     alias_map = load_class_map(class_map)
+    try:
+        wanted_types = parse_object_types(object_types)
+        wanted_plane = parse_plane(plane)
+    except ValueError as exc:
+        raise OrgasegError(f"annotations-to-masks: {exc}") from None
+    class_names = ClassNames(alias_map)
     geojsons = _geojson_files(annotations)
     if not geojsons:
-        raise InputFileError(annotations, "no GeoJSON files (*.geojson, *.json) in this folder")
+        raise InputFileError(annotations, "no GeoJSON files (*.geojson, *.json, *.geojson.gz, "
+                                          "*.zip) in this folder")
     geojson_by_stem = index_by_stem(geojsons, what="GeoJSON files")
     image_by_stem = index_by_stem(image_files, what="images")
 
     arguments = {"annotations": annotations, "images": images, "out": out,
                  "keep_unclassified": keep_unclassified, "class_map": class_map,
-                 "overwrite": overwrite}
+                 "object_types": "all" if wanted_types is None else sorted(wanted_types),
+                 "plane": list(wanted_plane), "overwrite": overwrite}
     with step_run("annotations-to-masks", out, arguments, overwrite=overwrite,
                   inputs=[annotations, images, class_map]) as record:
         t0 = time.perf_counter()
@@ -426,8 +450,9 @@ def annotations_to_masks(annotations: Path, images: Path, out: Path, *,
                     looked_for = ", ".join(stem + s for s in IMAGE_SUFFIXES)
                     raise InputFileError(geojson, f"no image for this GeoJSON in {images} "
                                                   f"(looked for {looked_for}, any case)")
-                done = _convert_one(geojson, image, out, class_map=alias_map,
-                                    keep_unclassified=keep_unclassified)
+                done = _convert_one(geojson, image, out, class_names=class_names,
+                                    keep_unclassified=keep_unclassified,
+                                    object_types=wanted_types, plane=wanted_plane)
             except OrgasegError as exc:
                 log.error("%s", exc)
                 result.errors.append((geojson.name, str(exc)))
@@ -448,11 +473,14 @@ def annotations_to_masks(annotations: Path, images: Path, out: Path, *,
             log.info("%s: image has no GeoJSON in %s; no label image made", name, annotations)
         result.class_counts = dict(sorted(classes.items()))
         result.skipped = dict(sorted(skipped.items()))
+        for line in class_names.describe_merges():
+            log.info("%s", line)
         class_table = pd.DataFrame(
             {"class": list(result.class_counts),
+             "folder": [class_folder_name(c) for c in result.class_counts],
              "count": list(result.class_counts.values()),
              "images": [len(class_images[c]) for c in result.class_counts]},
-            columns=["class", "count", "images"])
+            columns=["class", "folder", "count", "images"])
         write_csv(out / "classes.csv", class_table)
         result.seconds = time.perf_counter() - t0
         record.results.update({

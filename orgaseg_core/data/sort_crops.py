@@ -17,9 +17,10 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from ..common.classes import load_class_map, normalise_class_name, validate_class_name
+from ..common.classes import ClassNames, class_folder_name, load_class_map, validate_class_name
 from ..common.errors import InputFileError, OrgasegError
 from ..common.images import list_images
+from ..common.classes import write_class_names
 from ..common.outputs import copy_file, step_run, write_csv
 
 log = logging.getLogger(__name__)
@@ -66,24 +67,33 @@ class SortCropsResult:
 
 
 def plan_sorting(files: list[Path], class_map: dict[str, str] | None = None
-                 ) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
-    """Decide the class folder of every crop without touching any file.
+                 ) -> tuple[list[tuple[Path, str, str]], list[tuple[str, str]]]:
+    """Decide the class and class folder of every crop without touching any file.
 
-    Returns (list of (file, class folder name), list of (file name, reason skipped)).
+    Class names are merged spelling-insensitively and keep the first spelling found (files in
+    name order) or the class map's target (:class:`~orgaseg_core.common.classes.ClassNames`);
+    a derived class ``Tumor: Positive`` goes to the folder ``Tumor - Positive``.
+    Returns (list of (file, class, class folder name), list of (file name, reason skipped)).
     Raises UnsafeClassNameError naming the file if a class cannot be a folder name, so
     nothing at all is written when one name is bad.
     """
     planned, skipped = [], []
+    names = ClassNames(class_map)
     for path in files:
         raw = class_from_crop_name(path.name)
         if raw is None:
             skipped.append((path.name, "no class in parentheses in the file name"))
             continue
-        # Validate the raw text too: normalising must not turn "../x" into something harmless-looking.
-        validate_class_name(raw, source=path)
-        name = normalise_class_name(raw, class_map)
-        validate_class_name(name, source=path)
-        planned.append((path, name))
+        # Validate the raw text too: mapping must not turn "../x" into something harmless-looking.
+        validate_class_name(raw.replace(":", " - "), source=path)
+        name = names.resolve(raw)
+        try:
+            folder = class_folder_name(name)
+        except OrgasegError as exc:
+            raise type(exc)(f"{path}: {exc}") from None
+        planned.append((path, name, folder))
+    for line in names.describe_merges():
+        log.info("%s", line)
     return planned, skipped
 
 
@@ -91,9 +101,11 @@ def sort_crops(crops: Path, out: Path, *, move: bool = False, class_map: Path | 
                overwrite: bool = False) -> SortCropsResult:
     """Copy (or, with ``move``, move) QuPath crops from ``crops`` into ``out/<class>/``.
 
-    Class names are normalised (``Filled-in`` = ``Filled in``) and mapped through the optional
-    alias file ``class_map`` (JSON or CSV, see :func:`orgaseg_core.common.classes.load_class_map`).
-    Writes ``out/sorted.csv`` (file, class, destination) and ``out/skipped.csv`` (file, reason).
+    Class names are merged spelling-insensitively (``Filled-in`` = ``filled in``; the first
+    spelling found is kept) and mapped through the optional alias file ``class_map`` (JSON or
+    CSV, see :func:`orgaseg_core.common.classes.load_class_map`). Writes ``out/sorted.csv``
+    (file, class, destination), ``out/classes.csv`` (class as QuPath shows it, folder, count)
+    and ``out/skipped.csv`` (file, reason).
     """
     crops, out = Path(crops), Path(out)
     files = list_images(crops, what="crops")
@@ -109,8 +121,8 @@ def sort_crops(crops: Path, out: Path, *, move: bool = False, class_map: Path | 
         result = SortCropsResult(out=out, moved=move, skipped=skipped)
         rows = []
         out_root = out.resolve()
-        for path, name in tqdm(planned, desc="sort-crops", unit="crop", disable=None):
-            target = out / name / path.name
+        for path, name, folder in tqdm(planned, desc="sort-crops", unit="crop", disable=None):
+            target = out / folder / path.name
             # Defence in depth: the destination must stay inside the output folder.
             if out_root not in target.resolve().parents:
                 raise OrgasegError(f"{path}: class {name!r} would write outside {out}")
@@ -122,6 +134,8 @@ def sort_crops(crops: Path, out: Path, *, move: bool = False, class_map: Path | 
             rows.append({"file": path.name, "class": name, "destination": str(target.relative_to(out))})
         result.class_counts = dict(Counter(r["class"] for r in rows))
         write_csv(out / "sorted.csv", pd.DataFrame(rows, columns=["file", "class", "destination"]))
+        write_class_names(out, {name: folder for _path, name, folder in planned},
+                          result.class_counts)
         write_csv(out / "skipped.csv", pd.DataFrame(skipped, columns=["file", "reason"]))
         for name, reason in skipped:
             log.warning("%s: skipped, %s", crops / name, reason)

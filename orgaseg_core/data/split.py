@@ -26,7 +26,7 @@ from typing import Mapping
 import pandas as pd
 from tqdm import tqdm
 
-from ..common.classes import class_key
+from ..common.classes import class_key, read_class_names, write_class_names
 from ..common.errors import InputFileError, OrgasegError
 from ..common.images import (
     IMAGE_SUFFIXES,
@@ -190,6 +190,7 @@ def _classification_items(data: Path, warnings: list[str]) -> list[dict]:
         raise InputFileError(data, "contains no class folders (one sub-folder per class expected)")
     rows = []
     by_key: dict[str, list[str]] = defaultdict(list)
+    shown = read_class_names(data)  # folder -> class as QuPath shows it (Tumor: Positive)
     for folder in folders:
         files = list_images(folder, what="class")
         ignored = [p.name for p in folder.iterdir() if p.is_file() and not is_image_file(p)
@@ -203,7 +204,8 @@ def _classification_items(data: Path, warnings: list[str]) -> list[dict]:
             continue
         by_key[class_key(folder.name)].append(folder.name)
         for f in files:
-            rows.append({"file": f"{folder.name}/{f.name}", "class": folder.name,
+            rows.append({"file": f"{folder.name}/{f.name}",
+                         "class": shown.get(folder.name, folder.name), "folder": folder.name,
                          "group": group_of_crop(f.name), "mask": ""})
     for names in by_key.values():
         if len(names) > 1:
@@ -312,6 +314,9 @@ def split_dataset(data: Path, out: Path, *, mode: str, train: float = 0.7, val: 
                     warnings.append(msg)
                     log.warning(msg)
 
+        if mode == "classification":
+            write_class_names(out, {r["class"]: r["folder"] for r in rows},
+                              Counter(r["class"] for r in rows))
         label = "class" if mode == "classification" else "mask"
         table = pd.DataFrame([{"file": r["file"], "group": r["group"], label: r[label],
                                "split": r["split"]} for r in sorted(rows, key=lambda r: r["file"])],

@@ -31,7 +31,7 @@ from ..common.images import (
 )
 from ..common.labels import relabel_consecutive
 from ..common.outputs import step_run, write_csv, write_tiff
-from ..qupath.geojson import write_feature_collection
+from ..qupath.geojson import new_run_ids, write_feature_collection
 from .outlines import label_outlines
 from .predict import features_of_objects, object_table
 
@@ -93,6 +93,7 @@ def segmentation_from_masks(images: Path, masks: Path, out: Path, *,
         for name in result.unused_masks:
             log.warning("%s: no image of this name in %s; not used", masks / name, folder)
         per_image = {}
+        run_ids = new_run_ids()  # object ids: new for this run, shared by all its files
         for stem, path in tqdm(sorted(image_files.items()), desc="masks", unit="image", disable=None):
             if stem not in label_files:
                 result.failed.append(f"{path}: no label image {stem}.tif (or .tiff, .png) in {masks}")
@@ -115,7 +116,7 @@ def segmentation_from_masks(images: Path, masks: Path, out: Path, *,
             table = object_table(labels, [], path.name)  # no probabilities: NaN
             outlines = label_outlines(labels)
             write_tiff(out / f"{stem}.tif", labels)
-            write_feature_collection(out / f"{stem}.geojson", features_of_objects(outlines, table, stem))
+            write_feature_collection(out / f"{stem}.geojson", features_of_objects(outlines, table, stem, run_ids))
             write_csv(out / f"{stem}_objects.csv", table)
             result.objects[path.name] = int(len(table))
             per_image[path.name] = {"objects": int(len(table)), "mask": str(label_files[stem]),

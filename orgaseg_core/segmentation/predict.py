@@ -54,7 +54,7 @@ from ..common.labels import relabel_consecutive
 from ..common.outputs import step_run, write_csv, write_tiff
 from ..common.params import parse_pair
 from ..common.resample import nearest_indices, output_length, rescale_image
-from ..qupath.geojson import make_feature, stable_object_id, write_feature_collection
+from ..qupath.geojson import make_feature, new_run_ids, object_id, write_feature_collection
 from .model import (
     LoadedModel,
     auto_n_tiles,
@@ -346,18 +346,21 @@ def polygons_of(seg: Segmentation) -> list:
     return out
 
 
-def detection_features(seg: Segmentation, table: pd.DataFrame, stem: str) -> list[dict]:
-    """QuPath ``detection`` features, one per object row of ``table`` (see :func:`object_table`)."""
+def detection_features(seg: Segmentation, table: pd.DataFrame, stem: str, run_ids) -> list[dict]:
+    """QuPath ``detection`` features, one per object row of ``table`` (see :func:`object_table`);
+    ``run_ids`` is the run's id namespace (:func:`orgaseg_core.qupath.geojson.new_run_ids`)."""
     if seg.geometries is not None:
-        return features_of_objects(seg.geometries, table, stem)
-    return features_of_objects(dict(enumerate(polygons_of(seg), start=1)), table, stem)
+        return features_of_objects(seg.geometries, table, stem, run_ids)
+    return features_of_objects(dict(enumerate(polygons_of(seg), start=1)), table, stem, run_ids)
 
 
-def features_of_objects(geometries: Mapping[int, Any], table: pd.DataFrame, stem: str) -> list[dict]:
+def features_of_objects(geometries: Mapping[int, Any], table: pd.DataFrame, stem: str,
+                        run_ids) -> list[dict]:
     """QuPath ``detection`` features, one per object row of ``table`` (:func:`object_table`), with
     the outline ``geometries[label]`` (shapely, QuPath pixel coordinates; None or missing: the
-    object's bounding box), measurements Label, Probability (left out when NaN) and Area px, and
-    an id that is the same for the same image stem and label."""
+    object's bounding box), measurements Label, Probability ("NaN" when unknown, as QuPath
+    writes it) and Area px, and an id that is new for every run (``run_ids``, see
+    :func:`orgaseg_core.qupath.geojson.new_run_ids`) and the same in all files of that run."""
     features = []
     for row in table.itertuples(index=False):
         geometry = geometries.get(int(row.label))
@@ -373,7 +376,7 @@ def features_of_objects(geometries: Mapping[int, Any], table: pd.DataFrame, stem
             geometry, object_type="detection", name=f"{stem} object {row.label}",
             measurements={"Label": int(row.label), "Probability": float(row.probability),
                           "Area px": int(row.area_px)},
-            object_id=stable_object_id(stem, int(row.label))))
+            object_id=object_id(run_ids, stem, int(row.label))))
     return features
 
 
@@ -505,6 +508,7 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
         if not forest:
             loaded = load_model(model)  # once for all images
         per_image = {}
+        run_ids = new_run_ids()  # object ids: new for this run, shared by all its files
         for stem, path in tqdm(jobs, desc="segment", unit="image", disable=None):
             t0 = time.perf_counter()
             try:
@@ -525,7 +529,7 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
             labels = seg.labels.astype(label_dtype(seg.n_objects), copy=False)
             table = object_table(labels, seg.probabilities, path.name)
             write_tiff(out / f"{stem}.tif", labels)
-            write_feature_collection(out / f"{stem}.geojson", detection_features(seg, table, stem))
+            write_feature_collection(out / f"{stem}.geojson", detection_features(seg, table, stem, run_ids))
             write_csv(out / f"{stem}_objects.csv", table)
             seconds = time.perf_counter() - t0
             result.objects[path.name] = seg.n_objects
