@@ -276,11 +276,16 @@ def extract_objects_cmd(
     mask_background: bool = typer.Option(False, "--mask-background", help="Set crop pixels outside the object to the image's background level."),
     min_area: int = typer.Option(0, "--min-area", min=0, help="Skip objects smaller than this many pixels."),
     exclude_border: bool = typer.Option(False, "--exclude-border", help="Skip objects touching the image border."),
+    class_folders: bool = typer.Option(
+        False, "--class-folders",
+        help="Sort the crops into crops/<class>/ by the class tables (<stem>_objects.csv) that "
+             "annotations-to-masks wrote beside the masks: training crops from images + GeoJSON alone."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Cut one crop per object out of each image and measure every object's shape and intensity."""
     result = steps.extract_objects(images, masks, out, padding=padding, mask_background=mask_background,
-                                   min_area=min_area, exclude_border=exclude_border, overwrite=overwrite)
+                                   min_area=min_area, exclude_border=exclude_border,
+                                   class_folders=class_folders, overwrite=overwrite)
     typer.echo(result.summary())
 
 

@@ -314,7 +314,7 @@ def evaluate_segmentation(truth: PathLike, pred: PathLike, out: PathLike, *,
 
 def extract_objects(images: PathLike, masks: PathLike, out: PathLike, *, padding: int = 10,
                     mask_background: bool = False, min_area: int = 0, exclude_border: bool = False,
-                    overwrite: bool = False):
+                    class_folders: bool = False, overwrite: bool = False):
     """Cut one crop per object out of each image and measure every object.
 
     Images and label images are paired by stem. ``padding``: px of context around each
@@ -324,13 +324,16 @@ def extract_objects(images: PathLike, masks: PathLike, out: PathLike, *, padding
     (bounding box, centroid, area, perimeter, equivalent diameter, circularity,
     eccentricity, solidity, axes, orientation, mean/std intensity; lengths in px, areas in
     px²; and the descriptors the measurement classifier reads: intensities relative to the
-    background, rim/core, gradient, radius CV, concavities). Returns an ``ExtractResult``.
+    background, rim/core, gradient, radius CV, concavities). ``class_folders``: classes from
+    the ``<stem>_objects.csv`` tables of annotations-to-masks in ``masks``; crops go to
+    ``out/crops/<class>/`` (classification training data from images + GeoJSON alone; objects
+    without a class are skipped). Returns an ``ExtractResult``.
     """
     from .objects.extract import extract_objects as run
 
     return run(Path(images), Path(masks), Path(out), padding=padding,
                mask_background=mask_background, min_area=min_area, exclude_border=exclude_border,
-               overwrite=overwrite)
+               class_folders=class_folders, overwrite=overwrite)
 
 
 # ------------------------------------------------------------------------------ classification

@@ -28,6 +28,7 @@ import pandas as pd
 from scipy import ndimage
 from tqdm import tqdm
 
+from ..common.classes import read_class_table
 from ..common.errors import InputFileError, OrgasegError
 from ..common.images import list_images, pair_by_stem, read_image, read_labels, report_unmatched, to_grey
 
@@ -55,20 +56,6 @@ class ObjectSet:
         """(table rows, crops) of one split."""
         rows = np.flatnonzero(self.table["split"].to_numpy() == split)
         return self.table.iloc[rows].reset_index(drop=True), [self.crops[i] for i in rows]
-
-
-def _class_table(path: Path) -> dict[int, str]:
-    if not path.is_file():
-        raise InputFileError(path, "class table is missing (annotations-to-masks writes "
-                                   "<stem>_objects.csv beside every label image)")
-    try:
-        table = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"class": str})
-    except Exception as exc:  # pandas raises several types for malformed CSV
-        raise InputFileError(path, f"cannot be read as a CSV table ({exc})") from exc
-    if not {"label", "class"} <= set(table.columns):
-        raise InputFileError(path, "has no 'label' and 'class' columns (expected the table of "
-                                   "annotations-to-masks)")
-    return {int(lab): str(c) for lab, c in zip(table["label"], table["class"]) if isinstance(c, str) and c}
 
 
 #: Outline variants the measurement forest trains on: (grow/shrink px, smoothing fraction).
@@ -149,7 +136,7 @@ def read_annotated_objects(images: Path, masks: Path, *, padding: int,
         if labels.shape != grey.shape:
             raise InputFileError(mask_path, f"mask is {labels.shape[0]}x{labels.shape[1]} pixels but "
                                             f"its image {image_path} is {grey.shape[0]}x{grey.shape[1]}")
-        classes = _class_table(masks / f"{stem}_objects.csv")
+        classes = read_class_table(masks / f"{stem}_objects.csv")
         table = measure_and_describe(labels, grey)
         known = table["label"].isin(list(classes)).to_numpy()
         if (~known).any():

@@ -138,6 +138,26 @@ def read_class_names(folder: Path) -> dict[str, str]:
     return {r["folder"]: r["class"] for r in rows if r.get("folder") and r.get("class")}
 
 
+def read_class_table(path: Path) -> dict[int, str]:
+    """Label -> class of a per-image class table (``<stem>_objects.csv`` of
+    annotations-to-masks: columns ``label`` and ``class``); objects without a class are left out.
+    Class names are read as written (a class called ``NA`` stays ``NA``)."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "class table is missing (annotations-to-masks writes "
+                                   "<stem>_objects.csv beside every label image)")
+    try:
+        table = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"class": str})
+    except Exception as exc:  # pandas raises several types for malformed CSV
+        raise InputFileError(path, f"cannot be read as a CSV table ({exc})") from exc
+    if not {"label", "class"} <= set(table.columns):
+        raise InputFileError(path, "has no 'label' and 'class' columns (expected the table of "
+                                   "annotations-to-masks)")
+    return {int(lab): str(c) for lab, c in zip(table["label"], table["class"]) if isinstance(c, str) and c}
+
+
 def validate_class_name(name: str, *, source: Path | str | None = None) -> str:
     """Return ``name`` if it is safe as a single folder name, else raise UnsafeClassNameError.
 

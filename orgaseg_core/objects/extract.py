@@ -20,6 +20,13 @@ Outputs in ``out``::
     skipped.csv                objects dropped by --min-area / --exclude-border, with the reason
     run.json                   arguments, versions, per-image counts
 
+With ``class_folders`` (training data from images + QuPath GeoJSON alone, no crop export): the
+class of every object is read from the class table ``<stem>_objects.csv`` that
+annotations-to-masks writes beside each label image; crops go to ``crops/<class folder>/``
+(the layout ``split --mode classification --data out/crops`` reads), ``objects.csv`` gets a
+``class`` column, ``crops/classes.csv`` keeps each class's name as QuPath shows it, and objects
+without a class are listed in ``skipped.csv``.
+
 Array functions (:func:`crop_window`, :func:`background_median`, :func:`object_crop`,
 :func:`skip_reasons`) are separate from the folder-walking :func:`extract_objects`.
 Cost per image: one read, one :func:`scipy.ndimage.find_objects` pass, then work inside each
@@ -43,6 +50,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ..common.classes import class_folder_name, read_class_table, write_class_names
 from ..common.errors import InputFileError, OrgasegError
 from ..common.images import list_images, pair_by_stem, read_image, read_labels, report_unmatched, to_grey
 from ..common.outputs import step_run, write_csv, write_tiff
@@ -62,6 +70,7 @@ SKIPPED_COLUMNS = ["image", "stem", "label", "reason", "area_px", "bbox_min_row"
                    "bbox_max_row", "bbox_max_col"]
 REASON_TOO_SMALL = "smaller than min_area"
 REASON_BORDER = "touches the image border"
+REASON_NO_CLASS = "no class in the class table"
 # Crops are small; compressing them costs time for little space (see the benchmark).
 COMPRESS_CROPS = False
 
@@ -234,12 +243,17 @@ def _read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarra
 
 
 def _extract_pair(stem: str, image_path: Path, mask_path: Path, out: Path, *, padding: int,
-                  mask_background: bool, min_area: int, exclude_border: bool
+                  mask_background: bool, min_area: int, exclude_border: bool,
+                  classes: dict[int, str] | None = None
                   ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Crops and tables of one pair: (kept objects table, skipped objects table, counts)."""
+    """Crops and tables of one pair: (kept objects table, skipped objects table, counts).
+    ``classes`` (label -> class): crops go to class folders; objects without a class are skipped."""
     image, labels = _read_pair(image_path, mask_path)
     table = measure_and_describe(labels, to_grey(image))
     reasons = skip_reasons(table, labels.shape, min_area=min_area, exclude_border=exclude_border)
+    if classes is not None:
+        unclassified = ~table["label"].isin(list(classes)).to_numpy() & (reasons == "").to_numpy()
+        reasons = reasons.mask(unclassified, REASON_NO_CLASS)
     keep = (reasons == "").to_numpy()
     background = background_median(image, labels) if mask_background and keep.any() else None
 
@@ -250,6 +264,8 @@ def _extract_pair(stem: str, image_path: Path, mask_path: Path, out: Path, *, pa
     names = []
     for label, window in zip(kept["label"].tolist(), windows):
         name = crop_name(stem, label)
+        if classes is not None:
+            name = f"{class_folder_name(classes[label])}/{name}"
         write_tiff(out / CROP_FOLDER / name, object_crop(image, labels, label, tuple(window),
                                                         background=background),
                    compress=COMPRESS_CROPS)
@@ -257,6 +273,8 @@ def _extract_pair(stem: str, image_path: Path, mask_path: Path, out: Path, *, pa
     kept.insert(0, "image", image_path.name)
     kept.insert(1, "stem", stem)
     kept.insert(3, "crop", names)
+    if classes is not None:
+        kept.insert(4, "class", [classes[label] for label in kept["label"].tolist()])
     kept["padding"] = int(padding)
     for j, column in enumerate(("crop_min_row", "crop_min_col", "crop_max_row", "crop_max_col")):
         kept[column] = windows[:, j]
@@ -271,17 +289,23 @@ def _extract_pair(stem: str, image_path: Path, mask_path: Path, out: Path, *, pa
         "crops": len(kept),
         "too_small": int(reasons.str.contains(REASON_TOO_SMALL, regex=False).sum()),
         "touching_border": int(reasons.str.contains(REASON_BORDER, regex=False).sum()),
+        "without_class": int((reasons == REASON_NO_CLASS).sum()),
     }
     desc = "grey" if image.ndim == 2 else f"{image.shape[2]} channels"
     log.info("read %s (%dx%d, %s, %s) and %s (%d objects); wrote %d crops, skipped %d",
              image_path.name, image.shape[0], image.shape[1], desc, image.dtype, mask_path.name,
              len(table), len(kept), len(skipped))
-    return kept[OBJECT_TABLE_COLUMNS], skipped[SKIPPED_COLUMNS], counts
+    columns = OBJECT_TABLE_COLUMNS if classes is None else _with_class(OBJECT_TABLE_COLUMNS)
+    return kept[columns], skipped[SKIPPED_COLUMNS], counts
+
+
+def _with_class(columns: list[str]) -> list[str]:
+    return columns[:4] + ["class"] + columns[4:]
 
 
 def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
                     mask_background: bool = False, min_area: int = 0, exclude_border: bool = False,
-                    overwrite: bool = False) -> ExtractResult:
+                    class_folders: bool = False, overwrite: bool = False) -> ExtractResult:
     """Cut one crop per object out of every image and measure every object.
 
     images: folder of images (TIFF, JPEG, PNG; grey or colour), or one image file. masks:
@@ -290,7 +314,9 @@ def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
     padding: pixels added around each bounding box (clipped at the image border), >= 0.
     mask_background: set crop pixels outside the object to the image's background median.
     min_area: drop objects with fewer pixels. exclude_border: drop objects touching the image
-    border. Dropped objects are listed in ``skipped.csv``; see the module notes for the files
+    border. class_folders: sort the crops into ``crops/<class>/`` by the class tables
+    ``<stem>_objects.csv`` of annotations-to-masks in ``masks`` (objects without a class are
+    skipped). Dropped objects are listed in ``skipped.csv``; see the module notes for the files
     written and how bad inputs are handled.
     """
     images, masks, out = Path(images), Path(masks), Path(out)
@@ -318,7 +344,8 @@ def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
 
     arguments = {"images": images, "masks": masks, "out": out, "padding": padding,
                  "mask_background": mask_background, "min_area": min_area,
-                 "exclude_border": exclude_border, "overwrite": overwrite}
+                 "exclude_border": exclude_border, "class_folders": class_folders,
+                 "overwrite": overwrite}
     with step_run("extract-objects", out, arguments, overwrite=overwrite,
                   inputs=[image_folder, masks]) as record:
         start = time.perf_counter()
@@ -328,10 +355,12 @@ def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
         for stem, image_path, mask_path in tqdm(pairs, desc="extract-objects", unit="image",
                                                 disable=None):
             try:
+                classes = (read_class_table(mask_path.parent / f"{stem}_objects.csv")
+                           if class_folders else None)
                 kept, skipped, counts = _extract_pair(
                     stem, image_path, mask_path, out, padding=padding,
                     mask_background=mask_background, min_area=min_area,
-                    exclude_border=exclude_border)
+                    exclude_border=exclude_border, classes=classes)
             except OrgasegError as exc:
                 message = str(exc)
                 if str(image_path) not in message or str(mask_path) not in message:
@@ -351,7 +380,13 @@ def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
             kept_tables.append(kept)
             skipped_tables.append(skipped)
 
-        objects = _concat(kept_tables, OBJECT_TABLE_COLUMNS)
+        columns = _with_class(OBJECT_TABLE_COLUMNS) if class_folders else OBJECT_TABLE_COLUMNS
+        objects = _concat(kept_tables, columns)
+        if class_folders:
+            counts = objects["class"].value_counts()
+            write_class_names(out / CROP_FOLDER, {c: class_folder_name(c) for c in counts.index},
+                              {c: int(n) for c, n in counts.items()})
+            log.info("crops per class: %s", ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
         skipped = _concat(skipped_tables, SKIPPED_COLUMNS)
         write_csv(out / OBJECTS_CSV, objects.round(4))
         write_csv(out / SKIPPED_CSV, skipped)

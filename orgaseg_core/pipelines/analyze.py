@@ -126,6 +126,7 @@ def classified_features(features: list[dict], objects: pd.DataFrame, reasons: di
     with ``segmentation/<stem>.geojson``.
     """
     from ..common.classes import class_colour
+    from ..qupath.geojson import measurement_value
 
     by_label = {int(r["label"]): r for r in objects.to_dict("records")}
     out = []
@@ -137,15 +138,17 @@ def classified_features(features: list[dict], objects: pd.DataFrame, reasons: di
         if row is not None:
             name = str(row["predicted_class"])
             properties["classification"] = {"name": name, "color": list(class_colour(name))}
-            measurements["Class confidence"] = float(row["confidence"])
+            measurements["Class confidence"] = measurement_value(row["confidence"])
             if "needs_review" in row:
                 measurements["Needs review"] = int(str(row["needs_review"]) in ("True", "true", "1"))
             for c in class_names:
-                measurements[f"Probability {c}"] = float(row[f"prob_{c}"])
+                measurements[f"Probability {c}"] = measurement_value(row[f"prob_{c}"])
             for column, title in QUPATH_MEASUREMENTS.items():
                 value = row.get(column)
-                if value is not None and isinstance(value, (int, float)) and math.isfinite(value):
-                    measurements[title] = float(value) if column != "area_px" else int(value)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    # NaN (e.g. no second axis) is written as QuPath writes it: "NaN"
+                    measurements[title] = measurement_value(int(value) if column == "area_px"
+                                                            and math.isfinite(value) else value)
         else:
             properties.pop("classification", None)
             reason = reasons.get(label, "not classified")

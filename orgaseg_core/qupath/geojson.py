@@ -509,7 +509,7 @@ def object_id(run_ids: uuid.UUID, *parts: Any) -> str:
     return str(uuid.uuid5(run_ids, "\x1f".join(str(p) for p in parts)))
 
 
-def _number(value: Any) -> float | int | str:
+def measurement_value(value: Any) -> float | int | str:
     """A measurement as QuPath's MeasurementListTypeAdapter writes it: a JSON number, or the
     strings "NaN", "Infinity", "-Infinity" that JSON numbers cannot hold."""
     if isinstance(value, (bool, np.bool_)):
@@ -546,7 +546,7 @@ def make_feature(geometry, *, object_type: str = "detection", class_name: str | 
         r, g, b = colour if colour is not None else class_colour(class_name)
         properties["classification"] = {"name": str(class_name), "color": [int(r), int(g), int(b)]}
     if measurements:
-        properties["measurements"] = {str(k): _number(v) for k, v in measurements.items()}
+        properties["measurements"] = {str(k): measurement_value(v) for k, v in measurements.items()}
     return {
         "type": "Feature",
         "id": str(object_id) if object_id is not None else str(uuid.uuid4()),
