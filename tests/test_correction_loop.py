@@ -18,7 +18,6 @@ import json
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
