@@ -235,3 +235,28 @@ def test_real_qupath_exports_are_read_with_the_expected_counts(name):
     if name == "qupath-core/polygon.geojson":  # a bare MultiPolygon: one annotation when kept
         kept, _ = parse_annotations(features, source=path, keep_unclassified=True)
         assert len(kept) == 1 and kept[0].geometry.area > 0
+
+
+# --- the Groovy export script ------------------------------------------------------------------
+
+GROOVY_SCRIPT = Path(__file__).resolve().parents[1] / "catalog" / "qupath" / "export_annotations_and_crops.groovy"
+_PARSE_ONLY = """
+import org.codehaus.groovy.control.*
+def unit = new CompilationUnit()
+unit.addSource(new File(args[0]))
+unit.compile(Phases.CONVERSION)  // syntax only: QuPath's classes are not on this machine
+println "parsed"
+"""
+
+
+@pytest.mark.skipif(__import__("shutil").which("groovy") is None,
+                    reason="groovy is not installed (apt-get install groovy default-jre-headless); "
+                           "QuPath itself cannot run here")
+def test_the_groovy_export_script_parses(tmp_path):
+    import subprocess
+
+    checker = tmp_path / "parse.groovy"
+    checker.write_text(_PARSE_ONLY)
+    done = subprocess.run(["groovy", str(checker), str(GROOVY_SCRIPT)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and "parsed" in done.stdout, done.stderr[-2000:]

@@ -14,7 +14,9 @@ def run():
     args = get_args()
     run_step(lambda: steps.annotations_to_masks(args.annotations, args.images, args.out,
                                                 keep_unclassified=args.keep_unclassified,
-                                                class_map=args.class_map, overwrite=args.overwrite))
+                                                class_map=args.class_map,
+                                                object_types=args.object_types, plane=args.plane,
+                                                overwrite=args.overwrite))
 
 
 def pre_test():
@@ -96,7 +98,8 @@ setup(
     args=[
         {"name": "annotations", "type": "directory", "required": True,
          "description": "Folder with the GeoJSON files exported from QuPath, one per image and "
-                        "named after it, e.g. 'plate1_A3.jpg.geojson' for 'plate1_A3.jpg'."},
+                        "named after it, e.g. 'plate1_A3.jpg.geojson' for 'plate1_A3.jpg' "
+                        "(.geojson, .json, .geojson.gz or QuPath's .zip)."},
         {"name": "images", "type": "directory", "required": True,
          "description": "Folder with the annotated images (JPEG, TIFF or PNG). Only their size "
                         "in pixels is read; they are not changed."},
@@ -110,6 +113,13 @@ setup(
          "description": "Optional file that renames or merges classes: a CSV with two "
                         "columns (alias, class), e.g. 'apoptotic,Burned out', or a JSON "
                         "object {\"alias\": \"class\"}. Leave empty to keep the class names."},
+        {"name": "object-types", "type": "string", "default": "annotation",
+         "description": "Which QuPath objects to draw, comma-separated: annotation, detection, "
+                        "cell, tile, tmaCore, or all. 'detection,annotation' reads an analyze "
+                        "result that was corrected in QuPath; the others are counted as skipped."},
+        {"name": "plane", "type": "string", "default": "0,0",
+         "description": "The z,t plane whose objects are drawn (0-based, e.g. '2,0' for the third "
+                        "z-slice); objects of other planes are counted as skipped."},
         {"name": "overwrite", "type": "boolean", "default": False,
          "description": "Allow writing into an output folder that already holds files "
                         "(True/False); files of the same name are replaced. False protects "

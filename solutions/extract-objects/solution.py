@@ -15,7 +15,8 @@ def run():
     run_step(lambda: steps.extract_objects(
         args.images, args.masks, args.out, padding=args.padding,
         mask_background=args.mask_background, min_area=args.min_area,
-        exclude_border=args.exclude_border, overwrite=args.overwrite))
+        exclude_border=args.exclude_border, class_folders=args.class_folders,
+        overwrite=args.overwrite))
 
 
 def pre_test():
@@ -143,6 +144,11 @@ setup(
         {"name": "exclude-border", "type": "boolean", "default": False,
          "description": "Skip organoids that touch the image border, whose shape is cut off "
                         "(True/False); they are listed in skipped.csv."},
+        {"name": "class-folders", "type": "boolean", "default": False,
+         "description": "Sort the crops into crops/<class>/ using the class tables "
+                        "(<image>_objects.csv) that annotations-to-masks wrote beside the masks "
+                        "(True/False): classifier training data from images and QuPath GeoJSON "
+                        "alone, without QuPath's crop export."},
         {"name": "overwrite", "type": "boolean", "default": False,
          "description": "Allow writing into an output folder that already holds files "
                         "(True/False); files of the same name are replaced."},
