@@ -410,3 +410,35 @@ def test_demo_data_gives_one_crop_per_labelled_object(tmp_path):
     for row in table.itertuples():
         crop = tifffile.imread(tmp_path / "out" / row.crop)
         assert crop.shape[:2] == (row.crop_max_row - row.crop_min_row, row.crop_max_col - row.crop_min_col)
+
+
+def test_class_folders_from_the_class_tables_of_annotations_to_masks(tmp_path):
+    """Crops sorted by the class table beside each mask; a derived class goes to a safe folder and
+    keeps its name in classes.csv; an object the table does not classify is skipped, not lost."""
+    from orgaseg_core.common.classes import read_class_names
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    labels = np.zeros((60, 80), np.uint16)
+    labels[5:15, 5:15], labels[20:35, 30:45], labels[40:50, 60:75] = 1, 2, 3
+    tifffile.imwrite(images / "a.tif", np.full((60, 80), 120, np.uint8))
+    tifffile.imwrite(masks / "a.tif", labels)
+    pd.DataFrame({"label": [1, 2, 3], "class": ["Tumor: Positive", "Filled-in", ""]}).to_csv(
+        masks / "a_objects.csv", index=False)
+    result = extract_objects(images, masks, tmp_path / "out", class_folders=True)
+    out = tmp_path / "out"
+    assert result.n_crops == 2
+    assert (out / "crops" / "Tumor - Positive" / "a_1.tif").is_file()
+    assert (out / "crops" / "Filled-in" / "a_2.tif").is_file()
+    table = pd.read_csv(out / "objects.csv")
+    assert table["class"].tolist() == ["Tumor: Positive", "Filled-in"]
+    assert table["crop"].tolist() == ["crops/Tumor - Positive/a_1.tif", "crops/Filled-in/a_2.tif"]
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert skipped[["label", "reason"]].values.tolist() == [[3, "no class in the class table"]]
+    assert read_class_names(out / "crops") == {"Tumor - Positive": "Tumor: Positive",
+                                               "Filled-in": "Filled-in"}
+    # without a class table next to the mask: the pair fails with a message naming the table
+    (masks / "a_objects.csv").unlink()
+    with pytest.raises(OrgasegError, match="a_objects.csv: class table is missing"):
+        extract_objects(images, masks, tmp_path / "out2", class_folders=True)

@@ -232,3 +232,34 @@ def test_assign_groups_whole_groups_and_balance():
         assert abs(per_split["test"][cls] / total - 0.15) < 0.06
     assert assign_groups(counts, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=0) == assignment
     assert assign_groups(counts, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=1) != assignment
+
+
+def test_classification_keeps_qupath_class_names_from_classes_csv(tmp_path):
+    """A derived class lives in the folder 'Tumor - Positive'; classes.csv (written by sort-crops
+    and extract-objects --class-folders) gives its name back, and split passes it on."""
+    from orgaseg_core.common.classes import read_class_names, write_class_names
+
+    data = make_classification_data(tmp_path / "data", classes=("Tumor - Positive", "Cyst"))
+    write_class_names(data, {"Tumor: Positive": "Tumor - Positive", "Cyst": "Cyst"})
+    split_dataset(data, tmp_path / "out", mode="classification", seed=0)
+    table = read_split(tmp_path / "out")
+    assert set(table["class"]) == {"Tumor: Positive", "Cyst"}
+    assert table.loc[table["class"] == "Tumor: Positive", "file"].str.startswith("Tumor - Positive/").all()
+    assert read_class_names(tmp_path / "out") == {"Tumor - Positive": "Tumor: Positive", "Cyst": "Cyst"}
+    assert (tmp_path / "out" / "train" / "Tumor - Positive").is_dir()
+
+
+def test_classifier_training_names_classes_as_qupath_shows_them(tmp_path):
+    """train-classifier --data reads the split's classes.csv: the model's class is
+    'Tumor: Positive', not its folder name (so analyze writes it back unchanged)."""
+    from orgaseg_core.classification.train import _scan_split
+    from orgaseg_core.common.classes import write_class_names
+
+    data = make_classification_data(tmp_path / "data", classes=("Tumor - Positive", "Cyst"))
+    write_class_names(data, {"Tumor: Positive": "Tumor - Positive", "Cyst": "Cyst"})
+    split_dataset(data, tmp_path / "out", mode="classification", seed=0)
+    names, files, labels = _scan_split(tmp_path / "out", "train", None, [])
+    assert names == ["Cyst", "Tumor: Positive"]
+    assert {names[i] for i, f in zip(labels, files) if f.parent.name == "Tumor - Positive"} == {"Tumor: Positive"}
+    again, _files, val_labels = _scan_split(tmp_path / "out", "val", names, [])
+    assert again == names and set(val_labels) <= {0, 1}

@@ -289,8 +289,9 @@ def _extract_pair(stem: str, image_path: Path, mask_path: Path, out: Path, *, pa
         "crops": len(kept),
         "too_small": int(reasons.str.contains(REASON_TOO_SMALL, regex=False).sum()),
         "touching_border": int(reasons.str.contains(REASON_BORDER, regex=False).sum()),
-        "without_class": int((reasons == REASON_NO_CLASS).sum()),
     }
+    if classes is not None:
+        counts["without_class"] = int((reasons == REASON_NO_CLASS).sum())
     desc = "grey" if image.ndim == 2 else f"{image.shape[2]} channels"
     log.info("read %s (%dx%d, %s, %s) and %s (%d objects); wrote %d crops, skipped %d",
              image_path.name, image.shape[0], image.shape[1], desc, image.dtype, mask_path.name,
