@@ -40,11 +40,23 @@ def orgaseg(*args) -> subprocess.CompletedProcess:
 def test_corrected_analyze_result_becomes_training_data(tmp_path):
     data = tmp_path / "data"
     steps.demo_data(data, n_images=6, seed=5, size=(240, 320))
-    steps.annotations_to_masks(data / "geojsons", data / "images", tmp_path / "masks")
+    # The project's own spellings: "CD8 T cell" first, then variants of it in later files.
+    # analyze must give back exactly the first spelling (never a re-cased "Cd8 t cell").
+    annotated = tmp_path / "annotated"
+    annotated.mkdir()
+    for i, path in enumerate(sorted((data / "geojsons").glob("*.geojson"))):
+        text = path.read_text().replace('"Cyst"', '"CD8 T cell"' if i == 0 else '"cd8 t-cell"')
+        (annotated / path.name).write_text(text)
+    steps.annotations_to_masks(annotated, data / "images", tmp_path / "masks")
     orgaseg("train-classifier", "--images", data / "images", "--masks", tmp_path / "masks",
             "--model-out", tmp_path / "classifier", "--families", "measurements", "--n-trees", 20)
     orgaseg("analyze", "--masks", tmp_path / "masks", "--classifier", tmp_path / "classifier",
             "--images", data / "images", "--out", tmp_path / "analysis")
+
+    written = {f["properties"]["classification"]["name"]
+               for path in (tmp_path / "analysis" / "qupath").glob("*.geojson")
+               for f in json.loads(path.read_text())["features"] if "classification" in f["properties"]}
+    assert "CD8 T cell" in written and not {"cd8 t-cell", "Cd8 t cell"} & written
 
     # --- the person's corrections, on the first image ----------------------------------------
     corrected = tmp_path / "corrected"

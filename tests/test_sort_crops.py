@@ -131,3 +131,21 @@ def test_cli(crops, tmp_path, capsys):
     assert "3 class folders" in capsys.readouterr().out
     assert main(["sort-crops", "--crops", str(tmp_path / "missing"), "--out", str(tmp_path / "p")]) == 1
     assert "missing: crops folder does not exist" in capsys.readouterr().err
+
+
+def test_derived_classes_get_their_qupath_name_back_from_the_export_classes_csv(tmp_path):
+    """The export script writes 'Annotation (Tumor - Positive)' (':' cannot be in a file name)
+    and crops/classes.csv; the sorted class is 'Tumor: Positive' again, in folder 'Tumor - Positive'."""
+    folder = tmp_path / "crops"
+    _write_crop(folder, "a.tifAnnotation (Tumor - Positive)_1.tif")
+    _write_crop(folder, "a.tifDetection (Tumor - Positive)_2.tif")
+    _write_crop(folder, "a.tifAnnotation (CD8 T cell)_3.tif")
+    _write_crop(folder, "b.tifAnnotation (cd8 t-cell)_1.tif")
+    (folder / "classes.csv").write_text("class,folder\nTumor: Positive,Tumor - Positive\n")
+    result = sort_crops(folder, tmp_path / "sorted")
+    assert result.class_counts == {"Tumor: Positive": 2, "CD8 T cell": 2}
+    assert len(list((tmp_path / "sorted" / "Tumor - Positive").iterdir())) == 2
+    assert len(list((tmp_path / "sorted" / "CD8 T cell").iterdir())) == 2
+    table = pd.read_csv(tmp_path / "sorted" / "classes.csv")
+    assert table.values.tolist() == [["CD8 T cell", "CD8 T cell", 2],
+                                     ["Tumor: Positive", "Tumor - Positive", 2]]

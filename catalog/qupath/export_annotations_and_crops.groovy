@@ -19,6 +19,8 @@
  *                  unclassified objects are named <image>Annotation_<i>.tif (or Detection ...).
  *                  Optional: `orgaseg extract-objects --class-folders` cuts the same crops from
  *                  the images and the GeoJSON alone. Set EXPORT_CROPS = false to skip them.
+ *   crops/classes.csv  each class as QuPath shows it ("Tumor: Positive") and as it is written
+ *                  in crop names ("Tumor - Positive"); sort-crops uses it to keep the name
  *   export_log.csv one line per image: project entry, file name used, objects, crops, error
  *
  * File names come from the image FILE (not from the project's display name, which may be
@@ -105,6 +107,7 @@ def cropDir = new File(root, "crops")
 [root, geojsonDir, cropDir].each { it.mkdirs() }
 def logLines = ["entry,file_name,objects,crops_written,skipped_existing,error"]
 
+def classNames = [:] as TreeMap  // class as QuPath shows it -> the text in crop file names
 def openData = getCurrentImageData()
 def openEntry = openData == null ? null : project.getEntry(openData)
 def usedNames = [] as Set
@@ -154,7 +157,11 @@ for (entry in project.getImageList()) {
             objects.eachWithIndex { pathObject, i ->
                 String kind = pathObject.isAnnotation() ? "Annotation" : (pathObject.isCell() ? "Cell" : (pathObject.isTile() ? "Tile" : "Detection"))
                 def pathClass = pathObject.getPathClass()
-                String label = pathClass == null ? kind : kind + " (" + classText(pathClass) + ")"
+                String label = kind
+                if (pathClass != null) {
+                    classNames[pathClass.toString()] = classText(pathClass)
+                    label = kind + " (" + classText(pathClass) + ")"
+                }
                 def crop = new File(cropDir, safeImage + label + "_" + (i + 1) + ".tif")
                 if (crop.exists() && !OVERWRITE) {
                     skipped++
@@ -181,4 +188,7 @@ for (entry in project.getImageList()) {
     }
 }
 new File(root, "export_log.csv").text = logLines.join("\n") + "\n"
+// sort-crops reads this to give crops of "Tumor - Positive" their class "Tumor: Positive" back
+if (EXPORT_CROPS)
+    new File(cropDir, "classes.csv").text = (["class,folder"] + classNames.collect { k, v -> csv(k) + "," + csv(v) }).join("\n") + "\n"
 println "orgaseg export: done, see ${root}"

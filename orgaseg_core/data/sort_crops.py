@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from ..common.classes import ClassNames, class_folder_name, load_class_map, validate_class_name
+from ..common.classes import ClassNames, class_folder_name, load_class_map, read_class_names, validate_class_name
 from ..common.errors import InputFileError, OrgasegError
 from ..common.images import list_images
 from ..common.classes import write_class_names
@@ -66,13 +66,16 @@ class SortCropsResult:
         return "\n".join(lines)
 
 
-def plan_sorting(files: list[Path], class_map: dict[str, str] | None = None
+def plan_sorting(files: list[Path], class_map: dict[str, str] | None = None,
+                 shown: dict[str, str] | None = None
                  ) -> tuple[list[tuple[Path, str, str]], list[tuple[str, str]]]:
     """Decide the class and class folder of every crop without touching any file.
 
     Class names are merged spelling-insensitively and keep the first spelling found (files in
     name order) or the class map's target (:class:`~orgaseg_core.common.classes.ClassNames`);
-    a derived class ``Tumor: Positive`` goes to the folder ``Tumor - Positive``.
+    a derived class ``Tumor: Positive`` goes to the folder ``Tumor - Positive``. ``shown``
+    (text in crop names -> class as QuPath shows it, from the export script's ``classes.csv``)
+    gives a crop named ``Annotation (Tumor - Positive)`` its class ``Tumor: Positive`` back.
     Returns (list of (file, class, class folder name), list of (file name, reason skipped)).
     Raises UnsafeClassNameError naming the file if a class cannot be a folder name, so
     nothing at all is written when one name is bad.
@@ -86,7 +89,7 @@ def plan_sorting(files: list[Path], class_map: dict[str, str] | None = None
             continue
         # Validate the raw text too: mapping must not turn "../x" into something harmless-looking.
         validate_class_name(raw.replace(":", " - "), source=path)
-        name = names.resolve(raw)
+        name = names.resolve((shown or {}).get(raw, raw))
         try:
             folder = class_folder_name(name)
         except OrgasegError as exc:
@@ -112,7 +115,7 @@ def sort_crops(crops: Path, out: Path, *, move: bool = False, class_map: Path | 
     if not files:
         raise InputFileError(crops, "contains no image files (.tif, .tiff, .jpg, .jpeg, .png)")
     mapping = load_class_map(class_map)
-    planned, skipped = plan_sorting(files, mapping)
+    planned, skipped = plan_sorting(files, mapping, read_class_names(crops))
     if not planned:
         raise InputFileError(crops, f"none of the {len(files)} image files names a class in "
                                     "parentheses, e.g. 'imageAnnotation (Cyst)_1.tif'")
