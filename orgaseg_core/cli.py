@@ -8,14 +8,16 @@ the album solutions call the same functions. Errors the user can fix are printed
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from . import __version__, steps
-from .common.errors import OrgasegError
+from .common.errors import Interrupted, OrgasegError
 from .common.logs import configure_logging
 from .common.params import parse_number_list, parse_pair
 
@@ -426,10 +428,27 @@ def analyze_cmd(
     typer.echo(result.summary())
 
 
+def _raise_interrupted(signum, _frame) -> None:
+    raise Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``orgaseg`` console script."""
+    """Entry point of the ``orgaseg`` console script; returns the exit status.
+
+    0 done; 1 an error the user can fix (one ``error: <file>: <problem>`` line); 2 a bad option
+    value; 130 / 143 stopped by Ctrl-C (SIGINT) / SIGTERM: the step's ``run.json`` then says
+    ``interrupted`` and no temporary file is left behind.
+    """
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM would otherwise end Python at once, with no cleanup and no run.json.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            handlers[signum] = signal.signal(signum, _raise_interrupted)
     try:
-        app(args=argv, standalone_mode=False)
+        status = app(args=argv, standalone_mode=False)
+    except Interrupted as exc:
+        typer.echo(f"interrupted by {exc.name}", err=True)
+        return exc.exit_status
     except OrgasegError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 1
@@ -445,7 +464,12 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return exc.exit_code
         raise
-    return 0
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    # Without standalone mode click returns the code of an Exit raised inside a command
+    # instead of raising it: it must become the process's exit status, not be dropped.
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

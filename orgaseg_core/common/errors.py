@@ -23,3 +23,26 @@ class InputFileError(OrgasegError):
 
 class OutputError(OrgasegError):
     """An output location cannot be used (not empty, inside an input folder, ...)."""
+
+
+class Interrupted(BaseException):
+    """The run was stopped by a signal (Ctrl-C = SIGINT, or SIGTERM from a scheduler or ``kill``).
+
+    A BaseException, like KeyboardInterrupt, so that the ``except Exception`` of a batch loop
+    (one bad image must not stop the others) never swallows it. The command line installs the
+    handlers (:func:`orgaseg_core.cli.main`); ``exit_status`` is the shell's 128 + signal number.
+    """
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = int(signum)
+        try:
+            self.name = signal.Signals(self.signum).name
+        except ValueError:
+            self.name = f"signal {self.signum}"
+        super().__init__(f"interrupted by {self.name}")
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import OutputError
+from .errors import Interrupted, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,26 @@ def prepare_output_dir(out: Path, *, overwrite: bool = False,
             f"{out}: output folder is not empty; choose an empty folder or pass --overwrite "
             "to replace files of the same name")
     out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        remove_stale_temporaries(out)
     return out
+
+
+def _is_temporary(path: Path) -> bool:
+    """A temporary file of :func:`atomic_path`: ``.<name>.<random>.part<suffix>``."""
+    return path.name.startswith(".") and ".part" in path.name and path.is_file()
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Delete temporary files that a killed run (SIGKILL, power loss) left in ``out`` and its
+    sub-folders; an interrupted run (Ctrl-C, SIGTERM) removes its own. Returns what was removed."""
+    stale = [p for p in Path(out).rglob(".*.part*") if _is_temporary(p)]
+    for path in stale:
+        path.unlink()
+    if stale:
+        log.warning("%s: removed %d temporary files left by an earlier run that was killed "
+                    "(e.g. %s)", out, len(stale), stale[0].name)
+    return stale
 
 
 @contextlib.contextmanager
@@ -188,14 +207,21 @@ def step_run(step: str, out: Path, arguments: dict[str, Any], *, overwrite: bool
              inputs: Sequence[Path | None] = ()) -> Iterator[RunRecord]:
     """Prepare the output folder of a step and write its ``run.json`` when the step ends.
 
-    The record is written with status ``failed`` (and the error) if the block raises, so a
-    partly filled output folder always says how it came about.
+    The record is written with status ``failed`` (and the error) if the block raises, or
+    ``interrupted`` (and the signal) when Ctrl-C or SIGTERM stopped it, so a partly filled
+    output folder always says how it came about.
     """
     out = prepare_output_dir(Path(out), overwrite=overwrite, inputs=inputs)
     record = RunRecord(step, out, arguments)
     log.info("%s: writing to %s", step, out)
     try:
         yield record
+    except Interrupted as exc:
+        record.write("interrupted", exc.name)
+        raise
+    except KeyboardInterrupt:
+        record.write("interrupted", "SIGINT")
+        raise
     except BaseException as exc:
         record.write("failed", f"{type(exc).__name__}: {exc}")
         raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -62,10 +63,16 @@ def run_step_process(step: str, options: Sequence[Any], *, out: Path | None = No
     tail = bytearray()
     with subprocess.Popen(command, stderr=subprocess.PIPE) as process:
         assert process.stderr is not None
-        while chunk := process.stderr.read1(65536):
-            _echo_stderr(chunk)
-            tail += chunk
-            del tail[:-_TAIL_BYTES]
+        try:
+            while chunk := process.stderr.read1(65536):
+                _echo_stderr(chunk)
+                tail += chunk
+                del tail[:-_TAIL_BYTES]
+        except BaseException as exc:
+            # We were interrupted (or failed): the child must not run on unseen. It gets the
+            # same signal, so it too records "interrupted" and cleans up, then we go on raising.
+            _stop_child(process, getattr(exc, "signum", signal.SIGTERM))
+            raise
     record: dict[str, Any] = {}
     if out is not None and (Path(out) / "run.json").is_file():
         try:
@@ -74,7 +81,38 @@ def run_step_process(step: str, options: Sequence[Any], *, out: Path | None = No
             record = {}
     lines = tail.decode("utf-8", errors="replace").replace("\r", "\n").splitlines()
     errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+    if process.returncode in INTERRUPTED_STATUSES or process.returncode < 0:
+        # The child alone was stopped (a killed worker, an operator's kill): its results are
+        # incomplete, so the pipeline must not go on as if it had finished.
+        raise StepProcessError(f"{step} was stopped before it finished (exit status "
+                               f"{process.returncode}); its output"
+                               + (f" in {out}" if out is not None else "") + " is incomplete")
     return StepProcess(step, process.returncode, record, errors)
+
+
+#: Exit statuses of an orgaseg step stopped by SIGINT (130) or SIGTERM (143).
+INTERRUPTED_STATUSES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+
+
+def _stop_child(process: subprocess.Popen, signum: int, timeout: float = 60.0) -> None:
+    """Send ``signum`` to a still running child, wait for it, kill it if it does not end."""
+    try:
+        # A Ctrl-C in the terminal reached the child too: give it a moment to end by itself, so
+        # a second signal does not cut into its own clean-up.
+        process.wait(timeout=5)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        process.send_signal(signum)
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("%s did not stop within %.0f s of %s; killing it", process.args[3:4],
+                    timeout, signal.Signals(signum).name)
+        process.kill()
+        process.wait()
+    except ProcessLookupError:
+        pass
 
 
 def _echo_stderr(chunk: bytes) -> None:

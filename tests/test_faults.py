@@ -1,0 +1,120 @@
+"""Fault suite (issue 13): interrupted runs end with the right exit status and nothing half-written.
+
+Interrupts are tested with a real child process and a real signal: ``orgaseg demo-data`` with
+many images is a step that is sure to be running when the signal arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from orgaseg_core.common.outputs import atomic_path, prepare_output_dir, step_run
+from orgaseg_core.pipelines.processes import StepProcessError, run_step_process
+
+
+def start(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "orgaseg_core", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_files(folder: Path, n: int, timeout: float = 120) -> None:
+    """Until ``folder`` holds ``n`` files: the step is surely in its loop, writing."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if folder.is_dir() and len(list(folder.iterdir())) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{folder} did not get {n} files within {timeout} s")
+
+
+def temporaries(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if ".part" in p.name]
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_signal_ends_a_step_with_its_exit_status_and_an_interrupted_record(tmp_path, signum, status):
+    out = tmp_path / "demo"
+    process = start("demo-data", "--out", out, "--n-images", 2000, "--size", "480x640")
+    wait_for_files(out / "images", 3)
+    process.send_signal(signum)
+    _stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == status, stderr[-2000:]
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "interrupted" and record["error"] == signal.Signals(signum).name
+    assert f"interrupted by {signal.Signals(signum).name}" in stderr
+    assert temporaries(out) == []
+    assert len(list((out / "images").iterdir())) < 2000
+
+
+def test_an_exit_code_raised_inside_a_command_is_the_process_exit_status(tmp_path):
+    """click returns (does not raise) an Exit raised inside a command without standalone mode;
+    cli.main must pass that code on instead of exiting 0."""
+    import typer
+
+    from orgaseg_core import cli
+
+    @cli.app.command("fault-exit-probe", hidden=True)
+    def _probe() -> None:
+        raise typer.Exit(3)
+
+    try:
+        assert cli.main(["fault-exit-probe"]) == 3
+    finally:
+        cli.app.registered_commands = [c for c in cli.app.registered_commands
+                                       if c.name != "fault-exit-probe"]
+
+
+def test_interrupt_inside_a_step_writes_interrupted_and_removes_the_temporary_file(tmp_path):
+    from orgaseg_core.common.errors import Interrupted
+
+    out = tmp_path / "out"
+    with pytest.raises(Interrupted):
+        with step_run("probe", out, {}) as _record:
+            with atomic_path(out / "table.csv") as tmp:
+                tmp.write_text("half")
+                raise Interrupted(signal.SIGTERM)
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    assert sorted(p.name for p in out.iterdir()) == ["run.json"]
+
+
+def test_overwrite_removes_temporaries_of_a_killed_run(tmp_path):
+    out = tmp_path / "out"
+    (out / "crops").mkdir(parents=True)
+    stale = [out / ".objects.csv.k2j4l1.part.csv", out / "crops" / ".a_1.tif.x9.part.tif"]
+    for path in stale:
+        path.write_text("left by kill -9")
+    (out / "keep.part.txt").write_text("a user's file, not one of ours")
+    prepare_output_dir(out, overwrite=True)
+    assert not any(p.exists() for p in stale)
+    assert (out / "keep.part.txt").exists()
+
+
+def test_a_child_step_that_is_stopped_fails_the_pipeline(tmp_path):
+    """analyze and example run segment/classify as children: a child killed on its own must not
+    let them go on as if it had finished (it used to exit 0 with an empty summary)."""
+    out = tmp_path / "demo"
+    options = ["--out", out, "--n-images", 2000, "--size", "480x640"]
+    import threading
+
+    def kill_child_when_running():
+        wait_for_files(out / "images", 3)
+        found = subprocess.run(["pgrep", "-f", f"orgaseg_core demo-data --out {out}"],
+                               capture_output=True, text=True).stdout.split()
+        for pid in found:
+            subprocess.run(["kill", "-TERM", pid])
+
+    killer = threading.Thread(target=kill_child_when_running)
+    killer.start()
+    with pytest.raises(StepProcessError, match="demo-data was stopped before it finished "
+                                               r"\(exit status 143\)"):
+        run_step_process("demo-data", options, out=out)
+    killer.join()
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
