@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from orgaseg_core.common.outputs import atomic_path, prepare_output_dir, step_run
+from orgaseg_core.common.outputs import LOCK_NAME, atomic_path, step_run
 from orgaseg_core.pipelines.processes import StepProcessError, run_step_process
 
 
@@ -77,7 +77,7 @@ def test_interrupt_inside_a_step_writes_interrupted_and_removes_the_temporary_fi
 
     out = tmp_path / "out"
     with pytest.raises(Interrupted):
-        with step_run("probe", out, {}) as _record:
+        with step_run("probe", out, {}):
             with atomic_path(out / "table.csv") as tmp:
                 tmp.write_text("half")
                 raise Interrupted(signal.SIGTERM)
@@ -92,7 +92,8 @@ def test_overwrite_removes_temporaries_of_a_killed_run(tmp_path):
     for path in stale:
         path.write_text("left by kill -9")
     (out / "keep.part.txt").write_text("a user's file, not one of ours")
-    prepare_output_dir(out, overwrite=True)
+    with step_run("probe", out, {}, overwrite=True):
+        pass
     assert not any(p.exists() for p in stale)
     assert (out / "keep.part.txt").exists()
 
@@ -118,3 +119,41 @@ def test_a_child_step_that_is_stopped_fails_the_pipeline(tmp_path):
         run_step_process("demo-data", options, out=out)
     killer.join()
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_one_run_per_output_folder(tmp_path):
+    """A second run into a folder that a running step writes to is refused, also with
+    --overwrite (two runs used to mix 1.0- and 0.5-scale images under one run.json)."""
+    out = tmp_path / "demo"
+    first = start("demo-data", "--out", out, "--n-images", 2000, "--size", "480x640")
+    try:
+        wait_for_files(out / "images", 2)
+        second = start("demo-data", "--out", out, "--n-images", 2, "--overwrite")
+        _stdout, stderr = second.communicate(timeout=120)
+        assert second.returncode == 1
+        assert "another orgaseg run is writing to this folder (step demo-data, pid" in stderr
+        assert f"pid {first.pid} " in stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    assert first.returncode == 143
+    assert not (out / LOCK_NAME).exists()  # released by the interrupted run
+
+
+def test_a_stale_lock_is_reported_and_taken_over_with_overwrite(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    import platform
+
+    (out / LOCK_NAME).write_text(json.dumps({"pid": int(gone), "host": platform.node(),
+                                             "step": "preprocess", "started": "earlier"}))
+    from orgaseg_core.common.errors import OutputError
+
+    with pytest.raises(OutputError, match="ended without releasing it .step preprocess, pid"):
+        with step_run("probe", out, {}):
+            pass
+    with step_run("probe", out, {}, overwrite=True):
+        assert json.loads((out / LOCK_NAME).read_text())["step"] == "probe"
+    assert not (out / LOCK_NAME).exists() and (out / "run.json").is_file()

@@ -25,6 +25,8 @@ from .errors import Interrupted, OutputError
 log = logging.getLogger(__name__)
 
 RUN_RECORD_NAME = "run.json"
+#: The lock file of the run writing into an output folder (pid, host, step, start time).
+LOCK_NAME = ".orgaseg.lock"
 
 # Packages whose versions go into every run record.
 _RECORDED_PACKAGES = (
@@ -72,13 +74,11 @@ def prepare_output_dir(out: Path, *, overwrite: bool = False,
                 "choose a separate output folder")
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not overwrite:
         raise OutputError(
             f"{out}: output folder is not empty; choose an empty folder or pass --overwrite "
             "to replace files of the same name")
     out.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        remove_stale_temporaries(out)
     return out
 
 
@@ -202,6 +202,76 @@ class RunRecord:
         return write_json(self.out / RUN_RECORD_NAME, self.as_dict(status, error))
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _read_lock(lock: Path) -> dict[str, Any]:
+    try:
+        owner = json.loads(lock.read_text(encoding="utf-8"))
+        return owner if isinstance(owner, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _describe_owner(owner: dict[str, Any]) -> str:
+    return (f"step {owner.get('step', '?')}, pid {owner.get('pid', '?')} on "
+            f"{owner.get('host', '?')}, started {owner.get('started', '?')}")
+
+
+@contextlib.contextmanager
+def output_lock(out: Path, step: str, *, overwrite: bool = False) -> Iterator[Path]:
+    """Hold ``out/.orgaseg.lock`` while a step writes into ``out``: one run per output folder.
+
+    The lock file is created atomically (``O_EXCL``), so of two runs started into one folder
+    exactly one gets it; the other gets an OutputError naming the owner (step, pid, host, start
+    time). A lock whose process is gone (on this host) is stale: reported, and taken over with
+    ``overwrite``. A lock of another host is taken as alive (its pid cannot be checked here).
+    The same process may nest runs in one folder (the lock is then left to the outer one).
+    """
+    lock = Path(out) / LOCK_NAME
+    me = {"pid": os.getpid(), "host": platform.node(), "step": step, "started": _now()}
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _read_lock(lock)
+            same_host = owner.get("host") == me["host"]
+            if same_host and owner.get("pid") == me["pid"]:
+                yield lock  # nested in a run of this process, which holds the lock
+                return
+            pid = owner.get("pid")
+            alive = not same_host or (isinstance(pid, int) and _process_alive(pid))
+            if alive and owner:
+                raise OutputError(f"{out}: another orgaseg run is writing to this folder "
+                                  f"({_describe_owner(owner)}); wait for it to end or choose "
+                                  "another output folder")
+            if not overwrite:
+                raise OutputError(f"{out}: holds the lock of an orgaseg run that ended without "
+                                  f"releasing it ({_describe_owner(owner)}); pass --overwrite "
+                                  "to take the folder over")
+            log.warning("%s: taking over the stale lock of an ended run (%s)", out,
+                        _describe_owner(owner))
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(me, handle)
+        break
+    try:
+        yield lock
+    finally:
+        if _read_lock(lock).get("pid") == me["pid"]:
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+
+
 @contextlib.contextmanager
 def step_run(step: str, out: Path, arguments: dict[str, Any], *, overwrite: bool = False,
              inputs: Sequence[Path | None] = ()) -> Iterator[RunRecord]:
@@ -212,6 +282,13 @@ def step_run(step: str, out: Path, arguments: dict[str, Any], *, overwrite: bool
     output folder always says how it came about.
     """
     out = prepare_output_dir(Path(out), overwrite=overwrite, inputs=inputs)
+    with output_lock(out, step, overwrite=overwrite):
+        if overwrite:  # only now: a run that still writes here holds the lock
+            remove_stale_temporaries(out)
+        yield from _recorded_run(step, out, arguments)
+
+
+def _recorded_run(step: str, out: Path, arguments: dict[str, Any]) -> Iterator[RunRecord]:
     record = RunRecord(step, out, arguments)
     log.info("%s: writing to %s", step, out)
     try:
