@@ -157,3 +157,52 @@ def test_a_stale_lock_is_reported_and_taken_over_with_overwrite(tmp_path):
     with step_run("probe", out, {}, overwrite=True):
         assert json.loads((out / LOCK_NAME).read_text())["step"] == "probe"
     assert not (out / LOCK_NAME).exists() and (out / "run.json").is_file()
+
+
+def test_files_written_together_are_whole_or_absent(tmp_path):
+    from orgaseg_core.common.errors import Interrupted
+    from orgaseg_core.common.outputs import whole_or_absent, write_text
+
+    paths = [tmp_path / "a.tif", tmp_path / "a.geojson", tmp_path / "a_objects.csv"]
+    with pytest.raises(Interrupted):
+        with whole_or_absent(*paths):
+            write_text(paths[0], "labels")
+            write_text(paths[1], "outlines")
+            raise Interrupted(signal.SIGINT)  # before the table
+    assert list(tmp_path.iterdir()) == []
+    with whole_or_absent(*paths):
+        for path in paths:
+            write_text(path, "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.geojson", "a.tif", "a_objects.csv"]
+
+
+def test_interrupted_sort_crops_move_lists_every_moved_file(tmp_path, monkeypatch):
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+    import tifffile
+
+    from orgaseg_core.common.errors import Interrupted
+    from orgaseg_core.data import sort_crops as module
+
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for i in range(6):
+        tifffile.imwrite(crops / f"img.tifAnnotation (Cyst)_{i}.tif", np.zeros((3, 3), np.uint8))
+    real_move, moved = shutil.move, []
+
+    def move_three_then_stop(src, dst):
+        if len(moved) == 3:
+            raise Interrupted(signal.SIGTERM)
+        moved.append(src)
+        return real_move(src, dst)
+
+    monkeypatch.setattr(module.shutil, "move", move_three_then_stop)
+    with pytest.raises(Interrupted):
+        module.sort_crops(crops, tmp_path / "sorted", move=True)
+    listed = pd.read_csv(tmp_path / "sorted" / "sorted.csv")
+    assert len(listed) == 3
+    assert all((tmp_path / "sorted" / d).is_file() for d in listed["destination"])
+    assert len(list(crops.iterdir())) == 3  # the others were not touched
+    assert json.loads((tmp_path / "sorted" / "run.json").read_text())["status"] == "interrupted"

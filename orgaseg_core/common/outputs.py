@@ -116,6 +116,20 @@ def atomic_path(path: Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def whole_or_absent(*paths: Path) -> Iterator[None]:
+    """Files written together (an image's labels, outlines and table): if the block does not
+    finish (an error, Ctrl-C, SIGTERM), those of ``paths`` already written are removed, so the
+    set is there whole or not at all."""
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                Path(path).unlink()
+        raise
+
+
 def write_text(path: Path, text: str) -> Path:
     """Write ``text`` (UTF-8) atomically."""
     with atomic_path(path) as tmp:

@@ -124,17 +124,26 @@ def sort_crops(crops: Path, out: Path, *, move: bool = False, class_map: Path | 
         result = SortCropsResult(out=out, moved=move, skipped=skipped)
         rows = []
         out_root = out.resolve()
-        for path, name, folder in tqdm(planned, desc="sort-crops", unit="crop", disable=None):
-            target = out / folder / path.name
-            # Defence in depth: the destination must stay inside the output folder.
-            if out_root not in target.resolve().parents:
-                raise OrgasegError(f"{path}: class {name!r} would write outside {out}")
-            if move:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(path), str(target))
-            else:
-                copy_file(path, target)
-            rows.append({"file": path.name, "class": name, "destination": str(target.relative_to(out))})
+        try:
+            for path, name, folder in tqdm(planned, desc="sort-crops", unit="crop", disable=None):
+                target = out / folder / path.name
+                # Defence in depth: the destination must stay inside the output folder.
+                if out_root not in target.resolve().parents:
+                    raise OrgasegError(f"{path}: class {name!r} would write outside {out}")
+                if move:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.move(str(path), str(target))
+                else:
+                    copy_file(path, target)
+                rows.append({"file": path.name, "class": name,
+                             "destination": str(target.relative_to(out))})
+        except BaseException:
+            # Stopped part-way (an error, Ctrl-C, SIGTERM): sorted.csv lists every file already
+            # moved or copied, so a moved crop is never lost track of.
+            write_csv(out / "sorted.csv", pd.DataFrame(rows, columns=["file", "class", "destination"]))
+            log.error("sort-crops stopped after %d of %d crops; %s lists those %s", len(rows),
+                      len(planned), out / "sorted.csv", "moved" if move else "copied")
+            raise
         result.class_counts = dict(Counter(r["class"] for r in rows))
         write_csv(out / "sorted.csv", pd.DataFrame(rows, columns=["file", "class", "destination"]))
         write_class_names(out, {name: folder for _path, name, folder in planned},

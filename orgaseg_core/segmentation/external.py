@@ -30,7 +30,7 @@ from ..common.images import (
     read_labels,
 )
 from ..common.labels import relabel_consecutive
-from ..common.outputs import step_run, write_csv, write_tiff
+from ..common.outputs import step_run, whole_or_absent, write_csv, write_tiff
 from ..qupath.geojson import new_run_ids, write_feature_collection
 from .outlines import label_outlines
 from .predict import features_of_objects, object_table
@@ -115,9 +115,11 @@ def segmentation_from_masks(images: Path, masks: Path, out: Path, *,
             labels = labels.astype(label_dtype(int(labels.max()) if labels.size else 0), copy=False)
             table = object_table(labels, [], path.name)  # no probabilities: NaN
             outlines = label_outlines(labels)
-            write_tiff(out / f"{stem}.tif", labels)
-            write_feature_collection(out / f"{stem}.geojson", features_of_objects(outlines, table, stem, run_ids))
-            write_csv(out / f"{stem}_objects.csv", table)
+            outputs = (out / f"{stem}.tif", out / f"{stem}.geojson", out / f"{stem}_objects.csv")
+            with whole_or_absent(*outputs):
+                write_tiff(outputs[0], labels)
+                write_feature_collection(outputs[1], features_of_objects(outlines, table, stem, run_ids))
+                write_csv(outputs[2], table)
             result.objects[path.name] = int(len(table))
             per_image[path.name] = {"objects": int(len(table)), "mask": str(label_files[stem]),
                                     "shape": list(labels.shape)}

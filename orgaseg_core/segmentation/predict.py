@@ -51,7 +51,7 @@ from ..common.images import (
     to_grey,
 )
 from ..common.labels import relabel_consecutive
-from ..common.outputs import step_run, write_csv, write_tiff
+from ..common.outputs import step_run, whole_or_absent, write_csv, write_tiff
 from ..common.params import parse_pair
 from ..common.resample import nearest_indices, output_length, rescale_image
 from ..qupath.geojson import make_feature, new_run_ids, object_id, write_feature_collection
@@ -528,9 +528,11 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
                 continue
             labels = seg.labels.astype(label_dtype(seg.n_objects), copy=False)
             table = object_table(labels, seg.probabilities, path.name)
-            write_tiff(out / f"{stem}.tif", labels)
-            write_feature_collection(out / f"{stem}.geojson", detection_features(seg, table, stem, run_ids))
-            write_csv(out / f"{stem}_objects.csv", table)
+            outputs = (out / f"{stem}.tif", out / f"{stem}.geojson", out / f"{stem}_objects.csv")
+            with whole_or_absent(*outputs):
+                write_tiff(outputs[0], labels)
+                write_feature_collection(outputs[1], detection_features(seg, table, stem, run_ids))
+                write_csv(outputs[2], table)
             seconds = time.perf_counter() - t0
             result.objects[path.name] = seg.n_objects
             per_image[path.name] = {"objects": seg.n_objects, "shape": list(labels.shape),
