@@ -146,9 +146,13 @@ def preprocess_cmd(
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Convert to grey, clean up, tile and rescale images (and their label images)."""
-    result = steps.preprocess(images, out, masks=masks, scale=scale, tiles=tiles,
-                              remove_vignette=remove_vignette, flatten_background=flatten_background,
-                              overwrite=overwrite)
+    try:
+        result = steps.preprocess(images, out, masks=masks, scale=scale, tiles=tiles,
+                                  remove_vignette=remove_vignette, flatten_background=flatten_background,
+                                  overwrite=overwrite)
+    except OrgasegError as exc:
+        _echo_partial_result(exc)
+        raise
     typer.echo(result.summary())
 
 

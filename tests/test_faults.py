@@ -206,3 +206,36 @@ def test_interrupted_sort_crops_move_lists_every_moved_file(tmp_path, monkeypatc
     assert all((tmp_path / "sorted" / d).is_file() for d in listed["destination"])
     assert len(list(crops.iterdir())) == 3  # the others were not touched
     assert json.loads((tmp_path / "sorted" / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_preprocess_skips_bad_images_reports_them_and_goes_on(tmp_path):
+    """Zero-byte, truncated, mislabelled, z-stack and too-many-channel files: the good images
+    are preprocessed, every bad one is named in failed.csv and run.json, and the exit status is 1."""
+    import numpy as np
+    import pandas as pd
+    import tifffile
+
+    images = tmp_path / "images"
+    images.mkdir()
+    tifffile.imwrite(images / "good1.tif", np.full((40, 50), 100, np.uint8))
+    tifffile.imwrite(images / "good2.tif", np.full((40, 50), 120, np.uint8))
+    (images / "empty.tif").write_bytes(b"")
+    data = (images / "good1.tif").read_bytes()
+    (images / "truncated.tif").write_bytes(data[: len(data) // 3])
+    (images / "notreally.png").write_text("this is text, not a PNG")
+    tifffile.imwrite(images / "zstack.tif", np.zeros((5, 40, 50), np.uint8))
+    tifffile.imwrite(images / "channels.tif", np.zeros((40, 50, 7), np.uint8), photometric="minisblack",
+                     planarconfig="contig")
+    done = subprocess.run([sys.executable, "-m", "orgaseg_core", "preprocess", "--images", images,
+                           "--out", tmp_path / "out"], capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr[-2000:]
+    out = tmp_path / "out"
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["good1.tif", "good2.tif"]
+    failed = pd.read_csv(out / "failed.csv")
+    assert sorted(failed["file"]) == ["channels.tif", "empty.tif", "notreally.png", "truncated.tif",
+                                      "zstack.tif"]
+    assert all(str(images) in error for error in failed["error"])
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "failed" and len(record["results"]["failed"]) == 5
+    assert "2 image/mask pairs" not in done.stdout and "5 images FAILED" in done.stdout
+    assert done.stderr.strip().splitlines()[-1].startswith("error: preprocess: 5 of 7 image(s)")

@@ -315,7 +315,7 @@ def test_preprocess_shape_mismatch_names_both_files(tmp_path):
     masks.mkdir()
     tifffile.imwrite(images / "a.tif", np.zeros((20, 30), np.uint8))
     tifffile.imwrite(masks / "a.tif", np.zeros((30, 20), np.uint16))
-    with pytest.raises(InputFileError) as info:
+    with pytest.raises(OrgasegError) as info:  # PreprocessFailed, after the other images
         preprocess(images, tmp_path / "out", masks=masks)
     message = str(info.value)
     assert str(masks / "a.tif") in message and str(images / "a.tif") in message

@@ -33,7 +33,7 @@ from ..common.images import (
     to_grey,
 )
 from ..common.labels import rescale_labels, short_list
-from ..common.outputs import step_run, write_csv, write_tiff
+from ..common.outputs import step_run, whole_or_absent, write_csv, write_tiff
 from ..common.params import parse_pair
 from ..common.resample import rescale_image
 
@@ -97,6 +97,7 @@ class PreprocessResult:
     with_masks: bool = False
     unmatched: list[str] = field(default_factory=list)
     vanished: dict[str, list[int]] = field(default_factory=dict)
+    failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -114,7 +115,66 @@ class PreprocessResult:
             total = sum(len(v) for v in self.vanished.values())
             lines.append(f"  {total} objects too small for the new scale vanished "
                          f"(see vanished_objects in tiles.csv)")
+        if self.failed:
+            lines.append(f"  {len(self.failed)} images FAILED (listed in {self.out / FAILED_CSV}):")
+            lines += [f"    {error}" for _name, error in self.failed]
         return "\n".join(lines)
+
+
+#: The images (or pairs) that could not be preprocessed, with the reason.
+FAILED_CSV = "failed.csv"
+
+
+class PreprocessFailed(OrgasegError):
+    """Some images could not be preprocessed; the others were written (``result``)."""
+
+    def __init__(self, result: PreprocessResult):
+        self.result = result
+        super().__init__(f"preprocess: {len(result.failed)} of {result.n_sources} image(s) could not "
+                         f"be preprocessed (the others were written to {result.out}): "
+                         + "; ".join(error for _name, error in result.failed))
+
+
+def _preprocess_one(stem: str, image_path: Path, mask_path: Path | None, out: Path, *,
+                    scale: float, tiles: tuple[int, int], remove_vignette: bool,
+                    flatten_background: bool, result: PreprocessResult) -> list[dict]:
+    """The tiles of one image (and mask): rows of tiles.csv. Raises InputFileError naming the
+    file at fault; then none of this image's tiles is left behind."""
+    image = read_image(image_path)
+    labels = None
+    if mask_path is not None:
+        labels = read_labels(mask_path)
+        if labels.shape != image.shape[:2]:
+            raise InputFileError(
+                mask_path, f"mask is {labels.shape[0]}x{labels.shape[1]} pixels but its image "
+                           f"{image_path} is {image.shape[0]}x{image.shape[1]} pixels")
+    grey = process_image(to_grey(image), vignette=remove_vignette, flatten=flatten_background)
+    pieces = split_tiles(grey, tiles)
+    names = [tile_name(stem, tile, tiles) + ".tif" for tile, _ in pieces]
+    written = [out / "images" / n for n in names] + ([out / "masks" / n for n in names]
+                                                     if labels is not None else [])
+    rows, vanished = [], {}
+    with whole_or_absent(*written):
+        for (tile, grey_tile), name in zip(pieces, names):
+            write_tiff(out / "images" / name, rescale_image(grey_tile, scale))
+            row = {"file": name, "source": image_path.name, "group": stem,
+                   "tile_row": tile.row, "tile_col": tile.col, "y0": tile.y0, "x0": tile.x0,
+                   "y1": tile.y1, "x1": tile.x1, "scale": scale, "n_objects": "",
+                   "vanished_objects": ""}
+            if labels is not None:
+                small, report = rescale_labels(labels[tile.y0:tile.y1, tile.x0:tile.x1], scale)
+                write_tiff(out / "masks" / name, small)
+                row["n_objects"] = report.n_after
+                row["vanished_objects"] = " ".join(str(v) for v in report.vanished)
+                if report.vanished:
+                    vanished[name] = report.vanished
+                    log.warning("%s (tile %s of %s): objects %s vanished at scale %g", mask_path,
+                                name, image_path.name, short_list(report.vanished), scale)
+            rows.append(row)
+    result.vanished.update(vanished)
+    log.info("read %s%s; wrote %d tile(s)", image_path.name,
+             f" and {mask_path.name}" if mask_path else "", len(rows))
+    return rows
 
 
 def preprocess(images: Path, out: Path, *, masks: Path | None = None, scale: float = 1.0,
@@ -157,42 +217,32 @@ def preprocess(images: Path, out: Path, *, masks: Path | None = None, scale: flo
         result = PreprocessResult(out=out, with_masks=masks is not None, unmatched=unmatched)
         rows = []
         for stem, image_path, mask_path in tqdm(jobs, desc="preprocess", unit="image", disable=None):
-            image = read_image(image_path)
-            labels = None
-            if mask_path is not None:
-                labels = read_labels(mask_path)
-                if labels.shape != image.shape[:2]:
-                    raise InputFileError(
-                        mask_path, f"mask is {labels.shape[0]}x{labels.shape[1]} pixels but its image "
-                                   f"{image_path} is {image.shape[0]}x{image.shape[1]} pixels")
-            grey = process_image(to_grey(image), vignette=remove_vignette, flatten=flatten_background)
-            for tile, grey_tile in split_tiles(grey, tiles):
-                name = tile_name(stem, tile, tiles) + ".tif"
-                write_tiff(out / "images" / name, rescale_image(grey_tile, scale))
-                row = {"file": name, "source": image_path.name, "group": stem,
-                       "tile_row": tile.row, "tile_col": tile.col, "y0": tile.y0, "x0": tile.x0,
-                       "y1": tile.y1, "x1": tile.x1, "scale": scale, "n_objects": "",
-                       "vanished_objects": ""}
-                if labels is not None:
-                    small, report = rescale_labels(labels[tile.y0:tile.y1, tile.x0:tile.x1], scale)
-                    write_tiff(out / "masks" / name, small)
-                    row["n_objects"] = report.n_after
-                    row["vanished_objects"] = " ".join(str(v) for v in report.vanished)
-                    if report.vanished:
-                        result.vanished[name] = report.vanished
-                        log.warning("%s (tile %s of %s): objects %s vanished at scale %g", mask_path,
-                                    name, image_path.name, short_list(report.vanished), scale)
-                rows.append(row)
-            log.info("read %s%s; wrote %d tile(s)", image_path.name,
-                     f" and {mask_path.name}" if mask_path else "", len(tile_bounds(grey.shape, tiles)))
+            try:
+                rows += _preprocess_one(stem, image_path, mask_path, out, scale=scale, tiles=tiles,
+                                        remove_vignette=remove_vignette,
+                                        flatten_background=flatten_background, result=result)
+            except Exception as exc:  # one bad file must not stop the others; reported below
+                message = (str(exc) if isinstance(exc, OrgasegError)
+                           else f"{image_path}: {type(exc).__name__}: {exc}")
+                if isinstance(exc, OrgasegError) and str(image_path) not in message \
+                        and (mask_path is None or str(mask_path) not in message):
+                    message = f"{image_path}: {message}"
+                log.error("skipped %s", message)
+                log.debug("traceback of %s", image_path, exc_info=True)
+                result.failed.append((image_path.name, message))
         write_csv(out / "tiles.csv", pd.DataFrame(rows, columns=TILES_CSV_COLUMNS))
+        write_csv(out / FAILED_CSV, pd.DataFrame(result.failed, columns=["file", "error"]))
         result.n_sources = len(jobs)
         result.n_written = len(rows)
         result.seconds = time.perf_counter() - start
         record.results.update(
             n_sources=result.n_sources, n_written=result.n_written, unmatched=unmatched,
+            failed=[{"file": name, "error": error} for name, error in result.failed],
             vanished_objects=result.vanished,
             n_vanished=sum(len(v) for v in result.vanished.values()),
             seconds=round(result.seconds, 3))
         log.info("wrote %d images%s to %s", len(rows), " and masks" if masks else "", out)
+        if result.failed:
+            log.warning("%s", result.summary())
+            raise PreprocessFailed(result)
     return result
