@@ -8,7 +8,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from orgaseg_core.common.errors import InputFileError, OrgasegError, OutputError
+from orgaseg_core.common.errors import OrgasegError, OutputError
 from orgaseg_core.common.illumination import flatten_background, remove_vignette, vignette_mask
 from orgaseg_core.common.images import to_grey
 from orgaseg_core.common.labels import rescale_labels
