@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from .common.errors import OrgasegError
+from .common.errors import OptionError, OrgasegError
 from .common.logs import configure_logging
 
 
@@ -28,5 +28,6 @@ def run_step(call: Callable[[], object]) -> None:
         result = call()
     except OrgasegError as exc:
         print(f"ERROR: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        # an option value out of range is a usage error, like a value of the wrong type
+        sys.exit(2 if isinstance(exc, OptionError) else 1)
     print(result.summary(), flush=True)

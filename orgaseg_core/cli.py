@@ -17,7 +17,7 @@ from typing import Optional
 import typer
 
 from . import __version__, steps
-from .common.errors import Interrupted, OrgasegError
+from .common.errors import Interrupted, OptionError, OrgasegError
 from .common.logs import configure_logging
 from .common.params import parse_number_list, parse_pair
 
@@ -453,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         typer.echo(f"interrupted by {exc.name}", err=True)
         return exc.exit_status
+    except OptionError as exc:  # an option value out of range: a usage error
+        typer.echo(f"error: {exc}", err=True)
+        return 2
     except OrgasegError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 1

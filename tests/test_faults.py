@@ -239,3 +239,23 @@ def test_preprocess_skips_bad_images_reports_them_and_goes_on(tmp_path):
     assert record["status"] == "failed" and len(record["results"]["failed"]) == 5
     assert "2 image/mask pairs" not in done.stdout and "5 images FAILED" in done.stdout
     assert done.stderr.strip().splitlines()[-1].startswith("error: preprocess: 5 of 7 image(s)")
+
+
+@pytest.mark.parametrize("args", [
+    ["preprocess", "--images", "{tmp}", "--out", "{tmp}/o", "--tiles", "0x2"],
+    ["split", "--data", "{tmp}", "--out", "{tmp}/o", "--mode", "segmentation", "--train", "0.5",
+     "--val", "0.1", "--test", "0.1"],
+    ["split", "--data", "{tmp}", "--out", "{tmp}/o", "--mode", "segmentation", "--train", "nan"],
+    ["split", "--data", "{tmp}", "--out", "{tmp}/o", "--mode", "segmentation", "--seed", "-5"],
+    ["segment", "--model", "{tmp}", "--images", "{tmp}", "--out", "{tmp}/o", "--prob-thresh", "5"],
+    ["classify", "--model", "{tmp}", "--objects", "{tmp}", "--out", "{tmp}/o", "--device", "tpu"],
+], ids=["tiles-0x2", "ratios-sum", "ratio-nan", "seed-negative", "prob-thresh-5", "device-tpu"])
+def test_out_of_range_option_values_are_usage_errors(tmp_path, args):
+    """Exit status 2 and one 'error:' line, like a value of the wrong type; checked before any
+    input is read (the folders here do not hold what the steps need)."""
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    done = subprocess.run([sys.executable, "-m", "orgaseg_core", *args], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.stderr
+    assert not (tmp_path / "o").exists()

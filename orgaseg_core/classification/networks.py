@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..common.errors import InputFileError, OrgasegError
+from ..common.errors import InputFileError, OptionError, OrgasegError
 from ..common.outputs import atomic_path
 
 log = logging.getLogger(__name__)
@@ -84,11 +84,11 @@ def resolve_device(device: str | None) -> str:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise OrgasegError(f"device {device!r} is not a valid torch device (use 'cpu' or 'cuda')") from exc
+        raise OptionError(f"device {device!r} is not a valid torch device (use 'cpu' or 'cuda')") from exc
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise OrgasegError(f"device {device!r} requested but no CUDA GPU is available; use 'cpu'")
     if parsed.type not in ("cpu", "cuda"):
-        raise OrgasegError(f"device {device!r} is not supported; use 'cpu' or 'cuda'")
+        raise OptionError(f"device {device!r} is not supported; use 'cpu' or 'cuda'")
     return str(parsed)
 
 

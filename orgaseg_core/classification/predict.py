@@ -34,9 +34,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..common.errors import InputFileError, OrgasegError, OutputError
+from ..common.errors import InputFileError, OptionError, OrgasegError, OutputError
 from ..common.images import image_stem, list_images
 from ..common.outputs import step_run, write_csv
+from ..common.params import check_device
 
 log = logging.getLogger(__name__)
 
@@ -177,10 +178,11 @@ def classify(model: Path, objects: Path, out: Path, *, batch_size: int = 64, dev
 
     model, objects, out = Path(model), Path(objects), Path(out)
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise OrgasegError(f"batch size must be a whole number >= 1, got {batch_size!r}")
+        raise OptionError(f"batch size must be a whole number >= 1, got {batch_size!r}")
     if review_below is not None and not (isinstance(review_below, (int, float))
                                          and 0.0 <= float(review_below) <= 1.0):
-        raise OrgasegError(f"review_below must be a confidence between 0 and 1, got {review_below!r}")
+        raise OptionError(f"review_below must be a confidence between 0 and 1, got {review_below!r}")
+    device = check_device(device)  # before the model is loaded
     batch_size = int(batch_size)
     classifier = load_classifier(model, family)
     review = classifier.review_below if review_below is None else float(review_below)

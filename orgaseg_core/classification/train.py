@@ -62,7 +62,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..common.classes import read_class_names
-from ..common.errors import InputFileError, OrgasegError, OutputError
+from ..common.params import check_device, check_seed
+from ..common.errors import InputFileError, OptionError, OrgasegError, OutputError
 from ..common.outputs import atomic_path, package_versions, step_run, write_csv, write_json
 from .measurement_model import DEFAULT_N_TREES
 from .model import CLASSIFIER_JSON, DEFAULT_REVIEW_BELOW, FAMILIES, family_files
@@ -302,12 +303,12 @@ def _positive_list(values, what: str, kind=float, minimum=0.0, strict=True) -> l
     try:
         items = [kind(v) for v in values]
     except (TypeError, ValueError) as exc:
-        raise OrgasegError(f"{what}: expected a list of numbers, got {values!r}") from exc
+        raise OptionError(f"{what}: expected a list of numbers, got {values!r}") from exc
     if not items:
-        raise OrgasegError(f"{what}: give at least one value")
+        raise OptionError(f"{what}: give at least one value")
     for v in items:
         if not math.isfinite(v) or (v <= minimum if strict else v < minimum):
-            raise OrgasegError(f"{what}: {v!r} must be {'>' if strict else '>='} {minimum}")
+            raise OptionError(f"{what}: {v!r} must be {'>' if strict else '>='} {minimum}")
     return list(dict.fromkeys(items))
 
 
@@ -704,11 +705,13 @@ def train_classifier(data: Path | None, model_out: Path, *, images: Path | None 
     for name, value in (("grid_epochs", grid_epochs), ("epochs", epochs), ("patience", patience),
                         ("n_trees", n_trees)):
         if isinstance(value, bool) or int(value) != value or value < 1:
-            raise OrgasegError(f"{name} must be a whole number >= 1, got {value!r}")
+            raise OptionError(f"{name} must be a whole number >= 1, got {value!r}")
     if isinstance(padding, bool) or int(padding) != padding or padding < 0:
-        raise OrgasegError(f"padding must be a whole number of pixels >= 0, got {padding!r}")
+        raise OptionError(f"padding must be a whole number of pixels >= 0, got {padding!r}")
     if not (isinstance(review_below, (int, float)) and 0.0 <= float(review_below) <= 1.0):
-        raise OrgasegError(f"review_below must be a confidence between 0 and 1, got {review_below!r}")
+        raise OptionError(f"review_below must be a confidence between 0 and 1, got {review_below!r}")
+    check_device(device)
+    check_seed(seed)
     if int(num_workers) < 0:
         raise OrgasegError(f"num_workers must be >= 0, got {num_workers}")
     if input_size is not None:

@@ -46,3 +46,9 @@ class Interrupted(BaseException):
     @property
     def exit_status(self) -> int:
         return 128 + self.signum
+
+
+class OptionError(OrgasegError):
+    """An option value out of its range (``--tiles 0x2``, fractions that do not add up to 1,
+    ``--prob-thresh 5``, ``--device tpu``): a usage error, exit status 2 like a value of the
+    wrong type, with the same one-line ``error: ...`` message."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-from .errors import OrgasegError
+import numpy as np
+
+from .errors import OptionError
 
 _GRID = re.compile(r"^\s*(\d+)\s*[xX\u00d7,]\s*(\d+)\s*$")
 
@@ -16,10 +18,10 @@ def parse_pair(text: str | tuple[int, int], *, what: str = "value") -> tuple[int
     else:
         match = _GRID.match(str(text))
         if not match:
-            raise OrgasegError(f"{what} must look like 2x3 (two whole numbers), got {text!r}")
+            raise OptionError(f"{what} must look like 2x3 (two whole numbers), got {text!r}")
         values = (int(match.group(1)), int(match.group(2)))
     if len(values) != 2 or min(values) < 1:
-        raise OrgasegError(f"{what} must be two whole numbers >= 1, got {text!r}")
+        raise OptionError(f"{what} must be two whole numbers >= 1, got {text!r}")
     return values  # type: ignore[return-value]
 
 
@@ -32,7 +34,7 @@ def parse_optional_size(text: str | int | None, *, what: str = "value") -> int |
         return None
     if text.isdigit():
         if int(text) < 1:
-            raise OrgasegError(f"{what} must be >= 1, got {text!r}")
+            raise OptionError(f"{what} must be >= 1, got {text!r}")
         return int(text)
     return parse_pair(text, what=what)
 
@@ -47,7 +49,7 @@ def parse_optional_float(text: str | float | None, *, what: str = "value") -> fl
     try:
         return float(text)
     except ValueError:
-        raise OrgasegError(f"{what} must be a number or 'auto', got {text!r}") from None
+        raise OptionError(f"{what} must be a number or 'auto', got {text!r}") from None
 
 
 def split_list(text: str | list | tuple | None) -> list[str]:
@@ -70,18 +72,18 @@ def parse_number_list(text: str | list | tuple, kind: type = float, *, what: str
     """
     items = split_list(text)
     if not items:
-        raise OrgasegError(f"{what}: give at least one value (several are separated by commas)")
+        raise OptionError(f"{what}: give at least one value (several are separated by commas)")
     values = []
     for item in items:
         try:
             value = kind(item)
         except (TypeError, ValueError):
-            raise OrgasegError(f"{what}: {item!r} is not a {'whole ' if kind is int else ''}number"
+            raise OptionError(f"{what}: {item!r} is not a {'whole ' if kind is int else ''}number"
                                ) from None
         if value != value or value in (float("inf"), float("-inf")):
-            raise OrgasegError(f"{what}: {item!r} is not a finite number")
+            raise OptionError(f"{what}: {item!r} is not a finite number")
         if not (value > minimum if strict else value >= minimum):
-            raise OrgasegError(f"{what}: {item!r} must be {'>' if strict else '>='} {minimum:g}")
+            raise OptionError(f"{what}: {item!r} must be {'>' if strict else '>='} {minimum:g}")
         values.append(value)
     return values
 
@@ -97,7 +99,7 @@ def parse_optional_int(text: str | int | None, *, what: str = "value") -> int | 
     try:
         return int(text)
     except ValueError:
-        raise OrgasegError(f"{what} must be a whole number or 'auto', got {text!r}") from None
+        raise OptionError(f"{what} must be a whole number or 'auto', got {text!r}") from None
 
 
 def parse_optional_text(text: str | None) -> str | None:
@@ -106,3 +108,24 @@ def parse_optional_text(text: str | None) -> str | None:
         return None
     text = str(text).strip()
     return None if text.lower() in ("", "auto", "none") else text
+
+
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+def check_device(device: str | None) -> str | None:
+    """``None``/``"auto"`` -> None (cuda when there is one, else cpu); ``"cpu"``, ``"cuda"``,
+    ``"cuda:1"`` as given. Anything else is an OptionError, raised before a model is loaded."""
+    if device is None or str(device).strip().lower() in ("", "auto"):
+        return None
+    text = str(device).strip().lower()
+    if not _DEVICE.match(text):
+        raise OptionError(f"--device must be cpu, cuda or cuda:<n> (or auto), got {device!r}")
+    return text
+
+
+def check_seed(seed: int, *, what: str = "--seed") -> int:
+    """A random seed: a whole number >= 0 (numpy refuses negative seeds)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise OptionError(f"{what} must be a whole number >= 0, got {seed!r}")
+    return int(seed)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from .errors import OrgasegError
+from .errors import OptionError
 
 
 def output_length(n_in: int, scale: float) -> int:
     """Length of an axis of ``n_in`` pixels resized by ``scale`` (rounded, at least 1)."""
     if not np.isfinite(scale) or scale <= 0:
-        raise OrgasegError(f"scale must be a positive number, got {scale!r}")
+        raise OptionError(f"scale must be a positive number, got {scale!r}")
     return max(1, int(round(n_in * scale)))
 
 

@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import OrgasegError
+from .errors import OptionError
 
 
 def validate_ratios(train: float, val: float, test: float) -> dict[str, float]:
@@ -22,13 +22,13 @@ def validate_ratios(train: float, val: float, test: float) -> dict[str, float]:
         try:
             value = float(value)
         except (TypeError, ValueError):
-            raise OrgasegError(f"--{name} must be a number, got {value!r}") from None
+            raise OptionError(f"--{name} must be a number, got {value!r}") from None
         if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-            raise OrgasegError(f"--{name} must be between 0 and 1, got {value}")
+            raise OptionError(f"--{name} must be between 0 and 1, got {value}")
         ratios[name] = value
     total = sum(ratios.values())
     if abs(total - 1.0) > 1e-6:
-        raise OrgasegError(
+        raise OptionError(
             f"split fractions must add up to 1, got train={ratios['train']} + val={ratios['val']} "
             f"+ test={ratios['test']} = {total:g}")
     return ratios
@@ -53,7 +53,7 @@ def assign_groups(group_counts: Mapping[str, Mapping[str, int]], ratios: Mapping
     rng = np.random.default_rng(seed)
     splits = [s for s, r in ratios.items() if r > 0]
     if not splits:
-        raise OrgasegError("at least one split fraction must be above 0")
+        raise OptionError("at least one split fraction must be above 0")
     classes = sorted({c for counts in group_counts.values() for c in counts})
     index = {c: k for k, c in enumerate(classes)}
     names = sorted(group_counts)

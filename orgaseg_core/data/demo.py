@@ -50,7 +50,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..common.classes import canonical_class_name, class_colour
-from ..common.errors import OrgasegError
+from ..common.errors import OptionError, OrgasegError
 from ..common.outputs import atomic_path, step_run, write_csv, write_json, write_tiff
 
 log = logging.getLogger(__name__)
@@ -890,7 +890,7 @@ def _check_arguments(n_images: int, seed: int, size: Sequence[int]) -> tuple[int
     if isinstance(n_images, bool) or not isinstance(n_images, (int, np.integer)) or n_images < 1:
         raise OrgasegError(f"n_images must be a whole number >= 1, got {n_images!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise OrgasegError(f"seed must be a whole number >= 0, got {seed!r}")
+        raise OptionError(f"seed must be a whole number >= 0, got {seed!r}")
     try:
         height, width = (int(v) for v in size)
     except (TypeError, ValueError) as exc:

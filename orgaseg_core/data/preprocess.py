@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..common.errors import InputFileError, OrgasegError
+from ..common.errors import InputFileError, OptionError, OrgasegError
 from ..common.illumination import process_image
 from ..common.images import (
     index_by_stem,
@@ -194,7 +194,7 @@ def preprocess(images: Path, out: Path, *, masks: Path | None = None, scale: flo
     tiles = parse_pair(tiles, what="tiles")
     scale = float(scale)
     if not np.isfinite(scale) or scale <= 0:
-        raise OrgasegError(f"scale must be a positive number, got {scale!r}")
+        raise OptionError(f"scale must be a positive number, got {scale!r}")
 
     image_files = list_images(images, what="images")
     if not image_files:

@@ -27,7 +27,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..common.classes import class_key, read_class_names, write_class_names
-from ..common.errors import InputFileError, OrgasegError
+from ..common.params import check_seed
+from ..common.errors import InputFileError, OptionError
 from ..common.images import (
     IMAGE_SUFFIXES,
     image_stem,
@@ -62,7 +63,7 @@ def validate_mode(mode: str) -> str:
     """'segmentation' or 'classification' (case and surrounding spaces ignored)."""
     value = str(mode).strip().lower()
     if value not in MODES:
-        raise OrgasegError(f"--mode must be 'segmentation' or 'classification', got {mode!r}")
+        raise OptionError(f"--mode must be 'segmentation' or 'classification', got {mode!r}")
     return value
 
 
@@ -263,6 +264,7 @@ def split_dataset(data: Path, out: Path, *, mode: str, train: float = 0.7, val: 
     """
     data, out = Path(data), Path(out)
     mode = validate_mode(mode)
+    seed = check_seed(seed)
     ratios = validate_ratios(train, val, test)
     warnings: list[str] = []
     unmatched: list[str] = []

@@ -51,7 +51,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..common.classes import class_folder_name, read_class_table, write_class_names
-from ..common.errors import InputFileError, OrgasegError
+from ..common.errors import InputFileError, OptionError, OrgasegError
 from ..common.images import list_images, pair_by_stem, read_image, read_labels, report_unmatched, to_grey
 from ..common.outputs import step_run, write_csv, write_tiff
 from .descriptors import DESCRIPTOR_COLUMNS, measure_and_describe
@@ -323,9 +323,9 @@ def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
     images, masks, out = Path(images), Path(masks), Path(out)
     padding, min_area = int(padding), int(min_area)
     if padding < 0:
-        raise OrgasegError(f"padding must be 0 or more pixels, got {padding}")
+        raise OptionError(f"padding must be 0 or more pixels, got {padding}")
     if min_area < 0:
-        raise OrgasegError(f"min_area must be 0 or more pixels, got {min_area}")
+        raise OptionError(f"min_area must be 0 or more pixels, got {min_area}")
     # One image file is allowed too (e.g. analyze of a single image); its mask is found by stem.
     image_folder = images.parent if images.is_file() else images
     image_files = [images] if images.is_file() else list_images(images, what="images")

@@ -44,9 +44,10 @@ from typing import Any, Sequence
 import pandas as pd
 from tqdm import tqdm
 
-from ..common.errors import InputFileError, OrgasegError, OutputError
+from ..common.errors import InputFileError, OptionError, OrgasegError, OutputError
 from ..common.images import image_stem, input_images, read_image, read_labels
 from ..common.outputs import step_run, write_csv
+from ..common.params import check_device
 from .processes import StepProcessError, orgaseg_command, run_step_process
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,8 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
     if n_tiles is not None:
         n_tiles = parse_pair(n_tiles, what="n_tiles")
     if (padding is not None and int(padding) < 0) or int(min_area) < 0:
-        raise OrgasegError(f"padding and min_area must be 0 or more pixels, got {padding} and {min_area}")
+        raise OptionError(f"padding and min_area must be 0 or more pixels, got {padding} and {min_area}")
+    device = check_device(device)  # before any step starts
     if isinstance(batch_size, bool) or int(batch_size) < 1:
         raise OrgasegError(f"batch size must be a whole number >= 1, got {batch_size!r}")
     stems, image_folder = input_images(images)

@@ -42,7 +42,7 @@ import pandas as pd
 from scipy import ndimage
 from tqdm import tqdm
 
-from ..common.errors import InputFileError, OrgasegError
+from ..common.errors import InputFileError, OptionError, OrgasegError
 from ..common.illumination import process_image
 from ..common.images import (
     input_images,
@@ -428,7 +428,7 @@ class SegmentFailed(OrgasegError):
 
 def _check_threshold(value: float | None, name: str) -> float | None:
     if value is not None and not (0.0 < float(value) < 1.0):
-        raise OrgasegError(f"{name} must be between 0 and 1 (exclusive), got {value}")
+        raise OptionError(f"{name} must be between 0 and 1 (exclusive), got {value}")
     return None if value is None else float(value)
 
 
@@ -458,7 +458,7 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
     prob_thresh = _check_threshold(prob_thresh, "prob_thresh")
     nms_thresh = _check_threshold(nms_thresh, "nms_thresh")
     if not (math.isfinite(image_scale) and image_scale > 0):
-        raise OrgasegError(f"image_scale must be a positive number, got {image_scale}")
+        raise OptionError(f"image_scale must be a positive number, got {image_scale}")
     if refine is not None and str(refine).strip().lower() in ("", "auto"):
         refine = None
     if refine is not None:
@@ -467,13 +467,13 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
         try:
             refine = check_refinement(refine)
         except ValueError as exc:
-            raise OrgasegError(f"{exc} (or auto)") from None
+            raise OptionError(f"{exc} (or auto)") from None
     from .pyramid import parse_pyramid
 
     try:
         levels = parse_pyramid(pyramid)
     except ValueError as exc:
-        raise OrgasegError(str(exc)) from None
+        raise OptionError(str(exc)) from None
     stems, input_folder = input_images(images)
     jobs = list(stems.items())
     from .forest.model import FOREST_KIND

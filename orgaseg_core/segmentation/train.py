@@ -46,7 +46,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..common.errors import InputFileError, OrgasegError
+from ..common.errors import InputFileError, OptionError, OrgasegError
 from ..common.images import list_images, pair_by_stem, read_image, read_labels, to_grey
 from ..common.labels import rescale_labels
 from ..common.outputs import (
@@ -659,7 +659,7 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
     if not (math.isfinite(learning_rate) and learning_rate > 0):
         raise OrgasegError(f"learning_rate must be a positive number, got {learning_rate}")
     if scale is not None and not (math.isfinite(scale) and scale > 0):
-        raise OrgasegError(f"scale must be a positive number, got {scale}")
+        raise OptionError(f"scale must be a positive number, got {scale}")
     resize_factor = parse_resize(resize)
     refine_key = str(refine).strip().lower()
     if refine_key != "auto":

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ...common.errors import InputFileError, OrgasegError
+from ...common.errors import InputFileError, OptionError, OrgasegError
 from ...common.images import read_labels
 from ...common.outputs import package_versions, step_run, write_csv, write_json
 from ...common.resample import output_length, rescale_image
@@ -148,7 +148,7 @@ def train_forest(data: Path, model_out: Path, *, resize: float | str | None = "a
         if isinstance(value, bool) or int(value) < 1:
             raise OrgasegError(f"{name} must be a whole number >= 1, got {value!r}")
     if scale is not None and not (math.isfinite(scale) and scale > 0):
-        raise OrgasegError(f"scale must be a positive number, got {scale}")
+        raise OptionError(f"scale must be a positive number, got {scale}")
     if not data.is_dir():
         raise InputFileError(data, "data folder does not exist or is not a folder")
     import_sklearn()  # a clear error before anything is read or written
