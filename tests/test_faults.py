@@ -259,3 +259,58 @@ def test_out_of_range_option_values_are_usage_errors(tmp_path, args):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.stderr
     assert not (tmp_path / "o").exists()
+
+
+def _tiny_tiff(path: Path, width: int, height: int) -> None:
+    """A ~120-byte TIFF whose header declares width x height 8-bit pixels (one byte of data)."""
+    import struct
+
+    entries = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1),
+               (273, 4, 8), (277, 3, 1), (278, 4, height), (279, 4, 1)]
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        ifd += (struct.pack("<HHIHH", tag, kind, 1, value, 0) if kind == 3
+                else struct.pack("<HHII", tag, kind, 1, value))
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 9) + b"\x00" + ifd + struct.pack("<I", 0))
+
+
+def test_a_huge_declared_size_is_refused_before_decoding(tmp_path, monkeypatch):
+    import resource
+
+    from orgaseg_core.common.errors import InputFileError
+    from orgaseg_core.common.images import read_image, read_image_shape
+
+    bomb = tmp_path / "bomb.tif"
+    _tiny_tiff(bomb, 200000, 200000)
+    assert bomb.stat().st_size < 200
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for reader in (read_image, read_image_shape):
+        with pytest.raises(InputFileError, match=r"bomb.tif: header declares 200000x200000.* more than "
+                                                 r"the limit of 1,073,741,824"):
+            reader(bomb)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # kB: nothing big
+    monkeypatch.setenv("ORGASEG_MAX_PIXELS", str(10 ** 11))
+    assert read_image_shape(bomb) == (200000, 200000)  # the limit can be raised
+
+
+def test_stacks_complex_and_not_finite_images_are_refused(tmp_path):
+    import numpy as np
+    import tifffile
+
+    from orgaseg_core.common.errors import InputFileError
+    from orgaseg_core.common.images import read_image
+
+    tifffile.imwrite(tmp_path / "z.tif", np.zeros((3, 20, 30), np.uint8), imagej=True,
+                     metadata={"axes": "ZYX"})
+    with pytest.raises(InputFileError, match=r"z.tif: is a stack of 3 planes \(axes ZYX\)"):
+        read_image(tmp_path / "z.tif")
+    nan = np.ones((20, 30), np.float32)
+    nan[3, 4] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", nan)
+    with pytest.raises(InputFileError, match="nan.tif: holds 1 pixel values that are NaN or infinite"):
+        read_image(tmp_path / "nan.tif")
+    tifffile.imwrite(tmp_path / "complex.tif", np.ones((20, 30), np.complex64))
+    with pytest.raises(InputFileError, match="complex.tif: holds complex numbers"):
+        read_image(tmp_path / "complex.tif")
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((20, 30, 3), np.uint8), photometric="rgb")
+    assert read_image(tmp_path / "rgb.tif").shape == (20, 30, 3)  # colour samples still read

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import InputFileError, OrgasegError
+from .errors import InputFileError, OptionError, OrgasegError
 from .resample import cast_like
 
 log = logging.getLogger(__name__)
@@ -115,10 +115,53 @@ def input_images(images: Path) -> tuple[dict[str, Path], Path]:
         raise InputFileError(images, "contains no image files (.tif, .tiff, .jpg, .jpeg, .png)")
     return dict(sorted(index_by_stem(files, what="images").items())), images
 
+#: Images whose header declares more pixels than this are refused before they are decoded
+#: (a 138-byte TIFF can declare 200000 x 200000 px). Raise it with the environment variable
+#: ORGASEG_MAX_PIXELS (e.g. 4294967296 for 2^32) for truly huge single images.
+DEFAULT_MAX_PIXELS = 2 ** 30
+
+
+def max_pixels() -> int:
+    """The pixel limit of :func:`read_image` (``ORGASEG_MAX_PIXELS`` or 2^30)."""
+    import os
+
+    text = os.environ.get("ORGASEG_MAX_PIXELS", "").strip()
+    try:
+        return int(text) if text else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise OptionError(f"ORGASEG_MAX_PIXELS must be a whole number, got {text!r}") from None
+
+
+def _check_declared_size(path: Path, dims: Sequence[int], what: str) -> None:
+    total = int(np.prod([int(d) for d in dims], dtype=np.float64))
+    limit = max_pixels()
+    if total > limit:
+        raise InputFileError(path, f"header declares {what} = {total:,} pixel values, more than the "
+                                   f"limit of {limit:,}; refused before decoding (set "
+                                   "ORGASEG_MAX_PIXELS to raise the limit)")
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        shape, axes = tuple(series.shape), str(series.axes)
+        _check_declared_size(path, shape, f"{'x'.join(map(str, shape))} ({axes})")
+        # Planes along Z or T are a stack, not the colour samples of one image.
+        stacked = [a for a, n in zip(axes, shape) if a in "ZT" and n > 1]
+        if stacked:
+            raise InputFileError(path, f"is a stack of {'x'.join(str(n) for a, n in zip(axes, shape) if a in 'ZT')} "
+                                       f"planes (axes {axes}), not one 2D image; export one plane")
+        return series.asarray()
+
+
 def read_image(path: Path) -> np.ndarray:
     """Read an image file (TIFF, JPEG, PNG) as an array (Y, X) or (Y, X, C).
 
-    Raises InputFileError naming the file when it is missing, empty or cannot be decoded.
+    Raises InputFileError naming the file when it is missing, empty, cannot be decoded, declares
+    more pixels than :func:`max_pixels` (checked on the header, before decoding), is a Z/T stack,
+    or holds complex or not-finite (NaN, inf) values.
     """
     path = Path(path)
     if not path.is_file():
@@ -127,18 +170,24 @@ def read_image(path: Path) -> np.ndarray:
         raise InputFileError(path, "file is empty (0 bytes)")
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            import tifffile
-
-            array = tifffile.imread(path)
+            array = _read_tiff(path)
         else:
             from PIL import Image
 
             with Image.open(path) as im:
+                _check_declared_size(path, im.size, f"{im.size[1]}x{im.size[0]}")
                 im.load()
                 array = np.asarray(im)
+    except InputFileError:
+        raise
     except Exception as exc:  # decoders raise many types; all mean "not a readable image"
         raise InputFileError(path, f"cannot be read as an image ({type(exc).__name__}: {exc})") from exc
     array = np.asarray(array)
+    if np.iscomplexobj(array):
+        raise InputFileError(path, f"holds complex numbers ({array.dtype}), not image intensities")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise InputFileError(path, f"holds {bad} pixel values that are NaN or infinite")
     # A multi-page TIFF of one plane, or singleton axes, are squeezed; real stacks are refused.
     if array.ndim > 2:
         squeezed = np.squeeze(array)
@@ -166,15 +215,20 @@ def read_image_shape(path: Path) -> tuple[int, int]:
                 shape = tif.series[0].shape
                 axes = tif.series[0].axes
             if "Y" in axes and "X" in axes:
-                return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
-            return int(shape[0]), int(shape[1])
-        from PIL import Image
+                size = int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+            else:
+                size = int(shape[0]), int(shape[1])
+        else:
+            from PIL import Image
 
-        with Image.open(path) as im:
-            width, height = im.size
-        return int(height), int(width)
+            with Image.open(path) as im:
+                width, height = im.size
+            size = int(height), int(width)
     except Exception as exc:
         raise InputFileError(path, f"cannot be read as an image ({type(exc).__name__}: {exc})") from exc
+    # A label image of this size will be allocated from it (annotations-to-masks).
+    _check_declared_size(path, size, f"{size[0]}x{size[1]}")
+    return size
 
 
 def read_labels(path: Path) -> np.ndarray:
