@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-pytestmark = [pytest.mark.torch, pytest.mark.slow]
+pytestmark = pytest.mark.torch  # the classifier regression test CI keeps (about 3 minutes)
 pytest.importorskip("skops", reason="the measurement classifier needs skops")
 
 TARGET_MACRO_F1 = 0.9

@@ -284,7 +284,6 @@ def test_analyze_segments_with_a_forest(story, tmp_path):
     assert objects["segmentation_probability"].between(0.5, 1).all()
 
 
-@pytest.mark.slow
 def test_forest_segments_unseen_generated_organoids(tmp_path):
     """A quality guard on organoid-like images (the example generator; 20 source images, 40
     trees, about 1 minute): held-out images of another seed at full resolution. Measured: F1
