@@ -314,3 +314,20 @@ def test_stacks_complex_and_not_finite_images_are_refused(tmp_path):
         read_image(tmp_path / "complex.tif")
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((20, 30, 3), np.uint8), photometric="rgb")
     assert read_image(tmp_path / "rgb.tif").shape == (20, 30, 3)  # colour samples still read
+
+
+def test_a_grey_image_given_as_a_mask_is_refused(tmp_path):
+    import numpy as np
+    import tifffile
+
+    from orgaseg_core.common.errors import InputFileError
+    from orgaseg_core.common.images import read_labels
+
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(tmp_path / "photo.tif", rng.integers(90, 160, (60, 80), dtype=np.uint8))
+    with pytest.raises(InputFileError, match="photo.tif: looks like a grey image, not a label image"):
+        read_labels(tmp_path / "photo.tif")
+    labels = np.zeros((60, 80), np.uint16)
+    labels[5:20, 5:30], labels[30:55, 40:75] = 1, 2
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    assert read_labels(tmp_path / "labels.tif").max() == 2

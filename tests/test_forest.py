@@ -373,3 +373,16 @@ def test_an_image_too_small_for_the_forest_is_named_and_the_others_go_on(forest,
     with pytest.raises(SegmentFailed, match=r"tiny\.tif.*at least 8 px"):
         segment(model, images, tmp_path / "seg", image_scale=0.5)
     assert len(list((tmp_path / "seg").glob("*.geojson"))) == 2
+
+
+def test_a_blank_image_gives_no_objects_with_a_warning(forest, tmp_path, caplog):
+    """An all-black frame (a failed acquisition): zero objects, not the dozens that percentile
+    normalisation of a constant image used to invent."""
+    _data, model, _ = forest
+    images = tmp_path / "images"
+    images.mkdir()
+    tifffile.imwrite(images / "black.tif", np.zeros((120, 160), np.uint8))
+    result = steps.segment(model, images, tmp_path / "seg")
+    assert result.objects == {"black.tif": 0}
+    assert tifffile.imread(tmp_path / "seg" / "black.tif").max() == 0
+    assert any("image is blank" in r.getMessage() for r in caplog.records)

@@ -243,7 +243,24 @@ def read_labels(path: Path) -> np.ndarray:
             raise InputFileError(path, f"label image must hold non-negative integers, got {labels.dtype} values")
     if labels.min() < 0:
         raise InputFileError(path, "label image has negative values")
+    changes = label_change_fraction(labels)
+    if changes > MAX_LABEL_CHANGE_FRACTION:
+        raise InputFileError(path, f"looks like a grey image, not a label image: {changes:.0%} of "
+                                   "neighbouring pixels differ (a label image is constant inside "
+                                   "each object); give the masks (label images), not the images")
     return labels
+
+
+#: In a label image neighbouring pixels differ only on object borders (a few %); in a photo
+#: (noise, texture) most of them do. Above this fraction a "label image" is refused.
+MAX_LABEL_CHANGE_FRACTION = 0.3
+
+
+def label_change_fraction(labels: np.ndarray) -> float:
+    """Fraction of horizontally neighbouring pixel pairs with different values (0..1)."""
+    if labels.shape[1] < 2:
+        return 0.0
+    return float(np.count_nonzero(labels[:, 1:] != labels[:, :-1])) / (labels.shape[0] * (labels.shape[1] - 1))
 
 
 def label_dtype(max_label: int) -> np.dtype:

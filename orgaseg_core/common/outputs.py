@@ -12,8 +12,8 @@ import json
 import logging
 import os
 import platform
+import secrets
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -104,15 +104,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix,
-                               dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    # The name is chosen before the file exists, so a signal arriving at any point (even right
+    # after the file is created) finds it in ``tmp_path`` and the finally below removes it.
+    tmp_path = path.parent / f".{path.name}.{secrets.token_hex(4)}.part{path.suffix}"
     try:
+        os.close(os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         yield tmp_path
         os.replace(tmp_path, path)
     finally:
-        if tmp_path.exists():
+        with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
 
 

@@ -254,6 +254,13 @@ def predict_pyramid(model, grey: np.ndarray, factor: float, levels: Sequence[flo
     return PyramidPrediction(labels, polygons_out, probabilities_out, first_shape, first_tiles, prob_out)
 
 
+def is_blank(image: np.ndarray) -> bool:
+    """True when every pixel of ``image`` has the same value (an all-black frame, a failed
+    acquisition): nothing can be segmented in it."""
+    flat = np.asarray(image).reshape(-1, *np.asarray(image).shape[2:])
+    return bool(flat.size) and bool(np.all(flat == flat[0]))
+
+
 def segment_array(image: np.ndarray, loaded: LoadedModel, *, image_scale: float = 1.0,
                   n_tiles: tuple[int, int] | None = None, prob_thresh: float | None = None,
                   nms_thresh: float | None = None, preprocessing: bool = True,
@@ -275,6 +282,13 @@ def segment_array(image: np.ndarray, loaded: LoadedModel, *, image_scale: float 
     grey = preprocessed_grey(image, loaded, preprocessing=preprocessing)
     factor = loaded.info.scale / float(image_scale)
     height, width = image.shape[:2]
+    if is_blank(image):
+        # Percentile normalisation would blow a constant image's rounding noise up into
+        # texture, and the network would "find" dozens of objects in it.
+        log.warning("image is blank (all pixels %s): no objects", np.ravel(image)[:1].tolist())
+        return Segmentation(labels=np.zeros((height, width), np.uint16), polygons=[],
+                            probabilities=np.zeros(0), model_shape=(0, 0), n_tiles=(1, 1),
+                            refinement=method, geometries={}, pyramid=levels)
     # the probability map is only needed (and only returned densely) for that refinement
     found = predict_pyramid(loaded.model, grey, factor, levels, loaded.info.norm_percentiles,
                             (height, width), n_tiles=n_tiles, prob_thresh=prob_thresh,

@@ -3,13 +3,17 @@ tile by tile -> regions (:mod:`.regions`) -> labels at the input's size and thei
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
-from ..predict import Segmentation, network_input, preprocessed_grey, upscale_labels
+from ..predict import Segmentation, is_blank, network_input, preprocessed_grey, upscale_labels
 from ...common.errors import OrgasegError
 from .features import MIN_SIDE, TILE, FeatureSpec, tiled_features
 from .model import LoadedForest
 from .regions import RegionParams, regions_from_probabilities
+
+log = logging.getLogger(__name__)
 
 
 def class_probabilities(forest, image: np.ndarray, spec: FeatureSpec, tile: int = TILE) -> np.ndarray:
@@ -43,6 +47,11 @@ def segment_forest_array(image: np.ndarray, loaded: LoadedForest, *, image_scale
     from ..outlines import label_outlines
 
     info = loaded.info
+    if is_blank(image):  # see segment_array: normalising a constant image invents texture
+        log.warning("image is blank (all pixels %s): no objects", np.ravel(image)[:1].tolist())
+        return Segmentation(labels=np.zeros(image.shape[:2], np.uint16), polygons=[],
+                            probabilities=np.zeros(0), model_shape=(0, 0), n_tiles=(1, 1),
+                            geometries={})
     grey = preprocessed_grey(image, loaded, preprocessing=preprocessing)
     small = network_input(grey, info.scale / float(image_scale), info.norm_percentiles)
     if min(small.shape) < MIN_SIDE:
