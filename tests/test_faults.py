@@ -331,3 +331,18 @@ def test_a_grey_image_given_as_a_mask_is_refused(tmp_path):
     labels[5:20, 5:30], labels[30:55, 40:75] = 1, 2
     tifffile.imwrite(tmp_path / "labels.tif", labels)
     assert read_labels(tmp_path / "labels.tif").max() == 2
+
+
+def test_option_values_that_imply_huge_images_are_refused_before_allocation(tmp_path):
+    import numpy as np
+
+    from orgaseg_core.common.errors import OptionError
+    from orgaseg_core.segmentation.predict import network_input
+
+    done = subprocess.run([sys.executable, "-m", "orgaseg_core", "demo-data", "--out", tmp_path / "d",
+                           "--size", "100000x100000"], capture_output=True, text=True)
+    assert done.returncode == 2 and "would need an image of 10,000,000,000 pixels" in done.stderr
+    assert not (tmp_path / "d").exists()
+    # --image-scale 1e-7 with a model at scale 0.5: a 100x100 image x 5,000,000 per side
+    with pytest.raises(OptionError, match="resized by 5e\\+06 for the model .--image-scale too small"):
+        network_input(np.zeros((100, 100), np.float32), 0.5 / 1e-7, (1.0, 99.8))

@@ -132,6 +132,15 @@ def max_pixels() -> int:
         raise OptionError(f"ORGASEG_MAX_PIXELS must be a whole number, got {text!r}") from None
 
 
+def check_pixel_budget(n_pixels: float, what: str) -> None:
+    """Refuse (OptionError) an option value that would make an image of more than
+    :func:`max_pixels` pixels, before anything is allocated (``--image-scale 1e-7``)."""
+    limit = max_pixels()
+    if n_pixels > limit:
+        raise OptionError(f"{what} would need an image of {n_pixels:,.0f} pixels, more than the "
+                          f"limit of {limit:,} (set ORGASEG_MAX_PIXELS to raise it)")
+
+
 def _check_declared_size(path: Path, dims: Sequence[int], what: str) -> None:
     total = int(np.prod([int(d) for d in dims], dtype=np.float64))
     limit = max_pixels()

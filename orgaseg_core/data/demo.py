@@ -51,6 +51,7 @@ from scipy import ndimage as ndi
 
 from ..common.classes import canonical_class_name, class_colour
 from ..common.errors import OptionError, OrgasegError
+from ..common.images import check_pixel_budget
 from ..common.outputs import atomic_path, step_run, write_csv, write_json, write_tiff
 
 log = logging.getLogger(__name__)
@@ -888,7 +889,7 @@ OBJECT_COLUMNS = ["image", "stem", "id", "class", "class_as_annotated", "kind", 
 
 def _check_arguments(n_images: int, seed: int, size: Sequence[int]) -> tuple[int, int]:
     if isinstance(n_images, bool) or not isinstance(n_images, (int, np.integer)) or n_images < 1:
-        raise OrgasegError(f"n_images must be a whole number >= 1, got {n_images!r}")
+        raise OptionError(f"n_images must be a whole number >= 1, got {n_images!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise OptionError(f"seed must be a whole number >= 0, got {seed!r}")
     try:
@@ -896,7 +897,8 @@ def _check_arguments(n_images: int, seed: int, size: Sequence[int]) -> tuple[int
     except (TypeError, ValueError) as exc:
         raise OrgasegError(f"size must be (height, width) in pixels, got {size!r}") from exc
     if min(height, width) < MIN_SIZE:
-        raise OrgasegError(f"size must be at least {MIN_SIZE}x{MIN_SIZE} px, got {height}x{width}")
+        raise OptionError(f"size must be at least {MIN_SIZE}x{MIN_SIZE} px, got {height}x{width}")
+    check_pixel_budget(height * width, f"--size {height}x{width}")
     return height, width
 
 

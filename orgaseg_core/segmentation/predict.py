@@ -45,6 +45,7 @@ from tqdm import tqdm
 from ..common.errors import InputFileError, OptionError, OrgasegError
 from ..common.illumination import process_image
 from ..common.images import (
+    check_pixel_budget,
     input_images,
     label_dtype,
     read_image,
@@ -118,6 +119,9 @@ def network_input(grey: np.ndarray, factor: float, percentiles: Sequence[float])
     the image is left at that size."""
     small_shape = (output_length(grey.shape[0], factor), output_length(grey.shape[1], factor))
     height, width = grey.shape
+    check_pixel_budget(float(small_shape[0]) * small_shape[1],
+                       f"an image of {height}x{width} px resized by {factor:g} for the model "
+                       "(--image-scale too small?)")
     if small_shape != grey.shape:
         grey = rescale_image(grey, factor)
     if min(grey.shape) < 1:
