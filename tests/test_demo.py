@@ -393,7 +393,7 @@ def test_cli(tmp_path, capsys):
     assert sorted(p.name for p in (out / "images").iterdir()) == ["demo_000.jpg", "demo_001.tif"]
     assert read_image(out / "images" / "demo_001.tif").shape == (192, 256)
     assert main(["demo-data", "--out", str(out), "--n-images", "2"]) == 1  # not empty
-    assert main(["demo-data", "--out", str(tmp_path / "bad"), "--size", "100x100"]) == 1
+    assert main(["demo-data", "--out", str(tmp_path / "bad"), "--size", "100x100"]) == 2  # an out-of-range value is a usage error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,7 +477,7 @@ def test_unknown_style_is_an_error(tmp_path, capsys):
     with pytest.raises(OrgasegError, match="unknown demo style"):
         synthesise_image((128, 128), np.random.default_rng(0), style="Faint")
     out = tmp_path / "cli"
-    assert main(["demo-data", "--out", str(out), "--size", "128x160", "--n-images", "1", "--style", "nope"]) == 1
+    assert main(["demo-data", "--out", str(out), "--size", "128x160", "--n-images", "1", "--style", "nope"]) == 2
     assert "known styles" in capsys.readouterr().err
     assert main(["demo-data", "--out", str(out), "--size", "128x160", "--n-images", "1", "--style", "faint"]) == 0
     assert json.loads((out / "run.json").read_text())["arguments"]["style"] == "faint"

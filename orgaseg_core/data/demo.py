@@ -125,7 +125,7 @@ def get_style(style: str | Style) -> Style:
         return style
     if isinstance(style, str) and style in STYLES:
         return STYLES[style]
-    raise OrgasegError(f"unknown demo style {style!r}; known styles: {', '.join(STYLES)}")
+    raise OptionError(f"unknown demo style {style!r}; known styles: {', '.join(STYLES)}")
 
 
 # Which special cases go into which image (index) when there are at least two images.
