@@ -260,3 +260,16 @@ def test_the_groovy_export_script_parses(tmp_path):
     done = subprocess.run(["groovy", str(checker), str(GROOVY_SCRIPT)], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0 and "parsed" in done.stdout, done.stderr[-2000:]
+
+
+def test_a_geojson_nested_100000_levels_deep_is_one_clear_error(tmp_path):
+    deep = tmp_path / "deep.geojson"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InputFileError, match="deep.geojson: JSON is nested too deeply"):
+        load_features(deep)
+    # nested childObjects beyond QuPath's depths are refused, not recursed into
+    node = feat(rect(0, 0, 2, 2), {"name": "Cyst"})
+    for _ in range(150):
+        node = feat(rect(0, 0, 2, 2), {"name": "Cyst"}, childObjects=[node])
+    with pytest.raises(InputFileError, match="x.geojson: childObjects nested more than 100 levels"):
+        parse_annotations([node], source="x.geojson")

@@ -263,3 +263,15 @@ def test_classifier_training_names_classes_as_qupath_shows_them(tmp_path):
     assert {names[i] for i, f in zip(labels, files) if f.parent.name == "Tumor - Positive"} == {"Tumor: Positive"}
     again, _files, val_labels = _scan_split(tmp_path / "out", "val", names, [])
     assert again == names and set(val_labels) <= {0, 1}
+
+
+def test_a_linked_class_folder_is_counted_once_and_broken_links_are_reported(tmp_path):
+    data = make_classification_data(tmp_path / "data", classes=("Cyst", "Ring"))
+    (data / "Cyst again").symlink_to(data / "Cyst", target_is_directory=True)
+    (data / "Ring" / "gone.tif").symlink_to(tmp_path / "nowhere.tif")
+    result = split_dataset(data, tmp_path / "out", mode="classification", seed=0)
+    table = read_split(tmp_path / "out")
+    n_cyst = len(list((data / "Cyst").iterdir()))
+    assert (table["class"] == "Cyst").sum() == n_cyst and "Cyst again" not in set(table["class"])
+    assert any("is a link to 'Cyst'" in w for w in result.warnings)
+    assert any("1 broken links left out (gone.tif)" in w for w in result.warnings)

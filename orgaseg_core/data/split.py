@@ -192,7 +192,22 @@ def _classification_items(data: Path, warnings: list[str]) -> list[dict]:
     rows = []
     by_key: dict[str, list[str]] = defaultdict(list)
     shown = read_class_names(data)  # folder -> class as QuPath shows it (Tumor: Positive)
+    real_folders: dict[Path, Path] = {}
     for folder in folders:
+        real = folder.resolve()
+        if real in real_folders:  # a symbolic link to a class folder already read
+            msg = (f"{folder}: is a link to {real_folders[real].name!r}; its images are counted "
+                   "once, under that folder")
+            warnings.append(msg)
+            log.warning(msg)
+            continue
+        real_folders[real] = folder
+        broken = sorted(p.name for p in folder.iterdir() if p.is_symlink() and not p.exists())
+        if broken:
+            msg = (f"{folder}: {len(broken)} broken links left out ({', '.join(broken[:5])}"
+                   + (", ..." if len(broken) > 5 else "") + ")")
+            warnings.append(msg)
+            log.warning(msg)
         files = list_images(folder, what="class")
         ignored = [p.name for p in folder.iterdir() if p.is_file() and not is_image_file(p)
                    and not p.name.startswith(".")]

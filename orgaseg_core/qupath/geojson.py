@@ -135,7 +135,10 @@ def _read_texts(path: Path) -> list[tuple[str, bytes]]:
     """(name, raw bytes) of the GeoJSON document(s) in ``path``: the file itself, its gzip
     content, or every ``.geojson``/``.json`` entry of a zip (QuPath's ``PathIO`` reads all)."""
     name = path.name.lower()
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputFileError(path, f"cannot be read ({exc.strerror or exc})") from None
     if name.endswith(".gz"):
         try:
             with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
