@@ -346,3 +346,18 @@ def test_option_values_that_imply_huge_images_are_refused_before_allocation(tmp_
     # --image-scale 1e-7 with a model at scale 0.5: a 100x100 image x 5,000,000 per side
     with pytest.raises(OptionError, match="resized by 5e\\+06 for the model .--image-scale too small"):
         network_input(np.zeros((100, 100), np.float32), 0.5 / 1e-7, (1.0, 99.8))
+
+
+def test_crop_paths_outside_the_objects_folder_are_refused(tmp_path):
+    import pandas as pd
+
+    from orgaseg_core.classification.predict import collect_crops
+    from orgaseg_core.common.errors import InputFileError
+
+    objects = tmp_path / "objects"
+    (objects / "crops").mkdir(parents=True)
+    (tmp_path / "secret.tif").write_bytes(b"x")
+    pd.DataFrame({"image": ["a.tif"], "stem": ["a"], "label": [1],
+                  "crop": ["../secret.tif"]}).to_csv(objects / "objects.csv", index=False)
+    with pytest.raises(InputFileError, match=r"objects.csv: line 2: crop '../secret.tif' points outside"):
+        collect_crops(objects)

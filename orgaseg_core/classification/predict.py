@@ -90,6 +90,12 @@ def collect_crops(objects: Path) -> tuple[pd.DataFrame, list[Path], str]:
             if "label" not in table.columns:
                 table.insert(1, "label", pd.array([lab for _, lab in parsed], dtype="Int64"))
         files = [objects / str(c) for c in table["crop"]]
+        root = objects.resolve()
+        for row, path in enumerate(files, start=2):
+            # a crop path must stay inside the objects folder (no "../../secret.tif", no "/etc/x")
+            if root not in path.resolve().parents:
+                raise InputFileError(table_path, f"line {row}: crop {table['crop'].iloc[row - 2]!r} "
+                                                 f"points outside {objects}; refused")
         return table, files, str(table_path)
     folder = objects / CROPS_FOLDER if (objects / CROPS_FOLDER).is_dir() else objects
     files = list_images(folder, what="crops")
