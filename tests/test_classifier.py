@@ -427,7 +427,7 @@ def test_load_checkpoint_errors_name_the_file(trained, tmp_path):
         load_checkpoint(garbage)
     pickled = tmp_path / "pickled.pt"
     torch.save({"format": "orgaseg-classifier", "model": Path("x")}, pickled)
-    with pytest.raises(InputFileError, match=r"pickled\.pt: model file contains Python objects"):
+    with pytest.raises(InputFileError, match=r"pickled\.pt: model file is unsafe \(contains code"):
         load_checkpoint(pickled)
     scripted = tmp_path / "scripted.pt"
     torch.jit.script(torch.nn.Linear(2, 2)).save(str(scripted))
@@ -444,6 +444,19 @@ def test_load_checkpoint_errors_name_the_file(trained, tmp_path):
     torch.save(data, future)
     with pytest.raises(InputFileError, match="lacks the entries normalisation"):
         load_checkpoint(future)
+    # descriptions that would give wrong results or huge tensors are refused as invalid
+    good = torch.load(trained.checkpoint, weights_only=True)
+    for change, message in (
+            (lambda d: d["normalisation"].update(mean=float("nan")), "invalid normalisation"),
+            (lambda d: d.update(class_names=[d["class_names"][0]] * len(d["class_names"])),
+             "names a class more than once"),
+            (lambda d: d.update(input_size=100000), "input size 100000 px is beyond"),
+            (lambda d: d.update(state_dict=[1, 2]), "state_dict is not a dictionary")):
+        data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in good.items()}
+        change(data)
+        torch.save(data, future)
+        with pytest.raises(InputFileError, match=message):
+            load_checkpoint(future)
 
 
 def test_checkpoint_rebuilds_the_trained_network(trained):

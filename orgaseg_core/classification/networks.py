@@ -77,6 +77,10 @@ def min_input_size(architecture: str) -> int:
     return ARCHITECTURES[validate_architecture(architecture)]
 
 
+#: Crops are resized to at most this side; a checkpoint asking for more is not one of ours.
+MAX_INPUT_SIZE = 2048
+
+
 def resolve_device(device: str | None) -> str:
     """The torch device to use: ``device`` checked, or "cuda" when available else "cpu"."""
     if device is None:
@@ -317,9 +321,9 @@ def _torch_load(path: Path, *, what: str) -> Any:
         if "Unsupported global" not in str(exc):  # e.g. "Unsupported operand": not a pickle at all
             raise InputFileError(path, f"{what} is corrupt or not a PyTorch file") from exc
         raise InputFileError(
-            path, f"{what} contains Python objects that cannot be loaded safely (only plain "
-                  "tensors and values are accepted, loading never runs code from a file); it is "
-                  "not an orgaseg classifier checkpoint") from exc
+            path, f"{what} is unsafe (contains code: Python objects that loading would "
+                  "create), refused; only plain tensors and values are accepted, loading never "
+                  "runs code from a file") from exc
     except Exception as exc:  # zip/pickle/storage errors: all mean a damaged or foreign file
         raise InputFileError(path, f"{what} is corrupt or not a PyTorch file "
                                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
@@ -364,6 +368,16 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if len(class_names) < 2 or not std > 0 or input_size < min_input_size(architecture):
         raise InputFileError(path, f"checkpoint has an invalid description ({len(class_names)} "
                                    f"classes, input size {input_size}, std {std})")
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        raise InputFileError(path, f"checkpoint has an invalid normalisation (mean {mean}, std {std})")
+    if len(set(class_names)) != len(class_names):
+        doubles = sorted({c for c in class_names if class_names.count(c) > 1})
+        raise InputFileError(path, f"checkpoint names a class more than once ({', '.join(doubles)})")
+    if input_size > MAX_INPUT_SIZE:
+        raise InputFileError(path, f"checkpoint's input size {input_size} px is beyond "
+                                   f"{MAX_INPUT_SIZE} px; refused (it would need huge tensors)")
+    if not isinstance(data["state_dict"], dict):
+        raise InputFileError(path, "checkpoint's state_dict is not a dictionary of tensors")
     return Checkpoint(path=path, architecture=architecture, class_names=class_names,
                       input_size=input_size, mean=mean, std=std, in_channels=in_channels,
                       state_dict=dict(data["state_dict"]), format_version=version,
