@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from .common.errors import OptionError, OrgasegError
+from .common.errors import OptionError, OrgasegError, describe_os_error
 from .common.logs import configure_logging
 
 
@@ -30,4 +30,7 @@ def run_step(call: Callable[[], object]) -> None:
         print(f"ERROR: {exc}", file=sys.stderr, flush=True)
         # an option value out of range is a usage error, like a value of the wrong type
         sys.exit(2 if isinstance(exc, OptionError) else 1)
+    except OSError as exc:  # the file system refused (read-only, full, name too long, ...)
+        print(f"ERROR: {describe_os_error(exc)}", file=sys.stderr, flush=True)
+        sys.exit(1)
     print(result.summary(), flush=True)

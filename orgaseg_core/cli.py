@@ -17,7 +17,7 @@ from typing import Optional
 import typer
 
 from . import __version__, steps
-from .common.errors import Interrupted, OptionError, OrgasegError
+from .common.errors import Interrupted, OptionError, OrgasegError, describe_os_error
 from .common.logs import configure_logging
 from .common.params import parse_number_list, parse_pair
 
@@ -458,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OrgasegError as exc:
         typer.echo(f"error: {exc}", err=True)
+        return 1
+    except OSError as exc:  # the file system refused (read-only, full, name too long, ...)
+        typer.echo(f"error: {describe_os_error(exc)}", err=True)
         return 1
     except typer.Exit as exc:
         return exc.exit_code

@@ -361,3 +361,42 @@ def test_crop_paths_outside_the_objects_folder_are_refused(tmp_path):
                   "crop": ["../secret.tif"]}).to_csv(objects / "objects.csv", index=False)
     with pytest.raises(InputFileError, match=r"objects.csv: line 2: crop '../secret.tif' points outside"):
         collect_crops(objects)
+
+
+def test_file_system_errors_on_the_output_side_are_one_line(tmp_path):
+    """Name too long, a folder where a file must be: one 'error: <file>: <problem>' line, exit 1."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "orgaseg_core", *map(str, args)],
+                              capture_output=True, text=True)
+
+    done = run("demo-data", "--out", tmp_path / ("x" * 300), "--n-images", 1, "--size", "128x160")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ") and "File name too long" in done.stderr
+    out = tmp_path / "out"
+    (out / "run.json").mkdir(parents=True)  # a folder where run.json must go
+    done = run("demo-data", "--out", out, "--n-images", 1, "--size", "128x160", "--overwrite")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "run.json" in last and "Is a directory" in last
+
+
+def test_class_maps_that_cannot_be_used_are_refused_before_anything_is_written(tmp_path):
+    from orgaseg_core.common.classes import UnsafeClassNameError, load_class_map
+    from orgaseg_core.common.errors import InputFileError
+
+    latin1 = tmp_path / "map.csv"
+    latin1.write_bytes("Zyste,Cyst\nBl\xe4schen,Cyst\n".encode("latin-1"))
+    with pytest.raises(InputFileError, match="map.csv: class map is not UTF-8 text"):
+        load_class_map(latin1)
+    deep = tmp_path / "deep.json"
+    deep.write_text("{" + '"a": {' * 50_000 + "}" * 50_001)
+    with pytest.raises(InputFileError, match="deep.json: class map JSON is nested too deeply"):
+        load_class_map(deep)
+    nested = tmp_path / "nested.json"
+    nested.write_text(json.dumps({"a": {"b": "c"}}))
+    with pytest.raises(InputFileError, match="must be an object"):
+        load_class_map(nested)
+    long = tmp_path / "long.json"
+    long.write_text(json.dumps({"cyst": "C" * 300}))
+    with pytest.raises(UnsafeClassNameError, match="300 bytes long"):
+        load_class_map(long)

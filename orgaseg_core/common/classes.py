@@ -173,7 +173,15 @@ def validate_class_name(name: str, *, source: Path | str | None = None) -> str:
         raise UnsafeClassNameError(
             f"{where}class name {name!r} contains characters that cannot be in a folder name: "
             + ", ".join(repr(c) for c in bad))
+    if len(name.encode("utf-8")) > MAX_CLASS_NAME_BYTES:
+        raise UnsafeClassNameError(
+            f"{where}class name {name[:40]!r}... is {len(name.encode('utf-8'))} bytes long; a folder "
+            f"name can have at most {MAX_CLASS_NAME_BYTES}")
     return name
+
+
+#: File systems allow 255 bytes per name; crops inside a class folder need their own too.
+MAX_CLASS_NAME_BYTES = 200
 
 
 def load_class_map(path: Path | None) -> dict[str, str]:
@@ -186,13 +194,20 @@ def load_class_map(path: Path | None) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise InputFileError(path, "class map file does not exist")
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputFileError(path, f"class map is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise InputFileError(path, f"class map cannot be read ({exc.strerror or exc})") from None
     pairs: list[tuple[str, str]] = []
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputFileError(path, f"class map is not valid JSON ({exc})") from exc
+        except RecursionError:
+            raise InputFileError(path, "class map JSON is nested too deeply") from None
         if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
             raise InputFileError(path, 'class map JSON must be an object {"alias": "class name", ...}')
         pairs = list(data.items())

@@ -52,3 +52,13 @@ class OptionError(OrgasegError):
     """An option value out of its range (``--tiles 0x2``, fractions that do not add up to 1,
     ``--prob-thresh 5``, ``--device tpu``): a usage error, exit status 2 like a value of the
     wrong type, with the same one-line ``error: ...`` message."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an error of the file system: ``<file>: <problem>`` (``No space left on
+    device``, ``Read-only file system``, ``File name too long``, ``Is a directory``, ...)."""
+    problem = exc.strerror or type(exc).__name__
+    files = [f for f in (exc.filename, getattr(exc, "filename2", None)) if f]
+    if files:
+        return f"{files[0]}: {problem}" + (f" (-> {files[1]})" if len(files) > 1 else "")
+    return f"{problem} ({exc})"
