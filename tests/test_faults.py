@@ -400,3 +400,28 @@ def test_class_maps_that_cannot_be_used_are_refused_before_anything_is_written(t
     long.write_text(json.dumps({"cyst": "C" * 300}))
     with pytest.raises(UnsafeClassNameError, match="300 bytes long"):
         load_class_map(long)
+
+
+@pytest.mark.parametrize("config_change, meta_change, message", [
+    ({"n_rays": "abc"}, {}, "config.json: has a missing or invalid entry: n_rays must be a whole number"),
+    ({"grid": "2x2"}, {}, "config.json: has a missing or invalid entry"),
+    ({"n_dim": [2]}, {}, "config.json: is a [2]D StarDist model"),
+    ({}, {"preprocessing": "yes"}, "orgaseg_model.json: has a missing or invalid entry: preprocessing"),
+    ({}, {"preprocessing": {"remove_vignette": "no"}}, "orgaseg_model.json: has a missing or invalid entry"),
+], ids=["n_rays-text", "grid-text", "n_dim-list", "preprocessing-text", "preprocessing-value-text"])
+def test_model_folders_with_wrong_types_are_one_clear_error(tmp_path, config_change, meta_change, message):
+    from orgaseg_core.common.errors import InputFileError
+    from orgaseg_core.segmentation.model import check_model_folder
+
+    model = tmp_path / "model"
+    model.mkdir()
+    config = {"n_dim": 2, "n_rays": 32, "grid": [2, 2], "n_channel_in": 1, **config_change}
+    meta = {"kind": "orgaseg-stardist2d", "format_version": 1, "norm_percentiles": [1, 99.8],
+            "scale": 0.5, "n_rays": 32, "grid": [2, 2], "preprocessing": {"remove_vignette": True},
+            **meta_change}
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "orgaseg_model.json").write_text(json.dumps(meta))
+    (model / "weights_best.h5").write_bytes(b"not read here")
+    with pytest.raises(InputFileError) as info:
+        check_model_folder(model)
+    assert message in str(info.value)

@@ -173,7 +173,7 @@ def check_stardist_folder(folder: Path) -> tuple[dict, list[Path]]:
     config = read_json_file(config_path, what="StarDist model configuration")
     if not isinstance(config, dict) or "n_rays" not in config or "grid" not in config:
         raise InputFileError(config_path, "is not a StarDist configuration (no n_rays/grid)")
-    if int(config.get("n_dim", 2)) != 2:
+    if config.get("n_dim", 2) not in (2, "2"):
         raise InputFileError(config_path, f"is a {config.get('n_dim')}D StarDist model; orgaseg "
                                           "needs a 2D model")
     weights = weight_files(folder)
@@ -261,12 +261,26 @@ def check_model_folder(folder: Path) -> ModelInfo:
             raise ValueError(f"scale must be a positive number, got {scale}")
         patch = as_pair(meta.get("patch_size") or config.get("train_patch_size") or 256,
                         what="patch_size")
-        preprocessing = {k: bool(v) for k, v in (meta.get("preprocessing") or {}).items()}
+        raw_pre = meta.get("preprocessing") or {}
+        if not isinstance(raw_pre, dict) or not all(isinstance(v, bool) for v in raw_pre.values()):
+            raise ValueError(f"preprocessing must be an object of true/false values, got {raw_pre!r}")
+        preprocessing = dict(raw_pre)
     except (KeyError, TypeError, ValueError, OrgasegError) as exc:
         raise InputFileError(meta_path, f"has a missing or invalid entry: {exc}") from exc
-    grid = as_pair(config["grid"], what="grid")
-    n_rays = int(config["n_rays"])
-    if int(meta.get("n_rays", n_rays)) != n_rays or tuple(meta.get("grid", grid)) != grid:
+    config_path = folder / STARDIST_CONFIG_JSON
+    try:
+        grid = as_pair(config["grid"], what="grid")
+        n_rays = config["n_rays"]
+        if isinstance(n_rays, bool) or not isinstance(n_rays, int) or n_rays < 3:
+            raise ValueError(f"n_rays must be a whole number >= 3, got {n_rays!r}")
+        meta_grid = meta.get("grid", list(grid))
+        meta_rays = meta.get("n_rays", n_rays)
+        if not isinstance(meta_grid, (list, tuple)) or isinstance(meta_rays, bool) \
+                or not isinstance(meta_rays, int):
+            raise ValueError(f"{ORGASEG_MODEL_JSON} has n_rays {meta_rays!r} and grid {meta_grid!r}")
+    except (KeyError, TypeError, ValueError, OrgasegError) as exc:
+        raise InputFileError(config_path, f"has a missing or invalid entry: {exc}") from None
+    if meta_rays != n_rays or tuple(meta_grid) != grid:
         raise InputFileError(meta_path, f"does not match {folder / STARDIST_CONFIG_JSON} (n_rays "
                                         f"{meta.get('n_rays')} vs {n_rays}, grid {meta.get('grid')} vs "
                                         f"{list(grid)}); the folder was mixed from two models")
