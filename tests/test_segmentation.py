@@ -283,6 +283,7 @@ def _fake_loaded(scale: float) -> LoadedModel:
 def test_segment_array_scales_back(model_scale, image_scale):
     loaded = _fake_loaded(model_scale)
     image = np.full((201, 303, 3), 180, np.uint8)
+    image[0, 0] = 181  # not blank: a constant image is not segmented at all
     seg = segment_array(image, loaded, image_scale=image_scale)
     factor = model_scale / image_scale
     net_shape = loaded.model.calls[0][0]

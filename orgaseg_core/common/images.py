@@ -253,7 +253,8 @@ def read_labels(path: Path) -> np.ndarray:
     if labels.min() < 0:
         raise InputFileError(path, "label image has negative values")
     changes = label_change_fraction(labels)
-    if changes > MAX_LABEL_CHANGE_FRACTION:
+    # tiny label images of one-pixel objects are legitimate; a photo has many pixels
+    if labels.size >= MIN_PIXELS_FOR_GREY_CHECK and changes > MAX_LABEL_CHANGE_FRACTION:
         raise InputFileError(path, f"looks like a grey image, not a label image: {changes:.0%} of "
                                    "neighbouring pixels differ (a label image is constant inside "
                                    "each object); give the masks (label images), not the images")
@@ -263,6 +264,8 @@ def read_labels(path: Path) -> np.ndarray:
 #: In a label image neighbouring pixels differ only on object borders (a few %); in a photo
 #: (noise, texture) most of them do. Above this fraction a "label image" is refused.
 MAX_LABEL_CHANGE_FRACTION = 0.3
+#: Below this many pixels a label image is not checked for being a photo.
+MIN_PIXELS_FOR_GREY_CHECK = 1024
 
 
 def label_change_fraction(labels: np.ndarray) -> float:

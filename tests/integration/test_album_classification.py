@@ -213,7 +213,7 @@ def test_train_classifier_then_classify(album, demo, tmp_path):
         error_line(bad.output, str(lonely), "only one image")
         # a grid value that is not a number: one ERROR line, no traceback
         bad = album("run", step, "--images", demo / "images", "--masks", demo / "masks",
-                    "--model-out", album.workdir / "never", "--learning-rates", "0.001,fast", expect=1)
+                    "--model-out", album.workdir / "never", "--learning-rates", "0.001,fast", expect=2)  # a usage error
         error_line(bad.output, "--learning-rates", "'fast' is not a number")
         assert "Traceback" not in bad.output
         assert not (album.workdir / "never").exists()

@@ -89,7 +89,7 @@ def test_demo_data(album):
         bad = album("run", step, "--out", album.workdir / "never", "--n-images", "abc", expect=2)
         assert "argument --n-images: invalid int value: 'abc'" in bad.output
         # values the solution checks end the run with one ERROR line and exit status 1
-        bad = album("run", step, "--out", album.workdir / "never", "--size", "big", expect=1)
+        bad = album("run", step, "--out", album.workdir / "never", "--size", "big", expect=2)  # a usage error
         error_line(bad.output, "--size must look like 2x3")
         bad = album("run", step, "--out", album.workdir / "never", "--style", "sketch", expect=1)
         error_line(bad.output, "unknown demo style 'sketch'", "default, faint")
@@ -208,7 +208,7 @@ def test_preprocess(album, demo, tmp_path):
         assert record["arguments"]["tiles"] == [2, 2] and record["arguments"]["scale"] == 0.5
 
         bad = album("run", step, "--images", demo / "images", "--out", album.workdir / "never",
-                    "--tiles", "2by2", expect=1)
+                    "--tiles", "2by2", expect=2)  # a usage error
         error_line(bad.output, "--tiles must look like 2x3")
         bad = album("run", step, "--images", demo / "images", "--out", album.workdir / "never",
                     "--scale", "half", expect=2)
@@ -238,7 +238,7 @@ def test_split(album, demo, tmp_path):
             assert (out / row.split / row.file).read_bytes() == (sorted_crops / row.file).read_bytes()
 
         bad = album("run", step, "--data", sorted_crops, "--out", album.workdir / "never",
-                    "--mode", "classification", "--train", "0.8", "--val", "0.3", "--test", "0.2", expect=1)
+                    "--mode", "classification", "--train", "0.8", "--val", "0.3", "--test", "0.2", expect=2)  # a usage error
         error_line(bad.output, "must add up to 1")
         bad = album("run", step, "--data", sorted_crops, "--out", album.workdir / "never",
                     "--mode", "clustering", expect=1)

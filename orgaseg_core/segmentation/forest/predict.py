@@ -47,16 +47,16 @@ def segment_forest_array(image: np.ndarray, loaded: LoadedForest, *, image_scale
     from ..outlines import label_outlines
 
     info = loaded.info
-    if is_blank(image):  # see segment_array: normalising a constant image invents texture
-        log.warning("image is blank (all pixels %s): no objects", np.ravel(image)[:1].tolist())
-        return Segmentation(labels=np.zeros(image.shape[:2], np.uint16), polygons=[],
-                            probabilities=np.zeros(0), model_shape=(0, 0), n_tiles=(1, 1),
-                            geometries={})
     grey = preprocessed_grey(image, loaded, preprocessing=preprocessing)
     small = network_input(grey, info.scale / float(image_scale), info.norm_percentiles)
     if min(small.shape) < MIN_SIDE:
         raise OrgasegError(f"image of {image.shape[0]}x{image.shape[1]} px is {small.shape[0]}x{small.shape[1]} px "
                            f"at the model's scale; the pixel forest needs at least {MIN_SIDE} px on each side")
+    if is_blank(image):  # see segment_array: normalising a constant image invents texture
+        log.warning("image is blank (all pixels %s): no objects", np.ravel(image)[:1].tolist())
+        return Segmentation(labels=np.zeros(image.shape[:2], np.uint16), polygons=[],
+                            probabilities=np.zeros(0), model_shape=small.shape, n_tiles=(1, 1),
+                            geometries={})
     prob = class_probabilities(loaded.forest, small, info.features, tile)
     labels, confidence = regions_from_probabilities(prob, regions or info.regions)
     labels = upscale_labels(labels, image.shape[:2])
