@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from ..common.classes import ClassNames, class_folder_name, load_class_map, read_class_names, validate_class_name
+from ..common.classes import ClassNames, class_folder_name, load_class_map, read_class_names
 from ..common.errors import InputFileError, OrgasegError
 from ..common.images import list_images
 from ..common.classes import write_class_names
@@ -66,6 +66,14 @@ class SortCropsResult:
         return "\n".join(lines)
 
 
+def _folder_of(name: str, path: Path) -> str:
+    """:func:`class_folder_name` of ``name``; an unusable name is an error naming the crop."""
+    try:
+        return class_folder_name(name)
+    except OrgasegError as exc:
+        raise type(exc)(f"{path}: {exc}") from None
+
+
 def plan_sorting(files: list[Path], class_map: dict[str, str] | None = None,
                  shown: dict[str, str] | None = None
                  ) -> tuple[list[tuple[Path, str, str]], list[tuple[str, str]]]:
@@ -88,13 +96,9 @@ def plan_sorting(files: list[Path], class_map: dict[str, str] | None = None,
             skipped.append((path.name, "no class in parentheses in the file name"))
             continue
         # Validate the raw text too: mapping must not turn "../x" into something harmless-looking.
-        validate_class_name(raw.replace(":", " - "), source=path)
+        _folder_of(raw, path)
         name = names.resolve((shown or {}).get(raw, raw))
-        try:
-            folder = class_folder_name(name)
-        except OrgasegError as exc:
-            raise type(exc)(f"{path}: {exc}") from None
-        planned.append((path, name, folder))
+        planned.append((path, name, _folder_of(name, path)))
     for line in names.describe_merges():
         log.info("%s", line)
     return planned, skipped

@@ -265,6 +265,15 @@ def is_blank(image: np.ndarray) -> bool:
     return bool(flat.size) and bool(np.all(flat == flat[0]))
 
 
+def blank_segmentation(image: np.ndarray, **fields) -> Segmentation:
+    """The result for a blank image (:func:`is_blank`): no objects, and a warning. Percentile
+    normalisation would blow a constant image's rounding noise up into texture, and a model
+    would "find" dozens of objects in it. ``fields``: the other :class:`Segmentation` fields."""
+    log.warning("image is blank (all pixels %s): no objects", np.ravel(image)[:1].tolist())
+    return Segmentation(labels=np.zeros(image.shape[:2], np.uint16), polygons=[],
+                        probabilities=np.zeros(0), geometries={}, **fields)
+
+
 def segment_array(image: np.ndarray, loaded: LoadedModel, *, image_scale: float = 1.0,
                   n_tiles: tuple[int, int] | None = None, prob_thresh: float | None = None,
                   nms_thresh: float | None = None, preprocessing: bool = True,
@@ -287,12 +296,8 @@ def segment_array(image: np.ndarray, loaded: LoadedModel, *, image_scale: float 
     factor = loaded.info.scale / float(image_scale)
     height, width = image.shape[:2]
     if is_blank(image):
-        # Percentile normalisation would blow a constant image's rounding noise up into
-        # texture, and the network would "find" dozens of objects in it.
-        log.warning("image is blank (all pixels %s): no objects", np.ravel(image)[:1].tolist())
-        return Segmentation(labels=np.zeros((height, width), np.uint16), polygons=[],
-                            probabilities=np.zeros(0), model_shape=(0, 0), n_tiles=(1, 1),
-                            refinement=method, geometries={}, pyramid=levels)
+        return blank_segmentation(image, model_shape=(0, 0), n_tiles=(1, 1), refinement=method,
+                                  pyramid=levels)
     # the probability map is only needed (and only returned densely) for that refinement
     found = predict_pyramid(loaded.model, grey, factor, levels, loaded.info.norm_percentiles,
                             (height, width), n_tiles=n_tiles, prob_thresh=prob_thresh,

@@ -3,17 +3,14 @@ tile by tile -> regions (:mod:`.regions`) -> labels at the input's size and thei
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
-from ..predict import Segmentation, is_blank, network_input, preprocessed_grey, upscale_labels
+from ..predict import Segmentation, blank_segmentation, is_blank, network_input, preprocessed_grey, upscale_labels
 from ...common.errors import OrgasegError
 from .features import MIN_SIDE, TILE, FeatureSpec, tiled_features
 from .model import LoadedForest
 from .regions import RegionParams, regions_from_probabilities
 
-log = logging.getLogger(__name__)
 
 
 def class_probabilities(forest, image: np.ndarray, spec: FeatureSpec, tile: int = TILE) -> np.ndarray:
@@ -52,11 +49,8 @@ def segment_forest_array(image: np.ndarray, loaded: LoadedForest, *, image_scale
     if min(small.shape) < MIN_SIDE:
         raise OrgasegError(f"image of {image.shape[0]}x{image.shape[1]} px is {small.shape[0]}x{small.shape[1]} px "
                            f"at the model's scale; the pixel forest needs at least {MIN_SIDE} px on each side")
-    if is_blank(image):  # see segment_array: normalising a constant image invents texture
-        log.warning("image is blank (all pixels %s): no objects", np.ravel(image)[:1].tolist())
-        return Segmentation(labels=np.zeros(image.shape[:2], np.uint16), polygons=[],
-                            probabilities=np.zeros(0), model_shape=small.shape, n_tiles=(1, 1),
-                            geometries={})
+    if is_blank(image):
+        return blank_segmentation(image, model_shape=small.shape, n_tiles=(1, 1))
     prob = class_probabilities(loaded.forest, small, info.features, tile)
     labels, confidence = regions_from_probabilities(prob, regions or info.regions)
     labels = upscale_labels(labels, image.shape[:2])
