@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         t_train = time.perf_counter() - t0
         meta = json.loads((model / "orgaseg_model.json").read_text())
         chosen = meta.get("refinement", "none")
-        # a pixel forest (--backend forest) has its own outlines and one scale
-        forest = meta.get("backend") == "forest"
+        # a pixel forest or a U-Net (--backend forest, unet) has its own outlines and one scale
+        forest = meta.get("backend") in ("forest", "unet")
         truth = read_labels(images[held][1])
         truths.append(truth)
         # every outline refinement on the held-out image; the table uses the one the model

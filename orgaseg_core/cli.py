@@ -212,17 +212,17 @@ def evaluate_segmentation_cmd(
 def train_segmentation_cmd(
     data: Path = typer.Option(..., help="Folder written by 'orgaseg split --mode segmentation' (train/ and val/ with images/ and masks/)."),
     model_out: Path = typer.Option(..., "--model-out", help="Folder for the trained model (weights, thresholds, report, TensorBoard logs)."),
-    preset: str = typer.Option("quick", help="Training budget: 'quick' (40 x 25 steps, the example data, ~5 min on 2 CPU cores) or 'real' (up to 400 x 50 steps, early stopping, at most 30 min)."),
+    preset: str = typer.Option("quick", help="Training budget: 'quick' (StarDist 40 x 25 steps, the example data, ~5 min on 2 CPU cores; U-Net 20 x 25 steps) or 'real' (StarDist up to 400 x 50 steps, U-Net up to 200 x 50; early stopping, at most 30 min)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Number of training epochs (default: from the preset)."),
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", min=1, help="Training steps (batches) per epoch (default: from the preset)."),
     early_stopping: Optional[int] = typer.Option(None, "--early-stopping", min=0, help="Stop after this many epochs without a better validation loss; 0: never (default: from the preset)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop training after this many minutes (default: from the preset)."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Image patches per training step."),
-    patch_size: Optional[str] = typer.Option(None, "--patch-size", help="Training patch size in pixels, N or HEIGHTxWIDTH (multiples of 16); default: automatic, 256 or twice the large objects, fitting the smallest image."),
+    patch_size: Optional[str] = typer.Option(None, "--patch-size", help="Training patch size in pixels, N or HEIGHTxWIDTH (multiples of 16; the U-Net: N, a multiple of 32); default: automatic, 256 or twice the large objects (StarDist), fitting the smallest image."),
     resize: str = typer.Option("auto", help="Resize the images by this factor before training; 'auto': chosen from the object sizes so the large organoids fit the network's field of view; 1: as given."),
     n_rays: int = typer.Option(32, "--n-rays", min=3, help="Number of rays of each object's star-convex polygon."),
     grid: str = typer.Option("2x2", help="StarDist output grid (subsampling) as ROWSxCOLUMNS."),
-    learning_rate: float = typer.Option(3e-4, "--learning-rate", help="Initial learning rate (halved when the validation loss stalls)."),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Initial learning rate (default: 3e-4 for StarDist, halved when the validation loss stalls; 2e-3 for the U-Net, the peak of its warm-up and cosine schedule)."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random flips, rotations, scale jitter, brightness, contrast, gamma, blur and noise of the training patches."),
     refine: str = typer.Option("auto", help="Outline refinement stored in the model: none, probability, edges, or auto (the best on the validation images)."),
     pyramid: str = typer.Option("auto", help="Scales to predict at, as factors of the model's scale, e.g. 1,2,4 (small organoids are found at the finer ones; the network is trained at one); 'auto': chosen from the small organoids' size and kept only if better on the validation images; 'none': one scale."),
@@ -231,11 +231,12 @@ def train_segmentation_cmd(
     seed: int = typer.Option(0, help="Random seed (patches, augmentation, network initialisation)."),
     init_model: Optional[Path] = typer.Option(None, "--init-model", help="Local model folder to continue training from (same rays and grid)."),
     scale: Optional[float] = typer.Option(None, help="Pixel scale of the training images relative to the originals (default: read from the preprocess run, else 1)."),
-    backend: str = typer.Option("stardist", help="'stardist': a StarDist2D network (TensorFlow; the options above). 'forest': a random forest on multi-scale pixel features that finds organoid interiors and boundaries (CPU, seconds to minutes; takes --resize, --norm-low/--norm-high, --seed, --scale, --n-trees)."),
+    backend: str = typer.Option("stardist", help="'stardist': a StarDist2D network (TensorFlow; the options above). 'forest': a random forest on multi-scale pixel features that finds organoid interiors and boundaries (CPU, seconds to minutes; takes --resize, --norm-low/--norm-high, --seed, --scale, --n-trees). 'unet': a U-Net trained from scratch (PyTorch, a GPU when there is one) that finds the same interiors and boundaries, outlines of any shape (takes the budget options, --batch-size, --patch-size, --resize, --learning-rate, --augment, --norm-low/--norm-high, --seed, --scale, --device)."),
     n_trees: int = typer.Option(100, "--n-trees", min=1, help="Trees of the pixel forest (--backend forest)."),
+    device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda' for --backend unet (default: cuda when available)."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
-    """Train a segmentation model (StarDist, or a pixel forest) on split image/mask pairs; choose thresholds and outlines; report validation quality."""
+    """Train a segmentation model (StarDist, a pixel forest or a U-Net) on split image/mask pairs; choose thresholds and outlines; report validation quality."""
     result = steps.train_segmentation(data, model_out, preset=preset, epochs=epochs,
                                       steps_per_epoch=steps_per_epoch, early_stopping=early_stopping,
                                       max_minutes=max_minutes, batch_size=batch_size,
@@ -243,7 +244,7 @@ def train_segmentation_cmd(
                                       grid=grid, learning_rate=learning_rate, augment=augment,
                                       refine=refine, pyramid=pyramid, norm_low=norm_low, norm_high=norm_high,
                                       seed=seed, init_model=init_model, scale=scale,
-                                      backend=backend, n_trees=n_trees, overwrite=overwrite)
+                                      backend=backend, n_trees=n_trees, device=device, overwrite=overwrite)
     typer.echo(result.summary())
 
 

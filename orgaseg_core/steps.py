@@ -179,15 +179,23 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
                        early_stopping: int | str | None = None, max_minutes: float | str | None = None,
                        batch_size: int = 4, patch_size: int | Pair | None = None,
                        resize: float | str | None = "auto", n_rays: int = 32, grid: Pair = (2, 2),
-                       learning_rate: float = 3e-4, augment: bool = True, refine: str = "auto",
+                       learning_rate: float | str | None = None, augment: bool = True, refine: str = "auto",
                        pyramid: str = "auto", norm_low: float = 1.0, norm_high: float = 99.8, seed: int = 0,
                        init_model: PathLike | None = None, scale: float | str | None = None,
-                       backend: str = "stardist", n_trees: int = 100, overwrite: bool = False):
+                       backend: str = "stardist", n_trees: int = 100, device: str | None = None,
+                       overwrite: bool = False):
     """Train a segmentation model on the split made by :func:`split` (mode segmentation):
-    ``backend`` "stardist" (a StarDist2D network, TensorFlow; the options below) or "forest" (a
+    ``backend`` "stardist" (a StarDist2D network, TensorFlow; the options below), "forest" (a
     pixel random forest with boundary regions, :mod:`orgaseg_core.segmentation.forest`; seconds
     to minutes on CPU; takes ``resize``, ``norm_low``/``norm_high``, ``seed``, ``scale``,
-    ``n_trees``, and refuses the network's options).
+    ``n_trees``, and refuses the network's options) or "unet" (a U-Net trained from scratch
+    with PyTorch, the same boundary regions, :mod:`orgaseg_core.segmentation.unet`; outlines
+    that need not be star-convex; takes the budget options, ``batch_size``, ``patch_size``
+    (a multiple of 32), ``resize``, ``learning_rate``, ``augment``, normalisation, ``seed``,
+    ``scale`` and ``device``; its presets are "quick" (20 x 25 steps) and "real" (up to
+    200 x 50 steps, early stopping after 30 epochs, at most 30 minutes)).
+    ``learning_rate``: None/"auto" = the backend's (3e-4 StarDist, 2e-3 U-Net). ``device``:
+    the U-Net's ("cpu", "cuda"; None/"auto": a CUDA GPU when there is one).
 
     ``data``: ``train/`` and ``val/`` with ``images/`` and ``masks/``. ``preset``: the training
     budget, "quick" (40 x 25 steps, the example data) or "real" (up to 400 x 50 steps, early
@@ -213,12 +221,44 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
     from .common.errors import OrgasegError
     from .common.params import parse_optional_int
 
+    from .common.params import check_device
+
     backend = str(backend).strip().lower()
-    if backend not in ("stardist", "forest"):
-        raise OrgasegError(f"backend must be 'stardist' or 'forest', got {backend!r}")
+    if backend not in ("stardist", "forest", "unet"):
+        raise OrgasegError(f"backend must be 'stardist', 'forest' or 'unet', got {backend!r}")
+    learning_rate = _optional_float(learning_rate, "--learning-rate")
+    device = check_device(device)
+    if device is not None and backend != "unet":
+        raise OrgasegError("--device applies to --backend unet only (StarDist uses TensorFlow's device)")
+    auto = {None, "", "auto"}
+    if backend == "unet":
+        stardist_only = {"n_rays": (n_rays, 32), "n_trees": (n_trees, 100),
+                         "refine": ("auto" if str(refine).strip().lower() in auto else refine, "auto"),
+                         "pyramid": ("auto" if str(pyramid).strip().lower() in auto else pyramid, "auto"),
+                         "init_model": (_path(init_model), None)}
+        given = [k for k, (value, default) in stardist_only.items() if value != default]
+        if _pair(grid, "--grid") != (2, 2):
+            given.append("grid")
+        if given:
+            raise OrgasegError("--backend unet: " + ", ".join(given) + " do(es) not apply to it")
+        size = _optional_size(patch_size, "--patch-size")
+        if isinstance(size, tuple):
+            if size[0] != size[1]:
+                raise OrgasegError(f"--backend unet trains on square patches, got {size[0]}x{size[1]}")
+            size = size[0]
+        from .segmentation.unet.train import DEFAULT_LEARNING_RATE, train_unet
+
+        return train_unet(Path(data), Path(model_out), preset=preset,
+                          epochs=parse_optional_int(epochs, what="--epochs"),
+                          steps_per_epoch=parse_optional_int(steps_per_epoch, what="--steps-per-epoch"),
+                          early_stopping=parse_optional_int(early_stopping, what="--early-stopping"),
+                          max_minutes=_optional_float(max_minutes, "--max-minutes"), batch_size=batch_size,
+                          patch_size=size, resize=resize,
+                          learning_rate=DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate,
+                          augment=augment, norm_percentiles=(norm_low, norm_high), seed=seed,
+                          scale=_optional_float(scale, "--scale"), device=device, overwrite=overwrite)
     if backend == "forest":
         # compared after parsing, so "auto" (album, the CLI) counts as not given
-        auto = {None, "", "auto"}
         network = {"preset": (str(preset).strip().lower(), "quick"),
                    "epochs": (parse_optional_int(epochs, what="--epochs"), None),
                    "steps_per_epoch": (parse_optional_int(steps_per_epoch, what="--steps-per-epoch"), None),
@@ -226,7 +266,9 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
                    "max_minutes": (_optional_float(max_minutes, "--max-minutes"), None),
                    "batch_size": (batch_size, 4),
                    "patch_size": (_optional_size(patch_size, "--patch-size"), None), "n_rays": (n_rays, 32),
-                   "learning_rate": (learning_rate, 3e-4), "augment": (augment, True),
+                   # 3e-4 was the default before 0.8 (album solutions up to 0.7.0 pass it)
+                   "learning_rate": (None if learning_rate == 3e-4 else learning_rate, None),
+                   "augment": (augment, True),
                    "refine": ("auto" if str(refine).strip().lower() in auto else refine, "auto"),
                    "pyramid": ("auto" if str(pyramid).strip().lower() in auto else pyramid, "auto"),
                    "init_model": (_path(init_model), None)}
@@ -251,7 +293,8 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
                early_stopping=parse_optional_int(early_stopping, what="--early-stopping"),
                max_minutes=_optional_float(max_minutes, "--max-minutes"), batch_size=batch_size,
                patch_size=_optional_size(patch_size, "--patch-size"), resize=resize,
-               n_rays=n_rays, grid=_pair(grid, "--grid"), learning_rate=learning_rate,
+               n_rays=n_rays, grid=_pair(grid, "--grid"),
+               learning_rate=3e-4 if learning_rate is None else learning_rate,
                augment=augment, refine=refine, pyramid=pyramid, norm_percentiles=(norm_low, norm_high), seed=seed,
                init_model=_path(init_model), scale=_optional_float(scale, "--scale"),
                overwrite=overwrite)

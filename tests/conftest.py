@@ -38,7 +38,7 @@ def story(tmp_path_factory):
     out = tmp_path_factory.mktemp("story") / "demo"
     done = subprocess.run(
         [sys.executable, "-m", "orgaseg_core", "example", "--out", str(out), "--n-images", "8",
-         "--size", "480x640", "--n-new-images", "2", "--seg-epochs", "20", "--seg-steps", "15",
+         "--size", "480x640", "--n-new-images", "2", "--seg-epochs", "14", "--seg-steps", "15",
          "--clf-grid-epochs", "1", "--clf-epochs", "3"],
         capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-5000:]

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,8 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..common.errors import InputFileError, OptionError, OrgasegError
+from ..common.errors import InputFileError, OrgasegError
 from ..common.outputs import atomic_path
+from ..common.torch_io import resolve_device, torch_load  # noqa: F401 (resolve_device: public here too)
 
 log = logging.getLogger(__name__)
 
@@ -79,21 +78,6 @@ def min_input_size(architecture: str) -> int:
 
 #: Crops are resized to at most this side; a checkpoint asking for more is not one of ours.
 MAX_INPUT_SIZE = 2048
-
-
-def resolve_device(device: str | None) -> str:
-    """The torch device to use: ``device`` checked, or "cuda" when available else "cpu"."""
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise OptionError(f"device {device!r} is not a valid torch device (use 'cpu' or 'cuda')") from exc
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise OrgasegError(f"device {device!r} requested but no CUDA GPU is available; use 'cpu'")
-    if parsed.type not in ("cpu", "cuda"):
-        raise OptionError(f"device {device!r} is not supported; use 'cpu' or 'cuda'")
-    return str(parsed)
 
 
 def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
@@ -147,7 +131,7 @@ def load_weights(model: nn.Module, path: Path) -> dict[str, Any]:
     (tensors loaded, head kept random, first convolution adapted).
     """
     path = Path(path)
-    state = _torch_load(path, what="weights file")
+    state = torch_load(path, what="weights file")
     if isinstance(state, Mapping) and state.get("format") == CHECKPOINT_FORMAT:
         state = state.get("state_dict")
     return load_state(model, state, source=path)
@@ -299,36 +283,6 @@ def save_checkpoint(path: Path, model: nn.Module, *, architecture: str, class_na
     return Path(path)
 
 
-def _torch_load(path: Path, *, what: str) -> Any:
-    """``torch.load(path, weights_only=True)`` with errors that name the file and say why."""
-    path = Path(path)
-    if not path.exists():
-        raise InputFileError(path, f"{what} does not exist")
-    if not path.is_file():
-        raise InputFileError(path, f"{what} is not a file")
-    if path.stat().st_size == 0:
-        raise InputFileError(path, f"{what} is empty (0 bytes)")
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-        # TorchScript archives hold code/ and constants.pkl next to data.pkl.
-        if any(n.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for n in names):
-            raise InputFileError(path, f"{what} is a TorchScript model, not an orgaseg classifier "
-                                       "checkpoint (model.pt written by train-classifier)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):  # e.g. "Unsupported operand": not a pickle at all
-            raise InputFileError(path, f"{what} is corrupt or not a PyTorch file") from exc
-        raise InputFileError(
-            path, f"{what} is unsafe (contains code: Python objects that loading would "
-                  "create), refused; only plain tensors and values are accepted, loading never "
-                  "runs code from a file") from exc
-    except Exception as exc:  # zip/pickle/storage errors: all mean a damaged or foreign file
-        raise InputFileError(path, f"{what} is corrupt or not a PyTorch file "
-                                   f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
-
-
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read and check an orgaseg classifier checkpoint (``model.pt`` of train-classifier).
 
@@ -337,7 +291,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     or lacks keys.
     """
     path = Path(path)
-    data = _torch_load(path, what="model file")
+    data = torch_load(path, what="model file")
     if not isinstance(data, Mapping):
         raise InputFileError(path, f"is not an orgaseg classifier checkpoint (it holds a "
                                    f"{type(data).__name__}, not a dictionary)")

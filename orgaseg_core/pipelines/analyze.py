@@ -233,7 +233,7 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
     """
     from ..common.params import parse_pair
     from ..objects.extract import ExtractFailed, extract_objects
-    from ..segmentation.model import check_segmentation_model
+    from ..segmentation.model import check_segmentation_model, is_region_model
 
     start = time.perf_counter()
     if (segmentation_model is None) == (masks is None):
@@ -255,11 +255,10 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
     stems, image_folder = input_images(images)
     # Everything that can be checked is checked before the long steps start.
     if segmentation_model is not None:
-        from ..segmentation.forest.model import ForestInfo
-
-        if isinstance(check_segmentation_model(segmentation_model), ForestInfo) and (
-                n_tiles is not None or prob_thresh is not None or nms_thresh is not None):
-            raise OrgasegError(f"{segmentation_model} is a pixel-forest model: --n-tiles, --prob-thresh "
+        seg_info = check_segmentation_model(segmentation_model)
+        if is_region_model(seg_info) and (n_tiles is not None or prob_thresh is not None or nms_thresh is not None):
+            kind = "pixel-forest" if type(seg_info).__name__ == "ForestInfo" else "U-Net"
+            raise OrgasegError(f"{segmentation_model} is a {kind} model: --n-tiles, --prob-thresh "
                                "and --nms-thresh set how a StarDist model segments; they do not apply to it")
     elif not masks.is_dir():
         raise InputFileError(masks, "is not a folder of label images")

@@ -216,17 +216,31 @@ def model_kind(folder: Path) -> str | None:
 
 
 def check_segmentation_model(folder: Path):
-    """Check a model folder of either backend (StarDist or pixel forest) without loading it;
-    returns its :class:`ModelInfo` or :class:`~.forest.model.ForestInfo`."""
+    """Check a model folder of any backend (StarDist, pixel forest, U-Net) without loading it
+    (no TensorFlow, no torch); returns its :class:`ModelInfo`,
+    :class:`~.forest.model.ForestInfo` or :class:`~.unet.model.UNetInfo`."""
     from .forest.model import FOREST_FILE, FOREST_KIND, check_forest_folder
+    from .unet.model import UNET_FILE, UNET_KIND, check_unet_folder
 
     kind = model_kind(folder)
     if kind == FOREST_KIND:
         return check_forest_folder(folder)
-    if kind is None and (Path(folder) / FOREST_FILE).is_file():
-        raise InputFileError(folder, f"holds a pixel forest but no {ORGASEG_MODEL_JSON}: its training "
-                                     "was interrupted (train it again)")
+    if kind == UNET_KIND:
+        return check_unet_folder(folder)
+    for name, what in ((FOREST_FILE, "a pixel forest"), (UNET_FILE, "U-Net weights")):
+        if kind is None and (Path(folder) / name).is_file():
+            raise InputFileError(folder, f"holds {what} but no {ORGASEG_MODEL_JSON}: its training "
+                                         "was interrupted (train it again)")
     return check_model_folder(folder)
+
+
+def is_region_model(info) -> bool:
+    """True for a model that segments by regions of class probabilities (the pixel forest, the
+    U-Net): it takes none of StarDist's thresholds, tiles, refinements or pyramids."""
+    from .forest.model import ForestInfo
+    from .unet.model import UNetInfo
+
+    return isinstance(info, (ForestInfo, UNetInfo))
 
 
 def check_model_folder(folder: Path) -> ModelInfo:

@@ -415,6 +415,7 @@ class SegmentResult:
     failed: list[str] = field(default_factory=list)
     thresholds: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    kind: str = "StarDist"
 
     @property
     def n_images(self) -> int:
@@ -429,7 +430,7 @@ class SegmentResult:
                  f"({self.seconds:.1f} s)",
                  (f"  model {self.model}: probability threshold {self.thresholds['prob']:.3f}, "
                   f"NMS threshold {self.thresholds['nms']:.2f}" if "prob" in self.thresholds else
-                  f"  model {self.model} (pixel forest): " + ", ".join(
+                  f"  model {self.model} ({self.kind}): " + ", ".join(
                       f"{k.replace('_', ' ')} {v:g}" for k, v in self.thresholds.items())),
                  "  per image: <stem>.tif (labels), <stem>.geojson (QuPath detections), "
                  "<stem>_objects.csv"]
@@ -500,18 +501,20 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
     stems, input_folder = input_images(images)
     jobs = list(stems.items())
     from .forest.model import FOREST_KIND
+    from .unet.model import UNET_KIND
 
-    forest = model_kind(model) == FOREST_KIND
-    if forest:
+    kind = model_kind(model)
+    forest, unet = kind == FOREST_KIND, kind == UNET_KIND
+    if forest or unet:
         given = [name for name, value in (("prob_thresh", prob_thresh), ("nms_thresh", nms_thresh),
                                           ("n_tiles", n_tiles), ("refine", refine), ("pyramid", levels))
                  if value is not None]
         if given:
-            raise OrgasegError(f"{model} is a pixel-forest model: {', '.join(given)} set(s) how a "
-                               "StarDist model segments and does not apply to it")
+            raise OrgasegError(f"{model} is a {'pixel-forest' if forest else 'U-Net'} model: "
+                               f"{', '.join(given)} set(s) how a StarDist model segments and does not apply to it")
     # before anything is written; no TensorFlow yet
     info = check_segmentation_model(model)
-    if forest:
+    if forest or unet:
         thresholds = dict(info.thresholds)
     else:
         thresholds = {"prob": prob_thresh if prob_thresh is not None else info.thresholds["prob"],
@@ -526,9 +529,15 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
         from .forest.predict import segment_forest_array
 
         loaded = load_forest(model)
+    if unet:  # torch only, never TensorFlow, in this process
+        from .unet.model import load_unet
+        from .unet.predict import segment_unet_array
+
+        loaded = load_unet(model)
     with step_run("segment", out, arguments, overwrite=overwrite, inputs=[input_folder, model]) as record:
-        result = SegmentResult(out=out, model=model, thresholds=thresholds)
-        if not forest:
+        result = SegmentResult(out=out, model=model, thresholds=thresholds,
+                               kind="pixel forest" if forest else "U-Net" if unet else "StarDist")
+        if not (forest or unet):
             loaded = load_model(model)  # once for all images
         per_image = {}
         run_ids = new_run_ids()  # object ids: new for this run, shared by all its files
@@ -539,6 +548,9 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
                 if forest:
                     seg = segment_forest_array(image, loaded, image_scale=image_scale,
                                                preprocessing=preprocessing)
+                elif unet:
+                    seg = segment_unet_array(image, loaded, image_scale=image_scale,
+                                             preprocessing=preprocessing)
                 else:
                     seg = segment_array(image, loaded, image_scale=image_scale, n_tiles=n_tiles,
                                         prob_thresh=thresholds["prob"], nms_thresh=thresholds["nms"],

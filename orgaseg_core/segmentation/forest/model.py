@@ -57,10 +57,9 @@ class ForestInfo:
         return self.regions.as_dict()
 
     def describe(self) -> str:
-        r = self.regions
         return (f"pixel forest {self.folder}: scale {self.scale:g}, features sigma "
                 f"{self.features.sigma_min:g}-{self.features.sigma_max:g} px ({self.features.num_sigma} "
-                f"scales), boundary threshold {r.boundary_threshold:g}, smoothing {r.smoothing:g} px")
+                f"scales), {self.regions.describe()}")
 
 
 def check_forest_folder(folder: Path) -> ForestInfo:
@@ -81,8 +80,7 @@ def check_forest_folder(folder: Path) -> ForestInfo:
         if not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"scale must be a positive number, got {scale}")
         features = FeatureSpec(**{k: meta["features"][k] for k in ("sigma_min", "sigma_max", "num_sigma")})
-        regions = RegionParams(**{k: meta["regions"][k] for k in
-                                  ("boundary_threshold", "smoothing", "min_foreground", "min_area")})
+        regions = RegionParams.from_dict(meta["regions"])
         percentiles = check_percentiles(meta["norm_percentiles"])
         preprocessing = {k: bool(v) for k, v in (meta.get("preprocessing") or {}).items()}
     except (KeyError, TypeError, ValueError, OrgasegError) as exc:

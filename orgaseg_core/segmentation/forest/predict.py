@@ -3,6 +3,8 @@ tile by tile -> regions (:mod:`.regions`) -> labels at the input's size and thei
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from ..predict import Segmentation, blank_segmentation, is_blank, network_input, preprocessed_grey, upscale_labels
@@ -10,7 +12,6 @@ from ...common.errors import OrgasegError
 from .features import MIN_SIDE, TILE, FeatureSpec, tiled_features
 from .model import LoadedForest
 from .regions import RegionParams, regions_from_probabilities
-
 
 
 def class_probabilities(forest, image: np.ndarray, spec: FeatureSpec, tile: int = TILE) -> np.ndarray:
@@ -41,6 +42,21 @@ def segment_forest_array(image: np.ndarray, loaded: LoadedForest, *, image_scale
     parameters chosen on the model's validation images. The labels come back at the input's
     size; ``probabilities`` are each object's mean foreground probability.
     """
+    return segment_by_regions(
+        image, loaded, lambda small: class_probabilities(loaded.forest, small, loaded.info.features, tile),
+        image_scale=image_scale, preprocessing=preprocessing, regions=regions, tile=tile,
+        what="the pixel forest")
+
+
+def segment_by_regions(image: np.ndarray, loaded, probabilities: Callable[[np.ndarray], np.ndarray], *,
+                       image_scale: float = 1.0, preprocessing: bool = True,
+                       regions: RegionParams | None = None, tile: int = TILE,
+                       what: str = "the model") -> Segmentation:
+    """Segment one image (Y, X) or (Y, X, C) with a model that gives class probabilities per
+    pixel (the pixel forest, the U-Net): the model's grey-level preprocessing, its scale and
+    normalisation (``loaded.info``), ``probabilities(normalised grey at the model's scale)`` ->
+    (Y, X, 3) background/interior/boundary, regions (:mod:`.regions`; None = the model's own
+    parameters), labels back at the input's size. ``tile``: the side reported as tiles."""
     from ..outlines import label_outlines
 
     info = loaded.info
@@ -48,10 +64,10 @@ def segment_forest_array(image: np.ndarray, loaded: LoadedForest, *, image_scale
     small = network_input(grey, info.scale / float(image_scale), info.norm_percentiles)
     if min(small.shape) < MIN_SIDE:
         raise OrgasegError(f"image of {image.shape[0]}x{image.shape[1]} px is {small.shape[0]}x{small.shape[1]} px "
-                           f"at the model's scale; the pixel forest needs at least {MIN_SIDE} px on each side")
+                           f"at the model's scale; {what} needs at least {MIN_SIDE} px on each side")
     if is_blank(image):
         return blank_segmentation(image, model_shape=small.shape, n_tiles=(1, 1))
-    prob = class_probabilities(loaded.forest, small, info.features, tile)
+    prob = probabilities(small)
     labels, confidence = regions_from_probabilities(prob, regions or info.regions)
     labels = upscale_labels(labels, image.shape[:2])
     if info.scale / float(image_scale) > 1:
