@@ -287,12 +287,13 @@ def extract_objects_cmd(
         False, "--class-folders",
         help="Sort the crops into crops/<class>/ by the class tables (<stem>_objects.csv) that "
              "annotations-to-masks wrote beside the masks: training crops from images + GeoJSON alone."),
+    pixel_size: Optional[str] = typer.Option(None, "--pixel-size", help="Micrometres per pixel of the images (default: read from each image file: OME-XML, ImageJ metadata or TIFF resolution tags; JPEG and PNG carry none). Adds µm and µm² columns; a value that differs from a file's is reported and wins."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Cut one crop per object out of each image and measure every object's shape and intensity."""
     result = steps.extract_objects(images, masks, out, padding=padding, mask_background=mask_background,
                                    min_area=min_area, exclude_border=exclude_border,
-                                   class_folders=class_folders, overwrite=overwrite)
+                                   class_folders=class_folders, pixel_size=pixel_size, overwrite=overwrite)
     typer.echo(result.summary())
 
 
@@ -416,6 +417,7 @@ def analyze_cmd(
     device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda' for the classifier (default: cuda when available)."),
     review_below: Optional[float] = typer.Option(None, "--review-below", min=0.0, max=1.0, help="Flag objects whose class confidence is below this for review (default: the classifier's threshold)."),
     family: Optional[str] = typer.Option(None, help=FAMILY_HELP),
+    pixel_size: Optional[str] = typer.Option(None, "--pixel-size", help="Micrometres per pixel of the images (default: read from each image file; JPEG and PNG carry none). Adds µm and µm² columns and QuPath measurements."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Segment (or take --masks), measure and classify every organoid in new images; QuPath files, overlays and tables."""
@@ -426,7 +428,8 @@ def analyze_cmd(
                                preprocessing=preprocessing, padding=padding,
                                mask_background=mask_background, min_area=min_area,
                                exclude_border=exclude_border, batch_size=batch_size, device=device,
-                               review_below=review_below, family=family, overwrite=overwrite)
+                               review_below=review_below, family=family, pixel_size=pixel_size,
+                               overwrite=overwrite)
     except OrgasegError as exc:
         _echo_partial_result(exc)
         raise

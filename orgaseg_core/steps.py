@@ -294,7 +294,7 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
                max_minutes=_optional_float(max_minutes, "--max-minutes"), batch_size=batch_size,
                patch_size=_optional_size(patch_size, "--patch-size"), resize=resize,
                n_rays=n_rays, grid=_pair(grid, "--grid"),
-               learning_rate=3e-4 if learning_rate is None else learning_rate,
+               learning_rate=learning_rate,
                augment=augment, refine=refine, pyramid=pyramid, norm_percentiles=(norm_low, norm_high), seed=seed,
                init_model=_path(init_model), scale=_optional_float(scale, "--scale"),
                overwrite=overwrite)
@@ -357,7 +357,8 @@ def evaluate_segmentation(truth: PathLike, pred: PathLike, out: PathLike, *,
 
 def extract_objects(images: PathLike, masks: PathLike, out: PathLike, *, padding: int = 10,
                     mask_background: bool = False, min_area: int = 0, exclude_border: bool = False,
-                    class_folders: bool = False, overwrite: bool = False):
+                    class_folders: bool = False, pixel_size: float | str | None = None,
+                    overwrite: bool = False):
     """Cut one crop per object out of each image and measure every object.
 
     Images and label images are paired by stem. ``padding``: px of context around each
@@ -370,13 +371,16 @@ def extract_objects(images: PathLike, masks: PathLike, out: PathLike, *, padding
     background, rim/core, gradient, radius CV, concavities). ``class_folders``: classes from
     the ``<stem>_objects.csv`` tables of annotations-to-masks in ``masks``; crops go to
     ``out/crops/<class>/`` (classification training data from images + GeoJSON alone; objects
-    without a class are skipped). Returns an ``ExtractResult``.
+    without a class are skipped). ``pixel_size``: µm per pixel (None/"auto": each image file's
+    own, from OME-XML, ImageJ metadata or TIFF resolution tags); ``pixel_size_um`` and µm / µm²
+    columns (area, perimeter, equivalent diameter, axes) beside the pixel ones, NaN where it is
+    unknown; where it came from is in run.json. Returns an ``ExtractResult``.
     """
     from .objects.extract import extract_objects as run
 
     return run(Path(images), Path(masks), Path(out), padding=padding,
                mask_background=mask_background, min_area=min_area, exclude_border=exclude_border,
-               class_folders=class_folders, overwrite=overwrite)
+               class_folders=class_folders, pixel_size=pixel_size, overwrite=overwrite)
 
 
 # ------------------------------------------------------------------------------ classification
@@ -465,7 +469,7 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
             mask_background: bool = False, min_area: int = 0, exclude_border: bool = False,
             batch_size: int = 64, device: str | None = None,
             review_below: float | str | None = None, family: str | None = None,
-            overwrite: bool = False):
+            pixel_size: float | str | None = None, overwrite: bool = False):
     """Segment, measure and classify every organoid of an image file or a folder of images.
 
     Runs :func:`segment` and :func:`classify` in child processes (TensorFlow and torch never
@@ -477,8 +481,10 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
     ``out/qupath/<image>.geojson`` (classified detections for QuPath),
     ``out/overlays/<image>.png``, ``out/objects.csv`` (one row per classified object),
     ``out/summary.csv`` (per image: objects found, classified, excluded, count and fraction
-    per class) and each step's own folder. Raises ``AnalyzeFailed`` after the others when an
-    image cannot be analysed. Returns an ``AnalyzeResult``.
+    per class) and each step's own folder. ``pixel_size``: µm per pixel (None/"auto": each image
+    file's own): µm / µm² columns and QuPath measurements where it is known. Raises
+    ``AnalyzeFailed`` after the others when an image cannot be analysed. Returns an
+    ``AnalyzeResult``.
     """
     from .common.params import parse_optional_int, parse_optional_text
     from .pipelines.analyze import analyze as run
@@ -492,7 +498,7 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
                min_area=min_area, exclude_border=exclude_border, batch_size=batch_size,
                device=parse_optional_text(device),
                review_below=_optional_float(review_below, "--review-below"),
-               family=parse_optional_text(family), overwrite=overwrite)
+               family=parse_optional_text(family), pixel_size=pixel_size, overwrite=overwrite)
 
 
 def example(out: PathLike = "orgaseg-demo", *, n_images: int = 24, seed: int = 0,

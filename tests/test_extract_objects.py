@@ -216,7 +216,8 @@ def test_exact_crops_names_and_table(scene):
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "ok" and record["step"] == "extract-objects"
     assert record["results"]["images"] == [{"image": "plate1.tif", "mask": "plate1.tif", "objects": 3,
-                                            "crops": 3, "too_small": 0, "touching_border": 0}]
+                                            "crops": 3, "too_small": 0, "touching_border": 0,
+                                            "pixel_size": {"pixel_size_um": None, "source": "none"}}]
     assert pd.read_csv(out / "skipped.csv").empty
 
 

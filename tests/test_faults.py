@@ -425,3 +425,34 @@ def test_model_folders_with_wrong_types_are_one_clear_error(tmp_path, config_cha
     with pytest.raises(InputFileError) as info:
         check_model_folder(model)
     assert message in str(info.value)
+
+
+def test_an_unreadable_geojson_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    """A GeoJSON the user may not read (mode 000; root reads anything, so the refusal is
+    simulated): one error line naming the file, exit status 1, no mask written."""
+    from orgaseg_core import cli
+
+    geojsons, images = tmp_path / "geojsons", tmp_path / "images"
+    geojsons.mkdir()
+    images.mkdir()
+    secret = geojsons / "a.geojson"
+    secret.write_text('{"type": "FeatureCollection", "features": []}')
+    import numpy as np
+    import tifffile
+
+    tifffile.imwrite(images / "a.tif", np.zeros((32, 32), np.uint8))
+    real = Path.read_bytes
+
+    def refuse(self):
+        if self == secret:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    status = cli.main(["annotations-to-masks", "--annotations", str(geojsons), "--images", str(images),
+                       "--out", str(tmp_path / "masks")])
+    err = capsys.readouterr().err
+    assert status == 1 and "Traceback" not in err
+    assert any(line.startswith("error: ") and str(secret) in line and "Permission denied" in line
+               for line in err.splitlines()), err
+    assert not (tmp_path / "masks" / "a.tif").exists()

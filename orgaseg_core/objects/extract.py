@@ -54,8 +54,9 @@ from ..common.classes import class_folder_name, read_class_table, write_class_na
 from ..common.errors import InputFileError, OptionError, OrgasegError
 from ..common.images import list_images, pair_by_stem, read_image, read_labels, report_unmatched, to_grey
 from ..common.outputs import step_run, write_csv, write_tiff
+from ..common.pixel_size import check_pixel_size, resolve_pixel_size
 from .descriptors import DESCRIPTOR_COLUMNS, measure_and_describe
-from .measurements import MEASUREMENT_COLUMNS
+from .measurements import MEASUREMENT_COLUMNS, PHYSICAL_COLUMNS, add_physical_units
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ OBJECTS_CSV = "objects.csv"
 SKIPPED_CSV = "skipped.csv"
 #: Columns of objects.csv.
 OBJECT_TABLE_COLUMNS = (["image", "stem", "label", "crop"] + MEASUREMENT_COLUMNS[1:] + DESCRIPTOR_COLUMNS
+                        + ["pixel_size_um"] + list(PHYSICAL_COLUMNS)
                         + ["padding", "crop_min_row", "crop_min_col", "crop_max_row", "crop_max_col"])
 #: Columns of skipped.csv.
 SKIPPED_COLUMNS = ["image", "stem", "label", "reason", "area_px", "bbox_min_row", "bbox_min_col",
@@ -244,12 +246,14 @@ def _read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarra
 
 def _extract_pair(stem: str, image_path: Path, mask_path: Path, out: Path, *, padding: int,
                   mask_background: bool, min_area: int, exclude_border: bool,
-                  classes: dict[int, str] | None = None
+                  classes: dict[int, str] | None = None, pixel_size: float | None = None
                   ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Crops and tables of one pair: (kept objects table, skipped objects table, counts).
-    ``classes`` (label -> class): crops go to class folders; objects without a class are skipped."""
+    ``classes`` (label -> class): crops go to class folders; objects without a class are skipped.
+    ``pixel_size``: µm per pixel given by the user (None: the image file's, if it has one)."""
     image, labels = _read_pair(image_path, mask_path)
-    table = measure_and_describe(labels, to_grey(image))
+    size = resolve_pixel_size(image_path, pixel_size)
+    table = add_physical_units(measure_and_describe(labels, to_grey(image)), size.um)
     reasons = skip_reasons(table, labels.shape, min_area=min_area, exclude_border=exclude_border)
     if classes is not None:
         unclassified = ~table["label"].isin(list(classes)).to_numpy() & (reasons == "").to_numpy()
@@ -289,12 +293,14 @@ def _extract_pair(stem: str, image_path: Path, mask_path: Path, out: Path, *, pa
         "crops": len(kept),
         "too_small": int(reasons.str.contains(REASON_TOO_SMALL, regex=False).sum()),
         "touching_border": int(reasons.str.contains(REASON_BORDER, regex=False).sum()),
+        "pixel_size": size.as_dict(),
     }
     if classes is not None:
         counts["without_class"] = int((reasons == REASON_NO_CLASS).sum())
     desc = "grey" if image.ndim == 2 else f"{image.shape[2]} channels"
-    log.info("read %s (%dx%d, %s, %s) and %s (%d objects); wrote %d crops, skipped %d",
-             image_path.name, image.shape[0], image.shape[1], desc, image.dtype, mask_path.name,
+    unit = f"{size.um:.4g} µm per pixel ({size.source})" if size.known else "no pixel size"
+    log.info("read %s (%dx%d, %s, %s, %s) and %s (%d objects); wrote %d crops, skipped %d",
+             image_path.name, image.shape[0], image.shape[1], desc, image.dtype, unit, mask_path.name,
              len(table), len(kept), len(skipped))
     columns = OBJECT_TABLE_COLUMNS if classes is None else _with_class(OBJECT_TABLE_COLUMNS)
     return kept[columns], skipped[SKIPPED_COLUMNS], counts
@@ -306,7 +312,8 @@ def _with_class(columns: list[str]) -> list[str]:
 
 def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
                     mask_background: bool = False, min_area: int = 0, exclude_border: bool = False,
-                    class_folders: bool = False, overwrite: bool = False) -> ExtractResult:
+                    class_folders: bool = False, pixel_size: float | str | None = None,
+                    overwrite: bool = False) -> ExtractResult:
     """Cut one crop per object out of every image and measure every object.
 
     images: folder of images (TIFF, JPEG, PNG; grey or colour), or one image file. masks:
@@ -318,10 +325,13 @@ def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
     border. class_folders: sort the crops into ``crops/<class>/`` by the class tables
     ``<stem>_objects.csv`` of annotations-to-masks in ``masks`` (objects without a class are
     skipped). Dropped objects are listed in ``skipped.csv``; see the module notes for the files
-    written and how bad inputs are handled.
+    written and how bad inputs are handled. pixel_size: µm per pixel for every image (None:
+    each image file's own, :mod:`orgaseg_core.common.pixel_size`; a conflict with a file is
+    reported); objects.csv has µm and µm² columns beside the pixel ones (NaN where unknown).
     """
     images, masks, out = Path(images), Path(masks), Path(out)
     padding, min_area = int(padding), int(min_area)
+    pixel_size = check_pixel_size(pixel_size)
     if padding < 0:
         raise OptionError(f"padding must be 0 or more pixels, got {padding}")
     if min_area < 0:
@@ -346,7 +356,7 @@ def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
     arguments = {"images": images, "masks": masks, "out": out, "padding": padding,
                  "mask_background": mask_background, "min_area": min_area,
                  "exclude_border": exclude_border, "class_folders": class_folders,
-                 "overwrite": overwrite}
+                 "pixel_size": pixel_size, "overwrite": overwrite}
     with step_run("extract-objects", out, arguments, overwrite=overwrite,
                   inputs=[image_folder, masks]) as record:
         start = time.perf_counter()
@@ -361,7 +371,7 @@ def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
                 kept, skipped, counts = _extract_pair(
                     stem, image_path, mask_path, out, padding=padding,
                     mask_background=mask_background, min_area=min_area,
-                    exclude_border=exclude_border, classes=classes)
+                    exclude_border=exclude_border, classes=classes, pixel_size=pixel_size)
             except OrgasegError as exc:
                 message = str(exc)
                 if str(image_path) not in message or str(mask_path) not in message:

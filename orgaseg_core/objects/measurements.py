@@ -43,6 +43,12 @@ MEASUREMENT_COLUMNS = [
     "circularity", "eccentricity", "solidity", "major_axis_length", "minor_axis_length",
     "orientation", "mean_intensity", "std_intensity",
 ]
+#: Physical-unit columns (µm, µm²) and the pixel columns they come from, with the power of the
+#: pixel size that converts them (lengths 1, areas 2); see :func:`add_physical_units`.
+PHYSICAL_COLUMNS = {"area_um2": ("area_px", 2), "perimeter_um": ("perimeter", 1),
+                    "equivalent_diameter_um": ("equivalent_diameter", 1),
+                    "major_axis_length_um": ("major_axis_length", 1),
+                    "minor_axis_length_um": ("minor_axis_length", 1)}
 _INT_COLUMNS = ("label", "bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col", "area_px")
 
 
@@ -277,3 +283,14 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray | None = None) -> 
     for j, name in enumerate(float_names):
         table[name] = floats[:, j]
     return table[MEASUREMENT_COLUMNS]
+
+
+def add_physical_units(table: pd.DataFrame, um_per_px: float | None) -> pd.DataFrame:
+    """``table`` (measurements in pixels) with ``pixel_size_um`` and the
+    :data:`PHYSICAL_COLUMNS` (µm, µm²) added; NaN when the pixel size is unknown (None)."""
+    out = table.copy()
+    size = float("nan") if um_per_px is None else float(um_per_px)
+    out["pixel_size_um"] = size
+    for name, (source, power) in PHYSICAL_COLUMNS.items():
+        out[name] = out[source].astype(np.float64) * size ** power
+    return out

@@ -70,7 +70,12 @@ QUPATH_MEASUREMENTS = {
     "orientation": "Orientation rad", "mean_intensity": "Mean intensity",
     "std_intensity": "Std intensity",
 }
-
+#: physical-unit columns -> QuPath measurement names (QuPath's own spelling: "Area µm^2"),
+#: written only where the pixel size is known
+QUPATH_PHYSICAL_MEASUREMENTS = {
+    "area_um2": "Area µm^2", "perimeter_um": "Perimeter µm", "equivalent_diameter_um": "Equivalent diameter µm",
+    "major_axis_length_um": "Major axis µm", "minor_axis_length_um": "Minor axis µm",
+}
 
 
 def classifier_info(model: Path, family: str | None = None) -> dict[str, Any]:
@@ -150,6 +155,11 @@ def classified_features(features: list[dict], objects: pd.DataFrame, reasons: di
                     # NaN (e.g. no second axis) is written as QuPath writes it: "NaN"
                     measurements[title] = measurement_value(int(value) if column == "area_px"
                                                             and math.isfinite(value) else value)
+            size = row.get("pixel_size_um")
+            if isinstance(size, (int, float)) and math.isfinite(size):
+                for column, title in QUPATH_PHYSICAL_MEASUREMENTS.items():
+                    if isinstance(row.get(column), (int, float)):
+                        measurements[title] = measurement_value(row[column])
         else:
             properties.pop("classification", None)
             reason = reasons.get(label, "not classified")
@@ -218,7 +228,7 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
             padding: int | None = None, mask_background: bool = False, min_area: int = 0,
             exclude_border: bool = False, batch_size: int = 64, device: str | None = None,
             review_below: float | None = None, family: str | None = None,
-            overwrite: bool = False) -> AnalyzeResult:
+            pixel_size: float | str | None = None, overwrite: bool = False) -> AnalyzeResult:
     """Segment, measure and classify every organoid of an image file or a folder of images.
 
     segmentation_model: folder of ``train-segmentation``; or None with ``masks``: a folder of
@@ -230,6 +240,8 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
     automatic tiles / the model's tuned thresholds). padding, mask_background, min_area,
     exclude_border: as in ``extract-objects`` (pixels; padding None: the padding the classifier
     was trained with, else 10). batch_size, device, review_below, family: as in ``classify``.
+    pixel_size: µm per pixel (None: each image file's own), as in ``extract-objects``: µm / µm²
+    columns in objects.csv and µm measurements in the QuPath files where it is known.
     """
     from ..common.params import parse_pair
     from ..objects.extract import ExtractFailed, extract_objects
@@ -250,6 +262,9 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
     if (padding is not None and int(padding) < 0) or int(min_area) < 0:
         raise OptionError(f"padding and min_area must be 0 or more pixels, got {padding} and {min_area}")
     device = check_device(device)  # before any step starts
+    from ..common.pixel_size import check_pixel_size
+
+    pixel_size = check_pixel_size(pixel_size)
     if isinstance(batch_size, bool) or int(batch_size) < 1:
         raise OrgasegError(f"batch size must be a whole number >= 1, got {batch_size!r}")
     stems, image_folder = input_images(images)
@@ -280,7 +295,7 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
                  "mask_background": bool(mask_background), "min_area": int(min_area),
                  "exclude_border": bool(exclude_border), "batch_size": int(batch_size),
                  "device": device, "review_below": review_below, "family": family,
-                 "overwrite": overwrite}
+                 "pixel_size": pixel_size, "overwrite": overwrite}
     with step_run("analyze", out, arguments, overwrite=overwrite,
                   inputs=[image_folder, segmentation_model or masks]) as record:
         result = AnalyzeResult(out=out, class_names=class_names)
@@ -303,7 +318,8 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
         try:
             extracted = extract_objects(images, seg_out, obj_out, padding=padding,
                                         mask_background=mask_background, min_area=min_area,
-                                        exclude_border=exclude_border, overwrite=overwrite)
+                                        exclude_border=exclude_border, pixel_size=pixel_size,
+                                        overwrite=overwrite)
         except ExtractFailed as exc:
             extracted = exc.result
             result.failed += [f"extract-objects: {message}" for _name, message in extracted.errors]

@@ -94,6 +94,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"epochs": 40, "steps_per_epoch": 25, "early_stopping": 0, "max_minutes": None},
     "real": {"epochs": 400, "steps_per_epoch": 50, "early_stopping": 20, "max_minutes": 30.0},
 }
+#: Adam's initial learning rate when none is given (StarDist's own default)
+DEFAULT_LEARNING_RATE = 3e-4
 #: IoU thresholds whose figures go into report.json (report.csv has all of them).
 REPORT_THRESHOLDS = (0.5, 0.7, 0.9)
 
@@ -612,7 +614,7 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
                        steps_per_epoch: int | None = None, early_stopping: int | None = None,
                        max_minutes: float | None = None, batch_size: int = 4,
                        patch_size: int | tuple[int, int] | None = None, resize: float | str | None = "auto",
-                       n_rays: int = 32, grid: tuple[int, int] = (2, 2), learning_rate: float = 3e-4,
+                       n_rays: int = 32, grid: tuple[int, int] = (2, 2), learning_rate: float | None = None,
                        augment: bool = True, refine: str = "auto", pyramid: str | Sequence[float] = "auto",
                        norm_percentiles: tuple[float, float] = DEFAULT_NORM_PERCENTILES,
                        seed: int = 0, init_model: Path | None = None, scale: float | None = None,
@@ -629,7 +631,7 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
     chosen from the object sizes in the training masks, :func:`~.sizing.choose_resize`; 1: as
     given); the model's scale is the data's scale times this factor, so ``segment`` resizes new
     images the same way. n_rays: polygon rays per object; grid: output subsampling (rows, cols).
-    learning_rate: Adam's; halved when the validation loss stalls (epochs // 4 epochs, at most
+    learning_rate: Adam's (None: 3e-4); halved when the validation loss stalls (epochs // 4 epochs, at most
     10). augment: flips, rotations, scale jitter, brightness, contrast, gamma, blur, noise
     (:class:`~.augment.Augmenter`). refine: outline refinement stored in the model ("auto": the
     best of :data:`~.refine.REFINEMENTS` by validation mean F1 over IoU 0.5-0.9). pyramid:
@@ -656,6 +658,8 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
         raise OrgasegError(f"batch_size must be at least 1, got {batch_size}")
     if int(n_rays) < 3:
         raise OrgasegError(f"n_rays must be at least 3, got {n_rays}")
+    if learning_rate is None:
+        learning_rate = DEFAULT_LEARNING_RATE
     if not (math.isfinite(learning_rate) and learning_rate > 0):
         raise OrgasegError(f"learning_rate must be a positive number, got {learning_rate}")
     if scale is not None and not (math.isfinite(scale) and scale > 0):

@@ -389,7 +389,7 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
                     log.info("%.2f s per step: %d steps fit in %g minutes; the learning rate schedule "
                              "ends there", per_step, total_steps, budget["max_minutes"])
             if step >= total_steps:
-                stopped = f"{step} steps, the time limit of {budget['max_minutes']:g} min" \
+                stopped = f"the time limit of {budget['max_minutes']:g} min" \
                     if total_steps < budget["epochs"] * budget["steps_per_epoch"] else stopped
                 break
             if budget["early_stopping"] and since_best >= budget["early_stopping"]:
