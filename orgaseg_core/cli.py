@@ -418,6 +418,10 @@ def analyze_cmd(
     review_below: Optional[float] = typer.Option(None, "--review-below", min=0.0, max=1.0, help="Flag objects whose class confidence is below this for review (default: the classifier's threshold)."),
     family: Optional[str] = typer.Option(None, help=FAMILY_HELP),
     pixel_size: Optional[str] = typer.Option(None, "--pixel-size", help="Micrometres per pixel of the images (default: read from each image file; JPEG and PNG carry none). Adds µm and µm² columns and QuPath measurements."),
+    metadata: Optional[Path] = typer.Option(None, help="CSV or Excel table of the experiment's design: an 'image' column (file name) and any others (well, condition, treatment, timepoint, replicate ...). Adds them to the tables and writes conditions.csv."),
+    name_pattern: Optional[str] = typer.Option(None, "--name-pattern", help="Regular expression with named groups that reads the design from the file names, e.g. '(?P<well>[A-H]\\d{2})_(?P<condition>\\w+)'."),
+    control: Optional[str] = typer.Option(None, help="The control condition: the others are compared with it (differences with bootstrap intervals and permutation tests over wells)."),
+    seed: int = typer.Option(0, help="Random seed of the bootstrap intervals and permutation tests."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Segment (or take --masks), measure and classify every organoid in new images; QuPath files, overlays and tables."""
@@ -429,7 +433,8 @@ def analyze_cmd(
                                mask_background=mask_background, min_area=min_area,
                                exclude_border=exclude_border, batch_size=batch_size, device=device,
                                review_below=review_below, family=family, pixel_size=pixel_size,
-                               overwrite=overwrite)
+                               metadata=metadata, name_pattern=name_pattern, control=control,
+                               seed=seed, overwrite=overwrite)
     except OrgasegError as exc:
         _echo_partial_result(exc)
         raise

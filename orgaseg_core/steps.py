@@ -469,7 +469,9 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
             mask_background: bool = False, min_area: int = 0, exclude_border: bool = False,
             batch_size: int = 64, device: str | None = None,
             review_below: float | str | None = None, family: str | None = None,
-            pixel_size: float | str | None = None, overwrite: bool = False):
+            pixel_size: float | str | None = None, metadata: PathLike | None = None,
+            name_pattern: str | None = None, control: str | None = None, seed: int = 0,
+            overwrite: bool = False):
     """Segment, measure and classify every organoid of an image file or a folder of images.
 
     Runs :func:`segment` and :func:`classify` in child processes (TensorFlow and torch never
@@ -482,7 +484,14 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
     ``out/overlays/<image>.png``, ``out/objects.csv`` (one row per classified object),
     ``out/summary.csv`` (per image: objects found, classified, excluded, count and fraction
     per class) and each step's own folder. ``pixel_size``: µm per pixel (None/"auto": each image
-    file's own): µm / µm² columns and QuPath measurements where it is known. Raises
+    file's own): µm / µm² columns and QuPath measurements where it is known. ``metadata`` (a
+    CSV or Excel table with an ``image`` column and any design columns: well, condition,
+    timepoint ...) and/or ``name_pattern`` (a regular expression with named groups matched
+    against the file names) attach the experiment's design to every image and object, and
+    ``out/conditions.csv`` gets counts, class fractions with 95% intervals (Wilson, and a
+    bootstrap over wells) and sizes per condition, timepoint and well; ``control`` (a
+    condition) adds differences with bootstrap intervals and permutation tests over wells;
+    ``seed`` fixes their random numbers. Raises
     ``AnalyzeFailed`` after the others when an image cannot be analysed. Returns an
     ``AnalyzeResult``.
     """
@@ -498,7 +507,9 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
                min_area=min_area, exclude_border=exclude_border, batch_size=batch_size,
                device=parse_optional_text(device),
                review_below=_optional_float(review_below, "--review-below"),
-               family=parse_optional_text(family), pixel_size=pixel_size, overwrite=overwrite)
+               family=parse_optional_text(family), pixel_size=pixel_size, metadata=_path(metadata),
+               name_pattern=parse_optional_text(name_pattern), control=parse_optional_text(control),
+               seed=seed, overwrite=overwrite)
 
 
 def example(out: PathLike = "orgaseg-demo", *, n_images: int = 24, seed: int = 0,

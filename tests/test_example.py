@@ -131,12 +131,31 @@ def test_analyze_skips_a_broken_image_and_says_so(story, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "orgaseg_core", "analyze", "--segmentation-model",
          str(out / "models" / "segmentation"), "--classifier", str(out / "models" / "classifier"),
-         "--images", str(images), "--out", str(tmp_path / "analysis"), "--exclude-border"],
+         "--images", str(images), "--out", str(tmp_path / "analysis"), "--exclude-border",
+         "--name-pattern", r"demo_00(?P<condition>\d)", "--control", "0", "--pixel-size", "0.5"],
         capture_output=True, text=True, timeout=900)
     assert done.returncode == 1, done.stderr[-3000:]
     assert "broken.tif" in done.stderr and "could not be analysed" in done.stderr
-    summary = pd.read_csv(tmp_path / "analysis" / "summary.csv")
+    summary = pd.read_csv(tmp_path / "analysis" / "summary.csv", dtype={"condition": str})
     assert len(summary) == 2 and "broken.tif" not in set(summary["image"])
+    # the design read from the file names, in every table, and per condition in conditions.csv
+    assert list(summary["condition"]) == ["0", "1"]
+    objects = pd.read_csv(tmp_path / "analysis" / "objects.csv", dtype={"condition": str, "stem": str})
+    assert (objects["condition"] == objects["stem"].str[-1]).all()
+    np.testing.assert_allclose(objects["area_um2"], objects["area_px"] * 0.25)
+    conditions = pd.read_csv(tmp_path / "analysis" / "conditions.csv", dtype={"condition": str})
+    by = conditions.set_index("condition")
+    for row in summary.to_dict("records"):
+        assert by.loc[row["condition"], "organoids"] == row["classified"]
+        for name in CLASSES:
+            assert by.loc[row["condition"], f"count_{name}"] == row[f"count_{name}"]
+    assert by.loc["0", "size_unit"] == "µm" and np.isnan(by.loc["0", "diff_Cyst"])
+    one = by.loc["1"]
+    for name in CLASSES:
+        assert one[f"diff_{name}"] == pytest.approx(one[f"fraction_{name}"] - by.loc["0", f"fraction_{name}"], abs=1e-5)
+    record = json.loads((tmp_path / "analysis" / "run.json").read_text())
+    assert record["results"]["design"]["columns"] == ["condition"]
+    assert "broken.tif" in record["results"]["design"]["unmatched"]
     assert (tmp_path / "analysis" / "objects.csv").is_file()
     assert json.loads((tmp_path / "analysis" / "run.json").read_text())["status"] == "failed"
     assert (images / "broken.tif").read_bytes() == b"not a tiff at all"

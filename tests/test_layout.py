@@ -31,7 +31,8 @@ ALLOWED = {
     "segmentation": {"common", "qupath"},
     "objects": {"common", "qupath"},
     "classification": {"common", "qupath", "objects"},
-    "pipelines": {"common", "qupath", "data", "segmentation", "objects", "classification"},
+    "results": {"common"},
+    "pipelines": {"common", "qupath", "data", "segmentation", "objects", "classification", "results"},
 }
 TOP_LEVEL = {"__init__", "__main__", "steps", "cli", "album_support"}
 STEPS = ["demo_data", "sort_crops", "annotations_to_masks", "preprocess", "split",

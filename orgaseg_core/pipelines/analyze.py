@@ -59,6 +59,7 @@ QUPATH_DIR = "qupath"
 OVERLAYS_DIR = "overlays"
 OBJECTS_CSV = "objects.csv"
 SUMMARY_CSV = "summary.csv"
+CONDITIONS_CSV = "conditions.csv"
 # Names that look like numbers ("001") must stay text when the tables are read back.
 _TEXT_COLUMNS = {"image": str, "stem": str, "crop": str}
 
@@ -185,6 +186,8 @@ class AnalyzeResult:
     class_counts: dict[str, int] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    design_columns: list[str] = field(default_factory=list)
+    unmatched_design: list[str] = field(default_factory=list)
 
     @property
     def summary_csv(self) -> Path:
@@ -203,9 +206,15 @@ class AnalyzeResult:
             lines.append("  classes: " + ", ".join(parts))
         lines += [f"  per image: {self.out / QUPATH_DIR}/<image>.geojson (open in QuPath), "
                   f"{self.out / OVERLAYS_DIR}/<image>.png",
-                  f"  tables:    {self.summary_csv} (per image), {self.objects_csv} (per object)",
+                  f"  tables:    {self.summary_csv} (per image), {self.objects_csv} (per object)"
+                  + (f", {self.out / CONDITIONS_CSV} (per {', '.join(self.design_columns)})"
+                     if self.design_columns else ""),
                   f"  steps:     {self.out / SEGMENTATION_DIR}, {self.out / OBJECTS_DIR}, "
                   f"{self.out / CLASSIFICATION_DIR}"]
+        if self.unmatched_design:
+            lines.append(f"  {len(self.unmatched_design)} image(s) have no design (kept, empty design "
+                         f"columns): {', '.join(self.unmatched_design[:5])}"
+                         + (" ..." if len(self.unmatched_design) > 5 else ""))
         if self.failed:
             lines.append(f"  {len(self.failed)} image(s) failed and were skipped:")
             lines += [f"    {f}" for f in self.failed]
@@ -228,7 +237,9 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
             padding: int | None = None, mask_background: bool = False, min_area: int = 0,
             exclude_border: bool = False, batch_size: int = 64, device: str | None = None,
             review_below: float | None = None, family: str | None = None,
-            pixel_size: float | str | None = None, overwrite: bool = False) -> AnalyzeResult:
+            pixel_size: float | str | None = None, metadata: Path | None = None,
+            name_pattern: str | None = None, control: str | None = None, seed: int = 0,
+            overwrite: bool = False) -> AnalyzeResult:
     """Segment, measure and classify every organoid of an image file or a folder of images.
 
     segmentation_model: folder of ``train-segmentation``; or None with ``masks``: a folder of
@@ -242,6 +253,11 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
     was trained with, else 10). batch_size, device, review_below, family: as in ``classify``.
     pixel_size: µm per pixel (None: each image file's own), as in ``extract-objects``: µm / µm²
     columns in objects.csv and µm measurements in the QuPath files where it is known.
+    metadata, name_pattern: the experiment's design (:mod:`orgaseg_core.results.design`): its
+    columns are added to objects.csv and summary.csv, and ``conditions.csv`` holds counts,
+    class fractions with 95% intervals and sizes per condition (and timepoint, and well;
+    :mod:`orgaseg_core.results.statistics`), compared with the condition ``control`` when given.
+    seed: the bootstrap's and the permutation tests' random numbers.
     """
     from ..common.params import parse_pair
     from ..objects.extract import ExtractFailed, extract_objects
@@ -268,6 +284,15 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
     if isinstance(batch_size, bool) or int(batch_size) < 1:
         raise OrgasegError(f"batch size must be a whole number >= 1, got {batch_size!r}")
     stems, image_folder = input_images(images)
+    from ..common.params import check_seed
+    from ..results.conditions import check_control
+    from ..results.design import attach_design
+
+    seed = check_seed(seed)
+    design = attach_design([p.name for p in stems.values()],
+                           metadata=Path(metadata) if metadata is not None else None,
+                           name_pattern=name_pattern)
+    control = check_control(design, control)
     # Everything that can be checked is checked before the long steps start.
     if segmentation_model is not None:
         seg_info = check_segmentation_model(segmentation_model)
@@ -295,7 +320,8 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
                  "mask_background": bool(mask_background), "min_area": int(min_area),
                  "exclude_border": bool(exclude_border), "batch_size": int(batch_size),
                  "device": device, "review_below": review_below, "family": family,
-                 "pixel_size": pixel_size, "overwrite": overwrite}
+                 "pixel_size": pixel_size, "metadata": metadata, "name_pattern": name_pattern,
+                 "control": control, "seed": seed, "overwrite": overwrite}
     with step_run("analyze", out, arguments, overwrite=overwrite,
                   inputs=[image_folder, segmentation_model or masks]) as record:
         result = AnalyzeResult(out=out, class_names=class_names)
@@ -375,6 +401,22 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
         summary = summary_table(table, pd.DataFrame(per_image, columns=["image", "stem", "objects",
                                                                         "excluded", "unreadable"]),
                                 class_names)
+        if design.columns:
+            # the design beside every image and object; per condition in conditions.csv
+            from ..results.conditions import conditions_table
+
+            columns = design.table[["stem"] + design.columns]
+            table = table.merge(columns, on="stem", how="left")
+            write_csv(out / OBJECTS_CSV, table)
+            summary = summary.merge(columns, on="stem", how="left")
+            analysed = design.table[design.table["stem"].isin(summary["stem"])]
+            from ..results.design import Design
+
+            conditions = conditions_table(table, Design(table=analysed, columns=design.columns),
+                                          class_names, control=control, seed=seed)
+            write_csv(out / CONDITIONS_CSV, conditions)
+            result.design_columns, result.unmatched_design = design.columns, design.unmatched
+            log.info("wrote %s (%d rows)", out / CONDITIONS_CSV, len(conditions))
         write_csv(out / SUMMARY_CSV, summary)
         result.n_classified = int(len(table))
         result.class_counts = {c: int((table["predicted_class"] == c).sum()) for c in class_names}
@@ -382,6 +424,7 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
         record.results.update({"class_names": class_names, "images": per_image,
                                "objects": result.n_objects, "classified": result.n_classified,
                                "class_counts": result.class_counts, "failed": result.failed,
+                               "design": design.as_record(),
                                "seconds": round(result.seconds, 3)})
         log.info("wrote %s and %s (%d images, %d classified objects)", out / SUMMARY_CSV,
                  out / OBJECTS_CSV, len(per_image), result.n_classified)
