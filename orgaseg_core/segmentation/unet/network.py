@@ -12,8 +12,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-#: the network's input side must be a multiple of 2**depth (padding makes it so)
-
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(
