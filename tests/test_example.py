@@ -156,6 +156,10 @@ def test_analyze_skips_a_broken_image_and_says_so(story, tmp_path):
     record = json.loads((tmp_path / "analysis" / "run.json").read_text())
     assert record["results"]["design"]["columns"] == ["condition"]
     assert "broken.tif" in record["results"]["design"]["unmatched"]
+    # the plots, each as PNG and SVG (no wells in this design: no plate)
+    plots = {p.name for p in (tmp_path / "analysis" / "plots").iterdir()}
+    assert plots == {f"{name}.{ext}" for name in ("class_fractions", "confidence", "gallery", "sizes")
+                     for ext in ("png", "svg")}
     assert (tmp_path / "analysis" / "objects.csv").is_file()
     assert json.loads((tmp_path / "analysis" / "run.json").read_text())["status"] == "failed"
     assert (images / "broken.tif").read_bytes() == b"not a tiff at all"

@@ -60,6 +60,7 @@ OVERLAYS_DIR = "overlays"
 OBJECTS_CSV = "objects.csv"
 SUMMARY_CSV = "summary.csv"
 CONDITIONS_CSV = "conditions.csv"
+PLOTS_DIR = "plots"
 # Names that look like numbers ("001") must stay text when the tables are read back.
 _TEXT_COLUMNS = {"image": str, "stem": str, "crop": str}
 
@@ -209,6 +210,7 @@ class AnalyzeResult:
                   f"  tables:    {self.summary_csv} (per image), {self.objects_csv} (per object)"
                   + (f", {self.out / CONDITIONS_CSV} (per {', '.join(self.design_columns)})"
                      if self.design_columns else ""),
+                  f"  plots:     {self.out / PLOTS_DIR} (PNG and SVG)",
                   f"  steps:     {self.out / SEGMENTATION_DIR}, {self.out / OBJECTS_DIR}, "
                   f"{self.out / CLASSIFICATION_DIR}"]
         if self.unmatched_design:
@@ -417,7 +419,12 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
             write_csv(out / CONDITIONS_CSV, conditions)
             result.design_columns, result.unmatched_design = design.columns, design.unmatched
             log.info("wrote %s (%d rows)", out / CONDITIONS_CSV, len(conditions))
+        else:
+            conditions = None
         write_csv(out / SUMMARY_CSV, summary)
+        if len(table):
+            written = _plots(out, table, conditions, class_names, steps.get("classify", {}))
+            log.info("wrote %d plots (PNG and SVG) to %s", len(written) // 2, out / PLOTS_DIR)
         result.n_classified = int(len(table))
         result.class_counts = {c: int((table["predicted_class"] == c).sum()) for c in class_names}
         result.seconds = time.perf_counter() - start
@@ -474,6 +481,29 @@ def _masks_as_segmentation(images: Path, masks: Path, seg_out: Path, stems: dict
     log.info("took the label images of %d of %d image(s) from %s -> %s", len(segmented_stems),
              len(stems), masks, seg_out)
     return segmented_stems
+
+
+def _plots(out: Path, objects: pd.DataFrame, conditions: pd.DataFrame | None, class_names: Sequence[str],
+           classify_record: dict) -> list[Path]:
+    """``out/plots/``: confidence histogram and crop gallery always; class fractions and sizes per
+    condition, and the plate, when the design has conditions and wells."""
+    from ..results import plots
+
+    folder = out / PLOTS_DIR
+    review = (classify_record.get("results") or {}).get("review_below")
+    written = plots.plot_confidence(objects, folder / "confidence", review_below=review)
+    written += plots.plot_gallery(objects, out / OBJECTS_DIR, class_names, folder / "gallery")
+    by = None
+    if conditions is not None and len(conditions):
+        groupings = list(conditions["grouping"].unique())
+        by = next((g for g in groupings if "+" not in g and g != "well"), None)
+        if by:
+            written += plots.plot_class_fractions(conditions, class_names, folder / "class_fractions", by=by)
+        if "well" in groupings:
+            wells = plots.plot_plate(conditions[conditions["grouping"] == "well"], folder / "plate")
+            written += wells or []
+    written += plots.plot_sizes(objects, class_names, folder / "sizes", by=by)
+    return written
 
 
 def _objects_table(predictions: pd.DataFrame, seg_out: Path, class_names: Sequence[str]) -> pd.DataFrame:

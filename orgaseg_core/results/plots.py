@@ -171,15 +171,17 @@ def plot_confidence(objects: pd.DataFrame, path_stem: Path, *, review_below: flo
 def plot_gallery(objects: pd.DataFrame, crops_root: Path, class_names: Sequence[str], path_stem: Path,
                  *, per_class: int = 4) -> list[Path]:
     """Per class a row of the ``per_class`` most confident crops and a row of the least
-    confident ones (``crop`` paths relative to ``crops_root``), each titled with its confidence."""
+    confident of the others (``crop`` paths relative to ``crops_root``), each titled with its
+    confidence."""
     from ..common.images import read_image, to_grey
 
     rows = [(c, kind) for c in class_names for kind in ("most", "least")]
     figure = _figure(per_class * 1.6 + 1.5, len(rows) * 1.6 + 0.6)
     axes = figure.subplots(len(rows), per_class, squeeze=False)
     for r, (c, kind) in enumerate(rows):
-        mine = objects[objects["predicted_class"] == c].sort_values("confidence", ascending=(kind == "least"))
-        picked = mine.head(per_class)
+        mine = objects[objects["predicted_class"] == c].sort_values("confidence", ascending=False, kind="stable")
+        # the least confident are taken from those not already shown as the most confident
+        picked = mine.head(per_class) if kind == "most" else mine.iloc[per_class:].iloc[::-1].head(per_class)
         for j in range(per_class):
             ax = axes[r][j]
             ax.set_xticks([])
