@@ -96,6 +96,12 @@ def test_extract_objects_writes_micrometres_computed_by_hand(tmp_path):
     sources = {r["image"]: r["pixel_size"] for r in record["results"]["images"]}
     assert sources["known.tif"] == {"pixel_size_um": 0.5, "source": "TIFF resolution tags"}
     assert sources["unknown.png"] == {"pixel_size_um": None, "source": "none"}
+    # no image with a pixel size: the table stays in pixels (no empty µm columns)
+    (images / "known.tif").unlink()
+    steps.extract_objects(images, masks, tmp_path / "pixels")
+    columns = set(pd.read_csv(tmp_path / "pixels" / "objects.csv").columns)
+    assert "area_px" in columns and not {"pixel_size_um", "area_um2", "perimeter_um"} & columns
+    tifffile.imwrite(images / "known.tif", image, resolution=(10000 / 0.5, 10000 / 0.5), resolutionunit="CENTIMETER")
     # given for all images: wins, and the conflict with the file is recorded
     steps.extract_objects(images, masks, tmp_path / "given", pixel_size="2")
     table = pd.read_csv(tmp_path / "given" / "objects.csv").set_index("stem")

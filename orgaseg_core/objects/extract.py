@@ -327,7 +327,8 @@ def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
     skipped). Dropped objects are listed in ``skipped.csv``; see the module notes for the files
     written and how bad inputs are handled. pixel_size: µm per pixel for every image (None:
     each image file's own, :mod:`orgaseg_core.common.pixel_size`; a conflict with a file is
-    reported); objects.csv has µm and µm² columns beside the pixel ones (NaN where unknown).
+    reported); objects.csv has µm and µm² columns beside the pixel ones (NaN for an image
+    without one; left out when no image of the run has one).
     """
     images, masks, out = Path(images), Path(masks), Path(out)
     padding, min_area = int(padding), int(min_area)
@@ -393,6 +394,9 @@ def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
 
         columns = _with_class(OBJECT_TABLE_COLUMNS) if class_folders else OBJECT_TABLE_COLUMNS
         objects = _concat(kept_tables, columns)
+        if not any(c["pixel_size"]["pixel_size_um"] for c in result.per_image):
+            # no image of this run has a pixel size: the table stays in pixels, as before
+            objects = objects.drop(columns=["pixel_size_um", *PHYSICAL_COLUMNS])
         if class_folders:
             counts = objects["class"].value_counts()
             write_class_names(out / CROP_FOLDER, {c: class_folder_name(c) for c in counts.index},
