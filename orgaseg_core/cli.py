@@ -422,7 +422,11 @@ def analyze_cmd(
     name_pattern: Optional[str] = typer.Option(None, "--name-pattern", help="Regular expression with named groups that reads the design from the file names, e.g. '(?P<well>[A-H]\\d{2})_(?P<condition>\\w+)'."),
     control: Optional[str] = typer.Option(None, help="The control condition: the others are compared with it (differences with bootstrap intervals and permutation tests over wells)."),
     seed: int = typer.Option(0, help="Random seed of the bootstrap intervals and permutation tests."),
-    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
+    workers: str = typer.Option("auto", help="Dask worker processes of the local cluster (default 'auto': one per 2 CPU cores); with --scheduler, only sizes the chunks."),
+    scheduler: Optional[str] = typer.Option(None, help="Address of a running Dask scheduler (tcp://host:8786) whose workers run the chunks (they must see the same files under the same paths); default: a local cluster."),
+    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Images per task; a worker loads its models once per chunk (default: the images shared out over the workers, at most 64)."),
+    threads_per_worker: Optional[int] = typer.Option(None, "--threads-per-worker", min=1, help="Threads of each chunk's steps (default: the CPU cores shared out over the local workers)."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP + " A rerun of the same command without it resumes an interrupted analysis."),
 ) -> None:
     """Segment (or take --masks), measure and classify every organoid in new images; QuPath files, overlays and tables."""
     try:
@@ -434,7 +438,8 @@ def analyze_cmd(
                                exclude_border=exclude_border, batch_size=batch_size, device=device,
                                review_below=review_below, family=family, pixel_size=pixel_size,
                                metadata=metadata, name_pattern=name_pattern, control=control,
-                               seed=seed, overwrite=overwrite)
+                               seed=seed, workers=workers, scheduler=scheduler, chunk_size=chunk_size,
+                               threads_per_worker=threads_per_worker, overwrite=overwrite)
     except OrgasegError as exc:
         _echo_partial_result(exc)
         raise

@@ -471,7 +471,8 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
             review_below: float | str | None = None, family: str | None = None,
             pixel_size: float | str | None = None, metadata: PathLike | None = None,
             name_pattern: str | None = None, control: str | None = None, seed: int = 0,
-            overwrite: bool = False):
+            workers: int | str | None = None, scheduler: Any = None, chunk_size: int | str | None = None,
+            threads_per_worker: int | str | None = None, overwrite: bool = False):
     """Segment, measure and classify every organoid of an image file or a folder of images.
 
     Runs :func:`segment` and :func:`classify` in child processes (TensorFlow and torch never
@@ -491,7 +492,12 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
     ``out/conditions.csv`` gets counts, class fractions with 95% intervals (Wilson, and a
     bootstrap over wells) and sizes per condition, timepoint and well; ``control`` (a
     condition) adds differences with bootstrap intervals and permutation tests over wells;
-    ``seed`` fixes their random numbers. Raises
+    ``seed`` fixes their random numbers. The images run in chunks (``chunk_size`` images,
+    default: shared out over the workers, at most 64) on Dask workers: a local cluster of
+    ``workers`` processes (default one per 2 cores) or the workers of ``scheduler`` (an address
+    ``tcp://host:8786``, a ``distributed.Client`` or a cluster object such as dask-jobqueue's
+    ``SLURMCluster``); ``threads_per_worker`` sets the threads of each chunk's steps. The same
+    call into the same ``out`` after a crash or an interrupt resumes the run. Raises
     ``AnalyzeFailed`` after the others when an image cannot be analysed. Returns an
     ``AnalyzeResult``.
     """
@@ -509,7 +515,10 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
                review_below=_optional_float(review_below, "--review-below"),
                family=parse_optional_text(family), pixel_size=pixel_size, metadata=_path(metadata),
                name_pattern=parse_optional_text(name_pattern), control=parse_optional_text(control),
-               seed=seed, overwrite=overwrite)
+               seed=seed, workers=workers, scheduler=parse_optional_text(scheduler) if isinstance(scheduler, str)
+               else scheduler, chunk_size=parse_optional_int(chunk_size, what="--chunk-size"),
+               threads_per_worker=parse_optional_int(threads_per_worker, what="--threads-per-worker"),
+               overwrite=overwrite)
 
 
 def example(out: PathLike = "orgaseg-demo", *, n_images: int = 24, seed: int = 0,

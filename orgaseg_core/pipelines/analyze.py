@@ -1,32 +1,39 @@
 """``analyze``: new images in, every organoid outlined, measured and classified out.
 
-The whole inference pipeline for an image file or a folder of images, with a StarDist model of
-``train-segmentation`` and a classifier of ``train-classifier``:
+The whole inference pipeline for an image file or a folder of images, with a segmentation model
+of ``train-segmentation`` (or label images of another tool, ``--masks``) and a classifier of
+``train-classifier``. The images are cut into chunks that run on Dask workers (:mod:`.cluster`:
+a local cluster by default, or an existing scheduler); each chunk (:mod:`.chunks`) runs
 
-1. ``segment`` in its own process (TensorFlow) -> ``out/segmentation/``
-2. ``extract-objects`` in this process (numpy only) -> ``out/objects/`` (crops, measurements)
-3. ``classify`` in its own process (torch) -> ``out/classification/predictions.csv``
-4. results, in this process:
+1. ``segment`` in its own process (TensorFlow; the model loaded once per chunk)
+2. ``extract-objects`` in the worker (numpy only): crops and measurements
+3. ``classify`` in its own process (torch)
 
-   - ``out/qupath/<stem>.geojson``: every detection of the image with its class (name and
-     colour), the class confidence, the probability of every class, the segmentation
-     probability and the shape measurements; drag it onto the image in QuPath. Objects that
-     were not classified (dropped by ``--min-area`` / ``--exclude-border``, unreadable crop)
-     stay in the file as detections without a class, named with the reason.
-   - ``out/overlays/<stem>.png``: outlines coloured by class over the image, with a legend of
-     the classes and their counts.
-   - ``out/objects.csv``: one row per classified object: image, stem, label, predicted class,
-     confidence, class probabilities, segmentation probability, measurements, crop.
-   - ``out/summary.csv``: one row per image: objects found, classified, excluded, and per class
-     the count and the fraction of the classified objects.
-   - ``out/run.json``: arguments, versions, per-image figures and every sub-step's run.
+and publishes each image as it is done, with a completion record (:mod:`.progress`), so a rerun
+of the same command resumes. When every chunk has ended, this process merges:
+
+- ``out/qupath/<stem>.geojson``: every detection of the image with its class (name and
+  colour), the class confidence, the probability of every class, the segmentation
+  probability and the shape measurements; drag it onto the image in QuPath. Objects that
+  were not classified (dropped by ``--min-area`` / ``--exclude-border``, unreadable crop)
+  stay in the file as detections without a class, named with the reason. (Written per image.)
+- ``out/overlays/<stem>.png``: outlines coloured by class over the image, with a legend of
+  the classes and their counts. (Written per image.)
+- ``out/segmentation/``, ``out/objects/`` (crops, objects.csv, skipped.csv),
+  ``out/classification/predictions.csv``: the steps' outputs of all chunks.
+- ``out/objects.csv``: one row per classified object: image, stem, label, predicted class,
+  confidence, class probabilities, segmentation probability, measurements, crop.
+- ``out/summary.csv``: one row per image: objects found, classified, excluded, and per class
+  the count and the fraction of the classified objects.
+- ``out/conditions.csv`` and ``out/plots/`` (see :mod:`orgaseg_core.results`).
+- ``out/run.json``: arguments, versions, per-image figures, every chunk and its steps' runs.
 
 TensorFlow and torch crash when loaded into one process, so both run in child processes
-(``python -m orgaseg_core <step>`` with this Python); this process imports neither. The
-classifier checkpoint is checked first (``classifier-info``, a short torch process), so a wrong
-file fails before the long segmentation. A file that cannot be segmented or cut out is reported
-and skipped; the others are still analysed, and the step then ends with an error listing them
-(exit status 1).
+(``python -m orgaseg_core <step>`` with the worker's Python); neither this process nor a worker
+imports them. The classifier checkpoint is checked first (``classifier-info``, a short torch
+process), so a wrong file fails before the long segmentation. A file that cannot be segmented or
+cut out is reported and skipped; the others are still analysed, and the step then ends with an
+error listing them (exit status 1).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import subprocess
 import time
 from collections import Counter
@@ -42,21 +50,20 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
-from tqdm import tqdm
 
 from ..common.errors import InputFileError, OptionError, OrgasegError, OutputError
-from ..common.images import image_stem, input_images, read_image, read_labels
+from ..common.images import input_images
 from ..common.outputs import step_run, write_csv
 from ..common.params import check_device
-from .processes import StepProcessError, orgaseg_command, run_step_process
+from .chunks import (CHUNKS_DIR, CLASSIFICATION_DIR, OBJECTS_DIR, SEGMENTATION_DIR, ChunkSpec, new_token,
+                     rows_table, run_chunk)
+from .image_results import (OVERLAYS_DIR, QUPATH_DIR, QUPATH_MEASUREMENTS,  # noqa: F401 (public names of 0.7)
+                            QUPATH_PHYSICAL_MEASUREMENTS, classified_features, objects_table)
+from .processes import orgaseg_command
+from .progress import PROGRESS_DIR
 
 log = logging.getLogger(__name__)
 
-SEGMENTATION_DIR = "segmentation"
-OBJECTS_DIR = "objects"
-CLASSIFICATION_DIR = "classification"
-QUPATH_DIR = "qupath"
-OVERLAYS_DIR = "overlays"
 OBJECTS_CSV = "objects.csv"
 SUMMARY_CSV = "summary.csv"
 CONDITIONS_CSV = "conditions.csv"
@@ -64,20 +71,6 @@ PLOTS_DIR = "plots"
 # Names that look like numbers ("001") must stay text when the tables are read back.
 _TEXT_COLUMNS = {"image": str, "stem": str, "crop": str}
 
-#: objects.csv measurement columns -> QuPath measurement names (units: pixels, radians).
-QUPATH_MEASUREMENTS = {
-    "area_px": "Area px", "perimeter": "Perimeter px", "equivalent_diameter": "Equivalent diameter px",
-    "circularity": "Circularity", "eccentricity": "Eccentricity", "solidity": "Solidity",
-    "major_axis_length": "Major axis px", "minor_axis_length": "Minor axis px",
-    "orientation": "Orientation rad", "mean_intensity": "Mean intensity",
-    "std_intensity": "Std intensity",
-}
-#: physical-unit columns -> QuPath measurement names (QuPath's own spelling: "Area µm^2"),
-#: written only where the pixel size is known
-QUPATH_PHYSICAL_MEASUREMENTS = {
-    "area_um2": "Area µm^2", "perimeter_um": "Perimeter µm", "equivalent_diameter_um": "Equivalent diameter µm",
-    "major_axis_length_um": "Major axis µm", "minor_axis_length_um": "Minor axis µm",
-}
 
 
 def classifier_info(model: Path, family: str | None = None) -> dict[str, Any]:
@@ -122,55 +115,6 @@ def summary_table(objects: pd.DataFrame, per_image: pd.DataFrame, class_names: S
                + [f"count_{c}" for c in class_names] + [f"fraction_{c}" for c in class_names]
                + ["mean_confidence", "needs_review"])
     return pd.DataFrame(rows, columns=columns)
-
-
-def classified_features(features: list[dict], objects: pd.DataFrame, reasons: dict[int, str],
-                        class_names: Sequence[str]) -> list[dict]:
-    """The detections of one image (from ``segment``) with their classes and measurements.
-
-    features: the image's GeoJSON features, each with ``measurements.Label``. objects: the
-    image's rows of objects.csv. reasons: label -> why the object has no class. Returns new
-    feature dicts (the inputs are not changed); geometry and ids are kept, so the file lines up
-    with ``segmentation/<stem>.geojson``.
-    """
-    from ..common.classes import class_colour
-    from ..qupath.geojson import measurement_value
-
-    by_label = {int(r["label"]): r for r in objects.to_dict("records")}
-    out = []
-    for feature in features:
-        properties = dict(feature.get("properties") or {})
-        measurements = dict(properties.get("measurements") or {})
-        label = int(measurements.get("Label", -1))
-        row = by_label.get(label)
-        if row is not None:
-            name = str(row["predicted_class"])
-            properties["classification"] = {"name": name, "color": list(class_colour(name))}
-            measurements["Class confidence"] = measurement_value(row["confidence"])
-            if "needs_review" in row:
-                measurements["Needs review"] = int(str(row["needs_review"]) in ("True", "true", "1"))
-            for c in class_names:
-                measurements[f"Probability {c}"] = measurement_value(row[f"prob_{c}"])
-            for column, title in QUPATH_MEASUREMENTS.items():
-                value = row.get(column)
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    # NaN (e.g. no second axis) is written as QuPath writes it: "NaN"
-                    measurements[title] = measurement_value(int(value) if column == "area_px"
-                                                            and math.isfinite(value) else value)
-            size = row.get("pixel_size_um")
-            if isinstance(size, (int, float)) and math.isfinite(size):
-                for column, title in QUPATH_PHYSICAL_MEASUREMENTS.items():
-                    if isinstance(row.get(column), (int, float)):
-                        measurements[title] = measurement_value(row[column])
-        else:
-            properties.pop("classification", None)
-            reason = reasons.get(label, "not classified")
-            properties["name"] = f"{properties.get('name', f'object {label}')} ({reason})"
-        if "Probability" in measurements:  # segment's name for the StarDist object probability
-            measurements["Segmentation probability"] = measurements.pop("Probability")
-        properties["measurements"] = measurements
-        out.append({**feature, "properties": properties})
-    return out
 
 
 # ----------------------------------------------------------------------------- the step
@@ -241,7 +185,8 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
             review_below: float | None = None, family: str | None = None,
             pixel_size: float | str | None = None, metadata: Path | None = None,
             name_pattern: str | None = None, control: str | None = None, seed: int = 0,
-            overwrite: bool = False) -> AnalyzeResult:
+            workers: int | str | None = None, scheduler: Any = None, chunk_size: int | None = None,
+            threads_per_worker: int | None = None, overwrite: bool = False) -> AnalyzeResult:
     """Segment, measure and classify every organoid of an image file or a folder of images.
 
     segmentation_model: folder of ``train-segmentation``; or None with ``masks``: a folder of
@@ -260,12 +205,25 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
     class fractions with 95% intervals and sizes per condition (and timepoint, and well;
     :mod:`orgaseg_core.results.statistics`), compared with the condition ``control`` when given.
     seed: the bootstrap's and the permutation tests' random numbers.
+    workers, scheduler, chunk_size, threads_per_worker: where the images run
+    (:mod:`.cluster`): chunks of ``chunk_size`` images (default: the images shared out over the
+    workers, at most 64 a chunk) on a local Dask cluster of ``workers`` processes (default one
+    per 2 cores), or on the workers of ``scheduler`` (an address such as ``tcp://host:8786``, or
+    a ``distributed.Client`` / cluster object); each step of a chunk gets
+    ``threads_per_worker`` threads (default: the cores shared out over the local workers).
+    Rerunning the same call into the same ``out`` after a crash or an interrupt resumes it
+    (:mod:`.progress`); ``overwrite`` starts over.
     """
     from ..common.params import parse_pair
-    from ..objects.extract import ExtractFailed, extract_objects
     from ..segmentation.model import check_segmentation_model, is_region_model
 
+    from .cluster import check_workers, dask_client, local_workers, run_tasks, threads_for
+    from .progress import completed, fingerprint, resumable, write_plan
+
     start = time.perf_counter()
+    workers = check_workers(workers)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
+        raise OptionError(f"--chunk-size must be a whole number >= 1, got {chunk_size!r}")
     if (segmentation_model is None) == (masks is None):
         raise OrgasegError("give either a segmentation model (--segmentation-model) or label images "
                            "from another tool (--masks), not " + ("both" if masks else "neither"))
@@ -323,129 +281,88 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
                  "exclude_border": bool(exclude_border), "batch_size": int(batch_size),
                  "device": device, "review_below": review_below, "family": family,
                  "pixel_size": pixel_size, "metadata": metadata, "name_pattern": name_pattern,
-                 "control": control, "seed": seed, "overwrite": overwrite}
-    with step_run("analyze", out, arguments, overwrite=overwrite,
+                 "control": control, "seed": seed, "workers": workers,
+                 "scheduler": scheduler if scheduler is None or isinstance(scheduler, str) else repr(scheduler),
+                 "chunk_size": chunk_size, "threads_per_worker": threads_per_worker, "overwrite": overwrite}
+    print_ = fingerprint(arguments)
+    # The same command into the folder of an unfinished run resumes it (checked before the lock,
+    # which a live run still holds and a dead one left stale).
+    resuming = not overwrite and resumable(out, arguments)
+    with step_run("analyze", out, arguments, overwrite=overwrite or resuming,
                   inputs=[image_folder, segmentation_model or masks]) as record:
         result = AnalyzeResult(out=out, class_names=class_names)
-        steps: dict[str, Any] = {}
-        record.results["steps"] = steps
+        if overwrite:  # a fresh start: no record of an earlier run may count
+            for folder in (PROGRESS_DIR, CHUNKS_DIR):
+                shutil.rmtree(out / folder, ignore_errors=True)
+        write_plan(out, arguments)
+        done = completed(out, stems, print_)
+        todo = [stem for stem in stems if stem not in done]
+        n_done_before = len(done)
+        if resuming:
+            log.info("resuming the unfinished analysis in %s: %d of %d image(s) already done, %d to do",
+                     out, len(done), len(stems), len(todo))
 
-        # 1. segmentation (TensorFlow, own process), or the label images of another tool
-        seg_out = out / SEGMENTATION_DIR
+        settings = {"segmentation_model": str(segmentation_model.resolve()) if segmentation_model else None,
+                    "classifier": str(classifier.resolve()), "class_names": class_names,
+                    "fingerprint": print_,
+                    "segment_options": _segment_options(n_tiles, prob_thresh, nms_thresh, image_scale,
+                                                        preprocessing),
+                    "extract": {"padding": padding, "mask_background": mask_background,
+                                "min_area": min_area, "exclude_border": exclude_border,
+                                "pixel_size": pixel_size},
+                    "classify_options": _classify_options(batch_size, device, review_below, family)}
+        mask_files: dict[str, Path] = {}
         if masks is not None:
-            segmented_stems = _masks_as_segmentation(images, masks, seg_out, stems, steps, result,
-                                                     overwrite=overwrite)
-        else:
-            segmented_stems = _segment(segmentation_model, images, seg_out, stems, steps, result,
-                                       n_tiles=n_tiles, prob_thresh=prob_thresh, nms_thresh=nms_thresh,
-                                       image_scale=image_scale, preprocessing=preprocessing,
-                                       overwrite=overwrite)
+            from ..common.images import index_by_stem, list_images
 
-        # 2. crops and measurements (numpy, this process)
-        obj_out = out / OBJECTS_DIR
-        try:
-            extracted = extract_objects(images, seg_out, obj_out, padding=padding,
-                                        mask_background=mask_background, min_area=min_area,
-                                        exclude_border=exclude_border, pixel_size=pixel_size,
-                                        overwrite=overwrite)
-        except ExtractFailed as exc:
-            extracted = exc.result
-            result.failed += [f"extract-objects: {message}" for _name, message in extracted.errors]
-            segmented_stems -= {image_stem(name) for name, _ in extracted.errors}
-        steps["extract-objects"] = json.loads((obj_out / "run.json").read_text())
-        objects = pd.read_csv(obj_out / "objects.csv", dtype=_TEXT_COLUMNS)
-        skipped = pd.read_csv(obj_out / "skipped.csv", dtype=_TEXT_COLUMNS)
-
-        # 3. classification (torch, own process)
-        cls_out = out / CLASSIFICATION_DIR
-        unreadable: dict[tuple[str, int], str] = {}
-        if len(objects):
-            options = ["--model", classifier, "--objects", obj_out, "--out", cls_out,
-                       "--batch-size", int(batch_size)]
-            if device:
-                options += ["--device", device]
-            if review_below is not None:
-                options += ["--review-below", float(review_below)]
-            if family:
-                options += ["--family", family]
-            if overwrite:
-                options.append("--overwrite")
-            cls = run_step_process("classify", options, out=cls_out)
-            steps["classify"] = cls.record
-            if cls.returncode != 0:
-                raise StepProcessError(f"classify failed (exit status {cls.returncode}): {cls.message}")
-            predictions = pd.read_csv(cls_out / "predictions.csv", dtype=_TEXT_COLUMNS)
-            if (cls_out / "unreadable.csv").is_file():
-                crop_index = objects.set_index("crop")[["stem", "label"]]
-                for crop, error in pd.read_csv(cls_out / "unreadable.csv").itertuples(index=False):
-                    stem, label = crop_index.loc[crop]
-                    unreadable[(str(stem), int(label))] = "crop unreadable"
-        else:
-            log.warning("no objects to classify: nothing found in the images, or all excluded")
-            predictions = pd.DataFrame(columns=["image", "stem", "label", "crop", "predicted_class",
-                                                "confidence"] + [f"prob_{c}" for c in class_names])
-
-        # 4. per-image results
-        table = _objects_table(predictions, seg_out, class_names)
-        write_csv(out / OBJECTS_CSV, table)
-        per_image = []
-        for stem in tqdm(sorted(segmented_stems), desc="analyze: results", unit="image", disable=None):
-            path = stems[stem]
-            reasons = {int(r.label): str(r.reason) for r in skipped[skipped["stem"] == stem].itertuples()}
-            reasons.update({label: why for (s, label), why in unreadable.items() if s == stem})
-            mine = table[table["stem"] == stem]
-            n_objects = _write_image_results(path, stem, seg_out, out, mine, reasons, class_names)
-            per_image.append({"image": path.name, "stem": stem, "objects": n_objects,
-                              "excluded": sum(1 for r in reasons.values() if r != "crop unreadable"),
-                              "unreadable": sum(1 for r in reasons.values() if r == "crop unreadable")})
-            result.images.append(path.name)
-            result.n_objects += n_objects
-        summary = summary_table(table, pd.DataFrame(per_image, columns=["image", "stem", "objects",
-                                                                        "excluded", "unreadable"]),
-                                class_names)
-        if design.columns:
-            # the design beside every image and object; per condition in conditions.csv
-            from ..results.conditions import conditions_table
-
-            columns = design.table[["stem"] + design.columns]
-            table = table.merge(columns, on="stem", how="left")
-            write_csv(out / OBJECTS_CSV, table)
-            summary = summary.merge(columns, on="stem", how="left")
-            analysed = design.table[design.table["stem"].isin(summary["stem"])]
-            from ..results.design import Design
-
-            conditions = conditions_table(table, Design(table=analysed, columns=design.columns),
-                                          class_names, control=control, seed=seed)
-            write_csv(out / CONDITIONS_CSV, conditions)
-            result.design_columns, result.unmatched_design = design.columns, design.unmatched
-            log.info("wrote %s (%d rows)", out / CONDITIONS_CSV, len(conditions))
-        else:
-            conditions = None
-        write_csv(out / SUMMARY_CSV, summary)
-        if len(table):
-            written = _plots(out, table, conditions, class_names, steps.get("classify", {}))
-            log.info("wrote %d plots (PNG and SVG) to %s", len(written) // 2, out / PLOTS_DIR)
-        result.n_classified = int(len(table))
-        result.class_counts = {c: int((table["predicted_class"] == c).sum()) for c in class_names}
+            mask_files = index_by_stem(list_images(masks, what="label images"), what="label images")
+            for stem in [t for t in todo if t not in mask_files]:
+                result.failed.append(f"masks: {stems[stem]}: no label image {stem}.tif (or .tiff, .png) "
+                                     f"in {masks}")
+                log.error("skipped %s", result.failed[-1])
+            todo = [t for t in todo if t in mask_files]
+        chunk_runs: list[dict[str, Any]] = []
+        record.results["chunks"] = chunk_runs
+        if todo:
+            n_workers = local_workers(workers, len(todo)) if scheduler is None else (workers or 1)
+            size = int(chunk_size) if chunk_size else min(64, math.ceil(len(todo) / n_workers))
+            threads = threads_for(n_workers, threads_per_worker) if scheduler is None else threads_per_worker
+            specs = [ChunkSpec(index=i, token=new_token(), out=str(out.resolve()), settings=settings,
+                               images=tuple(str(stems[t].resolve()) for t in part),
+                               masks=tuple(str(mask_files[t].resolve()) for t in part) if masks else (),
+                               threads=threads)
+                     for i, part in enumerate(todo[k:k + size] for k in range(0, len(todo), size))]
+            with dask_client(workers=n_workers, scheduler=scheduler) as (client, where):
+                log.info("analysing %d image(s) in %d chunk(s) of up to %d on %s%s", len(todo), len(specs),
+                         size, where, f", {threads} thread(s) per step" if threads else "")
+                for spec, outcome, error in run_tasks(client, run_chunk, specs,
+                                                      [len(p.images) for p in specs], desc="analyze"):
+                    if error is not None:
+                        message = str(error).strip() or type(error).__name__
+                        result.failed += [f"{path}: {message}" for path in spec.images]
+                        log.error("chunk %d (%d images) failed: %s", spec.index, len(spec.images), message)
+                        chunk_runs.append({"chunk": spec.index, "images": len(spec.images), "error": message})
+                        continue
+                    result.failed += outcome.failed
+                    chunk_runs.append({"chunk": spec.index, "host": outcome.host, "images": len(spec.images),
+                                       "published": len(outcome.published),
+                                       "seconds": {k: round(v, 3) for k, v in outcome.seconds.items()},
+                                       "steps": outcome.steps})
+                    log.debug("chunk %d: %d image(s) published", spec.index, len(outcome.published))
+            shutil.rmtree(out / CHUNKS_DIR, ignore_errors=True)  # attempts of lost workers
+        done = completed(out, stems, print_)
+        record.results["steps"] = _step_records(chunk_runs)
+        record.results["resumed_with_done"] = n_done_before if resuming else None
+        _merge(out, stems, done, design, class_names, control, seed, review_below, result, record)
         result.seconds = time.perf_counter() - start
-        record.results.update({"class_names": class_names, "images": per_image,
-                               "objects": result.n_objects, "classified": result.n_classified,
-                               "class_counts": result.class_counts, "failed": result.failed,
-                               "design": design.as_record(),
-                               "seconds": round(result.seconds, 3)})
-        log.info("wrote %s and %s (%d images, %d classified objects)", out / SUMMARY_CSV,
-                 out / OBJECTS_CSV, len(per_image), result.n_classified)
+        record.results["seconds"] = round(result.seconds, 3)
         if result.failed:
             raise AnalyzeFailed(result)
     return result
 
 
-def _segment(model: Path, images: Path, seg_out: Path, stems: dict[str, Path], steps: dict,
-             result: AnalyzeResult, *, n_tiles, prob_thresh, nms_thresh, image_scale: float,
-             preprocessing: bool, overwrite: bool) -> set[str]:
-    """``segment`` in its own process (TensorFlow); returns the stems it segmented."""
-    options: list[Any] = ["--model", model, "--images", images, "--out", seg_out,
-                          "--image-scale", float(image_scale),
+def _segment_options(n_tiles, prob_thresh, nms_thresh, image_scale: float, preprocessing: bool) -> list:
+    options: list[Any] = ["--image-scale", float(image_scale),
                           "--preprocessing" if preprocessing else "--no-preprocessing"]
     if n_tiles:
         options += ["--n-tiles", f"{n_tiles[0]}x{n_tiles[1]}"]
@@ -453,44 +370,87 @@ def _segment(model: Path, images: Path, seg_out: Path, stems: dict[str, Path], s
         options += ["--prob-thresh", prob_thresh]
     if nms_thresh is not None:
         options += ["--nms-thresh", nms_thresh]
-    if overwrite:
-        options.append("--overwrite")
-    seg = run_step_process("segment", options, out=seg_out)
-    steps["segment"] = seg.record
-    segmented = (seg.record.get("results") or {}).get("images") or {}
-    if seg.returncode != 0:
-        failed = (seg.record.get("results") or {}).get("failed")
-        if not segmented or failed is None:
-            raise StepProcessError(f"segment failed (exit status {seg.returncode}): {seg.message}")
-        result.failed += [f"segment: {f}" for f in failed]
-    segmented_stems = {s for s, p in stems.items() if p.name in segmented}
-    log.info("segmented %d of %d image(s) -> %s", len(segmented_stems), len(stems), seg_out)
-    return segmented_stems
+    return options
 
 
-def _masks_as_segmentation(images: Path, masks: Path, seg_out: Path, stems: dict[str, Path],
-                           steps: dict, result: AnalyzeResult, *, overwrite: bool) -> set[str]:
-    """The label images of another tool in the place of ``segment``'s output (this process, no
-    TensorFlow); returns the stems that have one."""
-    from ..segmentation.external import segmentation_from_masks
+def _classify_options(batch_size: int, device, review_below, family) -> list:
+    options: list[Any] = ["--batch-size", int(batch_size)]
+    if device:
+        options += ["--device", device]
+    if review_below is not None:
+        options += ["--review-below", float(review_below)]
+    if family:
+        options += ["--family", family]
+    return options
 
-    imported = segmentation_from_masks(images, masks, seg_out, overwrite=overwrite)
-    steps["masks"] = json.loads((seg_out / "run.json").read_text())
-    result.failed += [f"masks: {f}" for f in imported.failed]
-    segmented_stems = {s for s, p in stems.items() if p.name in imported.objects}
-    log.info("took the label images of %d of %d image(s) from %s -> %s", len(segmented_stems),
-             len(stems), masks, seg_out)
-    return segmented_stems
+
+def _step_records(chunk_runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Each step's run records, one per chunk of this run."""
+    steps: dict[str, list[dict[str, Any]]] = {}
+    for run in chunk_runs:
+        for step, rec in (run.get("steps") or {}).items():
+            steps.setdefault(step, []).append(rec)
+    return steps
+
+
+def _merge(out: Path, stems: dict[str, Path], done: dict[str, dict], design, class_names: list[str],
+           control, seed: int, review_below, result: AnalyzeResult, record) -> None:
+    """The tables of every finished image (from the completion records, in stem order): the
+    steps' merged tables, objects.csv, summary.csv, conditions.csv and the plots."""
+    parts = {key: [rows_table(done[s][key]) for s in sorted(done)]
+             for key in ("objects", "measurements", "skipped", "predictions")}
+
+    def joined(key: str, columns: Sequence[str] = ()) -> pd.DataFrame:
+        frames = [f for f in parts[key] if len(f.columns)]
+        return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(columns)))
+
+    table = joined("objects", ["image", "stem", "label", "predicted_class", "confidence"]
+                   + [f"prob_{c}" for c in class_names])
+    write_csv(out / OBJECTS_DIR / "objects.csv", joined("measurements", ["image", "stem", "label", "crop"]))
+    write_csv(out / OBJECTS_DIR / "skipped.csv", joined("skipped", ["image", "stem", "label", "reason"]))
+    write_csv(out / CLASSIFICATION_DIR / "predictions.csv", joined("predictions", ["image", "stem", "label"]))
+    per_image = [done[s]["row"] for s in sorted(done)]
+    result.images = [row["image"] for row in per_image]
+    result.n_objects = int(sum(row["objects"] for row in per_image))
+    summary = summary_table(table, pd.DataFrame(per_image, columns=["image", "stem", "objects", "excluded",
+                                                                    "unreadable"]), class_names)
+    conditions = None
+    if design.columns:
+        # the design beside every image and object; per condition in conditions.csv
+        from ..results.conditions import conditions_table
+        from ..results.design import Design
+
+        columns = design.table[["stem"] + design.columns]
+        table = table.merge(columns, on="stem", how="left")
+        summary = summary.merge(columns, on="stem", how="left")
+        analysed = design.table[design.table["stem"].isin(summary["stem"])]
+        conditions = conditions_table(table, Design(table=analysed, columns=design.columns),
+                                      class_names, control=control, seed=seed)
+        write_csv(out / CONDITIONS_CSV, conditions)
+        result.design_columns, result.unmatched_design = design.columns, design.unmatched
+        log.info("wrote %s (%d rows)", out / CONDITIONS_CSV, len(conditions))
+    write_csv(out / OBJECTS_CSV, table)
+    write_csv(out / SUMMARY_CSV, summary)
+    if len(table):
+        written = _plots(out, table, conditions, class_names, review_below)
+        log.info("wrote %d plots (PNG and SVG) to %s", len(written) // 2, out / PLOTS_DIR)
+    result.n_classified = int(len(table))
+    result.class_counts = {c: int((table["predicted_class"] == c).sum()) for c in class_names}
+    record.results.update({"class_names": class_names, "images": per_image,
+                           "objects": result.n_objects, "classified": result.n_classified,
+                           "class_counts": result.class_counts, "failed": result.failed,
+                           "design": design.as_record()})
+    log.info("wrote %s and %s (%d images, %d classified objects)", out / SUMMARY_CSV,
+             out / OBJECTS_CSV, len(per_image), result.n_classified)
 
 
 def _plots(out: Path, objects: pd.DataFrame, conditions: pd.DataFrame | None, class_names: Sequence[str],
-           classify_record: dict) -> list[Path]:
+           review: float | None) -> list[Path]:
     """``out/plots/``: confidence histogram and crop gallery always; class fractions and sizes per
     condition, and the plate, when the design has conditions and wells."""
     from ..results import plots
 
     folder = out / PLOTS_DIR
-    review = (classify_record.get("results") or {}).get("review_below")
     written = plots.plot_confidence(objects, folder / "confidence", review_below=review)
     written += plots.plot_gallery(objects, out / OBJECTS_DIR, class_names, folder / "gallery")
     by = None
@@ -506,39 +466,7 @@ def _plots(out: Path, objects: pd.DataFrame, conditions: pd.DataFrame | None, cl
     return written
 
 
-def _objects_table(predictions: pd.DataFrame, seg_out: Path, class_names: Sequence[str]) -> pd.DataFrame:
-    """predictions.csv joined with segment's object probability, in a reading order."""
-    seg_tables = []
-    for path in sorted(seg_out.glob("*_objects.csv")):
-        t = pd.read_csv(path, usecols=["label", "probability"])
-        t.insert(0, "stem", path.name[: -len("_objects.csv")])
-        seg_tables.append(t)
-    seg = (pd.concat(seg_tables, ignore_index=True) if seg_tables
-           else pd.DataFrame(columns=["stem", "label", "probability"]))
-    seg = seg.rename(columns={"probability": "segmentation_probability"})
-    table = predictions.merge(seg, on=["stem", "label"], how="left", validate="one_to_one")
-    first = ["image", "stem", "label", "predicted_class", "confidence"]
-    first += ["needs_review"] if "needs_review" in table.columns else []
-    first += [f"prob_{c}" for c in class_names] + ["segmentation_probability"]
-    rest = [c for c in table.columns if c not in first and c != "crop"]
-    return table[first + rest + ["crop"]]
 
 
-def _write_image_results(path: Path, stem: str, seg_out: Path, out: Path, objects: pd.DataFrame,
-                         reasons: dict[int, str], class_names: Sequence[str]) -> int:
-    """qupath/<stem>.geojson and overlays/<stem>.png of one image; returns its object count."""
-    from ..common.overlays import class_overlay, save_png
-    from ..qupath.geojson import load_features, write_feature_collection
-
-    labels = read_labels(seg_out / f"{stem}.tif")
-    features = load_features(seg_out / f"{stem}.geojson")
-    geojson = out / QUPATH_DIR / f"{stem}.geojson"
-    geojson.parent.mkdir(exist_ok=True)
-    write_feature_collection(geojson, classified_features(features, objects, reasons, class_names))
-    label_classes = {int(l): str(c) for l, c in zip(objects["label"], objects["predicted_class"])}
-    overlay = class_overlay(read_image(path), labels, label_classes, class_names=class_names)
-    png = out / OVERLAYS_DIR / f"{stem}.png"
-    png.parent.mkdir(exist_ok=True)
-    save_png(png, overlay)
-    log.info("%s: %d objects, %d classified -> %s, %s", path.name, len(features), len(objects), geojson, png)
-    return len(features)
+#: The old private name (tests and scripts of 0.7.0 import it).
+_objects_table = objects_table

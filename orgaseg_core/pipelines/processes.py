@@ -7,8 +7,10 @@ and logs) and its ``error: ...`` lines are kept for the parent's own error messa
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
+import os
 import shlex
 import signal
 import subprocess
@@ -51,17 +53,22 @@ def orgaseg_command(step: str, options: Sequence[Any]) -> list[str]:
     return [sys.executable, "-m", "orgaseg_core", step, *[str(o) for o in options]]
 
 
-def run_step_process(step: str, options: Sequence[Any], *, out: Path | None = None) -> StepProcess:
+def run_step_process(step: str, options: Sequence[Any], *, out: Path | None = None,
+                     env: dict[str, str] | None = None) -> StepProcess:
     """Run one orgaseg step in a child process and wait for it.
 
     The child's output is passed on as it comes (progress bars and logs stay live) and its
     error output is also kept, so its ``error: ...`` lines can be repeated in our error.
     ``out``: the step's output folder, whose ``run.json`` is read afterwards (if written).
+    ``env``: variables set for the child on top of ours (threads, log level). On Linux the
+    child gets SIGTERM when this process dies (a killed Dask worker leaves no step running on).
     """
     command = orgaseg_command(step, options)
     log.info("%s: starting its own process: %s", step, shlex.join(command))
     tail = bytearray()
-    with subprocess.Popen(command, stderr=subprocess.PIPE) as process:
+    child_env = {**os.environ, **env} if env else None
+    with subprocess.Popen(command, stderr=subprocess.PIPE, env=child_env,
+                          preexec_fn=_die_with_parent if _PRCTL is not None else None) as process:
         assert process.stderr is not None
         try:
             while chunk := process.stderr.read1(65536):
@@ -88,6 +95,25 @@ def run_step_process(step: str, options: Sequence[Any], *, out: Path | None = No
                                f"{process.returncode}); its output"
                                + (f" in {out}" if out is not None else "") + " is incomplete")
     return StepProcess(step, process.returncode, record, errors)
+
+
+def _load_prctl():
+    """libc's ``prctl`` (Linux), loaded before any fork: a ``preexec_fn`` must not import."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (``PR_SET_PDEATHSIG``)."""
+    _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 #: Exit statuses of an orgaseg step stopped by SIGINT (130) or SIGTERM (143).
