@@ -92,7 +92,7 @@ def dask_client(*, workers: int, scheduler: Any = None) -> Iterator[tuple[Any, s
         return
     address = str(scheduler).strip()
     try:
-        client = distributed.Client(address, timeout="30s")
+        client = distributed.Client(address, timeout="10s")
     except (OSError, TimeoutError) as exc:
         raise OrgasegError(f"cannot reach the Dask scheduler {address}: {exc}") from None
     with client:
