@@ -67,12 +67,14 @@ def main() -> None:
         n = args.images
         print(f"analyze of {n} images 4032x3040: {wall:.1f} s wall, {wall / n:.1f} s per image "
               f"({n_objects} objects, {record['results']['classified']} classified)")
+        # one run record per chunk and step (analyze runs its images in chunks on Dask workers)
+        totals = {step: sum((run.get("results") or {}).get("seconds") or 0 for run in runs)
+                  for step, runs in steps.items()}
         for step in ("segment", "extract-objects", "classify"):
-            seconds = (steps.get(step) or {}).get("results", {}).get("seconds")
-            if seconds is not None:
-                print(f"  {step:<16} {seconds:7.1f} s  ({seconds / n:.1f} s per image)")
-        print(f"  other            {wall - sum((steps.get(s) or {}).get('results', {}).get('seconds', 0) for s in steps):7.1f} s"
-              "  (process start-up, model loading, QuPath files, overlays, tables)")
+            if step in totals:
+                print(f"  {step:<16} {totals[step]:7.1f} s  ({totals[step] / n:.1f} s per image)")
+        print(f"  other            {wall - sum(totals.values()):7.1f} s"
+              "  (Dask, process start-up, model loading, QuPath files, overlays, tables)")
         print(f"peak resident memory of the largest process: {peak_mib:.0f} MiB")
         print(f"load average: {load:.2f} at start, {os.getloadavg()[0]:.2f} at end "
               f"({os.cpu_count()} CPUs)")

@@ -1,0 +1,149 @@
+"""Benchmark of distributed analyze: images per minute with 1 and 2 Dask workers, against the bare
+model calls on the same images in the same run.
+
+Generates ``--small`` images of 1008x760 and ``--large`` images of 4032x3040 (demo-data), then
+for each image size:
+
+1. **bare**: in one process, ``StarDist2D.predict_instances`` on every image (normalised as
+   segment does, tiles as segment chooses; loading the model and reading the images not timed),
+   and in another process (torch) the classifier network's forward pass on as many crops as
+   analyze found (at its input size, batches of 64; loading not timed). Their sum is the cost
+   of the model calls alone.
+2. ``orgaseg analyze --workers N`` for every N of ``--workers``, as a user runs it (a child
+   process, wall time from start to exit, including Dask, process start-up, model loading, crops,
+   measurements, QuPath files, overlays and tables), each step given ``--threads-per-worker``
+   threads, and the bare run given the same number.
+
+Prints per run: wall seconds, images per minute, seconds per image, the ratio to the bare model
+calls, and the speed-up of N workers over 1. The goals of issue 14: per-image cost within 1.3x of
+the bare calls at 40+ images, and 2 workers at least 1.7x the throughput of 1 where the machine
+has the cores (2 workers x ``--threads-per-worker`` cores).
+
+Usage:  python benchmarks/bench_distributed.py --example orgaseg-demo [--small 40] [--large 8]
+            [--workers 1,2] [--threads-per-worker 1] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BARE_SEGMENT = r"""
+import json, sys, time
+from pathlib import Path
+from orgaseg_core.common.images import input_images, read_image
+from orgaseg_core.segmentation.model import auto_n_tiles, load_model, normalize_image
+from orgaseg_core.segmentation.predict import preprocessed_grey
+loaded = load_model(Path(sys.argv[1]))
+stems, _ = input_images(Path(sys.argv[2]))
+inputs = [normalize_image(preprocessed_grey(read_image(p), loaded)) for p in stems.values()]
+seconds = 0.0
+for x in inputs:
+    t0 = time.perf_counter()
+    loaded.model.predict_instances(x, n_tiles=auto_n_tiles(x.shape))
+    seconds += time.perf_counter() - t0
+print(json.dumps({"seconds": seconds}))
+"""
+
+BARE_CLASSIFY = r"""
+import json, sys, time
+import torch
+from pathlib import Path
+from orgaseg_core.classification.model import load_classifier
+classifier = load_classifier(Path(sys.argv[1]))
+n = int(sys.argv[2])
+checkpoint = classifier.checkpoint
+network = checkpoint.build("cpu")
+seconds = 0.0
+with torch.no_grad():
+    for start in range(0, n, 64):
+        batch = torch.zeros(min(64, n - start), checkpoint.in_channels, checkpoint.input_size, checkpoint.input_size)
+        t0 = time.perf_counter()
+        network(batch)
+        seconds += time.perf_counter() - t0
+print(json.dumps({"seconds": seconds}))
+"""
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    t = str(threads)
+    return {**os.environ, "OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t,
+            "TF_NUM_INTRAOP_THREADS": t, "TF_NUM_INTEROP_THREADS": "1"}
+
+
+def bare(script: str, args: list, threads: int) -> float:
+    done = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
+                          env=thread_env(threads))
+    if done.returncode != 0:
+        raise SystemExit(f"bare run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def analyze(seg: Path, clf: Path, images: Path, out: Path, workers: int, threads: int) -> tuple[float, dict]:
+    command = [sys.executable, "-m", "orgaseg_core", "analyze", "--segmentation-model", seg, "--classifier", clf,
+               "--images", images, "--out", out, "--workers", workers, "--threads-per-worker", threads]
+    t0 = time.perf_counter()
+    done = subprocess.run(list(map(str, command)), capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"analyze failed with exit status {done.returncode}:\n{done.stderr[-3000:]}")
+    return wall, json.loads((out / "run.json").read_text())["results"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--example", type=Path, required=True, help="output folder of 'orgaseg example' (its models)")
+    parser.add_argument("--small", type=int, default=40, help="images of 1008x760 (0: none)")
+    parser.add_argument("--large", type=int, default=8, help="images of 4032x3040 (0: none)")
+    parser.add_argument("--workers", default="1,2", help="worker counts to run, comma separated")
+    parser.add_argument("--threads-per-worker", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=None, help="folder for the images and outputs (default: temporary)")
+    parser.add_argument("--seed", type=int, default=5)
+    args = parser.parse_args()
+    seg = args.example / "models" / "segmentation"
+    clf = args.example / "models" / "classifier"
+    workers = [int(w) for w in args.workers.split(",")]
+    threads = args.threads_per_worker
+
+    from orgaseg_core.data.demo import make_demo_data
+
+    with tempfile.TemporaryDirectory(prefix="bench-distributed-") as tmp:
+        work = args.work or Path(tmp)
+        print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {threads} thread(s) per worker "
+              f"and for the bare calls")
+        for name, n, size in (("1008x760", args.small, (760, 1008)), ("4032x3040", args.large, (3040, 4032))):
+            if n <= 0:
+                continue
+            data = work / f"data-{name}"
+            if not (data / "images").is_dir():
+                make_demo_data(data, n_images=n, seed=args.seed, size=size)
+            images = data / "images"
+            runs = {}
+            for w in workers:
+                runs[w] = analyze(seg, clf, images, work / f"analysis-{name}-{w}", w, threads)
+            n_objects = runs[workers[0]][1]["objects"]
+            bare_seg = bare(BARE_SEGMENT, [seg, images], threads)
+            bare_cls = bare(BARE_CLASSIFY, [clf, n_objects], threads)
+            bare_total = bare_seg + bare_cls
+            print(f"\n{n} images of {name}, {n_objects} objects")
+            print(f"  bare model calls: {bare_total:7.1f} s ({bare_total / n:.2f} s per image: "
+                  f"predict_instances {bare_seg:.1f} s, classifier forward {bare_cls:.1f} s)")
+            base = runs[workers[0]][0]
+            for w, (wall, results) in runs.items():
+                per_image = wall / n
+                line = (f"  analyze, {w} worker(s): {wall:7.1f} s, {60 * n / wall:6.1f} images/min, "
+                        f"{per_image:.2f} s per image = {per_image * w / (bare_total / n):.2f}x the bare calls "
+                        f"per image per worker")
+                if w != workers[0]:
+                    line += f", throughput {base / wall:.2f}x of {workers[0]} worker(s)"
+                print(line)
+
+
+if __name__ == "__main__":
+    main()
