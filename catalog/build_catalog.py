@@ -23,12 +23,21 @@ No lock file is written (conda-lock needs conda-forge); album installs the envir
 ``solution.environment.yml`` and says so. The release date in each ``CHANGELOG.md`` is the
 timestamp of the version, so a build is reproducible and ``--check`` can compare it.
 
+orgaseg-core is not on a package index: the source ``environment.yml`` pins
+``orgaseg-core[<extra>]==<version>``, and the deployed environment files of a release install it
+from the catalog's own git repository at the solution's release tag instead,
+``orgaseg-core[<extra>] @ git+<catalog URL>@<group>-<name>-<version>`` (the tag's commit holds the
+library as it was released). The URL is the one users add the catalog from: ``--repo-url``, else
+the git remote ``origin``. A TensorFlow solution also gets ``environment.gpu.yml`` beside it: the
+same environment with TensorFlow's CUDA build (the ``-gpu`` extra), for a GPU installation.
+
 Usage (from the repository root, with the project venv)::
 
     python catalog/build_catalog.py            # rebuild the index files in place
     python catalog/build_catalog.py --check    # exit 1 if the committed index is out of date
     python catalog/build_catalog.py --tags     # the git tags a release of this state needs
     python catalog/build_catalog.py --tag      # after committing: create the missing release tags
+    python catalog/build_catalog.py --tag --repo-url https://github.com/<owner>/orgaseg.git
 """
 
 from __future__ import annotations
@@ -50,6 +59,15 @@ INDEX_FILE = "album_catalog_index.db"
 SOLUTION_LIST_FILE = "album_solution_list.json"
 SOLUTIONS = "solutions"
 CATALOG_FILES = (META_FILE, INDEX_FILE, SOLUTION_LIST_FILE)
+CORE = "orgaseg-core"
+ENVIRONMENT_FILES = ("environment.yml", "solution.environment.yml")  # the deployed ones
+GPU_ENVIRONMENT_FILE = "environment.gpu.yml"
+#: extra of a CPU environment -> the same with TensorFlow's CUDA build (pyproject.toml)
+GPU_EXTRAS = {"segmentation": "segmentation-gpu", "analysis": "analysis-gpu"}
+# the orgaseg-core line of an environment file: "  - orgaseg-core[extra]==1.2.3"
+_CORE_LINE = re.compile(r"^(?P<lead>[ \t]*-[ \t]*)(?P<quote>['\"]?)orgaseg-core(?P<extras>\[[^\]]*\])?"
+                        r"[ \t]*==[ \t]*(?P<version>[^\s'\"#]+)(?P=quote)[ \t]*$", re.MULTILINE)
+_SCP_LIKE = re.compile(r"^(?P<user>[^@/:]+@)?(?P<host>[^/:]+):(?P<path>(?!//).+)$")
 
 
 class CatalogBuildError(RuntimeError):
@@ -106,7 +124,69 @@ def _release_timestamp(folder: Path, version: str) -> str:
     return f"{date}T00:00:00.000000"
 
 
-def build_catalog(root: Path = REPO, out: Path | None = None, deploy_root: Path | None = None) -> list[str]:
+def pip_git_url(repo_url: str) -> str:
+    """The catalog's git URL as pip's VCS URL (``git+<url>``), without a revision.
+
+    A local path becomes ``file://localhost/<absolute path>`` (pip before 24 refuses a ``file:``
+    URL without a host in a requirement; git reads both); an scp-like ``user@host:path`` becomes
+    ``ssh://user@host/path``; ``http(s)://``, ``ssh://``, ``git://`` and ``file://`` URLs stay.
+    """
+    url = str(repo_url).strip()
+    if url.startswith("git+"):
+        url = url[len("git+"):]
+    if re.match(r"^(https?|ssh|git|file)://", url):
+        if url.startswith("file:///"):
+            url = "file://localhost/" + url[len("file:///"):]
+        return "git+" + url.rstrip("/")
+    scp = _SCP_LIKE.match(url)
+    if scp and not re.match(r"^[A-Za-z]:[\\/]", url) and not Path(url).exists():
+        return f"git+ssh://{scp['user'] or ''}{scp['host']}/{scp['path'].lstrip('/')}"
+    path = Path(url).expanduser().resolve()
+    return "git+file://localhost" + path.as_posix()
+
+
+def release_requirement(extras: str, repo_url: str, tag: str) -> str:
+    """``orgaseg-core<extras> @ git+<url>@<tag>``: orgaseg-core from the catalog at a release tag."""
+    return f"{CORE}{extras or ''} @ {pip_git_url(repo_url)}@{tag}"
+
+
+def origin_url(root: Path = REPO) -> str | None:
+    """The URL of the git remote ``origin`` of ``root`` (None when there is none)."""
+    result = subprocess.run(["git", "-C", str(root), "remote", "get-url", "origin"],
+                            capture_output=True, text=True)
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def _release_environments(folder: Path, repo_url: str, tag: str) -> None:
+    """Point the orgaseg-core line of the deployed environment files in ``folder`` at ``tag`` of
+    the catalog repository, and write the GPU variant of a TensorFlow solution's environment."""
+    for name in ENVIRONMENT_FILES:
+        path = folder / name
+        text = path.read_text(encoding="utf-8")
+        lines = list(_CORE_LINE.finditer(text))
+        if len(lines) != 1:
+            raise CatalogBuildError(f"{path}: expected one line '- {CORE}[<extra>]==<version>', "
+                                    f"found {len(lines)}")
+        line = lines[0]
+        requirement = release_requirement(line["extras"], repo_url, tag)
+        text = text[:line.start()] + f"{line['lead']}'{requirement}'" + text[line.end():]
+        path.write_text(text, encoding="utf-8")
+        if name == "solution.environment.yml":
+            extras = (line["extras"] or "[]")[1:-1].split(",")
+            gpu = [GPU_EXTRAS.get(e.strip(), e.strip()) for e in extras if e.strip()]
+            if gpu != [e.strip() for e in extras if e.strip()]:
+                gpu_requirement = release_requirement("[" + ",".join(gpu) + "]", repo_url, tag)
+                gpu_text = text.replace(f"'{requirement}'", f"'{gpu_requirement}'")
+                gpu_text = re.sub(r"^name:[ \t]*(\S+)[ \t]*$", r"name: \1-gpu", gpu_text, count=1,
+                                  flags=re.MULTILINE)
+                (folder / GPU_ENVIRONMENT_FILE).write_text(
+                    "# GPU variant of solution.environment.yml (TensorFlow's CUDA build): copy it onto\n"
+                    "# solution.environment.yml before 'album install <this folder>' (README: GPU)\n"
+                    + gpu_text, encoding="utf-8")
+
+
+def build_catalog(root: Path = REPO, out: Path | None = None, deploy_root: Path | None = None,
+                  repo_url: str | None = None) -> list[str]:
     """Deploy every ``root/solutions/<step>/`` into the index files under ``out`` (default: root).
 
     ``out`` must hold ``album_catalog_index.json``; an existing index there is updated (other
@@ -114,7 +194,10 @@ def build_catalog(root: Path = REPO, out: Path | None = None, deploy_root: Path 
     written under ``deploy_root`` (default: a temporary folder, discarded), never into ``root``.
     album stamps every index entry with the time it was written; when nothing but those stamps
     changed, the previous index files are kept, so a build without changes changes no file.
-    Returns the coordinates ``group:name:version`` deployed.
+    With ``repo_url`` (the catalog's git URL), the deployed environment files install
+    orgaseg-core from that repository at each solution's release tag (the index does not hold
+    them, so it does not depend on the URL). Returns the coordinates ``group:name:version``
+    deployed.
     """
     out_dir = Path(out).resolve() if out else Path(root).resolve()
     previous = {}
@@ -122,7 +205,7 @@ def build_catalog(root: Path = REPO, out: Path | None = None, deploy_root: Path 
         if (out_dir / name).is_file():
             previous[name] = (out_dir / name).read_bytes()
     with tempfile.TemporaryDirectory(prefix="orgaseg-deployed-") as tmp:
-        deployed = _deploy_all(root, out_dir, Path(deploy_root) if deploy_root else Path(tmp))
+        deployed = _deploy_all(root, out_dir, Path(deploy_root) if deploy_root else Path(tmp), repo_url)
     if len(previous) == 2:
         name = catalog_meta(out_dir)["name"]
         with tempfile.TemporaryDirectory() as tmp:
@@ -152,7 +235,7 @@ def _normalised(entries: list) -> list:
     return sorted(result, key=lambda e: json.dumps(e, sort_keys=True))
 
 
-def _deploy_all(root: Path, out: Path, deploy_root: Path) -> list[str]:
+def _deploy_all(root: Path, out: Path, deploy_root: Path, repo_url: str | None = None) -> list[str]:
     from album.core.controller.deploy_manager import DeployManager
     from album.core.model.catalog import Catalog
     from album.core.utils.export.changelog import process_changelog_file
@@ -192,6 +275,9 @@ def _deploy_all(root: Path, out: Path, deploy_root: Path) -> list[str]:
                 catalog.add(solution, force_overwrite=True)
                 controller.resource_manager().write_solution_files(
                     catalog, str(deploy_root), solution, folder, no_conda_lock=True)
+                if repo_url:
+                    _release_environments(target, repo_url, "-".join(
+                        [coordinates.group(), coordinates.name(), coordinates.version()]))
                 deployed.append(str(coordinates))
         finally:
             catalog.dispose()
@@ -252,7 +338,8 @@ def _release_source(root: Path, step: str, version: str) -> str | None:
     return None
 
 
-def _release_commit(root: Path, parent: str, source_root: Path, tags: list[str], tmp: Path) -> str:
+def _release_commit(root: Path, parent: str, source_root: Path, tags: list[str], tmp: Path,
+                    repo_url: str) -> str:
     """A commit on top of ``parent`` that adds the deployed folders of the solutions in
     ``source_root/solutions/<step>/``, made with git plumbing and a private index, so neither a
     branch, the working tree nor the user's staging area change."""
@@ -262,7 +349,7 @@ def _release_commit(root: Path, parent: str, source_root: Path, tags: list[str],
     scratch.mkdir()
     for name in CATALOG_FILES:
         shutil.copy2(Path(root) / name, scratch / name)
-    build_catalog(source_root, scratch, deploy_root)
+    build_catalog(source_root, scratch, deploy_root, repo_url=repo_url)
     env = dict(os.environ, GIT_INDEX_FILE=str(tmp / "git-index"))
     # a commit needs an identity; use the configured one, else a neutral release identity
     for key, value in (("GIT_AUTHOR_NAME", "orgaseg release"), ("GIT_AUTHOR_EMAIL", "release@orgaseg.invalid"),
@@ -281,7 +368,7 @@ def _release_commit(root: Path, parent: str, source_root: Path, tags: list[str],
                 "release; made by catalog/build_catalog.py --tag, not part of main.", env=env)
 
 
-def create_release_tags(root: Path = REPO) -> tuple[list[str], list[str]]:
+def create_release_tags(root: Path = REPO, repo_url: str | None = None) -> tuple[list[str], list[str]]:
     """Tag a release commit for every release tag that does not exist yet.
 
     The versions in ``solutions/`` are released from HEAD: one commit on top of HEAD that adds
@@ -291,6 +378,8 @@ def create_release_tags(root: Path = REPO) -> tuple[list[str], list[str]]:
     commit on top of it, so a released version never changes. A version whose source is not in
     the history (a shallow clone, a copy) is reported and left untagged. Refuses when the index
     files are out of date or not committed, because album reads the index from ``main``.
+    ``repo_url``: the git URL users add the catalog from (default: the remote ``origin``); the
+    released environment files install orgaseg-core from it at the release tag.
     Returns (tags created, tags that already existed).
     """
     problems = check_catalog(root)
@@ -303,12 +392,19 @@ def create_release_tags(root: Path = REPO) -> tuple[list[str], list[str]]:
     existing = set(_git(root, "tag", "--list").split())
     wanted = release_tags(root)
     missing = [tag for tag in wanted if tag not in existing]
+    if missing:
+        repo_url = repo_url or origin_url(root)
+        if not repo_url:
+            raise CatalogBuildError(
+                "the released environments install orgaseg-core from the catalog's git repository, "
+                "and this clone has no remote 'origin': pass --repo-url URL (the URL users add the "
+                "catalog from, e.g. https://github.com/<owner>/orgaseg.git)")
     current = _source_versions(root)
     created = []
     now = [tag for tag in missing if tag in current]
     if now:
         with tempfile.TemporaryDirectory(prefix="orgaseg-release-") as tmp:
-            commit = _release_commit(root, "HEAD", Path(root), now, Path(tmp))
+            commit = _release_commit(root, "HEAD", Path(root), now, Path(tmp), repo_url)
         for tag in now:
             _git(root, "tag", tag, commit)
         created += now
@@ -335,7 +431,7 @@ def create_release_tags(root: Path = REPO) -> tuple[list[str], list[str]]:
                                      check=True, capture_output=True).stdout
             subprocess.run(["tar", "-x", "-C", str(source_root)], input=archive, check=True)
             tags = [tag for tag, _ in releases]
-            release = _release_commit(root, commit, source_root, tags, Path(tmp))
+            release = _release_commit(root, commit, source_root, tags, Path(tmp), repo_url)
         for tag in tags:
             _git(root, "tag", tag, release)
         created += tags
@@ -392,6 +488,10 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--tag", action="store_true",
                         help="create the missing release tags at HEAD (after committing a build), "
                              "so that album can install from this clone")
+    parser.add_argument("--repo-url", metavar="URL",
+                        help="with --tag: the git URL users add the catalog from (default: the "
+                             "remote 'origin'); the released environments install orgaseg-core "
+                             "from it at the release tag")
     args = parser.parse_args(argv)
     # album reports through the root logger: show its warnings (e.g. that no lock file is
     # written), not its notice that an entry of the same version is replaced, which every build does
@@ -408,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             print("catalog files are up to date")
             return 0
         if args.tag:
-            created, kept = create_release_tags(REPO)
+            created, kept = create_release_tags(REPO, repo_url=args.repo_url)
             print("created tags: " + (" ".join(created) or "none"))
             if kept:
                 print("already tagged (a released version does not change): " + " ".join(kept))

@@ -19,7 +19,9 @@ def run():
         preprocessing=args.preprocessing, padding=args.padding,
         mask_background=args.mask_background, min_area=args.min_area,
         exclude_border=args.exclude_border, batch_size=args.batch_size, device=args.device,
-        review_below=args.review_below, family=args.family, overwrite=args.overwrite))
+        review_below=args.review_below, family=args.family, pixel_size=args.pixel_size,
+        metadata=args.metadata, name_pattern=args.name_pattern, control=args.control,
+        seed=args.seed, overwrite=args.overwrite))
 
 
 def pre_test():
@@ -52,9 +54,9 @@ def pre_test():
         ended = subprocess.run([sys.executable, "-m", "orgaseg_core", step, *map(str, options)])
         assert ended.returncode == 0, f"{step} failed with exit status {ended.returncode}"
     steps.demo_data(root / "new", n_images=2, seed=22, size=(480, 640))
-    return {"--segmentation-model": str(root / "seg-model"),
+    return {"--segmentation_model": str(root / "seg-model"),
             "--classifier": str(root / "classifier"), "--images": str(root / "new" / "images"),
-            "--out": str(root / "analysis"), "--review-below": "0.9"}
+            "--out": str(root / "analysis"), "--review_below": "0.9"}
 
 
 def test():
@@ -108,23 +110,28 @@ def test():
 setup(
     group="orgaseg",
     name="analyze",
-    version="0.7.0",
+    version="0.8.0",
     album_api_version="0.7.3",
     title="Analyze new images: find, measure and classify every organoid",
     description=(
         "The whole inference pipeline in one run: finds every organoid in new brightfield images "
-        "with a model from orgaseg:train-segmentation (a StarDist network or a pixel forest), "
+        "with a model from orgaseg:train-segmentation (a StarDist network, a pixel forest or a "
+        "U-Net), "
         "measures its shape and classifies it with "
         "a model from orgaseg:train-classifier. Writes per image a QuPath GeoJSON file with every "
         "organoid classified (drag it onto the image in QuPath) and an overlay picture, plus a "
         "table of all organoids and a per-image summary of the class counts and proportions; "
         "organoids whose class is uncertain are flagged for review. "
-        "Label images from another tool can take the place of the segmentation model."
+        "Label images from another tool can take the place of the segmentation model. With "
+        "the pixel size, sizes are also given in µm and µm²; with the experiment's design (a "
+        "table or a file-name pattern: well, condition, timepoint ...) it adds counts, class "
+        "fractions with 95% intervals and sizes per condition, and differences to a control "
+        "condition with permutation tests over wells."
     ),
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.7.0 (the source "
+                 "classification for brightfield microscopy, version 0.8.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},
@@ -137,9 +144,10 @@ setup(
     documentation=["README.md"],
     covers=[],
     args=[
-        {"name": "segmentation-model", "type": "directory", "required": False, "default": None,
-         "description": "Model folder written by orgaseg:train-segmentation, either backend "
-                        "(StarDist or pixel forest). Leave empty when you give masks instead."},
+        {"name": "segmentation_model", "type": "directory", "required": False, "default": None,
+         "description": "Model folder written by orgaseg:train-segmentation, any backend "
+                        "(StarDist, pixel forest or U-Net). Leave empty when you give masks "
+                        "instead."},
         {"name": "classifier", "type": "directory", "required": True,
          "description": "Classifier folder written by orgaseg:train-classifier (or its "
                         "classifier.json / model.pt)."},
@@ -154,19 +162,19 @@ setup(
                         "tool (Cellpose, QuPath, another album solution), one per image with the "
                         "same name (e.g. well_A1.tif for well_A1.jpg), 0 = background. Leave "
                         "empty to segment with the model."},
-        {"name": "n-tiles", "type": "string", "default": "auto",
+        {"name": "n_tiles", "type": "string", "default": "auto",
          "description": "Segment in ROWSxCOLUMNS tiles, e.g. 4x4, to save memory: 'auto' "
                         "chooses tiles of at most 1024 px. StarDist models only: leave 'auto' "
-                        "with a pixel-forest model."},
-        {"name": "prob-thresh", "type": "string", "default": "auto",
+                        "with a pixel-forest or U-Net model."},
+        {"name": "prob_thresh", "type": "string", "default": "auto",
          "description": "Object probability threshold (0-1); higher finds fewer, surer "
                         "organoids. 'auto' uses the value tuned during training. StarDist models "
-                        "only: leave 'auto' with a pixel-forest model."},
-        {"name": "nms-thresh", "type": "string", "default": "auto",
+                        "only: leave 'auto' with a pixel-forest or U-Net model."},
+        {"name": "nms_thresh", "type": "string", "default": "auto",
          "description": "Overlap threshold (0-1) above which two candidate outlines are one "
                         "organoid. 'auto' uses the value tuned during training. StarDist models "
-                        "only: leave 'auto' with a pixel-forest model."},
-        {"name": "image-scale", "type": "float", "default": 1.0,
+                        "only: leave 'auto' with a pixel-forest or U-Net model."},
+        {"name": "image_scale", "type": "float", "default": 1.0,
          "description": "Pixel scale of these images relative to the original microscope images "
                         "(1 = full size, 0.5 = half size)."},
         {"name": "preprocessing", "type": "boolean", "default": True,
@@ -176,25 +184,46 @@ setup(
          "description": "Pixels of surroundings included around each organoid for the "
                         "classifier, e.g. 10; 'auto' uses the padding the classifier was trained "
                         "with, else 10."},
-        {"name": "mask-background", "type": "boolean", "default": False,
+        {"name": "mask_background", "type": "boolean", "default": False,
          "description": "Hide everything around each organoid (set it to the background level) "
                         "before classifying (True/False)."},
-        {"name": "min-area", "type": "integer", "default": 0,
+        {"name": "min_area", "type": "integer", "default": 0,
          "description": "Do not classify organoids smaller than this many pixels (they stay in "
                         "the QuPath file, without a class)."},
-        {"name": "exclude-border", "type": "boolean", "default": False,
+        {"name": "exclude_border", "type": "boolean", "default": False,
          "description": "Do not classify organoids cut by the image border (True/False)."},
-        {"name": "batch-size", "type": "integer", "default": 64,
+        {"name": "batch_size", "type": "integer", "default": 64,
          "description": "Organoids classified at once; lower it if memory runs out."},
         {"name": "device", "type": "string", "default": "auto",
          "description": "Where the classifier runs: 'cpu', 'cuda' (an NVIDIA GPU) or 'auto' "
                         "(the GPU when there is one)."},
-        {"name": "review-below", "type": "string", "default": "auto",
+        {"name": "review_below", "type": "string", "default": "auto",
          "description": "Flag organoids whose class confidence is below this (0-1) for review "
                         "(needs_review); 'auto' uses the classifier's threshold."},
         {"name": "family", "type": "string", "default": "auto",
          "description": "Use this trained candidate of the classifier folder (measurements, cnn, "
                         "combined) instead of the one chosen on validation ('auto')."},
+        {"name": "pixel_size", "type": "string", "default": "auto",
+         "description": "Micrometres per pixel of the images, e.g. 0.65; 'auto' reads it from "
+                        "each image file (OME-XML, ImageJ metadata or TIFF resolution tags; JPEG "
+                        "and PNG carry none). Adds µm and µm² columns and QuPath measurements "
+                        "where it is known."},
+        {"name": "metadata", "type": "file", "default": None,
+         "description": "Optional CSV or Excel table of the experiment's design: an 'image' "
+                        "column (file name) and any others (well, condition, treatment, "
+                        "timepoint, replicate ...). Adds them to the tables and writes "
+                        "conditions.csv. Leave empty for none."},
+        {"name": "name_pattern", "type": "string", "default": "",
+         "description": "Regular expression with named groups that reads the design from the "
+                        "file names, e.g. '(?P<well>[A-H]\\d{2})_(?P<condition>\\w+)'. Leave "
+                        "empty for none."},
+        {"name": "control", "type": "string", "default": "",
+         "description": "The control condition, e.g. DMSO: the other conditions are compared "
+                        "with it (differences with bootstrap intervals and permutation tests over "
+                        "wells). Leave empty for no comparison."},
+        {"name": "seed", "type": "integer", "default": 0,
+         "description": "Random seed of the bootstrap intervals and permutation tests: the same "
+                        "seed gives the same intervals and p-values."},
         {"name": "overwrite", "type": "boolean", "default": False,
          "description": "Allow writing into an output folder that already holds files "
                         "(True/False); files of the same name are replaced."},

@@ -72,7 +72,7 @@ def test():
 setup(
     group="orgaseg",
     name="annotations-to-masks",
-    version="0.7.0",
+    version="0.8.0",
     album_api_version="0.7.3",
     title="QuPath annotations to label images",
     description=(
@@ -85,7 +85,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.7.0 (the source "
+                 "classification for brightfield microscopy, version 0.8.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Bankhead P. et al. QuPath: Open source software for digital pathology image "
                  "analysis. Scientific Reports 7, 16878 (2017).",
@@ -110,14 +110,14 @@ setup(
         {"name": "out", "type": "directory", "required": True,
          "description": "New or empty folder for the label images (<image name>.tif) and the "
                         "object tables (<image name>_objects.csv), e.g. 'masks'."},
-        {"name": "keep-unclassified", "type": "boolean", "default": False,
+        {"name": "keep_unclassified", "type": "boolean", "default": False,
          "description": "Also draw annotations that have no class in QuPath, as class "
                         "'Unclassified' (True/False). False leaves them out."},
-        {"name": "class-map", "type": "file", "default": None,
+        {"name": "class_map", "type": "file", "default": None,
          "description": "Optional file that renames or merges classes: a CSV with two "
                         "columns (alias, class), e.g. 'apoptotic,Burned out', or a JSON "
                         "object {\"alias\": \"class\"}. Leave empty to keep the class names."},
-        {"name": "object-types", "type": "string", "default": "annotation",
+        {"name": "object_types", "type": "string", "default": "annotation",
          "description": "Which QuPath objects to draw, comma-separated: annotation, detection, "
                         "cell, tile, tmaCore, or all. 'detection,annotation' reads an analyze "
                         "result that was corrected in QuPath; the others are counted as skipped."},

@@ -12,7 +12,7 @@ def run():
     from orgaseg_core.album_support import run_step
 
     args = get_args()
-    # 'auto' (review-below, family) is parsed inside run_step: a bad value is one ERROR line
+    # 'auto' (review_below, family) is parsed inside run_step: a bad value is one ERROR line
     run_step(lambda: steps.classify(args.model, args.objects, args.out, batch_size=args.batch_size,
                                     device=args.device, review_below=args.review_below,
                                     family=args.family, overwrite=args.overwrite))
@@ -38,8 +38,8 @@ def pre_test():
     # the combined candidate reads both the crops (in batches; one that does not divide the
     # number of crops, so the last batch is a short one) and the measurements of objects.csv
     return {"--model": str(root / "model"), "--objects": str(root / "objects"),
-            "--out": str(root / "predicted"), "--batch-size": "16", "--device": "cpu",
-            "--family": "combined", "--review-below": "0.9"}
+            "--out": str(root / "predicted"), "--batch_size": "16", "--device": "cpu",
+            "--family": "combined", "--review_below": "0.9"}
 
 
 def test():
@@ -86,7 +86,7 @@ def test():
 setup(
     group="orgaseg",
     name="classify",
-    version="0.7.0",
+    version="0.8.0",
     album_api_version="0.7.3",
     title="Classify organoid morphology",
     description=(
@@ -100,7 +100,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.7.0 (the source "
+                 "classification for brightfield microscopy, version 0.8.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Paszke A., Gross S., Massa F., Lerer A., Bradbury J., Chanan G., Killeen T., "
                  "Lin Z., Gimelshein N., Antiga L., et al. PyTorch: An Imperative Style, "
@@ -130,13 +130,13 @@ setup(
          "description": "New or empty folder for predictions.csv (class, confidence, review "
                         "flag and one probability per class for every object); not the model's "
                         "folder."},
-        {"name": "batch-size", "type": "integer", "default": 64,
+        {"name": "batch_size", "type": "integer", "default": 64,
          "description": "Crops classified at once, e.g. 64; lower it if memory runs out. The "
                         "results do not depend on it."},
         {"name": "device", "type": "string", "default": "auto",
          "description": "Where to compute: 'cpu', 'cuda' (an NVIDIA GPU) or 'auto' (the GPU when "
                         "there is one, else the CPU)."},
-        {"name": "review-below", "type": "string", "default": "auto",
+        {"name": "review_below", "type": "string", "default": "auto",
          "description": "Flag objects whose confidence is below this (0-1) for review "
                         "(needs_review); 'auto' uses the classifier's threshold."},
         {"name": "family", "type": "string", "default": "auto",

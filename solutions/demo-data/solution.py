@@ -21,7 +21,7 @@ def pre_test():
     from pathlib import Path
 
     root = Path(tempfile.mkdtemp(prefix="orgaseg-album-test-"))
-    return {"--out": str(root / "demo"), "--n-images": "3", "--seed": "5", "--size": "200x300"}
+    return {"--out": str(root / "demo"), "--n_images": "3", "--seed": "5", "--size": "200x300"}
 
 
 def test():
@@ -59,7 +59,7 @@ def test():
 setup(
     group="orgaseg",
     name="demo-data",
-    version="0.7.0",
+    version="0.8.0",
     album_api_version="0.7.3",
     title="Example organoid images (QuPath export layout)",
     description=(
@@ -72,7 +72,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.7.0 (the source "
+                 "classification for brightfield microscopy, version 0.8.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Bankhead P. et al. QuPath: Open source software for digital pathology image "
                  "analysis. Scientific Reports 7, 16878 (2017).",
@@ -86,7 +86,7 @@ setup(
         {"name": "out", "type": "directory", "required": True,
          "description": "New or empty folder for the example data, e.g. 'demo-data'. It gets "
                         "images/, geojsons/, crops/, objects.csv and run.json."},
-        {"name": "n-images", "type": "integer", "default": 8,
+        {"name": "n_images", "type": "integer", "default": 8,
          "description": "How many images to generate (a whole number, 1 or more), e.g. 8. "
                         "Each image holds about 20 organoids."},
         {"name": "seed", "type": "integer", "default": 0,

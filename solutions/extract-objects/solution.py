@@ -16,7 +16,7 @@ def run():
         args.images, args.masks, args.out, padding=args.padding,
         mask_background=args.mask_background, min_area=args.min_area,
         exclude_border=args.exclude_border, class_folders=args.class_folders,
-        overwrite=args.overwrite))
+        pixel_size=args.pixel_size, overwrite=args.overwrite))
 
 
 def pre_test():
@@ -28,9 +28,9 @@ def pre_test():
     root = Path(tempfile.mkdtemp(prefix="orgaseg-album-test-"))
     steps.demo_data(root / "data", n_images=2, seed=8, size=(240, 320))
     steps.annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
-    # min-area drops the smallest objects, so the test also sees skipped.csv filled
+    # min_area drops the smallest objects, so the test also sees skipped.csv filled
     return {"--images": str(root / "data" / "images"), "--masks": str(root / "masks"),
-            "--out": str(root / "objects"), "--padding": "5", "--min-area": "150"}
+            "--out": str(root / "objects"), "--padding": "5", "--min_area": "150"}
 
 
 def test():
@@ -101,21 +101,22 @@ def test():
 setup(
     group="orgaseg",
     name="extract-objects",
-    version="0.7.0",
+    version="0.8.0",
     album_api_version="0.7.3",
     title="Cut out and measure every organoid",
     description=(
         "Cuts one small image (crop) per organoid out of each image, using the label image "
         "(mask) of the same name from orgaseg:segment or orgaseg:annotations-to-masks, and "
         "measures every organoid: area, perimeter, circularity, eccentricity, solidity, axis "
-        "lengths, orientation and mean intensity, in pixels. The crops are what "
+        "lengths, orientation and mean intensity, in pixels and, where the pixel size is known "
+        "(from the image file or given), in µm and µm². The crops are what "
         "orgaseg:classify sorts into morphological classes; the table (objects.csv) is ready "
         "for statistics."
     ),
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.7.0 (the source "
+                 "classification for brightfield microscopy, version 0.8.0 (the source "
                  "repository of this album catalog)."},
     ],
     tags=["organoids", "brightfield", "crops", "measurements", "morphology", "orgaseg"],
@@ -135,20 +136,25 @@ setup(
         {"name": "padding", "type": "integer", "default": 10,
          "description": "Pixels of surrounding image added on every side of each organoid's "
                         "bounding box (0 or more), e.g. 10."},
-        {"name": "mask-background", "type": "boolean", "default": False,
+        {"name": "mask_background", "type": "boolean", "default": False,
          "description": "Replace everything in a crop that is not the organoid itself "
                         "(background, neighbours) by the image's background grey (True/False)."},
-        {"name": "min-area", "type": "integer", "default": 0,
+        {"name": "min_area", "type": "integer", "default": 0,
          "description": "Skip objects smaller than this many pixels (0 keeps all), e.g. 100 to "
                         "drop debris; skipped objects are listed in skipped.csv."},
-        {"name": "exclude-border", "type": "boolean", "default": False,
+        {"name": "exclude_border", "type": "boolean", "default": False,
          "description": "Skip organoids that touch the image border, whose shape is cut off "
                         "(True/False); they are listed in skipped.csv."},
-        {"name": "class-folders", "type": "boolean", "default": False,
+        {"name": "class_folders", "type": "boolean", "default": False,
          "description": "Sort the crops into crops/<class>/ using the class tables "
                         "(<image>_objects.csv) that annotations-to-masks wrote beside the masks "
                         "(True/False): classifier training data from images and QuPath GeoJSON "
                         "alone, without QuPath's crop export."},
+        {"name": "pixel_size", "type": "string", "default": "auto",
+         "description": "Micrometres per pixel of the images, e.g. 0.65; 'auto' reads it from "
+                        "each image file (OME-XML, ImageJ metadata or TIFF resolution tags; JPEG "
+                        "and PNG carry none). Adds µm and µm² columns where it is known; a value "
+                        "that differs from a file's is reported and wins."},
         {"name": "overwrite", "type": "boolean", "default": False,
          "description": "Allow writing into an output folder that already holds files "
                         "(True/False); files of the same name are replaced."},

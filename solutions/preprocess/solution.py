@@ -29,7 +29,7 @@ def pre_test():
     steps.annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
     return {"--images": str(root / "data" / "images"), "--masks": str(root / "masks"),
             "--out": str(root / "preprocessed"), "--tiles": "2x2", "--scale": "0.5",
-            "--remove-vignette": "True"}
+            "--remove_vignette": "True"}
 
 
 def test():
@@ -71,7 +71,7 @@ def test():
 setup(
     group="orgaseg",
     name="preprocess",
-    version="0.7.0",
+    version="0.8.0",
     album_api_version="0.7.3",
     title="Prepare images for training (grey, clean up, tile, resize)",
     description=(
@@ -84,7 +84,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.7.0 (the source "
+                 "classification for brightfield microscopy, version 0.8.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-Convex "
                  "Polygons. MICCAI 2018.",
@@ -113,10 +113,10 @@ setup(
         {"name": "tiles", "type": "string", "default": "1x1",
          "description": "Cut each image into ROWSxCOLUMNS tiles, e.g. 2x2 for four quarters; "
                         "1x1 keeps whole images."},
-        {"name": "remove-vignette", "type": "boolean", "default": False,
+        {"name": "remove_vignette", "type": "boolean", "default": False,
          "description": "Replace the dark round border (vignette) of the microscope image "
                         "with the background grey level (True/False)."},
-        {"name": "flatten-background", "type": "boolean", "default": False,
+        {"name": "flatten_background", "type": "boolean", "default": False,
          "description": "Even out uneven illumination (brighter centre, darker corners) so the "
                         "background has one grey level (True/False)."},
         {"name": "overwrite", "type": "boolean", "default": False,

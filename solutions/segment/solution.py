@@ -1,5 +1,5 @@
 """album solution orgaseg:segment -- outline every organoid in new images with a trained model
-(StarDist or pixel forest).
+(StarDist, pixel forest or U-Net).
 
 A thin wrapper around ``orgaseg_core.steps.segment`` (the same function as ``orgaseg segment``).
 album reads this file before the solution's environment exists, so ``orgaseg_core`` is imported
@@ -35,7 +35,7 @@ def pre_test():
     steps.train_segmentation(root / "split", root / "model", epochs=1, steps_per_epoch=2,
                              batch_size=2, patch_size=64)
     return {"--model": str(root / "model"), "--images": str(root / "data" / "images"),
-            "--out": str(root / "segmented"), "--n-tiles": "2x2"}
+            "--out": str(root / "segmented"), "--n_tiles": "2x2"}
 
 
 def test():
@@ -71,12 +71,13 @@ def test():
 setup(
     group="orgaseg",
     name="segment",
-    version="0.7.0",
+    version="0.8.0",
     album_api_version="0.7.3",
-    title="Segment organoids with a trained model (StarDist or pixel forest)",
+    title="Segment organoids with a trained model (StarDist, pixel forest or U-Net)",
     description=(
         "Finds and outlines every organoid in one image or a folder of images with a model from "
-        "orgaseg:train-segmentation, either backend (a StarDist network or a pixel forest). "
+        "orgaseg:train-segmentation, any backend (a StarDist network, a pixel forest or a "
+        "U-Net; a U-Net runs on torch, on a GPU when there is one, and never beside TensorFlow). "
         "Works on full-size microscope images (4032x3040 and larger) and on images at another "
         "scale than the training images. "
         "Writes per image a label image, a QuPath GeoJSON file of detections (drag it onto the "
@@ -85,38 +86,40 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.7.0 (the source "
+                 "classification for brightfield microscopy, version 0.8.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},
+        {"text": "Ronneberger O., Fischer P., Brox T. U-Net: Convolutional Networks for "
+                 "Biomedical Image Segmentation. MICCAI 2015.", "doi": "10.1007/978-3-319-24574-4_28"},
     ],
-    tags=["organoids", "brightfield", "segmentation", "StarDist", "QuPath", "orgaseg"],
+    tags=["organoids", "brightfield", "segmentation", "StarDist", "U-Net", "QuPath", "orgaseg"],
     license="MIT",
     documentation=["README.md"],
     covers=[],
     args=[
         {"name": "model", "type": "directory", "required": True,
-         "description": "Model folder written by orgaseg:train-segmentation, either backend "
-                        "(StarDist or pixel forest); the kind is read from the folder."},
+         "description": "Model folder written by orgaseg:train-segmentation, any backend "
+                        "(StarDist, pixel forest or U-Net); the kind is read from the folder."},
         {"name": "images", "type": "string", "required": True,
          "description": "One image file or a folder of images (TIFF, JPEG, PNG; grey, RGB or "
                         "16-bit) to segment."},
         {"name": "out", "type": "directory", "required": True,
          "description": "New or empty folder for <image>.tif (labels), <image>.geojson (for "
                         "QuPath) and <image>_objects.csv per image."},
-        {"name": "n-tiles", "type": "string", "default": "auto",
+        {"name": "n_tiles", "type": "string", "default": "auto",
          "description": "Predict in ROWSxCOLUMNS tiles, e.g. 4x4, to save memory: 'auto' "
                         "chooses tiles of at most 1024 px. StarDist models only: leave 'auto' "
-                        "with a pixel-forest model."},
-        {"name": "prob-thresh", "type": "string", "default": "auto",
+                        "with a pixel-forest or U-Net model."},
+        {"name": "prob_thresh", "type": "string", "default": "auto",
          "description": "Object probability threshold (0-1), e.g. 0.6; higher finds fewer, surer "
                         "organoids. 'auto' uses the value tuned during training. StarDist models "
-                        "only: leave 'auto' with a pixel-forest model."},
-        {"name": "nms-thresh", "type": "string", "default": "auto",
+                        "only: leave 'auto' with a pixel-forest or U-Net model."},
+        {"name": "nms_thresh", "type": "string", "default": "auto",
          "description": "Overlap threshold (0-1), e.g. 0.4, above which two candidate outlines "
                         "are one organoid. 'auto' uses the value tuned during training. StarDist "
-                        "models only: leave 'auto' with a pixel-forest model."},
-        {"name": "image-scale", "type": "float", "default": 1.0,
+                        "models only: leave 'auto' with a pixel-forest or U-Net model."},
+        {"name": "image_scale", "type": "float", "default": 1.0,
          "description": "Pixel scale of these images relative to the original microscope images "
                         "(1 = full size, 0.5 = half size). Images are resized to the model's "
                         "scale and the results returned at the images' own size."},
@@ -128,13 +131,13 @@ setup(
                         "validation images), 'none' (StarDist's star-shaped polygons), "
                         "'probability' (grown into the model's organoid probability map) or "
                         "'edges' (moved onto the image's edges at full resolution, taking in "
-                        "buds). StarDist models only: leave 'auto' with a pixel-forest model."},
+                        "buds). StarDist models only: leave 'auto' with a pixel-forest or U-Net model."},
         {"name": "pyramid", "type": "string", "default": "auto",
          "description": "For organoids of very different sizes: segment at these factors of the "
                         "model's scale, e.g. '1,2,4', and keep each organoid from the scale where "
                         "it is best seen (small ones at the finer scales). 'auto': what the model "
                         "chose on its validation images; 'none': one scale. StarDist models "
-                        "only: leave 'auto' with a pixel-forest model."},
+                        "only: leave 'auto' with a pixel-forest or U-Net model."},
         {"name": "overwrite", "type": "boolean", "default": False,
          "description": "Allow writing into an output folder that already holds files "
                         "(True/False); files of the same name are replaced."},

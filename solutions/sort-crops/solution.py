@@ -63,7 +63,7 @@ def test():
 setup(
     group="orgaseg",
     name="sort-crops",
-    version="0.7.0",
+    version="0.8.0",
     album_api_version="0.7.3",
     title="Sort QuPath crops by class",
     description=(
@@ -76,7 +76,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.7.0 (the source "
+                 "classification for brightfield microscopy, version 0.8.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Bankhead P. et al. QuPath: Open source software for digital pathology image "
                  "analysis. Scientific Reports 7, 16878 (2017).",
@@ -98,7 +98,7 @@ setup(
         {"name": "move", "type": "boolean", "default": False,
          "description": "Move the crops instead of copying them (True/False). Moving empties "
                         "the crops folder; leave it False to keep your export as it is."},
-        {"name": "class-map", "type": "file", "default": None,
+        {"name": "class_map", "type": "file", "default": None,
          "description": "Optional file that renames or merges classes: a CSV with two "
                         "columns (alias, class), e.g. 'apoptotic,Burned out', or a JSON "
                         "object {\"alias\": \"class\"}. Leave empty to keep the class names."},

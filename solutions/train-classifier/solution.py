@@ -38,10 +38,10 @@ def pre_test():
     # this checks that training works end to end and writes a complete classifier folder, not
     # that the classifier is good
     return {"--images": str(root / "data" / "images"), "--masks": str(root / "masks"),
-            "--model-out": str(root / "model"), "--val-fraction": "0.34", "--test-fraction": "0.34",
-            "--n-trees": "30", "--architectures": "resnet18", "--learning-rates": "0.001",
-            "--batch-sizes": "16", "--grid-epochs": "1", "--epochs": "1", "--patience": "1",
-            "--input-size": "32", "--device": "cpu"}
+            "--model_out": str(root / "model"), "--val_fraction": "0.34", "--test_fraction": "0.34",
+            "--n_trees": "30", "--architectures": "resnet18", "--learning_rates": "0.001",
+            "--batch_sizes": "16", "--grid_epochs": "1", "--epochs": "1", "--patience": "1",
+            "--input_size": "32", "--device": "cpu"}
 
 
 def test():
@@ -99,7 +99,7 @@ def test():
 setup(
     group="orgaseg",
     name="train-classifier",
-    version="0.7.0",
+    version="0.8.0",
     album_api_version="0.7.3",
     title="Train an organoid morphology classifier",
     description=(
@@ -116,7 +116,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.7.0 (the source "
+                 "classification for brightfield microscopy, version 0.8.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Paszke A., Gross S., Massa F., Lerer A., Bradbury J., Chanan G., Killeen T., "
                  "Lin Z., Gimelshein N., Antiga L., et al. PyTorch: An Imperative Style, "
@@ -149,7 +149,7 @@ setup(
         {"name": "masks", "type": "directory", "required": False, "default": None,
          "description": "Folder written by orgaseg:annotations-to-masks for the images "
                         "(<stem>.tif label images and <stem>_objects.csv classes). Not changed."},
-        {"name": "model-out", "type": "directory", "required": True,
+        {"name": "model_out", "type": "directory", "required": True,
          "description": "New or empty folder for the classifier (classifier.json, model.pt "
                         "and/or measurements.skops), the reports (report.json, "
                         "classification_report.csv, confusion_matrix.png, reliability.png, "
@@ -158,34 +158,34 @@ setup(
          "description": "Candidate families, comma-separated: measurements (random forest on the "
                         "object measurements), cnn (network on the crops), combined (their "
                         "weighted mean). The best on validation is kept."},
-        {"name": "val-fraction", "type": "float", "default": 0.15,
+        {"name": "val_fraction", "type": "float", "default": 0.15,
          "description": "With images: fraction of the images for validation (model choice, "
                         "calibration), e.g. 0.15."},
-        {"name": "test-fraction", "type": "float", "default": 0.15,
+        {"name": "test_fraction", "type": "float", "default": 0.15,
          "description": "With images: fraction of the images for the final test (used once), "
                         "e.g. 0.15."},
         {"name": "padding", "type": "integer", "default": 10,
          "description": "With images: pixels of context around each object's crop (as "
                         "orgaseg:extract-objects cuts them; orgaseg:analyze uses the same)."},
-        {"name": "n-trees", "type": "integer", "default": 300,
+        {"name": "n_trees", "type": "integer", "default": 300,
          "description": "Trees of the measurement random forest, e.g. 300."},
-        {"name": "outline-augmentation", "type": "boolean", "default": True,
+        {"name": "outline_augmentation", "type": "boolean", "default": True,
          "description": "Also train the measurement forest on eroded, dilated and smoothed "
                         "outlines, so that segmented outlines do not throw it (True/False)."},
         {"name": "architectures", "type": "string", "default": "resnet18",
          "description": "Network architectures to try, separated by commas: resnet18, resnet50, "
                         "resnext50_32x4d, wide_resnet50_2, densenet121, efficientnet_b0, "
                         "mobilenet_v3_small, convnext_tiny. resnet18 suits a few hundred crops."},
-        {"name": "learning-rates", "type": "string", "default": "0.001,0.0003",
+        {"name": "learning_rates", "type": "string", "default": "0.001,0.0003",
          "description": "Learning rates to try, separated by commas, e.g. 0.001,0.0003; each is "
                         "tried with every other setting and the best is kept."},
-        {"name": "batch-sizes", "type": "string", "default": "32",
+        {"name": "batch_sizes", "type": "string", "default": "32",
          "description": "Numbers of crops per training step to try, separated by commas, e.g. "
                         "16,32; lower them if memory runs out."},
-        {"name": "weight-decays", "type": "string", "default": "0.0001",
+        {"name": "weight_decays", "type": "string", "default": "0.0001",
          "description": "Weight decays (regularisation against over-fitting) to try, separated "
                         "by commas, e.g. 0.0001,0.001; 0 switches it off."},
-        {"name": "grid-epochs", "type": "integer", "default": 3,
+        {"name": "grid_epochs", "type": "integer", "default": 3,
          "description": "Training rounds (passes over all training crops) of each short trial "
                         "of the settings search, e.g. 3."},
         {"name": "epochs", "type": "integer", "default": 15,
@@ -194,7 +194,7 @@ setup(
         {"name": "patience", "type": "integer", "default": 5,
          "description": "Stop the final run after this many rounds without a better validation "
                         "score (macro-F1); the best round's model is kept."},
-        {"name": "input-size", "type": "string", "default": "auto",
+        {"name": "input_size", "type": "string", "default": "auto",
          "description": "Size in pixels the crops are scaled to for the network (32 to 1024), "
                         "e.g. 128; 'auto' chooses it from the sizes of the training crops."},
         {"name": "weights", "type": "file", "default": None,
@@ -204,13 +204,13 @@ setup(
         {"name": "pretrained", "type": "boolean", "default": False,
          "description": "Start the CNN from torchvision's ImageNet weights (read from "
                         "torchvision's cache, downloaded there when online) (True/False)."},
-        {"name": "review-below", "type": "float", "default": 0.6,
+        {"name": "review_below", "type": "float", "default": 0.6,
          "description": "Objects whose calibrated confidence (0-1) is below this are flagged for "
                         "review by orgaseg:classify and orgaseg:analyze."},
         {"name": "seed", "type": "integer", "default": 0,
          "description": "Random seed (a whole number): the same seed and data give the same "
                         "model on the CPU."},
-        {"name": "num-workers", "type": "integer", "default": 0,
+        {"name": "num_workers", "type": "integer", "default": 0,
          "description": "Extra processes that prepare crops while the network trains (0 = none, "
                         "the safe choice; 2-4 can speed up training on a GPU)."},
         {"name": "device", "type": "string", "default": "auto",

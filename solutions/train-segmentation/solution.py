@@ -1,5 +1,5 @@
-"""album solution orgaseg:train-segmentation -- train an organoid segmentation model (StarDist2D
-or a pixel random forest) on annotated organoids.
+"""album solution orgaseg:train-segmentation -- train an organoid segmentation model (StarDist2D,
+a pixel random forest or a U-Net) on annotated organoids.
 
 A thin wrapper around ``orgaseg_core.steps.train_segmentation`` (the same function
 as ``orgaseg train-segmentation``). album reads this file before the solution's environment
@@ -13,8 +13,10 @@ def run():
     from orgaseg_core.album_support import run_step
 
     args = get_args()
-    # 'auto' (album's default for the budget and patch options) means automatic, and with
-    # backend 'forest' it counts as not given: steps.train_segmentation reads it so
+    # 'auto' (album's default for the budget, patch, learning-rate and device options) means
+    # automatic, and with another backend it counts as not given: steps.train_segmentation reads it
+    # so. The U-Net (backend 'unet') runs on torch in this process; TensorFlow is imported only
+    # for StarDist, so the two never meet in one process.
     run_step(lambda: steps.train_segmentation(
         args.data, args.model_out, preset=args.preset, epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch, early_stopping=args.early_stopping,
@@ -22,7 +24,7 @@ def run():
         resize=args.resize, n_rays=args.n_rays, grid=args.grid, learning_rate=args.learning_rate,
         augment=args.augment, refine=args.refine, pyramid=args.pyramid, norm_low=args.norm_low,
         norm_high=args.norm_high, seed=args.seed, init_model=args.init_model, scale=args.scale,
-        backend=args.backend, n_trees=args.n_trees, overwrite=args.overwrite))
+        backend=args.backend, n_trees=args.n_trees, device=args.device, overwrite=args.overwrite))
 
 
 def pre_test():
@@ -37,8 +39,8 @@ def pre_test():
     steps.preprocess(root / "data" / "images", root / "pre", masks=root / "masks", remove_vignette=True)
     steps.split(root / "pre", root / "split", mode="segmentation", train=0.5, val=0.5, test=0.0, seed=0)
     # a tiny run: this checks that training works end to end, not that the model is good
-    return {"--data": str(root / "split"), "--model-out": str(root / "model"), "--epochs": "1",
-            "--steps-per-epoch": "2", "--batch-size": "2", "--patch-size": "64"}
+    return {"--data": str(root / "split"), "--model_out": str(root / "model"), "--epochs": "1",
+            "--steps_per_epoch": "2", "--batch_size": "2", "--patch_size": "64"}
 
 
 def test():
@@ -69,30 +71,36 @@ def test():
 setup(
     group="orgaseg",
     name="train-segmentation",
-    version="0.7.0",
+    version="0.8.0",
     album_api_version="0.7.3",
-    title="Train an organoid segmentation model (StarDist or pixel forest)",
+    title="Train an organoid segmentation model (StarDist, pixel forest or U-Net)",
     description=(
         "Trains a model that outlines every organoid, from images and label images split into "
-        "train/ and val/ (orgaseg:split with mode segmentation), with one of two backends: a "
-        "StarDist2D network (TensorFlow; the default) or a pixel forest (a random forest on "
-        "pixel features that finds organoid interiors and boundaries; minutes on a CPU). Checks "
+        "train/ and val/ (orgaseg:split with mode segmentation), with one of three backends: a "
+        "StarDist2D network (TensorFlow; the default), a pixel forest (a random forest on "
+        "pixel features that finds organoid interiors and boundaries; minutes on a CPU) or a "
+        "U-Net (PyTorch, on a GPU when there is one) that finds the same interiors and "
+        "boundaries with outlines of any shape. Checks "
         "the data first and chooses the image size from the organoid sizes. StarDist: chooses "
         "the patch size, trains from scratch or continues a local model, and tunes the detection "
-        "thresholds and the outline refinement on the validation images; forest: tunes how "
-        "touching organoids are split on the validation images. Reports precision, recall, F1 "
+        "thresholds and the outline refinement on the validation images; forest and U-Net: tune "
+        "how touching organoids are split on the validation images. Reports precision, recall, F1 "
         "and AP at IoU 0.5, 0.7 and 0.9 on the validation images. The model folder holds "
         "everything needed to segment new images with orgaseg:segment or orgaseg:analyze."
     ),
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.7.0 (the source "
+                 "classification for brightfield microscopy, version 0.8.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},
+        {"text": "Ronneberger O., Fischer P., Brox T. U-Net: Convolutional Networks for "
+                 "Biomedical Image Segmentation. MICCAI 2015.", "doi": "10.1007/978-3-319-24574-4_28"},
+        {"text": "Paszke A. et al. PyTorch: An Imperative Style, High-Performance Deep Learning "
+                 "Library. NeurIPS 2019."},
     ],
-    tags=["organoids", "brightfield", "segmentation", "StarDist", "training", "orgaseg"],
+    tags=["organoids", "brightfield", "segmentation", "StarDist", "U-Net", "training", "orgaseg"],
     license="MIT",
     documentation=["README.md"],
     covers=[],
@@ -100,47 +108,49 @@ setup(
         {"name": "data", "type": "directory", "required": True,
          "description": "Folder made by orgaseg:split (mode segmentation): train/ and val/, each "
                         "with images/ and masks/ of the same file names."},
-        {"name": "model-out", "type": "directory", "required": True,
+        {"name": "model_out", "type": "directory", "required": True,
          "description": "New or empty folder for the trained model (weights, thresholds, "
                         "report.json/report.csv, TensorBoard logs)."},
         {"name": "preset", "type": "string", "default": "quick",
-         "description": "Training budget: 'quick' (40 rounds x 25 steps, about 6 minutes on 2 CPU "
-                        "cores; the example data) or 'real' (real images: up to 400 x 50 steps, "
-                        "stops when the validation loss has not improved for 20 rounds or after "
-                        "30 minutes)."},
+         "description": "Training budget: 'quick' (StarDist 40 rounds x 25 steps, about 6 "
+                        "minutes on 2 CPU cores, the example data; U-Net 20 x 25 steps) or 'real' "
+                        "(real images: StarDist up to 400 x 50 steps, U-Net up to 200 x 50; stops "
+                        "when the validation loss has not improved for 20 rounds (U-Net 30) or "
+                        "after 30 minutes)."},
         {"name": "epochs", "type": "string", "default": "auto",
          "description": "Training rounds; 'auto' takes them from the preset. More rounds train "
                         "longer and usually segment better."},
-        {"name": "steps-per-epoch", "type": "string", "default": "auto",
+        {"name": "steps_per_epoch", "type": "string", "default": "auto",
          "description": "Training steps (batches of image patches) per round; 'auto': from the "
                         "preset."},
-        {"name": "early-stopping", "type": "string", "default": "auto",
+        {"name": "early_stopping", "type": "string", "default": "auto",
          "description": "Stop after this many rounds without a better validation loss (0: "
                         "never); 'auto': from the preset."},
-        {"name": "max-minutes", "type": "string", "default": "auto",
+        {"name": "max_minutes", "type": "string", "default": "auto",
          "description": "Stop training after this many minutes; 'auto': from the preset."},
-        {"name": "batch-size", "type": "integer", "default": 4,
+        {"name": "batch_size", "type": "integer", "default": 4,
          "description": "Image patches per training step; lower it if memory runs out."},
-        {"name": "patch-size", "type": "string", "default": "auto",
+        {"name": "patch_size", "type": "string", "default": "auto",
          "description": "Size of the training patches in pixels: 'auto' (256, or twice the large "
                         "organoids, fitting the smallest image), one number like 256, or "
-                        "HEIGHTxWIDTH like 256x192 (multiples of 16). Patches should hold a few "
-                        "whole organoids."},
+                        "HEIGHTxWIDTH like 256x192 (multiples of 16; U-Net: one number, a "
+                        "multiple of 32). Patches should hold a few whole organoids."},
         {"name": "resize", "type": "string", "default": "auto",
          "description": "Resize the images by this factor before training: 'auto' chooses it "
                         "from the organoid sizes in the masks so that the large ones fit what "
                         "the network sees (forest backend: so that the small ones are about "
                         "16 px across, never enlarged); 1 keeps them as they are. New images "
                         "are resized the same way when they are segmented."},
-        {"name": "n-rays", "type": "integer", "default": 32,
+        {"name": "n_rays", "type": "integer", "default": 32,
          "description": "Number of rays describing each organoid's outline (StarDist polygon); "
                         "32 suits round to lobed organoids."},
         {"name": "grid", "type": "string", "default": "2x2",
          "description": "StarDist output grid as ROWSxCOLUMNS: 2x2 predicts at half resolution "
                         "(faster, fine for organoids larger than ~10 px)."},
-        {"name": "learning-rate", "type": "float", "default": 0.0003,
-         "description": "Initial learning rate of the optimiser (Adam), e.g. 0.0003; it is "
-                        "lowered automatically when the validation loss stops improving."},
+        {"name": "learning_rate", "type": "string", "default": "auto",
+         "description": "Initial learning rate of the optimiser, e.g. 0.0003. 'auto': 0.0003 for "
+                        "StarDist (halved when the validation loss stops improving), 0.002 for "
+                        "the U-Net (the peak of its warm-up and cosine schedule)."},
         {"name": "augment", "type": "boolean", "default": True,
          "description": "Random flips, rotations, size, brightness, contrast, gamma, blur and "
                         "noise changes of the training patches (True/False); keep True unless "
@@ -156,13 +166,13 @@ setup(
                         "the small organoids are under 16 px at the model's scale and kept only "
                         "if it does better than one scale on the validation images; 'none': "
                         "one scale."},
-        {"name": "norm-low", "type": "float", "default": 1.0,
+        {"name": "norm_low", "type": "float", "default": 1.0,
          "description": "Lower percentile of the per-image intensity normalisation (0-100)."},
-        {"name": "norm-high", "type": "float", "default": 99.8,
+        {"name": "norm_high", "type": "float", "default": 99.8,
          "description": "Upper percentile of the per-image intensity normalisation (0-100)."},
         {"name": "seed", "type": "integer", "default": 0,
          "description": "Random seed: the same seed and data give the same training."},
-        {"name": "init-model", "type": "directory", "default": None,
+        {"name": "init_model", "type": "directory", "default": None,
          "description": "Optional folder of an earlier orgaseg StarDist model to continue "
                         "training from (same number of rays and grid). Leave empty to train "
                         "from scratch; nothing is downloaded."},
@@ -173,16 +183,28 @@ setup(
         {"name": "backend", "type": "string", "default": "stardist",
          "description": "Which kind of model to train. 'stardist': a StarDist network on "
                         "TensorFlow, set up by the network options above (preset to pyramid, "
-                        "init-model). 'forest': a random forest on pixel features that finds "
+                        "init_model). 'forest': a random forest on pixel features that finds "
                         "organoid interiors and boundaries and splits touching organoids along "
                         "the boundaries; it trains in minutes on a CPU and so far segments real "
                         "brightfield images better (GOAT images, one image left out at a time: "
                         "F1 about 0.4 at IoU 0.5 against about 0.2 for StarDist). With 'forest' "
                         "the network options must stay at their defaults (a changed one is "
-                        "refused); it uses resize, norm-low, norm-high, seed, scale and n-trees."},
-        {"name": "n-trees", "type": "integer", "default": 100,
+                        "refused); it uses resize, norm_low, norm_high, seed, scale and n_trees. "
+                        "'unet': a U-Net trained from scratch with PyTorch (a GPU when there is "
+                        "one, see device) that finds the same interiors and boundaries as the "
+                        "forest from far more context; its outlines follow buds and need not be "
+                        "star-convex. It uses the budget options (preset, epochs, "
+                        "steps_per_epoch, early_stopping, max_minutes), batch_size, patch_size, "
+                        "resize, learning_rate, augment, norm_low, norm_high, seed, scale and "
+                        "device; the StarDist-only options (n_rays, grid, refine, pyramid, "
+                        "init_model) and n_trees must stay at their defaults."},
+        {"name": "n_trees", "type": "integer", "default": 100,
          "description": "Number of trees of the pixel forest (backend 'forest' only; leave 100 "
                         "with StarDist). More trees are a little steadier and slower."},
+        {"name": "device", "type": "string", "default": "auto",
+         "description": "Where the U-Net trains (backend 'unet' only): 'cpu', 'cuda' (an NVIDIA "
+                        "GPU), 'cuda:1' or 'auto' (the GPU when there is one). StarDist uses "
+                        "TensorFlow's device; leave 'auto' with the other backends."},
         {"name": "overwrite", "type": "boolean", "default": False,
          "description": "Allow writing into a model folder that already holds files "
                         "(True/False); files of the same name are replaced."},

@@ -23,8 +23,16 @@ Then the conda and pip entries of the environment file are installed:
 * conda entries: ``channel::`` stripped, ``name=1.2`` -> ``name==1.2.*``; ``python`` and ``pip`` are
   skipped (P's Python is the parent's; a different major.minor is reported on stderr).
 * entries already satisfied by what P can import are skipped (no pip call, no network).
-* ``orgaseg-core...`` entries are installed with ``pip --no-index --find-links
-  $ORGASEG_WHEELHOUSE --no-deps --ignore-installed`` from a wheel built from the checkout.
+* ``orgaseg-core...`` entries are installed with ``--no-deps --ignore-installed`` (their
+  dependencies are the parent's):
+
+  - a pin (``orgaseg-core[data]==0.8.0``: a source ``environment.yml``) from the wheel built from
+    the checkout in ``$ORGASEG_WHEELHOUSE`` (``--no-index --find-links``);
+  - a git reference (``orgaseg-core[data] @ git+<catalog URL>@<release tag>``: what a release
+    deploys) really from that repository and tag: pip clones it and builds the wheel
+    (``--no-build-isolation``: setuptools is the parent's, no index needed), once per commit,
+    kept in ``$ORGASEG_WHEELHOUSE/git-<commit>/``. A tag that the repository does not have fails
+    here as it would for a user.
 * anything else still missing is installed with pip (needs an index).
 
 Usage: album runs it as ``ENVIRONMENT_DEBUGGING_MICROMAMBA_PATH``, which must be an executable
@@ -213,6 +221,39 @@ def _missing(python: Path, requirements: list[str]) -> list[str]:
     return json.loads(out)
 
 
+def _git_wheel(python: Path, requirement: str, wheelhouse: Path) -> Path:
+    """The wheel of a ``name @ git+URL@REV`` requirement, built by pip from that repository and
+    revision, once per commit (``wheelhouse/git-<commit>/``)."""
+    from packaging.requirements import Requirement
+
+    url = Requirement(requirement).url
+    if not url.startswith("git+") or "@" not in url.split("://", 1)[-1].split("/", 1)[-1]:
+        _fail(f"{requirement}: expected 'orgaseg-core[...] @ git+<repository URL>@<tag>'")
+    repository, revision = url[len("git+"):].rsplit("@", 1)
+    listed = subprocess.run(["git", "ls-remote", repository, revision], capture_output=True, text=True)
+    commits = {line.split()[0] for line in listed.stdout.splitlines() if line.strip()}
+    if listed.returncode != 0 or not commits:
+        _fail(f"{requirement}: git finds no {revision!r} in {repository} "
+              f"({listed.stderr.strip() or 'no such tag'})")
+    folder = wheelhouse / f"git-{sorted(commits)[0][:12]}"
+    wheels = sorted(folder.glob("*.whl"))
+    if not wheels:
+        building = folder.with_name(folder.name + f".building-{os.getpid()}")
+        command = [str(python), "-m", "pip", "wheel", "--disable-pip-version-check", "-q", "--no-deps",
+                   "--no-build-isolation", "-w", str(building), requirement]
+        print("micromamba-standin: " + " ".join(command), flush=True)
+        if subprocess.run(command).returncode != 0:
+            _fail(f"pip could not build {requirement}")
+        try:
+            building.rename(folder)
+        except OSError:  # built at the same time by another environment: use that one
+            shutil.rmtree(building, ignore_errors=True)
+        wheels = sorted(folder.glob("*.whl"))
+    if len(wheels) != 1:
+        _fail(f"{folder}: expected one wheel, found {len(wheels)}")
+    return wheels[0]
+
+
 def _pip(python: Path, *args: str) -> None:
     command = [str(python), "-m", "pip", "install", "--disable-pip-version-check",
                "--no-warn-script-location", *args]
@@ -262,8 +303,14 @@ def cmd_create(args: list[str]) -> int:
         if not wheelhouse or not Path(wheelhouse).is_dir():
             _fail(f"{', '.join(local)}: set {WHEELHOUSE_ENV} to a folder holding its wheel "
                   "(pip wheel --no-deps -w FOLDER <checkout>)")
-        # dependencies of the wheel that the parent does not provide are installed first
-        _pip(python, "--no-index", "--find-links", wheelhouse, "--no-deps", "--ignore-installed", *local)
+        from packaging.requirements import Requirement
+
+        pinned = [r for r in local if not Requirement(r).url]
+        if pinned:
+            _pip(python, "--no-index", "--find-links", wheelhouse, "--no-deps", "--ignore-installed", *pinned)
+        for requirement in (r for r in local if Requirement(r).url):
+            wheel = _git_wheel(python, requirement, Path(wheelhouse))
+            _pip(python, "--no-index", "--no-deps", "--ignore-installed", str(wheel))
     print(f"micromamba-standin: environment {prefix_path} ready "
           f"({len(requirements)} requirements, {len(others)} installed from the index, "
           f"{len(local)} from the wheelhouse)", flush=True)

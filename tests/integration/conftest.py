@@ -8,7 +8,10 @@ Nothing here reaches the internet:
 * ``ENVIRONMENT_DEBUGGING_MICROMAMBA_PATH``: a two-line wrapper around
   ``tests/album_support/micromamba_standin.py`` (venvs instead of conda environments).
 * ``ORGASEG_WHEELHOUSE``: a folder with the orgaseg-core wheel built from the checkout, which the
-  stand-in installs into every solution environment.
+  stand-in installs where an environment file pins ``orgaseg-core==<version>`` (a solution
+  installed from its source folder). A released solution's environment installs
+  ``orgaseg-core[...] @ git+<catalog>@<release tag>``: the stand-in builds that wheel from the
+  catalog repository at the tag with pip, once per commit, and keeps it in the wheelhouse too.
 
 The catalog album adds is a throwaway git repository made from a copy of the working tree
 (uncommitted changes included), its catalog files rebuilt from ``solutions/<step>/`` with
@@ -161,7 +164,8 @@ def album(tmp_path_factory) -> Album:
     _git(catalog_repo, "commit", "-q", "-m", "release")
     # the maintainer's release command, so the integration tests exercise it too
     build_catalog = load_build_catalog(catalog_repo)
-    created, _ = build_catalog.create_release_tags(catalog_repo)
+    # the catalog is added by its path: the released environments install orgaseg-core from it
+    created, _ = build_catalog.create_release_tags(catalog_repo, repo_url=str(catalog_repo))
     # the versions in solutions/ are tagged; older versions the index keeps (0.1.0) have no
     # source in this history-less copy, so they stay untagged (and are not installed here)
     current = sorted(build_catalog._source_versions(catalog_repo))

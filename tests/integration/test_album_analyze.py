@@ -16,7 +16,7 @@ from digests import tree_digest
 
 pytestmark = pytest.mark.integration
 
-STEP = "orgaseg:analyze:0.7.0"
+STEP = "orgaseg:analyze:0.8.0"
 
 
 def test_analyze(album, story, tmp_path):
@@ -29,9 +29,9 @@ def test_analyze(album, story, tmp_path):
     assert "Installed analyze!" in result.output, result.output
     try:
         out = album.workdir / "analysis"
-        run = album("run", STEP, "--segmentation-model", models / "segmentation",
+        run = album("run", STEP, "--segmentation_model", models / "segmentation",
                     "--classifier", models / "classifier", "--images", images,
-                    "--out", out, "--min-area", "200", timeout=900)
+                    "--out", out, "--min_area", "200", timeout=900)
         assert "analyze: 2 image(s)" in run.output
         assert (tree_digest(images), tree_digest(models)) == before  # inputs unchanged
         summary = pd.read_csv(out / "summary.csv", dtype={"stem": str})
@@ -83,13 +83,13 @@ def test_analyze(album, story, tmp_path):
         # neither a model nor masks: one error line, nothing written
         neither = album("run", STEP, "--classifier", models / "classifier",
                         "--images", images, "--out", album.workdir / "never", expect=1)
-        assert "--segmentation-model" in neither.output and "--masks" in neither.output
+        assert "--segmentation_model" in neither.output and "--masks" in neither.output
         assert "Traceback" not in neither.output and not (album.workdir / "never").exists()
 
         # a classifier file that is not ours: one error line naming it, nothing written
         bad = tmp_path / "not-a-model.pt"
         bad.write_bytes(b"\x00" * 100 + b"definitely not a checkpoint")
-        failed = album("run", STEP, "--segmentation-model", models / "segmentation", "--classifier", bad,
+        failed = album("run", STEP, "--segmentation_model", models / "segmentation", "--classifier", bad,
                        "--images", images, "--out", album.workdir / "never", expect=1)
         error_line(failed.output, str(bad))
         assert "Traceback" not in failed.output

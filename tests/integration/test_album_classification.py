@@ -24,7 +24,7 @@ from digests import tree_digest
 
 pytestmark = pytest.mark.integration
 
-VERSION = "0.7.0"
+VERSION = "0.8.0"
 # the columns of objects.csv that a user reads first (the rest are crop window and intensities)
 MEASUREMENTS = ["image", "stem", "label", "crop", "bbox_min_row", "bbox_min_col", "bbox_max_row",
                 "bbox_max_col", "centroid_row", "centroid_col", "area_px", "perimeter",
@@ -81,7 +81,7 @@ def test_extract_objects(album, demo, tmp_path):
         before = tree_digest(images), tree_digest(masks)
         out = album.workdir / "objects"
         run = album("run", step, "--images", images, "--masks", masks, "--out", out,
-                    "--padding", "4", "--min-area", "150", "--exclude-border", "True")
+                    "--padding", "4", "--min_area", "150", "--exclude_border", "True")
         assert "extract-objects: 4 image/mask pairs" in run.output
         objects = pd.read_csv(out / "objects.csv")
         skipped = pd.read_csv(out / "skipped.csv")
@@ -154,10 +154,10 @@ def test_train_classifier_then_classify(album, demo, tmp_path):
         step = coordinates("train-classifier")
         before = tree_digest(demo)
         run = album("run", step, "--images", demo / "images", "--masks", demo / "masks",
-                    "--model-out", model, "--val-fraction", "0.25", "--test-fraction", "0.25",
-                    "--n-trees", "30", "--architectures", "resnet18", "--learning-rates", "0.001,0.0003",
-                    "--batch-sizes", "16", "--grid-epochs", "1", "--epochs", "2", "--patience", "1",
-                    "--input-size", "32", "--review-below", "0.7", "--seed", "3", "--device", "cpu",
+                    "--model_out", model, "--val_fraction", "0.25", "--test_fraction", "0.25",
+                    "--n_trees", "30", "--architectures", "resnet18", "--learning_rates", "0.001,0.0003",
+                    "--batch_sizes", "16", "--grid_epochs", "1", "--epochs", "2", "--patience", "1",
+                    "--input_size", "32", "--review_below", "0.7", "--seed", "3", "--device", "cpu",
                     timeout=600)
         assert (f"train-classifier: 5 classes ({', '.join(classes)}) from annotated images, cpu"
                 in run.output), run.output
@@ -209,12 +209,12 @@ def test_train_classifier_then_classify(album, demo, tmp_path):
         lonely = one / "train" / classes[0]
         for crop in sorted(lonely.iterdir())[1:]:
             crop.unlink()
-        bad = album("run", step, "--data", one, "--model-out", album.workdir / "never", expect=1)
+        bad = album("run", step, "--data", one, "--model_out", album.workdir / "never", expect=1)
         error_line(bad.output, str(lonely), "only one image")
         # a grid value that is not a number: one ERROR line, no traceback
         bad = album("run", step, "--images", demo / "images", "--masks", demo / "masks",
-                    "--model-out", album.workdir / "never", "--learning-rates", "0.001,fast", expect=2)  # a usage error
-        error_line(bad.output, "--learning-rates", "'fast' is not a number")
+                    "--model_out", album.workdir / "never", "--learning_rates", "0.001,fast", expect=2)  # a usage error
+        error_line(bad.output, "--learning_rates", "'fast' is not a number")
         assert "Traceback" not in bad.output
         assert not (album.workdir / "never").exists()
 
@@ -229,7 +229,7 @@ def test_train_classifier_then_classify(album, demo, tmp_path):
             out = album.workdir / f"classified-{chosen}"
             options = ["--family", chosen] if chosen != "auto" else []
             run = album("run", step, "--model", model, "--objects", tmp_path / "objects",
-                        "--out", out, "--batch-size", "7", "--device", "cpu", *options)
+                        "--out", out, "--batch_size", "7", "--device", "cpu", *options)
             assert f"classify: {len(objects)} of {len(objects)} crops classified" in run.output
             assert "0.70 flagged for review" in run.output  # the classifier's threshold
             predictions = pd.read_csv(out / "predictions.csv")
@@ -251,7 +251,7 @@ def test_train_classifier_then_classify(album, demo, tmp_path):
         # review-below given: every object below it is flagged
         out = album.workdir / "classified-review"
         album("run", step, "--model", model, "--objects", tmp_path / "objects", "--out", out,
-              "--review-below", "0.95", "--device", "cpu")
+              "--review_below", "0.95", "--device", "cpu")
         predictions = pd.read_csv(out / "predictions.csv")
         assert list(predictions["needs_review"]) == list(predictions["confidence"] < 0.95)
         assert (tree_digest(tmp_path / "objects"), tree_digest(model)) == before

@@ -8,6 +8,7 @@ conftest.py and tests/album_support/micromamba_standin.py).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -21,7 +22,7 @@ from digests import tree_digest
 
 pytestmark = pytest.mark.integration
 
-VERSION = "0.7.0"
+VERSION = "0.8.0"
 STEPS = ("demo-data", "sort-crops", "annotations-to-masks", "preprocess", "split", "evaluate-segmentation",
          "train-segmentation", "segment", "extract-objects", "train-classifier", "classify", "analyze")
 CLASSES = {"Cyst", "Filled in", "Early branching", "Branched", "Burned out"}
@@ -42,6 +43,13 @@ def installed(album, step: str):
     finally:
         album("uninstall", coordinates(step))
         assert f"orgaseg:{coordinates(step)}" not in album.installed()
+
+
+@pytest.fixture(scope="module")
+def sort_crops_solution(album):
+    """orgaseg:sort-crops installed once for the tests that run it (album run, run-distributed)."""
+    with installed(album, "sort-crops"):
+        yield coordinates("sort-crops")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +78,7 @@ def test_demo_data(album):
     step = coordinates("demo-data")
     with installed(album, "demo-data"):
         out = album.workdir / "demo-data"
-        run = album("run", step, "--out", out, "--n-images", "2", "--seed", "3", "--size", "240x320")
+        run = album("run", step, "--out", out, "--n_images", "2", "--seed", "3", "--size", "240x320")
         assert "demo-data: 2 images of 240x320 px" in run.output
         images = sorted((out / "images").iterdir())
         assert [p.name for p in images] == ["demo_000.jpg", "demo_001.tif"]
@@ -86,8 +94,11 @@ def test_demo_data(album):
         assert record["arguments"]["style"] == "default"
 
         # album's argument parser rejects a value of the wrong type before anything runs
-        bad = album("run", step, "--out", album.workdir / "never", "--n-images", "abc", expect=2)
-        assert "argument --n-images: invalid int value: 'abc'" in bad.output
+        bad = album("run", step, "--out", album.workdir / "never", "--n_images", "abc", expect=2)
+        assert "argument --n_images: invalid int value: 'abc'" in bad.output
+        # the hyphenated names of 0.7.0 are the command line's, not the solution's (since 0.8.0)
+        bad = album("run", step, "--out", album.workdir / "never", "--n-images", "2", expect=2)
+        assert "unrecognized arguments: --n-images" in bad.output
         # values the solution checks end the run with one ERROR line and exit status 1
         bad = album("run", step, "--out", album.workdir / "never", "--size", "big", expect=2)  # a usage error
         error_line(bad.output, "--size must look like 2x3")
@@ -96,18 +107,18 @@ def test_demo_data(album):
         assert "Traceback" not in bad.output
         assert not (album.workdir / "never").exists()
         # the output folder of the first run is refused without overwrite
-        again = album("run", step, "--out", out, "--n-images", "2", "--size", "240x320", expect=1)
+        again = album("run", step, "--out", out, "--n_images", "2", "--size", "240x320", expect=1)
         error_line(again.output, str(out))
 
         album("test", step)
 
 
-def test_sort_crops(album, demo):
-    step = coordinates("sort-crops")
+def test_sort_crops(album, demo, sort_crops_solution):
+    step = sort_crops_solution
     crops = demo / "crops"
     truth = pd.read_csv(demo / "objects.csv", keep_default_na=False)
     classified = truth[truth["class"] != ""]
-    with installed(album, "sort-crops"):
+    if True:  # the solution is installed by the fixture (shared with test_run_distributed)
         before = tree_digest(crops)
         out = album.workdir / "sorted-copy"
         run = album("run", step, "--crops", crops, "--out", out, "--move", "False")
@@ -144,6 +155,47 @@ def test_sort_crops(album, demo):
         album("test", step)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("album.distributed") is None,
+                    reason="album-distributed is not installed (the dev extra installs it on Python 3.11+)")
+def test_run_distributed(album, demo, sort_crops_solution):
+    """``album run-distributed`` (album-distributed 0.3.0) runs one task per input folder: the
+    first pattern (--crops) defines the tasks, --class_map (a snake_case path argument: expanded
+    since 0.8.0, hyphenated names never were) is paired with it by name, --out is derived."""
+    base = album.workdir / "plates"
+    truth = pd.read_csv(demo / "objects.csv", keep_default_na=False)
+    truth = truth[truth["crop"] != ""].reset_index(drop=True)
+    plates = ("plate_a", "plate_b", "plate_c")
+    crops_of = {plate: truth.iloc[i::len(plates)] for i, plate in enumerate(plates)}
+    for plate, rows in crops_of.items():
+        (base / "exports" / plate).mkdir(parents=True)
+        for crop in rows["crop"]:
+            shutil.copy2(demo / "crops" / crop, base / "exports" / plate / crop)
+        (base / "maps").mkdir(exist_ok=True)
+        # every plate its own class names: which map a task got shows in its folders
+        (base / "maps" / f"{plate}.csv").write_text(
+            "".join(f"{c},{c} {plate[-1].upper()}\n" for c in sorted(set(truth["class"]) - {""})),
+            encoding="utf-8")
+    before = tree_digest(base / "exports")
+
+    run = album("run-distributed", sort_crops_solution, "--crops", f"{base}/exports/*",
+                "--out", f"{base}/sorted/*", "--class_map", f"{base}/maps/*.csv", "--move", "False",
+                timeout=300)
+    assert "3 of 3 task(s) succeeded" in run.output, run.output
+    assert sorted(p.name for p in (base / "sorted").iterdir()) == list(plates)
+    for plate, rows in crops_of.items():
+        out = base / "sorted" / plate
+        classified = rows[rows["class"] != ""]
+        suffix = plate[-1].upper()
+        assert sorted(p.name for p in out.iterdir() if p.is_dir()) == \
+            sorted(f"{c} {suffix}" for c in set(classified["class"])), plate
+        for crop, cls in zip(classified["crop"], classified["class"]):
+            assert (out / f"{cls} {suffix}" / crop).read_bytes() == (demo / "crops" / crop).read_bytes()
+        record = json.loads((out / "run.json").read_text())
+        assert record["arguments"]["class_map"] == str(base / "maps" / f"{plate}.csv")
+        assert record["arguments"]["crops"] == str(base / "exports" / plate)
+    assert tree_digest(base / "exports") == before  # copied, not moved
+
+
 def test_annotations_to_masks(album, demo):
     step = coordinates("annotations-to-masks")
     truth = pd.read_csv(demo / "objects.csv", keep_default_na=False)
@@ -165,10 +217,10 @@ def test_annotations_to_masks(album, demo):
             assert list(ids) == list(drawn["label"]) and list(counts) == list(drawn["area_px"])
         assert tree_digest(demo) == before
 
-        # "--keep-unclassified True" also draws the annotation without a class
+        # "--keep_unclassified True" also draws the annotation without a class
         kept = album.workdir / "masks-unclassified"
         album("run", step, "--annotations", demo / "geojsons", "--images", demo / "images",
-              "--out", kept, "--keep-unclassified", "True")
+              "--out", kept, "--keep_unclassified", "True")
         unclassified = truth[(truth["class"] == "") & (truth["geometry"] != "LineString")]
         assert len(unclassified) >= 1
         for image in sorted((demo / "images").iterdir()):
@@ -190,8 +242,8 @@ def test_preprocess(album, demo, tmp_path):
     with installed(album, "preprocess"):
         out = album.workdir / "preprocessed"
         album("run", step, "--images", demo / "images", "--masks", masks, "--out", out,
-              "--tiles", "2x2", "--scale", "0.5", "--remove-vignette", "True",
-              "--flatten-background", "False")
+              "--tiles", "2x2", "--scale", "0.5", "--remove_vignette", "True",
+              "--flatten_background", "False")
         names = sorted(f"{s}_r{r}c{c}.tif" for s in ("demo_000", "demo_001") for r in (0, 1) for c in (0, 1))
         assert sorted(p.name for p in (out / "images").iterdir()) == names
         assert sorted(p.name for p in (out / "masks").iterdir()) == names
@@ -300,8 +352,8 @@ def test_train_segmentation_then_segment(album, demo, tmp_path):
     with installed(album, "train-segmentation"):
         step = coordinates("train-segmentation")
         before = tree_digest(tmp_path / "split")
-        album("run", step, "--data", tmp_path / "split", "--model-out", model, "--epochs", "1",
-              "--steps-per-epoch", "2", "--batch-size", "2", "--patch-size", "64", "--augment", "False")
+        album("run", step, "--data", tmp_path / "split", "--model_out", model, "--epochs", "1",
+              "--steps_per_epoch", "2", "--batch_size", "2", "--patch_size", "64", "--augment", "False")
         meta = json.loads((model / "orgaseg_model.json").read_text())
         assert meta["kind"] == "orgaseg-stardist2d" and (model / "thresholds.json").is_file()
         assert set(pd.read_csv(model / "report.csv")["threshold"].round(2)) >= {0.5, 0.7, 0.9}
@@ -309,7 +361,7 @@ def test_train_segmentation_then_segment(album, demo, tmp_path):
         # no validation data: refused with the reason, before any training
         no_val = tmp_path / "no-val"
         shutil.copytree(tmp_path / "split" / "train", no_val / "train")
-        bad = album("run", step, "--data", no_val, "--model-out", album.workdir / "never", expect=1)
+        bad = album("run", step, "--data", no_val, "--model_out", album.workdir / "never", expect=1)
         error_line(bad.output, "val")
         assert not (album.workdir / "never").exists()
         album("test", step)
