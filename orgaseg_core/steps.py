@@ -471,7 +471,7 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
             review_below: float | str | None = None, family: str | None = None,
             pixel_size: float | str | None = None, metadata: PathLike | None = None,
             name_pattern: str | None = None, control: str | None = None, seed: int = 0,
-            workers: int | str | None = None, scheduler: Any = None, chunk_size: int | str | None = None,
+            workers: int | str = "auto", scheduler: Any = None, chunk_size: int | str | None = None,
             threads_per_worker: int | str | None = None, overwrite: bool = False):
     """Segment, measure and classify every organoid of an image file or a folder of images.
 
