@@ -69,12 +69,22 @@ def test_analyze(album, story, tmp_path):
         masks = demo / "evaluation" / "true-masks"
         masks_before = tree_digest(masks)
         out_masks = album.workdir / "analysis-masks"
+        # with the pixel size and the experiment's design (options of 0.8.0)
+        design = tmp_path / "design.csv"
+        names = sorted(p.name for p in images.iterdir())
+        design.write_text("image,well,condition\n" + "".join(
+            f"{name},A{i + 1:02d},{'DMSO' if i % 2 == 0 else 'drug'}\n" for i, name in enumerate(names)))
         album("run", STEP, "--masks", masks, "--classifier", models / "classifier",
-              "--images", images, "--out", out_masks, timeout=600)
+              "--images", images, "--out", out_masks, "--pixel_size", "0.5", "--metadata", design,
+              timeout=600)
         assert tree_digest(masks) == masks_before
         record = json.loads((out_masks / "run.json").read_text())
         assert record["status"] == "ok" and set(record["results"]["steps"]) == {
             "masks", "extract-objects", "classify"}
+        measured = pd.read_csv(out_masks / "objects.csv", dtype={"stem": str})
+        assert np.allclose(measured["area_um2"], measured["area_px"] * 0.25)
+        assert set(measured["condition"]) == {"DMSO", "drug"}
+        assert set(pd.read_csv(out_masks / "conditions.csv")["condition"]) >= {"DMSO", "drug"}
         for row in pd.read_csv(out_masks / "summary.csv", dtype={"stem": str}).to_dict("records"):
             ids = {int(i) for i in np.unique(tifffile.imread(masks / f"{row['stem']}.tif")) if i}
             features = json.loads((out_masks / "qupath" / f"{row['stem']}.geojson").read_text())["features"]

@@ -340,7 +340,8 @@ def test_evaluate_segmentation(album, demo, tmp_path):
 
 
 def test_train_segmentation_then_segment(album, demo, tmp_path):
-    """The StarDist pair: a tiny model trained through album, then used through album."""
+    """The StarDist pair: a tiny model trained through album, then used through album; the same
+    for a tiny U-Net (torch, in the same environment: never in one process with TensorFlow)."""
     from orgaseg_core.data.masks import annotations_to_masks
     from orgaseg_core.data.preprocess import preprocess
     from orgaseg_core.data.split import split_dataset
@@ -364,6 +365,18 @@ def test_train_segmentation_then_segment(album, demo, tmp_path):
         bad = album("run", step, "--data", no_val, "--model_out", album.workdir / "never", expect=1)
         error_line(bad.output, "val")
         assert not (album.workdir / "never").exists()
+        # the U-Net backend (since 0.8.0): StarDist's options refused by their album names
+        unet = album.workdir / "unet"
+        album("run", step, "--data", tmp_path / "split", "--model_out", unet, "--backend", "unet",
+              "--epochs", "1", "--steps_per_epoch", "2", "--batch_size", "2", "--patch_size", "64",
+              "--device", "cpu")
+        meta = json.loads((unet / "orgaseg_model.json").read_text())
+        assert meta["kind"] == "orgaseg-unet" and (unet / "unet.pt").is_file()
+        assert json.loads((unet / "run.json").read_text())["arguments"]["device"] == "cpu"
+        bad = album("run", step, "--data", tmp_path / "split", "--model_out", album.workdir / "never",
+                    "--backend", "unet", "--n_rays", "64", expect=1)
+        error_line(bad.output, "n_rays")
+        assert not (album.workdir / "never").exists()
         album("test", step)
 
     with installed(album, "segment"):
@@ -377,6 +390,14 @@ def test_train_segmentation_then_segment(album, demo, tmp_path):
             assert sorted(pd.read_csv(out / f"{image.stem}_objects.csv")["label"]) == ids
             features = json.loads((out / f"{image.stem}.geojson").read_text())["features"]
             assert len(features) == len(ids)
+        # the U-Net model: labels at the images' size (torch in this environment, no TensorFlow)
+        out_unet = album.workdir / "segmented-unet"
+        album("run", step, "--model", unet, "--images", demo / "images", "--out", out_unet)
+        for image in sorted((demo / "images").iterdir()):
+            labels = tifffile.imread(out_unet / f"{image.stem}.tif")
+            assert labels.shape == (240, 320)
+            ids = sorted(int(i) for i in np.unique(labels) if i)
+            assert sorted(pd.read_csv(out_unet / f"{image.stem}_objects.csv")["label"]) == ids
         # a folder that is not a model: one error line naming it, nothing written
         bad = album("run", step, "--model", demo / "images", "--images", demo / "images",
                     "--out", album.workdir / "never", expect=1)
