@@ -31,7 +31,7 @@ ALLOWED = {
     "segmentation": {"common", "qupath"},
     "objects": {"common", "qupath"},
     "classification": {"common", "qupath", "objects"},
-    "results": {"common"},
+    "results": {"common", "qupath"},
     "pipelines": {"common", "qupath", "data", "segmentation", "objects", "classification", "results"},
 }
 TOP_LEVEL = {"__init__", "__main__", "steps", "cli", "album_support"}

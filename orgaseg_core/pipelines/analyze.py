@@ -133,6 +133,7 @@ class AnalyzeResult:
     seconds: float = 0.0
     design_columns: list[str] = field(default_factory=list)
     unmatched_design: list[str] = field(default_factory=list)
+    report: Path | None = None
 
     @property
     def summary_csv(self) -> Path:
@@ -155,6 +156,7 @@ class AnalyzeResult:
                   + (f", {self.out / CONDITIONS_CSV} (per {', '.join(self.design_columns)})"
                      if self.design_columns else ""),
                   f"  plots:     {self.out / PLOTS_DIR} (PNG and SVG)",
+                  f"  report:    {self.report} (open it in a browser)" if self.report else "",
                   f"  steps:     {self.out / SEGMENTATION_DIR}, {self.out / OBJECTS_DIR}, "
                   f"{self.out / CLASSIFICATION_DIR}"]
         if self.unmatched_design:
@@ -164,7 +166,7 @@ class AnalyzeResult:
         if self.failed:
             lines.append(f"  {len(self.failed)} image(s) failed and were skipped:")
             lines += [f"    {f}" for f in self.failed]
-        return "\n".join(lines)
+        return "\n".join(line for line in lines if line)
 
 
 class AnalyzeFailed(OrgasegError):
@@ -361,6 +363,25 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
     return result
 
 
+def _report(out: Path, table: pd.DataFrame, summary: pd.DataFrame, conditions, class_names: list[str],
+            record, plots: list[Path]) -> Path:
+    """``out/report.html`` (:mod:`orgaseg_core.results.report`)."""
+    from ..common.outputs import package_versions
+    from ..results.report import write_report
+
+    arguments = record.arguments
+    sizes = sorted({round(float(v), 6) for v in table.get("pixel_size_um", pd.Series(dtype=float)).dropna()})
+    pixel = (f"{', '.join(f'{v:g}' for v in sizes)} µm per pixel" if sizes else None)
+    inputs = {"images": arguments.get("images"),
+              "segmentation": arguments.get("segmentation_model") or f"label images of {arguments.get('masks')}",
+              "classifier": arguments.get("classifier"), "started": record.started}
+    return write_report(out, objects=table, summary=summary, conditions=conditions, class_names=class_names,
+                        run={"inputs": inputs, "arguments": arguments, "versions": package_versions(),
+                             "pixel_size": pixel},
+                        plots=plots, crops_root=out / OBJECTS_DIR, overlays_dir=out / OVERLAYS_DIR,
+                        qupath_dir=out / QUPATH_DIR)
+
+
 def _segment_options(n_tiles, prob_thresh, nms_thresh, image_scale: float, preprocessing: bool) -> list:
     options: list[Any] = ["--image-scale", float(image_scale),
                           "--preprocessing" if preprocessing else "--no-preprocessing"]
@@ -431,9 +452,12 @@ def _merge(out: Path, stems: dict[str, Path], done: dict[str, dict], design, cla
         log.info("wrote %s (%d rows)", out / CONDITIONS_CSV, len(conditions))
     write_csv(out / OBJECTS_CSV, table)
     write_csv(out / SUMMARY_CSV, summary)
+    written: list[Path] = []
     if len(table):
         written = _plots(out, table, conditions, class_names, review_below)
         log.info("wrote %d plots (PNG and SVG) to %s", len(written) // 2, out / PLOTS_DIR)
+    result.report = _report(out, table, summary, conditions, class_names, record,
+                            [p for p in written if p.suffix == ".png"])
     result.n_classified = int(len(table))
     result.class_counts = {c: int((table["predicted_class"] == c).sum()) for c in class_names}
     record.results.update({"class_names": class_names, "images": per_image,

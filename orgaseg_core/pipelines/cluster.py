@@ -75,6 +75,9 @@ def dask_client(*, workers: int, scheduler: Any = None) -> Iterator[tuple[Any, s
     except ImportError:
         raise OrgasegError("analyze runs its images on Dask workers and needs dask.distributed: "
                            "pip install 'orgaseg-core[distributed]'") from None
+    if not log.isEnabledFor(logging.DEBUG):
+        # Dask sets its own INFO level when imported; its cluster life is not the user's news
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     if scheduler is None:
         # One task thread per worker process: a task is a whole chunk, and its steps bring their
         # own threads. No dashboard (nothing to serve on a headless node; no port to clash).
