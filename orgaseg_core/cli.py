@@ -179,7 +179,7 @@ def example_cmd(
     n_images: int = typer.Option(24, "--n-images", min=4, help="Number of example training images to generate."),
     seed: int = typer.Option(0, help="Random seed for the data, the splits and the training."),
     size: str = typer.Option("760x1008", help="Example image size as HEIGHTxWIDTH in pixels."),
-    n_new_images: int = typer.Option(4, "--n-new-images", min=1, help="Number of new example images to analyse."),
+    n_new_images: int = typer.Option(6, "--n-new-images", min=2, help="New example images to analyse: wells of a generated experiment, half control, half treated (one image per well)."),
     seg_epochs: int = typer.Option(20, "--seg-epochs", min=1, help="Epochs of the StarDist training."),
     seg_steps: int = typer.Option(20, "--seg-steps", min=1, help="Steps per epoch of the StarDist training."),
     clf_grid_epochs: int = typer.Option(3, "--clf-grid-epochs", min=1, help="Epochs per grid point of the classifier's grid search."),

@@ -522,7 +522,7 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
 
 
 def example(out: PathLike = "orgaseg-demo", *, n_images: int = 24, seed: int = 0,
-            size: Pair = (760, 1008), n_new_images: int = 4, seg_epochs: int = 20,
+            size: Pair = (760, 1008), n_new_images: int = 6, seg_epochs: int = 20,
             seg_steps: int = 20, clf_grid_epochs: int = 3, clf_epochs: int = 12,
             data_only: bool = False, overwrite: bool = False) -> Any:
     """Run the whole story on generated example data, each framework in its own process.

@@ -72,6 +72,10 @@ def test_story_prints_where_everything_is(story):
     assert (out / "models" / "classifier" / "classifier.json").is_file()
     assert "classifier (" in printed and "family, chosen on validation)" in printed
     assert (out / "evaluation" / "segmentation" / "metrics.csv").is_file()
+    # the experiment of the new images, analysed with its design, ends with the report
+    assert "planted treatment effect: Cyst fraction treated - control +0.40 planted" in printed
+    assert f"report: open {out / 'analysis' / 'report.html'} in a browser" in printed
+    assert (out / "analysis" / "conditions.csv").is_file() and (out / "analysis" / "report.html").is_file()
 
 
 def test_story_analysis_outputs_agree(story):
@@ -132,34 +136,37 @@ def test_analyze_skips_a_broken_image_and_says_so(story, tmp_path):
         [sys.executable, "-m", "orgaseg_core", "analyze", "--segmentation-model",
          str(out / "models" / "segmentation"), "--classifier", str(out / "models" / "classifier"),
          "--images", str(images), "--out", str(tmp_path / "analysis"), "--exclude-border",
-         "--name-pattern", r"demo_00(?P<condition>\d)", "--control", "0", "--pixel-size", "0.5"],
+         "--name-pattern", r"(?P<well>[A-H]\d{2})_(?P<condition>[a-z]+)", "--control", "control",
+         "--pixel-size", "0.5"],
         capture_output=True, text=True, timeout=900)
     assert done.returncode == 1, done.stderr[-3000:]
     assert "broken.tif" in done.stderr and "could not be analysed" in done.stderr
     summary = pd.read_csv(tmp_path / "analysis" / "summary.csv", dtype={"condition": str})
     assert len(summary) == 2 and "broken.tif" not in set(summary["image"])
     # the design read from the file names, in every table, and per condition in conditions.csv
-    assert list(summary["condition"]) == ["0", "1"]
+    assert list(summary["condition"]) == ["control", "treated"] and list(summary["well"]) == ["A01", "A02"]
+    assert "0.65" in done.stderr  # the files' own pixel size, overridden by --pixel-size and reported
     objects = pd.read_csv(tmp_path / "analysis" / "objects.csv", dtype={"condition": str, "stem": str})
-    assert (objects["condition"] == objects["stem"].str[-1]).all()
+    assert (objects["condition"] == objects["stem"].str.split("_").str[1]).all()
     np.testing.assert_allclose(objects["area_um2"], objects["area_px"] * 0.25)
     conditions = pd.read_csv(tmp_path / "analysis" / "conditions.csv", dtype={"condition": str})
-    by = conditions.set_index("condition")
+    by = conditions[conditions["grouping"] == "condition"].set_index("condition")
     for row in summary.to_dict("records"):
         assert by.loc[row["condition"], "organoids"] == row["classified"]
         for name in CLASSES:
             assert by.loc[row["condition"], f"count_{name}"] == row[f"count_{name}"]
-    assert by.loc["0", "size_unit"] == "µm" and np.isnan(by.loc["0", "diff_Cyst"])
-    one = by.loc["1"]
+    assert by.loc["control", "size_unit"] == "µm" and np.isnan(by.loc["control", "diff_Cyst"])
+    one = by.loc["treated"]
     for name in CLASSES:
-        assert one[f"diff_{name}"] == pytest.approx(one[f"fraction_{name}"] - by.loc["0", f"fraction_{name}"], abs=1e-5)
+        assert one[f"diff_{name}"] == pytest.approx(one[f"fraction_{name}"] - by.loc["control", f"fraction_{name}"], abs=1e-5)
     record = json.loads((tmp_path / "analysis" / "run.json").read_text())
-    assert record["results"]["design"]["columns"] == ["condition"]
+    assert record["results"]["design"]["columns"] == ["well", "condition"]
     assert "broken.tif" in record["results"]["design"]["unmatched"]
-    # the plots, each as PNG and SVG (no wells in this design: no plate)
+    # the plots, each as PNG and SVG, and the report
     plots = {p.name for p in (tmp_path / "analysis" / "plots").iterdir()}
-    assert plots == {f"{name}.{ext}" for name in ("class_fractions", "confidence", "gallery", "sizes")
+    assert plots == {f"{name}.{ext}" for name in ("class_fractions", "confidence", "gallery", "sizes", "plate")
                      for ext in ("png", "svg")}
+    assert (tmp_path / "analysis" / "report.html").is_file()
     assert (tmp_path / "analysis" / "objects.csv").is_file()
     assert json.loads((tmp_path / "analysis" / "run.json").read_text())["status"] == "failed"
     assert (images / "broken.tif").read_bytes() == b"not a tiff at all"

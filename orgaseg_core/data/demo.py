@@ -44,7 +44,7 @@ import math
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -721,7 +721,8 @@ def _finalise(template: _Template, x: float, y: float) -> DemoObject:
 
 def synthesise_image(size: tuple[int, int], rng: np.random.Generator, *,
                      specials: Sequence[str] = (), filled_spelling: str = "Filled in",
-                     n_organoids: int | None = None, style: str | Style = "default") -> SyntheticImage:
+                     n_organoids: int | None = None, style: str | Style = "default",
+                     class_weights: Mapping[str, float] | None = None) -> SyntheticImage:
     """Generate one brightfield image and its annotations.
 
     ``size``: (height, width) px. ``specials``: any of ``overlap`` (one slightly overlapping
@@ -730,6 +731,8 @@ def synthesise_image(size: tuple[int, int], rng: np.random.Generator, *,
     (a measurement line). ``filled_spelling``: how the Filled in class is written.
     ``n_organoids``: total organoids wanted (random per style, 10-25 for ``default``, at the
     reference field of view). ``style``: a :data:`STYLES` name or :class:`Style`.
+    ``class_weights``: the chance of each class for the ordinary organoids (class name -> weight,
+    normalised; default: every class equally often, balanced within the image).
     Returns intensities on a 0-255 scale (float32, (H, W)) and the objects in feature order.
     """
     style = get_style(style)
@@ -757,8 +760,14 @@ def synthesise_image(size: tuple[int, int], rng: np.random.Generator, *,
         lo, hi = style.n_organoids
         n_organoids = int(round(rng.integers(lo, hi + 1) * area_factor))
     n_regular = max(0, n_organoids - n_special)
-    classes = np.resize(rng.permutation(len(CLASSES)), n_regular)
-    classes = [CLASSES[i] for i in rng.permutation(classes)]
+    if class_weights is None:
+        classes = np.resize(rng.permutation(len(CLASSES)), n_regular)
+        classes = [CLASSES[i] for i in rng.permutation(classes)]
+    else:
+        weights = np.array([max(0.0, float(class_weights.get(c, 0.0))) for c in CLASSES])
+        if weights.sum() <= 0:
+            raise OrgasegError(f"class weights must give some class a positive weight, got {dict(class_weights)}")
+        classes = [CLASSES[i] for i in rng.choice(len(CLASSES), size=n_regular, p=weights / weights.sum())]
     regular = [organoid_template(c, rng, scale, spelling=filled_spelling if c == "Filled in" else None,
                                  style=style)
                for c in classes]

@@ -9,9 +9,12 @@ under ``out``, so a new user sees what every step reads and writes:
 4. ``models/segmentation``: train-segmentation (StarDist, TensorFlow: its own process)
 5. ``models/classifier``: train-classifier from the annotated images (torch: its own process):
    measurement forest, CNN and their combination, the best on validation kept
-6. ``new-images``: other example images, never seen in training (demo-data, another seed)
-7. ``analysis``: analyze of the new images (segment, extract-objects, classify; QuPath files,
-   overlays, objects.csv, summary.csv)
+6. ``new-images``: an experiment never seen in training (:mod:`orgaseg_core.data.experiment`):
+   wells of a control and a treatment that shifts the class mix (20% -> 60% cysts) and makes
+   organoids larger, one image per well with its pixel size, ``design.csv`` and ``planted.json``
+7. ``analysis``: analyze of the new images with their design, control ``control`` (segment,
+   extract-objects, classify; QuPath files, overlays, tables, conditions.csv, plots and
+   ``report.html``); the summary compares the measured effect with the planted one
 8. ``evaluation``: the new images' annotations as label images, evaluate-segmentation of the
    analysis against them, and ``classes.csv``: each analysed object's predicted class next to
    the class of the annotation it matches (IoU >= 0.5), with the macro-F1 in the summary.
@@ -50,6 +53,7 @@ class ExampleResult:
     folders: dict[str, Path] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    report: Path | None = None
 
     def summary(self) -> str:
         lines = [f"example: all results are in {self.out} ({sum(self.seconds.values()):.0f} s)"]
@@ -66,15 +70,23 @@ class ExampleResult:
         if "classifier_test_macro_f1" in f:
             lines.append(f"  classifier ({f.get('classifier_family', 'cnn')} family, chosen on validation) on its "
                          f"test objects: macro-F1 {f['classifier_test_macro_f1']:.3f}")
+        if "measured_diff" in f:
+            lines.append(f"  planted treatment effect: {f['effect_class']} fraction treated - control "
+                         f"{f['planted_diff']:+.2f} planted ({f['generated_diff']:+.2f} in the generated images), "
+                         f"{f['measured_diff']:+.2f} measured (95% interval over wells {f['measured_diff_low']:+.2f} "
+                         f"to {f['measured_diff_high']:+.2f}); median area treated / control "
+                         f"{f['planted_area_ratio']:.2f} generated, {f['measured_area_ratio']:.2f} measured")
         if "analysis" in self.folders:
             a = self.folders["analysis"]
             lines.append(f"  open in QuPath: {a / 'qupath'}/<image>.geojson; overlays: {a / 'overlays'}; "
-                         f"tables: {a / 'summary.csv'}, {a / 'objects.csv'}")
+                         f"tables: {a / 'summary.csv'}, {a / 'objects.csv'}, {a / 'conditions.csv'}")
+        if self.report is not None:
+            lines.append(f"  report: open {self.report} in a browser")
         return "\n".join(lines)
 
 
 def run_example(out: Path, *, n_images: int = 24, seed: int = 0, size: tuple[int, int] = (760, 1008),
-                scale: float = 0.5, tiles: tuple[int, int] = (2, 2), n_new_images: int = 4,
+                scale: float = 0.5, tiles: tuple[int, int] = (2, 2), n_new_images: int = 6,
                 seg_epochs: int = EXAMPLE_SEG_EPOCHS, seg_steps: int = EXAMPLE_SEG_STEPS,
                 clf_grid_epochs: int = EXAMPLE_CLF_GRID_EPOCHS, clf_epochs: int = EXAMPLE_CLF_EPOCHS,
                 data_only: bool = False, overwrite: bool = False) -> ExampleResult:
@@ -149,7 +161,7 @@ def _models_and_analysis(result: ExampleResult, run_step_process, *, seed, size,
     """Steps 4-8 of the example (see the module notes)."""
     import json
 
-    from ..data.demo import make_demo_data
+    from ..data.experiment import make_demo_experiment
     from ..data.masks import annotations_to_masks
     from ..segmentation.evaluation import evaluate_segmentation
     from .analyze import analyze
@@ -182,13 +194,16 @@ def _models_and_analysis(result: ExampleResult, run_step_process, *, seed, size,
         result.figures["classifier_test_macro_f1"] = round(float(report["test"]["macro_f1"]), 4)
 
     folders["new images"] = out / "new-images"
-    done("new images", make_demo_data(folders["new images"], n_images=n_new_images,
-                                      seed=seed + NEW_IMAGES_SEED_OFFSET, size=size,
-                                      overwrite=overwrite).summary())
+    experiment = make_demo_experiment(folders["new images"], wells_per_condition=max(1, n_new_images // 2),
+                                      seed=seed + NEW_IMAGES_SEED_OFFSET, size=size, overwrite=overwrite)
+    done("new images", experiment.summary())
     folders["analysis"] = out / "analysis"
     analysed = analyze(folders["train-segmentation"], folders["train-classifier"],
-                       folders["new images"] / "images", folders["analysis"], overwrite=overwrite)
+                       folders["new images"] / "images", folders["analysis"], metadata=experiment.design_csv,
+                       control="control", overwrite=overwrite)
     done("analyze", analysed.summary())
+    result.report = analysed.report
+    result.figures.update(planted_effect(folders["analysis"] / "conditions.csv", experiment.planted_json))
 
     folders["evaluation"] = out / "evaluation"
     truth = folders["evaluation"] / "true-masks"
@@ -206,6 +221,32 @@ def _models_and_analysis(result: ExampleResult, run_step_process, *, seed, size,
                               folders["evaluation"] / "classes.csv")
     result.figures.update(classes)
     done("class agreement")
+
+
+def planted_effect(conditions_csv: Path, planted_json: Path, cls: str = "Cyst") -> dict[str, Any]:
+    """The treatment's effect as planted and as measured: the difference of the ``cls`` fraction
+    (treated - control, with its 95% bootstrap interval over wells) and the ratio of the median
+    organoid areas, from analyze's ``conditions.csv`` and the experiment's ``planted.json``."""
+    import json
+
+    import pandas as pd
+
+    planted = json.loads(Path(planted_json).read_text())
+    table = pd.read_csv(conditions_csv)
+    rows = table[table["grouping"] == "condition"].set_index("condition")
+    if not {"control", "treated"} <= set(rows.index) or f"diff_{cls}" not in rows.columns:
+        return {}
+    treated, control = rows.loc["treated"], rows.loc["control"]
+    return {"effect_class": cls,
+            "planted_diff": round(planted["treated"]["class_chance"][cls] - planted["control"]["class_chance"][cls], 4),
+            "generated_diff": round(planted["treated"]["generated_fractions"][cls]
+                                    - planted["control"]["generated_fractions"][cls], 4),
+            "measured_diff": round(float(treated[f"diff_{cls}"]), 4),
+            "measured_diff_low": round(float(treated[f"diff_{cls}_low"]), 4),
+            "measured_diff_high": round(float(treated[f"diff_{cls}_high"]), 4),
+            "planted_area_ratio": round(planted["treated"]["generated_median_area_um2"]
+                                        / planted["control"]["generated_median_area_um2"], 3),
+            "measured_area_ratio": round(float(treated["area_median"]) / float(control["area_median"]), 3)}
 
 
 def class_agreement(truth: Path, pred: Path, objects_csv: Path, out_csv: Path) -> dict[str, Any]:
