@@ -6,6 +6,13 @@ only inside ``run``, ``pre_test`` and ``test``.
 """
 from album.runner.api import get_args, setup
 
+if __name__ == "__mp_main__":
+    # analyze runs its images on Dask worker processes started by "spawn": each re-imports the
+    # main module, which album makes this file, so setup() below would start a whole second
+    # analyze run in every worker. A worker needs nothing of this file: there, setup does nothing.
+    def setup(**_):
+        return None
+
 
 def run():
     from orgaseg_core import steps
