@@ -73,7 +73,7 @@ def test_story_prints_where_everything_is(story):
     assert "classifier (" in printed and "family, chosen on validation)" in printed
     assert (out / "evaluation" / "segmentation" / "metrics.csv").is_file()
     # the experiment of the new images, analysed with its design, ends with the report
-    assert "planted treatment effect: Cyst fraction treated - control +0.40 planted" in printed
+    assert "planted treatment effect: Branched fraction treated - control +0.40 planted" in printed
     assert f"report: open {out / 'analysis' / 'report.html'} in a browser" in printed
     assert (out / "analysis" / "conditions.csv").is_file() and (out / "analysis" / "report.html").is_file()
 

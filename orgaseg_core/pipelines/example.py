@@ -10,7 +10,7 @@ under ``out``, so a new user sees what every step reads and writes:
 5. ``models/classifier``: train-classifier from the annotated images (torch: its own process):
    measurement forest, CNN and their combination, the best on validation kept
 6. ``new-images``: an experiment never seen in training (:mod:`orgaseg_core.data.experiment`):
-   wells of a control and a treatment that shifts the class mix (20% -> 60% cysts) and makes
+   wells of a control and a treatment that shifts the class mix (20% -> 60% branched) and makes
    organoids larger, one image per well with its pixel size, ``design.csv`` and ``planted.json``
 7. ``analysis``: analyze of the new images with their design, control ``control`` (segment,
    extract-objects, classify; QuPath files, overlays, tables, conditions.csv, plots and
@@ -67,6 +67,9 @@ class ExampleResult:
         if "class_macro_f1" in f:
             lines.append(f"  classes of the matched organoids: macro-F1 {f['class_macro_f1']:.3f}, "
                          f"accuracy {f['class_accuracy']:.3f} ({f['class_n']} organoids)")
+        if f.get("recall_per_class"):
+            lines.append("  organoids found and classified, per annotated class: " + ", ".join(
+                f"{name} {value:.0%}" for name, value in f["recall_per_class"].items()))
         if "classifier_test_macro_f1" in f:
             lines.append(f"  classifier ({f.get('classifier_family', 'cnn')} family, chosen on validation) on its "
                          f"test objects: macro-F1 {f['classifier_test_macro_f1']:.3f}")
@@ -223,7 +226,7 @@ def _models_and_analysis(result: ExampleResult, run_step_process, *, seed, size,
     done("class agreement")
 
 
-def planted_effect(conditions_csv: Path, planted_json: Path, cls: str = "Cyst") -> dict[str, Any]:
+def planted_effect(conditions_csv: Path, planted_json: Path, cls: str = "Branched") -> dict[str, Any]:
     """The treatment's effect as planted and as measured: the difference of the ``cls`` fraction
     (treated - control, with its 95% bootstrap interval over wells) and the ratio of the median
     organoid areas, from analyze's ``conditions.csv`` and the experiment's ``planted.json``."""
@@ -266,12 +269,15 @@ def class_agreement(truth: Path, pred: Path, objects_csv: Path, out_csv: Path) -
 
     objects = pd.read_csv(objects_csv, dtype={"stem": str})
     rows = []
+    annotated: dict[str, int] = {}
     for truth_file in sorted(truth.glob("*.tif")):
         stem = truth_file.stem
         if not (pred / f"{stem}.tif").is_file():
             continue
         classes = pd.read_csv(truth / f"{stem}_objects.csv")
         true_class = dict(zip(classes["label"], classes["class"]))
+        for name in classes["class"].dropna():
+            annotated[str(name)] = annotated.get(str(name), 0) + 1
         predicted = objects[objects["stem"] == stem]
         pred_class = dict(zip(predicted["label"], predicted["predicted_class"]))
         matches = matched_pairs(match_objects(read_labels(truth_file), read_labels(pred / f"{stem}.tif")), 0.5)
@@ -290,5 +296,10 @@ def class_agreement(truth: Path, pred: Path, objects_csv: Path, out_csv: Path) -
         fp = int(((table["true_class"] != name) & (table["predicted_class"] == name)).sum())
         fn = int(((table["true_class"] == name) & (table["predicted_class"] != name)).sum())
         f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    # segmentation recall per annotated class (matched at IoU >= 0.5 and classified, of annotated):
+    # a class the segmentation misses is invisible to every table after it
+    found = table["true_class"].value_counts()
+    recall = {name: round(int(found.get(name, 0)) / n, 4) for name, n in sorted(annotated.items())}
     return {"class_n": int(len(table)), "class_macro_f1": round(float(np.mean(f1s)), 4),
-            "class_accuracy": round(float((table["true_class"] == table["predicted_class"]).mean()), 4)}
+            "class_accuracy": round(float((table["true_class"] == table["predicted_class"]).mean()), 4),
+            "recall_per_class": recall}
