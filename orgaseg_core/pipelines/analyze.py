@@ -456,8 +456,11 @@ def _merge(out: Path, stems: dict[str, Path], done: dict[str, dict], design, cla
     if len(table):
         written = _plots(out, table, conditions, class_names, review_below)
         log.info("wrote %d plots (PNG and SVG) to %s", len(written) // 2, out / PLOTS_DIR)
-    result.report = _report(out, table, summary, conditions, class_names, record,
-                            [p for p in written if p.suffix == ".png"])
+    # the report shows first what a biologist asks: the conditions, then sizes, plate, confidence
+    order = ["class_fractions", "sizes", "plate", "confidence", "gallery"]
+    pngs = sorted((p for p in written if p.suffix == ".png"),
+                  key=lambda p: order.index(p.stem) if p.stem in order else len(order))
+    result.report = _report(out, table, summary, conditions, class_names, record, pngs)
     result.n_classified = int(len(table))
     result.class_counts = {c: int((table["predicted_class"] == c).sum()) for c in class_names}
     record.results.update({"class_names": class_names, "images": per_image,
