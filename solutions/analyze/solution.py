@@ -28,7 +28,9 @@ def run():
         exclude_border=args.exclude_border, batch_size=args.batch_size, device=args.device,
         review_below=args.review_below, family=args.family, pixel_size=args.pixel_size,
         metadata=args.metadata, name_pattern=args.name_pattern, control=args.control,
-        seed=args.seed, overwrite=args.overwrite))
+        seed=args.seed, workers=args.workers, scheduler=args.scheduler or None,
+        chunk_size=args.chunk_size or None, threads_per_worker=args.threads_per_worker or None,
+        overwrite=args.overwrite))
 
 
 def pre_test():
@@ -231,9 +233,23 @@ setup(
         {"name": "seed", "type": "integer", "default": 0,
          "description": "Random seed of the bootstrap intervals and permutation tests: the same "
                         "seed gives the same intervals and p-values."},
+        {"name": "workers", "type": "string", "default": "auto",
+         "description": "Dask worker processes of the local cluster that runs the images in "
+                        "chunks ('auto': one per 2 CPU cores)."},
+        {"name": "scheduler", "type": "string", "default": "",
+         "description": "Address of a running Dask scheduler (tcp://host:8786) whose workers "
+                        "run the chunks instead of a local cluster; they must see the same files "
+                        "under the same paths. Leave empty for a local cluster."},
+        {"name": "chunk_size", "type": "integer", "default": 0,
+         "description": "Images per task; a worker loads its models once per chunk (0: the "
+                        "images shared out over the workers, at most 64)."},
+        {"name": "threads_per_worker", "type": "integer", "default": 0,
+         "description": "Threads of each chunk's steps (0: the CPU cores shared out over the "
+                        "local workers)."},
         {"name": "overwrite", "type": "boolean", "default": False,
          "description": "Allow writing into an output folder that already holds files "
-                        "(True/False); files of the same name are replaced."},
+                        "(True/False); files of the same name are replaced. Without it, the same "
+                        "run again into the folder of an interrupted analysis resumes it."},
     ],
     run=run,
     pre_test=pre_test,
