@@ -18,7 +18,6 @@ import pandas as pd
 import pytest
 
 from orgaseg_core import steps
-from orgaseg_core.common.errors import OrgasegError
 
 psutil = pytest.importorskip("psutil")  # installed with dask.distributed
 
@@ -92,21 +91,6 @@ def test_reference_analysis_found_and_classified_objects(setup):
     assert len(record["results"]["chunks"]) == 1 and record["results"]["chunks"][0]["published"] == N_IMAGES
 
 
-def test_a_given_scheduler_runs_the_chunks(setup, tmp_path):
-    """The same code path on workers this call did not start (here a LocalCluster of the test)."""
-    from distributed import LocalCluster
-
-    root, images, reference = setup
-    out = tmp_path / "scheduler"
-    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
-        steps.analyze(root / "seg", root / "classifier", images, out, scheduler=cluster.scheduler_address,
-                      chunk_size=3)
-    assert_same_analysis(out, reference)
-    with pytest.raises(OrgasegError, match="cannot reach the Dask scheduler tcp://127.0.0.1:9"):
-        steps.analyze(root / "seg", root / "classifier", images, tmp_path / "nowhere",
-                      scheduler="tcp://127.0.0.1:9")
-
-
 def _wait_for(condition, timeout: float = 300.0, what: str = "") -> None:
     end = time.monotonic() + timeout
     while not condition():
@@ -117,8 +101,9 @@ def _wait_for(condition, timeout: float = 300.0, what: str = "") -> None:
 
 def test_an_interrupted_analysis_resumes_with_only_the_images_left(setup, tmp_path):
     """Ctrl-C after the first chunk: exit 130, run.json 'interrupted'; the same command again
-    (chunks of another size may be asked for: they only spread the work) does only the other
-    images (the records of the first are not rewritten) and ends with the same tables."""
+    (chunks of another size, and the workers of a given scheduler: they only spread the work)
+    does only the other images (the records of the first are not rewritten) and ends with the
+    same tables."""
     root, images, reference = setup
     out = tmp_path / "resumed"
     records = out / "progress" / "images"
@@ -133,7 +118,11 @@ def test_an_interrupted_analysis_resumes_with_only_the_images_left(setup, tmp_pa
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
     before = {p.name: p.stat().st_mtime_ns for p in records.glob("*.json")}
     assert 2 <= len(before) < N_IMAGES
-    again = _cli(*args, "--chunk-size", N_IMAGES)
+    # the rest on workers this run did not start: the --scheduler route, the same code
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+        again = _cli(*args, "--chunk-size", N_IMAGES, "--scheduler", cluster.scheduler_address)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming the unfinished analysis in {out}: {len(before)} of {N_IMAGES} image(s) already done" \
         in again.stderr
