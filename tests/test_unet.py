@@ -163,7 +163,11 @@ def test_tiny_training_writes_a_complete_model(tiny):
     assert meta["steps"] == 120 and len(meta["history"]) == 8
     assert meta["training"]["seed"] == 1 and meta["training"]["device"] == "cpu"
     assert meta["weights"]["chosen"] in ("last", "lowest validation loss")
-    assert meta["regions"]["h_minima"] > 0 and len(meta["region_scores"]) == 36
+    # 18 region settings per candidate network: the last, and the lowest validation loss when
+    # that is another epoch (training on 2 CPU threads is not bit-reproducible, so either happens)
+    weights = meta["weights"]
+    networks = 1 if weights["lowest_val_loss_epoch"] == weights["epochs"] else 2
+    assert meta["regions"]["h_minima"] > 0 and len(meta["region_scores"]) == 18 * networks
     assert "torch" in meta["versions"]
     history = pd.read_csv(model / "history.csv")
     assert list(history["epoch"]) == list(range(1, 9)) and history["loss"].iloc[-1] < history["loss"].iloc[0]
