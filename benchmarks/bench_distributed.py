@@ -72,9 +72,10 @@ print(json.dumps({"seconds": seconds}))
 
 
 def thread_env(threads: int) -> dict[str, str]:
-    t = str(threads)
-    return {**os.environ, "OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t,
-            "TF_NUM_INTRAOP_THREADS": t, "TF_NUM_INTEROP_THREADS": "1"}
+    """This environment with the thread limits analyze gives each chunk's steps."""
+    from orgaseg_core.pipelines.chunks import thread_environment
+
+    return {**os.environ, **thread_environment(threads)}
 
 
 def bare(script: str, args: list, threads: int) -> float:

@@ -68,8 +68,6 @@ OBJECTS_CSV = "objects.csv"
 SUMMARY_CSV = "summary.csv"
 CONDITIONS_CSV = "conditions.csv"
 PLOTS_DIR = "plots"
-# Names that look like numbers ("001") must stay text when the tables are read back.
-_TEXT_COLUMNS = {"image": str, "stem": str, "crop": str}
 
 
 

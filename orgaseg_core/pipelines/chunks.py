@@ -85,10 +85,15 @@ def child_environment(threads: int | None) -> dict[str, str]:
     parent shows one progress bar over all images)."""
     env = {"TQDM_DISABLE": "1", LOG_LEVEL_VARIABLE: "WARNING"}
     if threads:
-        t = str(int(threads))
-        env.update({"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t,
-                    "TF_NUM_INTRAOP_THREADS": t, "TF_NUM_INTEROP_THREADS": "1"})
+        env.update(thread_environment(threads))
     return env
+
+
+def thread_environment(threads: int) -> dict[str, str]:
+    """The variables that limit OpenMP, MKL, OpenBLAS, TensorFlow and torch to ``threads``."""
+    t = str(int(threads))
+    return {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t,
+            "TF_NUM_INTRAOP_THREADS": t, "TF_NUM_INTEROP_THREADS": "1"}
 
 
 def _link(target: Path, link: Path) -> None:
