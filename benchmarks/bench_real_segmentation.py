@@ -25,7 +25,8 @@ model and writes an outline overlay per image into ``WORK/unannotated/<folder>/o
 Each held-out image is segmented with every outline refinement (none, probability, edges);
 the main table uses the one the model chose on its validation image, a second table compares
 them all, pooled. The model's choice of pyramid (several scales, ``--pyramid``) is compared
-with one scale on the same models in a third table (outlines as chosen).
+with one scale and with the pyramids 1,2 and 1,2,4 on the same models in a third table
+(outlines as chosen).
 
 Each fold trains a model (minutes to tens of minutes on 2 CPU cores): run it in the background
 and read the log. TensorFlow runs in child processes (the orgaseg CLI). Without
@@ -45,6 +46,8 @@ REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 GOAT = REALDATA / "goat-dev"
 THRESHOLDS = (0.5, 0.75, 0.9)
 #: The peers' figures on GOAT images (issue 10): F1 at IoU 0.5.
+#: the pyramids every held-out image is also segmented with (the same for every fold)
+PYRAMIDS = ("1", "1,2", "1,2,4")
 PEERS = {"OrganoID pretrained (2022)": 0.35, "threshold + watershed baseline": 0.32}
 
 
@@ -185,23 +188,20 @@ def main(argv: list[str] | None = None) -> int:
                   f"{one['f1']:.3f}, mean matched IoU {one['mean_matched_iou']:.3f}", flush=True)
         pred = by_method[chosen][-1]
         preds.append(pred)
-        # the model's pyramid choice against the other candidate on the same model (one scale
-        # against the pyramid its object sizes suggested), outlines as chosen
+        # the model's pyramid choice against every pyramid on the same model (the same three
+        # for every fold, so that each pools over all five images), outlines as chosen
         pyramid = meta.get("pyramid", {})
         pyramid_label = ",".join(f"{v:g}" for v in pyramid.get("levels", [1.0]))
-        candidates = list(pyramid.get("scores", {}) or [pyramid_label])
-        if len(candidates) == 1:  # the objects suggested no pyramid: the same labels count as both
-            by_pyramid.setdefault("pyramid" if candidates[0] == "1" else "one scale", []).append(pred)
-        for candidate in candidates:
+        for candidate in PYRAMIDS:
             if candidate == pyramid_label:
                 found = pred
             else:
                 seg = args.work / args.name / f"segmented-{held}-pyramid-{candidate.replace(',', '-')}"
                 run_step("segment", "--model", model, "--images", images[held][0], "--out", seg,
-                         "--refine", chosen, "--pyramid", candidate, "--overwrite")
+                         *([] if forest else ["--refine", chosen]), "--pyramid", candidate, "--overwrite")
                 found = read_labels(seg / f"{held}.tif")
                 write_overlay(images[held][0], seg / f"{held}.tif", seg / f"{held}_overlay.png")
-            by_pyramid.setdefault("one scale" if candidate == "1" else "pyramid", []).append(found)
+            by_pyramid.setdefault(f"levels {candidate}", []).append(found)
             one = segmentation_metrics([truth], [found], thresholds=THRESHOLDS).iloc[0]
             print(f"  {held}, pyramid {candidate}{' (chosen)' if candidate == pyramid_label else ''}: "
                   f"F1@0.5 {one['f1']:.3f}, {one['n_pred']} found, mean matched IoU "
@@ -223,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nevery outline refinement, pooled over the held-out images:")
     print(pd.DataFrame(compare).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     scales = [{"pyramid": name, **scores(truths, found)} for name, found in by_pyramid.items()]
-    print("\none scale against the pyramid (same models, chosen outlines; folds whose objects "
-          "suggested no pyramid count under both), pooled:")
+    print("\none scale against the pyramids (same models, chosen outlines), pooled:")
     print(pd.DataFrame(scales).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for peer, f1 in PEERS.items():
         print(f"  peer: {peer}: F1@0.5 {f1:.2f} (3 of these images, issue 10)")

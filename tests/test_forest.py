@@ -189,7 +189,7 @@ def test_network_options_are_refused_for_the_forest(forest, tmp_path):
         steps.train_segmentation(data, tmp_path / "m", n_trees=5)
     with pytest.raises(OrgasegError, match="backend must be"):
         steps.train_segmentation(data, tmp_path / "m", backend="cellpose")
-    with pytest.raises(OrgasegError, match="pixel-forest model: prob_thresh, pyramid"):
+    with pytest.raises(OrgasegError, match="pixel-forest model: prob_thresh set"):
         segment(model, data / "val" / "images", tmp_path / "s", prob_thresh=0.5, pyramid="1,2")
     assert not (tmp_path / "m").exists() and not (tmp_path / "s").exists()
 

@@ -507,7 +507,7 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
     forest, unet = kind == FOREST_KIND, kind == UNET_KIND
     if forest or unet:
         given = [name for name, value in (("prob_thresh", prob_thresh), ("nms_thresh", nms_thresh),
-                                          ("n_tiles", n_tiles), ("refine", refine), ("pyramid", levels))
+                                          ("n_tiles", n_tiles), ("refine", refine))
                  if value is not None]
         if given:
             raise OrgasegError(f"{model} is a {'pixel-forest' if forest else 'U-Net'} model: "
@@ -547,10 +547,10 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
                 image = read_image(path)
                 if forest:
                     seg = segment_forest_array(image, loaded, image_scale=image_scale,
-                                               preprocessing=preprocessing)
+                                               preprocessing=preprocessing, levels=levels)
                 elif unet:
                     seg = segment_unet_array(image, loaded, image_scale=image_scale,
-                                             preprocessing=preprocessing)
+                                             preprocessing=preprocessing, levels=levels)
                 else:
                     seg = segment_array(image, loaded, image_scale=image_scale, n_tiles=n_tiles,
                                         prob_thresh=thresholds["prob"], nms_thresh=thresholds["nms"],

@@ -3,15 +3,16 @@ tile by tile -> regions (:mod:`.regions`) -> labels at the input's size and thei
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
-from ..predict import Segmentation, blank_segmentation, is_blank, network_input, preprocessed_grey, upscale_labels
+from ..predict import Segmentation, blank_segmentation, is_blank, network_input, preprocessed_grey
 from ...common.errors import OrgasegError
 from .features import MIN_SIDE, TILE, FeatureSpec, tiled_features
 from .model import LoadedForest
-from .regions import RegionParams, regions_from_probabilities
+from .levels import labels_at_levels, region_model_pyramid
+from .regions import RegionParams
 
 
 def class_probabilities(forest, image: np.ndarray, spec: FeatureSpec, tile: int = TILE) -> np.ndarray:
@@ -35,48 +36,48 @@ def class_probabilities(forest, image: np.ndarray, spec: FeatureSpec, tile: int 
 
 def segment_forest_array(image: np.ndarray, loaded: LoadedForest, *, image_scale: float = 1.0,
                          preprocessing: bool = True, regions: RegionParams | None = None,
-                         tile: int = TILE) -> Segmentation:
+                         tile: int = TILE, levels: Sequence[float] | None = None) -> Segmentation:
     """Segment one image (Y, X) or (Y, X, C) with a loaded pixel forest.
 
     image_scale: the input's pixel scale relative to the original images. regions: None = the
-    parameters chosen on the model's validation images. The labels come back at the input's
+    parameters chosen on the model's validation images. levels: pyramid levels (None = the
+    model's choice, see :func:`segment_by_regions`). The labels come back at the input's
     size; ``probabilities`` are each object's mean foreground probability.
     """
     return segment_by_regions(
         image, loaded, lambda small: class_probabilities(loaded.forest, small, loaded.info.features, tile),
         image_scale=image_scale, preprocessing=preprocessing, regions=regions, tile=tile,
-        what="the pixel forest")
+        levels=levels, what="the pixel forest")
 
 
 def segment_by_regions(image: np.ndarray, loaded, probabilities: Callable[[np.ndarray], np.ndarray], *,
                        image_scale: float = 1.0, preprocessing: bool = True,
                        regions: RegionParams | None = None, tile: int = TILE,
+                       levels: Sequence[float] | None = None,
                        what: str = "the model") -> Segmentation:
     """Segment one image (Y, X) or (Y, X, C) with a model that gives class probabilities per
     pixel (the pixel forest, the U-Net): the model's grey-level preprocessing, its scale and
     normalisation (``loaded.info``), ``probabilities(normalised grey at the model's scale)`` ->
     (Y, X, 3) background/interior/boundary, regions (:mod:`.regions`; None = the model's own
-    parameters), labels back at the input's size. ``tile``: the side reported as tiles."""
+    parameters), labels back at the input's size. ``tile``: the side reported as tiles.
+
+    levels: factors of the model's scale to predict at (:mod:`..pyramid`: the objects of every
+    level merged, each from the level where it is well seen; None = the model's choice, (1,) =
+    one scale)."""
     from ..outlines import label_outlines
 
     info = loaded.info
+    levels = region_model_pyramid(info) if levels is None else tuple(float(m) for m in levels)
     grey = preprocessed_grey(image, loaded, preprocessing=preprocessing)
-    small = network_input(grey, info.scale / float(image_scale), info.norm_percentiles)
+    base = info.scale / float(image_scale)
+    small = network_input(grey, base, info.norm_percentiles)
     if min(small.shape) < MIN_SIDE:
         raise OrgasegError(f"image of {image.shape[0]}x{image.shape[1]} px is {small.shape[0]}x{small.shape[1]} px "
                            f"at the model's scale; {what} needs at least {MIN_SIDE} px on each side")
     if is_blank(image):
-        return blank_segmentation(image, model_shape=small.shape, n_tiles=(1, 1))
-    prob = probabilities(small)
-    labels, confidence = regions_from_probabilities(prob, regions or info.regions)
-    labels = upscale_labels(labels, image.shape[:2])
-    if info.scale / float(image_scale) > 1:
-        # shrinking back can lose an object of a pixel or two: keep ids 1..N and their confidence
-        present = np.bincount(labels.ravel(), minlength=confidence.size + 1)[1:] > 0
-        if not present.all():
-            new_ids = np.zeros(confidence.size + 1, labels.dtype)
-            new_ids[1:][present] = np.arange(1, int(present.sum()) + 1)
-            labels, confidence = new_ids[labels], confidence[present]
+        return blank_segmentation(image, model_shape=small.shape, n_tiles=(1, 1), pyramid=levels)
+    labels, confidence = labels_at_levels(grey, base, levels, probabilities, regions or info.regions,
+                                          info.norm_percentiles, image.shape[:2], first=small)
     return Segmentation(labels=labels, polygons=[], probabilities=np.asarray(confidence),
                         model_shape=tuple(small.shape), n_tiles=(-(-small.shape[0] // tile), -(-small.shape[1] // tile)),
-                        refinement="none", geometries=label_outlines(labels))
+                        refinement="none", geometries=label_outlines(labels), pyramid=levels)

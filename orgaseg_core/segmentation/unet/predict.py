@@ -4,6 +4,8 @@ the input's size and their outlines. Imports torch."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from ..forest.features import tiles
@@ -52,13 +54,14 @@ def class_probabilities(loaded: LoadedUNet, image: np.ndarray, *, tile: int = TI
 
 def segment_unet_array(image: np.ndarray, loaded: LoadedUNet, *, image_scale: float = 1.0,
                        preprocessing: bool = True, regions: RegionParams | None = None,
-                       tile: int = TILE) -> Segmentation:
+                       tile: int = TILE, levels: Sequence[float] | None = None) -> Segmentation:
     """Segment one image (Y, X) or (Y, X, C) with a loaded U-Net.
 
     image_scale: the input's pixel scale relative to the original images. regions: None = the
-    parameters chosen on the model's validation images. The labels come back at the input's
+    parameters chosen on the model's validation images. levels: pyramid levels (None = the
+    model's choice, see :func:`..forest.predict.segment_by_regions`). The labels come back at the input's
     size; ``probabilities`` are each object's mean foreground probability.
     """
     return segment_by_regions(image, loaded, lambda small: class_probabilities(loaded, small, tile=tile),
                               image_scale=image_scale, preprocessing=preprocessing, regions=regions,
-                              tile=tile, what="the U-Net")
+                              tile=tile, levels=levels, what="the U-Net")

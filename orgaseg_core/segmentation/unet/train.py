@@ -20,6 +20,10 @@
    smoothing, foreground threshold) of :func:`..forest.regions.regions_from_probabilities`;
    the network and setting with the best mean F1 over IoU 0.5-0.9 (at the validation images'
    own size) are kept and reported.
+5. The pyramid (:mod:`..forest.levels`): when the training organoids' small ones are under
+   16 px at the model's scale, the validation images are also segmented at 2x (and 4x) the
+   scale, each organoid kept from the level where it is well seen; the levels with the best
+   mean F1 are stored, and ``segment`` predicts at them.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from ..train import (
     resolve_data_scale,
     validation_lines,
 )
+from ..forest.levels import choose_region_pyramid
 from .model import UNET_FILE, UNET_FORMAT_VERSION, UNET_KIND, LoadedUNet, UNetInfo, check_architecture, import_torch
 
 log = logging.getLogger(__name__)
@@ -98,6 +103,7 @@ class TrainUNetResult:
     weights: str = "last"
     regions: dict[str, float] = field(default_factory=dict)
     region_scores: dict[str, float] = field(default_factory=dict)
+    pyramid: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds_training: float = 0.0
     seconds: float = 0.0
@@ -119,6 +125,8 @@ class TrainUNetResult:
                  f"  regions: {RegionParams.from_dict(self.regions).describe() if self.regions else '-'} "
                  f"(best of {len(self.region_scores)} on the validation images, mean F1 over IoU "
                  f"0.5-0.9 {best:.3f})",
+                 f"  pyramid: {', '.join(f'{m:g}x' for m in self.pyramid.get('levels', [1.0]))} the model "
+                 f"scale ({self.pyramid.get('reason', '')})",
                  "  validation:"]
         lines += validation_lines(self.metrics)
         lines.append(f"  report: {self.model_out / 'report.csv'}")
@@ -427,6 +435,13 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
         log.info("kept the %s network with %s (validation mean F1 over IoU 0.5-0.9 %.3f of %d settings)",
                  chosen, params.describe(), scores[best], len(scores))
         network.load_state_dict(candidates[chosen])
+        # the pyramid (the image enlarged 2x, 4x as well: small organoids), on the same images
+        pyramid = choose_region_pyramid(
+            [g.astype(np.float32) for g in val.images], truths, factor,
+            lambda small: class_probabilities(loaded, small), params, percentiles,
+            object_diameters(train.masks))
+        log.info("pyramid %s: %s", ", ".join(f"{m:g}x" for m in pyramid["levels"]), pyramid["reason"])
+        result.pyramid = pyramid
         result.weights = chosen
         result.regions, result.region_scores = params.as_dict(), scores
         result.metrics = _metrics_at(table, REPORT_THRESHOLDS)
@@ -439,7 +454,7 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
             "n_objects": result.n_val_objects,
             "regions": {"chosen": params.as_dict(), "network": chosen,
                         "criterion": "mean F1 over IoU 0.5-0.9", "scores": scores},
-            "metrics": result.metrics, "resize": choice,
+            "metrics": result.metrics, "resize": choice, "pyramid": pyramid,
             "definition": "pooled over the validation images at their size in the split; "
                           "ap = tp / (tp + fp + fn), see orgaseg_core.segmentation.evaluation"})
         for key, m in result.metrics.items():
@@ -451,7 +466,7 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
                 "scale": model_scale, "data_scale": data_scale, "resize": choice,
                 "preprocessing": provenance["preprocessing"], "classes": list(CLASS_NAMES),
                 "boundary_width": BOUNDARY_WIDTH, "class_weights": [round(float(w), 4) for w in weights],
-                "regions": params.as_dict(), "region_scores": scores,
+                "regions": params.as_dict(), "region_scores": scores, "pyramid": pyramid,
                 "weights": {"chosen": chosen, "lowest_val_loss": round(best_loss, 5),
                             "lowest_val_loss_epoch": best_epoch, "epochs": len(history)},
                 "budget": budget, "steps": step, "stopped": stopped, "history": history,
@@ -466,7 +481,8 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
         write_json(model_out / ORGASEG_MODEL_JSON, meta)  # last: marks a complete folder
         record.results.update(backend="unet", n_train=result.n_train, n_val=result.n_val,
                               scale=model_scale, resize=choice, steps=step, stopped=stopped,
-                              weights=chosen, regions=params.as_dict(), validation=result.metrics,
+                              weights=chosen, regions=params.as_dict(), pyramid=pyramid,
+                              validation=result.metrics,
                               timings_s=meta["timings_s"], warnings=warnings_out)
     return result
 
