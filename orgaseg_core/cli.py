@@ -280,6 +280,7 @@ def extract_objects_cmd(
     masks: Path = typer.Option(..., help="Folder with label images (masks) of the same names, e.g. from segment."),
     out: Path = typer.Option(..., help="Folder for crops/, objects.csv and skipped.csv."),
     padding: int = typer.Option(10, min=0, help="Pixels of context added around each object's bounding box."),
+    context: float = typer.Option(0.0, min=0.0, max=2.0, help="And this fraction of the box's longer side on each side (a crop around an outline that misses thin branches still shows them; train-classifier and analyze use 0.25)."),
     mask_background: bool = typer.Option(False, "--mask-background", help="Set crop pixels outside the object to the image's background level."),
     min_area: int = typer.Option(0, "--min-area", min=0, help="Skip objects smaller than this many pixels."),
     exclude_border: bool = typer.Option(False, "--exclude-border", help="Skip objects touching the image border."),
@@ -291,7 +292,8 @@ def extract_objects_cmd(
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Cut one crop per object out of each image and measure every object's shape and intensity."""
-    result = steps.extract_objects(images, masks, out, padding=padding, mask_background=mask_background,
+    result = steps.extract_objects(images, masks, out, padding=padding, context=context,
+                                   mask_background=mask_background,
                                    min_area=min_area, exclude_border=exclude_border,
                                    class_folders=class_folders, pixel_size=pixel_size, overwrite=overwrite)
     typer.echo(result.summary())
@@ -321,6 +323,7 @@ def train_classifier_cmd(
     val_fraction: float = typer.Option(0.15, "--val-fraction", min=0.0, max=1.0, help="With --images: fraction of the images for validation (model choice, calibration)."),
     test_fraction: float = typer.Option(0.15, "--test-fraction", min=0.0, max=1.0, help="With --images: fraction of the images for the final test (used once)."),
     padding: int = typer.Option(10, min=0, help="With --images: pixels of context around each object's crop (as extract-objects cuts them; analyze uses the same)."),
+    context: float = typer.Option(0.25, min=0.0, max=2.0, help="With --images: and this fraction of the object's size on each side of its crop (analyze uses the same)."),
     n_trees: int = typer.Option(300, "--n-trees", min=1, help="Trees of the measurement random forest."),
     outline_augmentation: bool = typer.Option(True, "--outline-augmentation/--no-outline-augmentation", help="Also train the measurement forest on eroded, dilated and smoothed outlines, so that segmented outlines do not throw it."),
     architectures: str = typer.Option("resnet18", help="Network architectures to try, comma-separated: resnet18, resnet50, resnext50_32x4d, wide_resnet50_2, densenet121, efficientnet_b0, mobilenet_v3_small, convnext_tiny."),
@@ -342,7 +345,7 @@ def train_classifier_cmd(
     """Train the classifier families (measurements, CNN, combined), keep the best on validation, calibrate its confidence, report on the test split."""
     result = steps.train_classifier(
         data, model_out, images=images, masks=masks, families=families, val_fraction=val_fraction,
-        test_fraction=test_fraction, padding=padding, n_trees=n_trees,
+        test_fraction=test_fraction, padding=padding, context=context, n_trees=n_trees,
         outline_augmentation=outline_augmentation,
         architectures=[a.strip() for a in architectures.split(",") if a.strip()],
         learning_rates=_comma_list(learning_rates, float, "--learning-rates", minimum=0, strict=True),
@@ -410,6 +413,7 @@ def analyze_cmd(
     image_scale: float = typer.Option(1.0, "--image-scale", help="Pixel scale of the images relative to the original images (1 = full size)."),
     preprocessing: bool = typer.Option(True, "--preprocessing/--no-preprocessing", help="Repeat the segmentation model's training preprocessing."),
     padding: Optional[int] = typer.Option(None, min=0, help="Pixels of context around each object's crop (default: the padding the classifier was trained with, else 10)."),
+    context: Optional[float] = typer.Option(None, min=0.0, max=2.0, help="And this fraction of the object's size on each side (default: what the classifier was trained with; 0 for classifiers before 0.9)."),
     mask_background: bool = typer.Option(False, "--mask-background", help="Set crop pixels outside the object to the background level."),
     min_area: int = typer.Option(0, "--min-area", min=0, help="Do not classify objects smaller than this many pixels."),
     exclude_border: bool = typer.Option(False, "--exclude-border", help="Do not classify objects touching the image border."),
@@ -433,7 +437,7 @@ def analyze_cmd(
         result = steps.analyze(segmentation_model, classifier, images, out, masks=masks,
                                n_tiles=_tiles(n_tiles),
                                prob_thresh=prob_thresh, nms_thresh=nms_thresh, image_scale=image_scale,
-                               preprocessing=preprocessing, padding=padding,
+                               preprocessing=preprocessing, padding=padding, context=context,
                                mask_background=mask_background, min_area=min_area,
                                exclude_border=exclude_border, batch_size=batch_size, device=device,
                                review_below=review_below, family=family, pixel_size=pixel_size,

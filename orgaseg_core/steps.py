@@ -356,13 +356,14 @@ def evaluate_segmentation(truth: PathLike, pred: PathLike, out: PathLike, *,
 # ------------------------------------------------------------------------------ objects
 
 def extract_objects(images: PathLike, masks: PathLike, out: PathLike, *, padding: int = 10,
-                    mask_background: bool = False, min_area: int = 0, exclude_border: bool = False,
+                    context: float | str = 0.0, mask_background: bool = False, min_area: int = 0, exclude_border: bool = False,
                     class_folders: bool = False, pixel_size: float | str | None = None,
                     overwrite: bool = False):
     """Cut one crop per object out of each image and measure every object.
 
     Images and label images are paired by stem. ``padding``: px of context around each
-    bounding box; ``mask_background``: set crop pixels outside the object to the image's
+    bounding box, plus ``context`` times its longer side (each side; a segmented outline that
+    misses an organoid's branches still gets a crop that shows them); ``mask_background``: set crop pixels outside the object to the image's
     background level; ``min_area`` (px) and ``exclude_border`` drop objects (listed in
     ``out/skipped.csv``). Writes ``out/crops/<stem>_<label>.tif`` and ``out/objects.csv``
     (bounding box, centroid, area, perimeter, equivalent diameter, circularity,
@@ -378,7 +379,7 @@ def extract_objects(images: PathLike, masks: PathLike, out: PathLike, *, padding
     """
     from .objects.extract import extract_objects as run
 
-    return run(Path(images), Path(masks), Path(out), padding=padding,
+    return run(Path(images), Path(masks), Path(out), padding=padding, context=context,
                mask_background=mask_background, min_area=min_area, exclude_border=exclude_border,
                class_folders=class_folders, pixel_size=pixel_size, overwrite=overwrite)
 
@@ -389,7 +390,7 @@ def train_classifier(data: PathLike | None, model_out: PathLike, *, images: Path
                      masks: PathLike | None = None,
                      families: Sequence[str] | str = ("measurements", "cnn", "combined"),
                      val_fraction: float = 0.15, test_fraction: float = 0.15, padding: int = 10,
-                     n_trees: int = 300, outline_augmentation: bool = True,
+                     context: float | str = 0.25, n_trees: int = 300, outline_augmentation: bool = True,
                      architectures: Sequence[str] | str = ("resnet18",),
                      learning_rates: Sequence[float] | str = (1e-3, 3e-4),
                      batch_sizes: Sequence[int] | str = (32,),
@@ -402,7 +403,8 @@ def train_classifier(data: PathLike | None, model_out: PathLike, *, images: Path
 
     Inputs: ``data``, the class folders of :func:`split` (classification; crops only: the CNN
     family), or ``images`` + ``masks`` (the annotations-to-masks folder: every object's crop
-    and measurements; the images are split by ``val_fraction``/``test_fraction``). Candidate
+    and measurements, cut with ``padding`` px plus ``context`` times the object's size around it,
+    as extract-objects cuts them; the images are split by ``val_fraction``/``test_fraction``). Candidate
     ``families`` (list or comma-separated): "measurements" (random forest of ``n_trees`` on
     the object measurements; with ``outline_augmentation`` also on eroded, dilated and smoothed
     outlines), "cnn" (torchvision network: grid over ``architectures`` x
@@ -422,7 +424,7 @@ def train_classifier(data: PathLike | None, model_out: PathLike, *, images: Path
 
     return run(_path(data), Path(model_out), images=_path(images), masks=_path(masks),
                families=split_list(families), val_fraction=float(val_fraction),
-               test_fraction=float(test_fraction), padding=padding, n_trees=n_trees,
+               test_fraction=float(test_fraction), padding=padding, context=context, n_trees=n_trees,
                outline_augmentation=bool(outline_augmentation),
                architectures=split_list(architectures),
                learning_rates=parse_number_list(learning_rates, float, what="--learning-rates"),
@@ -466,6 +468,7 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
             out: PathLike, *, masks: PathLike | None = None, n_tiles: Pair | int | None = None, prob_thresh: float | str | None = None,
             nms_thresh: float | str | None = None, image_scale: float = 1.0,
             preprocessing: bool = True, padding: int | str | None = None,
+            context: float | str | None = None,
             mask_background: bool = False, min_area: int = 0, exclude_border: bool = False,
             batch_size: int = 64, device: str | None = None,
             review_below: float | str | None = None, family: str | None = None,
@@ -509,7 +512,9 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
                prob_thresh=_optional_float(prob_thresh, "--prob-thresh"),
                nms_thresh=_optional_float(nms_thresh, "--nms-thresh"), image_scale=image_scale,
                preprocessing=preprocessing,
-               padding=parse_optional_int(padding, what="--padding"), mask_background=mask_background,
+               padding=parse_optional_int(padding, what="--padding"),
+               context=None if context is None or str(context).strip().lower() in ("", "auto") else context,
+               mask_background=mask_background,
                min_area=min_area, exclude_border=exclude_border, batch_size=batch_size,
                device=parse_optional_text(device),
                review_below=_optional_float(review_below, "--review-below"),

@@ -75,6 +75,7 @@ def test_every_candidate_is_reported_and_the_best_on_validation_is_kept(models, 
     assert len(report["candidates"]) == 3 and report["test"]["n"] > 0
     description = json.loads((folder / "classifier.json").read_text())
     assert description["family"] == result.family and description["crop_padding"] == 10
+    assert description["crop_context"] == 0.25
     assert {"model.pt", "measurements.skops", "reliability.png", "split.csv"} <= {p.name for p in folder.iterdir()}
     split = pd.read_csv(folder / "split.csv", dtype={"stem": str})
     assert (split.groupby("stem")["split"].nunique() == 1).all()  # whole images per split

@@ -17,6 +17,7 @@ from skimage.morphology import convex_hull_image
 from orgaseg_core.cli import main
 from orgaseg_core.common.errors import InputFileError, OrgasegError, OutputError
 from orgaseg_core.objects.extract import (
+    DEFAULT_CONTEXT,
     OBJECT_TABLE_COLUMNS,
     background_median,
     crop_window,
@@ -123,6 +124,23 @@ def test_crop_window_pads_and_clips():
     assert crop_window((10, 20, 30, 50), 5, (100, 100)) == (5, 15, 35, 55)
     assert crop_window((2, 3, 30, 98), 5, (100, 100)) == (0, 0, 35, 100)
     assert crop_window((2, 3, 4, 5), 0, (10, 10, 3)) == (2, 3, 4, 5)
+    # context: a fraction of the box's longer side (here 20 px) on every side, on top of the padding
+    assert crop_window((10, 20, 30, 30), 5, (100, 100), context=0.25) == (0, 10, 40, 40)
+    assert crop_window((40, 40, 60, 50), 0, (100, 100), context=0.5) == (30, 30, 70, 60)
+
+
+def test_context_shows_a_quarter_of_the_object_around_it(scene):
+    """The classifier's crop holds thin branches a segmented outline left out (see the module notes)."""
+    root, image, labels = scene
+    extract_objects(root / "images", root / "masks", root / "out", padding=3, context=DEFAULT_CONTEXT)
+    row = pd.read_csv(root / "out" / "objects.csv").set_index("label").loc[1]
+    assert DEFAULT_CONTEXT == 0.25
+    assert json.loads((root / "out" / "run.json").read_text())["arguments"]["context"] == 0.25
+    # box rows 20-30, columns 30-45 (longer side 15): 3 px + round(0.25 * 15) = 7 px on each side
+    assert (row.crop_min_row, row.crop_min_col, row.crop_max_row, row.crop_max_col) == (13, 23, 37, 52)
+    np.testing.assert_array_equal(tifffile.imread(root / "out" / "crops" / "plate1_1.tif"), image[13:37, 23:52])
+    with pytest.raises(OrgasegError, match="context must be within 0-2"):
+        extract_objects(root / "images", root / "masks", root / "other", context=3)
 
 
 def test_object_crop_masks_background_and_other_objects():
@@ -187,7 +205,7 @@ def scene(tmp_path):
 
 def test_exact_crops_names_and_table(scene):
     root, image, labels = scene
-    result = extract_objects(root / "images", root / "masks", root / "out", padding=3)
+    result = extract_objects(root / "images", root / "masks", root / "out", padding=3, context=0)
     out = root / "out"
     assert result.n_crops == 3 and result.n_pairs == 1 and result.n_objects == 3
     crop1 = tifffile.imread(out / "crops" / "plate1_1.tif")
@@ -226,7 +244,7 @@ def test_exact_crops_names_and_table(scene):
 
 def test_mask_background_keeps_object_and_sets_the_rest_to_median(scene):
     root, image, labels = scene
-    extract_objects(root / "images", root / "masks", root / "out", padding=30, mask_background=True)
+    extract_objects(root / "images", root / "masks", root / "out", padding=30, context=0, mask_background=True)
     crop = tifffile.imread(root / "out" / "crops" / "plate1_1.tif")
     window = labels[0:60, 0:75]   # rows 20-30 +- 30 clip to 0..60, cols 30-45 +- 30 -> 0..75
     assert crop.shape == window.shape
@@ -262,7 +280,7 @@ def test_rgb_and_16_bit_images_keep_dtype_and_channels(tmp_path):
     tifffile.imwrite(tmp_path / "images" / "deep.tif", grey16)
     tifffile.imwrite(tmp_path / "masks" / "colour.tif", labels)
     tifffile.imwrite(tmp_path / "masks" / "deep.tif", labels)
-    extract_objects(tmp_path / "images", tmp_path / "masks", tmp_path / "out", padding=2,
+    extract_objects(tmp_path / "images", tmp_path / "masks", tmp_path / "out", padding=2, context=0,
                     mask_background=True)
     colour = tifffile.imread(tmp_path / "out" / "crops" / "colour_3.tif")
     assert colour.dtype == np.uint8 and colour.shape == (14, 19, 3)

@@ -265,13 +265,15 @@ def annotated(tmp_path_factory):
 def test_annotated_objects_are_measured_as_extract_objects_measures_them(annotated, tmp_path):
     from orgaseg_core.objects.extract import extract_objects
 
-    objects = read_annotated_objects(annotated / "data" / "images", annotated / "masks", padding=10)
+    # the crops of training are those extract-objects cuts, context (a quarter of the size) included
+    objects = read_annotated_objects(annotated / "data" / "images", annotated / "masks", padding=10,
+                                     context=0.25)
     table = objects.table
     assert len(objects.crops) == len(table) > 50 and set(table["variant"]) == {""}
     assert set(table["class"]) == {"Cyst", "Filled in", "Early branching", "Branched", "Burned out"}
     assert set(objects.variants["variant"]) == {"eroded", "dilated", "smoothed"}
     extracted = extract_objects(annotated / "data" / "images", annotated / "masks", tmp_path / "objects",
-                                padding=10)
+                                padding=10, context=0.25)
     ours = pd.read_csv(extracted.objects_csv, dtype={"stem": str}).merge(table, on=["stem", "label"],
                                                                          suffixes=("", "_training"))
     assert len(ours) == len(table)

@@ -169,6 +169,10 @@ def test_tiny_training_writes_a_complete_model(tiny):
     networks = 1 if weights["lowest_val_loss_epoch"] == weights["epochs"] else 2
     assert meta["regions"]["h_minima"] > 0 and len(meta["region_scores"]) == 18 * networks
     assert "torch" in meta["versions"]
+    # the pyramid kept is the best of those its small discs suggested, on the validation images
+    pyramid = meta["pyramid"]
+    kept = ",".join(f"{v:g}" for v in pyramid["levels"])
+    assert list(pyramid["scores"])[0] == "1" and pyramid["scores"][kept] == max(pyramid["scores"].values())
     history = pd.read_csv(model / "history.csv")
     assert list(history["epoch"]) == list(range(1, 9)) and history["loss"].iloc[-1] < history["loss"].iloc[0]
     info = check_segmentation_model(model)
@@ -199,6 +203,13 @@ def test_segment_with_a_unet_finds_the_discs(tiny, tmp_path):
     assert table["label"].tolist() == ids and table["probability"].between(0, 1).all()
     features = json.loads((out / "discs.geojson").read_text())["features"]
     assert sorted(f["properties"]["measurements"]["Label"] for f in features) == ids
+    # at two scales (the pyramid): the discs are found at the coarse level, once each
+    two = run_cli("segment", "--model", model, "--images", tmp_path / "in" / "discs.tif", "--out",
+                  tmp_path / "two", "--pyramid", "1,2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    pyramid_labels = read_labels(tmp_path / "two" / "discs.tif")
+    assert segmentation_metrics([truth], [pyramid_labels], thresholds=(0.5,)).loc[0, "f1"] >= 0.8
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["results"]["images"]["discs.tif"]["pyramid"] == [1, 2]
     # StarDist's options do not apply to it: refused before anything is written
     refused = run_cli("segment", "--model", model, "--images", tmp_path / "in", "--out", tmp_path / "no",
                       "--refine", "edges")

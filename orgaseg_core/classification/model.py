@@ -70,6 +70,7 @@ class Classifier:
     cnn_weight: float = 1.0
     measurement_columns: list[str] = field(default_factory=list)
     crop_padding: int | None = None
+    crop_context: float = 0.0  # classifiers before 0.9 were trained on crops without it
     review_below: float = DEFAULT_REVIEW_BELOW
     checkpoint: Any = None  # networks.Checkpoint
     forest: Any = None  # sklearn RandomForestClassifier
@@ -110,7 +111,7 @@ class Classifier:
         info = {"path": str(self.path), "family": self.family, "class_names": list(self.class_names),
                 "temperature": self.temperature, "needs_crops": self.needs_crops,
                 "needs_measurements": self.needs_measurements, "crop_padding": self.crop_padding,
-                "review_below": self.review_below}
+                "crop_context": self.crop_context, "review_below": self.review_below}
         if self.checkpoint is not None:
             info.update(architecture=self.checkpoint.architecture, input_size=self.checkpoint.input_size)
         if self.family == "combined":
@@ -121,6 +122,15 @@ class Classifier:
 def calibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(log p / T): probabilities with the calibration temperature applied."""
     return apply_temperature(probabilities_to_logits(probabilities), temperature)
+
+
+def _context(value, path: Path) -> float:
+    """The crop context a classifier was trained with (0 when not recorded: before 0.9)."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 2.0:
+        raise InputFileError(path, f"crop_context must be a number within 0-2, got {value!r}")
+    return float(value)
 
 
 def _positive_float(value: Any, what: str, path: Path, *, upper: float | None = None) -> float:
@@ -209,6 +219,7 @@ def load_classifier(model: Path, family: str | None = None) -> Classifier:
         cnn_weight=float(d.get("cnn_weight", 1.0)),
         measurement_columns=[str(c) for c in d.get("measurement_columns") or []],
         crop_padding=None if d.get("crop_padding") is None else int(d["crop_padding"]),
+        crop_context=_context(d.get("crop_context"), description_path),
         review_below=float(d.get("review_below", DEFAULT_REVIEW_BELOW)), description=d)
     if not 0.0 <= classifier.cnn_weight <= 1.0 or not 0.0 <= classifier.review_below <= 1.0:
         raise InputFileError(description_path, "cnn_weight and review_below must lie within 0-1")

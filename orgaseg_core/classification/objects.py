@@ -5,6 +5,7 @@ Input: the images and the output of ``annotations-to-masks`` (``<stem>.tif`` lab
 into exactly what ``analyze`` later gives the classifier for a segmented object:
 
 - its crop, cut by :func:`orgaseg_core.objects.extract.object_crop` with the same ``padding``
+  and ``context``
   (grey, native dtype);
 - its measurements (:func:`orgaseg_core.objects.measurements.measure_objects`) and descriptors
   (:func:`orgaseg_core.objects.descriptors.object_descriptors`), computed on the whole image as
@@ -105,11 +106,12 @@ def outline_variants(labels: np.ndarray, pixels: int = TRAINING_VARIANTS[0],
     return {"eroded": eroded, "dilated": expand_labels(labels, int(pixels)), "smoothed": smoothed}
 
 
-def read_annotated_objects(images: Path, masks: Path, *, padding: int,
+def read_annotated_objects(images: Path, masks: Path, *, padding: int, context: float = 0.0,
                            outline_augmentation: bool = True, stress_variants: bool = False) -> ObjectSet:
     """Every classified object of the annotated images (see the module notes); ``split`` empty.
 
-    images: folder of images; masks: annotations-to-masks folder. Images and masks are paired
+    images: folder of images; masks: annotations-to-masks folder. padding, context: the crop
+    window (:func:`orgaseg_core.objects.extract.crop_window`). Images and masks are paired
     by stem; unmatched files are reported by name and left out. A label without a class (or a
     class without pixels) is counted in ``skipped``. With ``outline_augmentation`` the table
     also holds, per object, the measurements of its :func:`outline_variants` (rows with
@@ -148,7 +150,7 @@ def read_annotated_objects(images: Path, masks: Path, *, padding: int,
         for label, box in zip(table["label"].tolist(),
                               table[["bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col"]]
                               .itertuples(index=False, name=None)):
-            crops.append(object_crop(grey, labels, int(label), crop_window(box, padding, labels.shape)))
+            crops.append(object_crop(grey, labels, int(label), crop_window(box, padding, labels.shape, context)))
         table.insert(0, "image", image_path.name)
         table.insert(1, "stem", stem)
         table.insert(3, "class", [classes[int(lab)] for lab in table["label"]])
@@ -169,7 +171,7 @@ def read_annotated_objects(images: Path, masks: Path, *, padding: int,
                                           extra[["bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col"]]
                                           .itertuples(index=False, name=None)):
                         crop_list.append(object_crop(grey, variant, int(label),
-                                                     crop_window(box, padding, labels.shape)))
+                                                     crop_window(box, padding, labels.shape, context)))
                 extra.insert(0, "image", image_path.name)
                 extra.insert(1, "stem", stem)
                 extra.insert(3, "class", [classes[int(lab)] for lab in extra["label"]])

@@ -65,6 +65,7 @@ from ..common.classes import read_class_names
 from ..common.params import check_device, check_seed
 from ..common.errors import InputFileError, OptionError, OrgasegError, OutputError
 from ..common.outputs import atomic_path, package_versions, step_run, write_csv, write_json
+from ..objects.extract import DEFAULT_CONTEXT, check_context
 from .measurement_model import DEFAULT_N_TREES
 from .model import CLASSIFIER_JSON, DEFAULT_REVIEW_BELOW, FAMILIES, family_files
 
@@ -634,6 +635,7 @@ def train_classifier(data: Path | None, model_out: Path, *, images: Path | None 
                      masks: Path | None = None, families: Sequence[str] = DEFAULT_FAMILIES,
                      val_fraction: float = DEFAULT_VAL_FRACTION,
                      test_fraction: float = DEFAULT_TEST_FRACTION, padding: int = DEFAULT_PADDING,
+                     context: float = DEFAULT_CONTEXT,
                      n_trees: int = DEFAULT_N_TREES, outline_augmentation: bool = True,
                      architectures: Sequence[str] = DEFAULT_ARCHITECTURES,
                      learning_rates: Sequence[float] = DEFAULT_LEARNING_RATES,
@@ -653,7 +655,8 @@ def train_classifier(data: Path | None, model_out: Path, *, images: Path | None 
         ``val/<Class>/``, optional ``test/<Class>/``; crops are TIFF/PNG/JPEG, grey or colour).
         Crops carry no outline, so only the CNN family can be trained from them; or
       - ``images`` + ``masks``: images and the ``annotations-to-masks`` folder of their label
-        images and class tables. Every object becomes a crop (cut with ``padding`` pixels, as
+        images and class tables. Every object becomes a crop (cut with ``padding`` pixels plus
+        ``context`` times its longer side around its bounding box, as
         ``extract-objects`` cuts it) and a row of measurements; the images are split into
         train/val/test by ``val_fraction``/``test_fraction`` (seeded, stratified, whole images).
     families: candidates among "measurements" (random forest of ``n_trees`` trees on the
@@ -708,6 +711,7 @@ def train_classifier(data: Path | None, model_out: Path, *, images: Path | None 
             raise OptionError(f"{name} must be a whole number >= 1, got {value!r}")
     if isinstance(padding, bool) or int(padding) != padding or padding < 0:
         raise OptionError(f"padding must be a whole number of pixels >= 0, got {padding!r}")
+    context = check_context(context)
     if not (isinstance(review_below, (int, float)) and 0.0 <= float(review_below) <= 1.0):
         raise OptionError(f"review_below must be a confidence between 0 and 1, got {review_below!r}")
     check_device(device)
@@ -777,7 +781,7 @@ def train_classifier(data: Path | None, model_out: Path, *, images: Path | None 
     arguments = {"data": data, "images": images, "masks": masks, "model_out": model_out,
                  "families": list(families), "val_fraction": float(val_fraction),
                  "test_fraction": float(test_fraction), "padding": int(padding),
-                 "n_trees": int(n_trees), "outline_augmentation": bool(outline_augmentation),
+                 "context": context, "n_trees": int(n_trees), "outline_augmentation": bool(outline_augmentation),
                  "architectures": architectures,
                  "learning_rates": learning_rates, "batch_sizes": batch_sizes,
                  "weight_decays": weight_decays, "grid_epochs": int(grid_epochs),
@@ -791,7 +795,7 @@ def train_classifier(data: Path | None, model_out: Path, *, images: Path | None 
     with step_run("train-classifier", model_out, arguments, overwrite=overwrite,
                   inputs=inputs) as record:
         result = _train(model_out, record, source=source, families=families, use_cnn=use_cnn,
-                        use_forest=use_forest, ratios=ratios, padding=int(padding),
+                        use_forest=use_forest, ratios=ratios, padding=int(padding), context=context,
                         outline_augmentation=bool(outline_augmentation),
                         n_trees=int(n_trees), settings=settings, grid_epochs=int(grid_epochs),
                         epochs=int(epochs), patience=int(patience), input_size=input_size,
@@ -851,12 +855,12 @@ def _read_crop_folders(source: dict[str, Any], result: TrainClassifierResult):
     return class_names, greys, labels, {}
 
 
-def _read_annotated(source: dict[str, Any], ratios, padding: int, seed: int, model_out: Path,
+def _read_annotated(source: dict[str, Any], ratios, padding: int, context: float, seed: int, model_out: Path,
                     warnings: list[str], outline_augmentation: bool):
     """Objects of annotated images, split by image: class names, crops, labels and tables per split."""
     from .objects import read_annotated_objects, split_by_image
 
-    objects = read_annotated_objects(source["images"], source["masks"], padding=padding,
+    objects = read_annotated_objects(source["images"], source["masks"], padding=padding, context=context,
                                      outline_augmentation=outline_augmentation, stress_variants=True)
     for reason, n in objects.skipped.items():
         msg = f"{n} objects left out: {reason}"
@@ -1059,7 +1063,7 @@ def _cnn_weight(candidate: dict[str, Any]) -> float:
     return 1.0 if candidate["family"] == "cnn" else 0.0
 
 
-def _train(model_out: Path, record, *, source, families, use_cnn, use_forest, ratios, padding,
+def _train(model_out: Path, record, *, source, families, use_cnn, use_forest, ratios, padding, context,
            outline_augmentation, n_trees, settings, grid_epochs, epochs, patience, input_size, weights, pretrained,
            review_below, seed, num_workers, device, warnings, arguments) -> TrainClassifierResult:
     from .calibration import fit_temperature, probabilities_to_logits, reliability, reliability_figure
@@ -1076,7 +1080,7 @@ def _train(model_out: Path, record, *, source, families, use_cnn, use_forest, ra
         source_name = source["data"]
     else:
         seed_everything(seed)
-        class_names, greys, labels, tables = _read_annotated(source, ratios, padding, seed, model_out,
+        class_names, greys, labels, tables = _read_annotated(source, ratios, padding, context, seed, model_out,
                                                              warnings, use_forest and outline_augmentation)
         source_name = source["masks"]
     result.class_names = list(class_names)
@@ -1201,6 +1205,9 @@ def _train(model_out: Path, record, *, source, families, use_cnn, use_forest, ra
         "cnn_weight": _cnn_weight(winner),
         "measurement_columns": MEASUREMENT_FEATURES if use_forest else [],
         "crop_padding": padding if source["kind"] != "crops" else None,
+        # crops of QuPath carry no context of ours; the margins of the augmentation (up to 30 %
+        # of the crop's side) train the CNN for the default context at prediction
+        "crop_context": context if source["kind"] != "crops" else DEFAULT_CONTEXT,
         "review_below": review_below, "files": family_files(family),
         # every trained candidate, usable instead of the chosen one (classify --family)
         "candidates": {row["family"]: {"temperature": row["temperature"], "cnn_weight": _cnn_weight(row),

@@ -1,8 +1,12 @@
 """``extract-objects``: one crop per object and a table of shape measurements.
 
 For every image and its label image (mask; paired by file-name stem, never by position), each
-object (label > 0) is cut out of the image: its bounding box grown by ``padding`` pixels on
-every side, clipped to the image. Crops keep the image's channels and dtype (grey stays grey,
+object (label > 0) is cut out of the image: its bounding box grown on every side by
+``padding`` pixels plus ``context`` times its longer side, clipped to the image. The relative
+context matters for classification: a segmented outline can miss an organoid's thin branches
+(star-convex polygons cut them at the body), and a crop tight around that outline then hides
+them from the CNN; with a quarter of the object's size around it they are in view (demo
+experiment, treated wells: branched organoids found as branched 43% -> 62%, 56% generated). Crops keep the image's channels and dtype (grey stays grey,
 RGB stays RGB, 16-bit stays 16-bit) and are named ``<stem>_<label>.tif`` with the label value
 of the mask, so every crop maps back to its object. Optionally every crop pixel that does not
 belong to the object (background and neighbouring objects) is set to the image's background
@@ -42,6 +46,7 @@ the run ends with an error listing the failed pairs (non-zero exit status).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,13 +86,30 @@ COMPRESS_CROPS = False
 # Array functions
 
 
-def crop_window(bbox: tuple[int, int, int, int], padding: int, shape: tuple[int, ...]
-                ) -> tuple[int, int, int, int]:
-    """Bounding box (min_row, min_col, max_row, max_col; half-open) grown by ``padding`` pixels
-    on every side and clipped to an image of ``shape`` (rows, columns, ...)."""
+#: Context around each object's crop, as a fraction of its bounding box's longer side (each side).
+DEFAULT_CONTEXT = 0.25
+
+
+def crop_window(bbox: tuple[int, int, int, int], padding: int, shape: tuple[int, ...],
+                context: float = 0.0) -> tuple[int, int, int, int]:
+    """Bounding box (min_row, min_col, max_row, max_col; half-open) grown on every side by
+    ``padding`` pixels plus ``context`` times its longer side (rounded), and clipped to an image
+    of ``shape`` (rows, columns, ...)."""
     r0, c0, r1, c1 = (int(v) for v in bbox)
+    padding = int(padding) + int(round(float(context) * max(r1 - r0, c1 - c0)))
     return (max(r0 - padding, 0), max(c0 - padding, 0),
             min(r1 + padding, int(shape[0])), min(c1 + padding, int(shape[1])))
+
+
+def check_context(context) -> float:
+    """``context`` as a float within 0-2 (OptionError otherwise)."""
+    try:
+        value = float(context)
+    except (TypeError, ValueError):
+        raise OptionError(f"context must be a fraction of the object's size (e.g. 0.25), got {context!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 2.0):
+        raise OptionError(f"context must be within 0-2 (a fraction of the object's size per side), got {context!r}")
+    return value
 
 
 def _median_of_counts(counts: np.ndarray) -> float:
@@ -245,7 +267,7 @@ def _read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarra
 
 
 def _extract_pair(stem: str, image_path: Path, mask_path: Path, out: Path, *, padding: int,
-                  mask_background: bool, min_area: int, exclude_border: bool,
+                  context: float, mask_background: bool, min_area: int, exclude_border: bool,
                   classes: dict[int, str] | None = None, pixel_size: float | None = None
                   ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Crops and tables of one pair: (kept objects table, skipped objects table, counts).
@@ -262,7 +284,7 @@ def _extract_pair(stem: str, image_path: Path, mask_path: Path, out: Path, *, pa
     background = background_median(image, labels) if mask_background and keep.any() else None
 
     kept = table[keep].reset_index(drop=True)
-    windows = np.array([crop_window(box, padding, labels.shape) for box in
+    windows = np.array([crop_window(box, padding, labels.shape, context) for box in
                         kept[["bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col"]]
                         .itertuples(index=False, name=None)], dtype=np.int64).reshape(-1, 4)
     names = []
@@ -311,7 +333,7 @@ def _with_class(columns: list[str]) -> list[str]:
 
 
 def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
-                    mask_background: bool = False, min_area: int = 0, exclude_border: bool = False,
+                    context: float = 0.0, mask_background: bool = False, min_area: int = 0, exclude_border: bool = False,
                     class_folders: bool = False, pixel_size: float | str | None = None,
                     overwrite: bool = False) -> ExtractResult:
     """Cut one crop per object out of every image and measure every object.
@@ -320,6 +342,8 @@ def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
     folder of label images (0 = background, one integer label per object) named like their
     images (same stem; e.g. ``a.jpg`` and ``a.tif``). out: new or empty folder (or ``overwrite``).
     padding: pixels added around each bounding box (clipped at the image border), >= 0.
+    context: and this fraction of the box's longer side on each side, 0-2 (0 by default, as
+    before 0.9; train-classifier and analyze default to :data:`DEFAULT_CONTEXT`).
     mask_background: set crop pixels outside the object to the image's background median.
     min_area: drop objects with fewer pixels. exclude_border: drop objects touching the image
     border. class_folders: sort the crops into ``crops/<class>/`` by the class tables
@@ -335,6 +359,7 @@ def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
     pixel_size = check_pixel_size(pixel_size)
     if padding < 0:
         raise OptionError(f"padding must be 0 or more pixels, got {padding}")
+    context = check_context(context)
     if min_area < 0:
         raise OptionError(f"min_area must be 0 or more pixels, got {min_area}")
     # One image file is allowed too (e.g. analyze of a single image); its mask is found by stem.
@@ -355,7 +380,7 @@ def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
                            f"(images: {_names(image_files)}; masks: {_names(mask_files)})")
 
     arguments = {"images": images, "masks": masks, "out": out, "padding": padding,
-                 "mask_background": mask_background, "min_area": min_area,
+                 "context": context, "mask_background": mask_background, "min_area": min_area,
                  "exclude_border": exclude_border, "class_folders": class_folders,
                  "pixel_size": pixel_size, "overwrite": overwrite}
     with step_run("extract-objects", out, arguments, overwrite=overwrite,
@@ -370,7 +395,7 @@ def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
                 classes = (read_class_table(mask_path.parent / f"{stem}_objects.csv")
                            if class_folders else None)
                 kept, skipped, counts = _extract_pair(
-                    stem, image_path, mask_path, out, padding=padding,
+                    stem, image_path, mask_path, out, padding=padding, context=context,
                     mask_background=mask_background, min_area=min_area,
                     exclude_border=exclude_border, classes=classes, pixel_size=pixel_size)
             except OrgasegError as exc:

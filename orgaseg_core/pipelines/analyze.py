@@ -180,8 +180,8 @@ class AnalyzeFailed(OrgasegError):
 def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out: Path, *,
             masks: Path | None = None, n_tiles: tuple[int, int] | None = None, prob_thresh: float | None = None,
             nms_thresh: float | None = None, image_scale: float = 1.0, preprocessing: bool = True,
-            padding: int | None = None, mask_background: bool = False, min_area: int = 0,
-            exclude_border: bool = False, batch_size: int = 64, device: str | None = None,
+            padding: int | None = None, context: float | None = None, mask_background: bool = False,
+            min_area: int = 0, exclude_border: bool = False, batch_size: int = 64, device: str | None = None,
             review_below: float | None = None, family: str | None = None,
             pixel_size: float | str | None = None, metadata: Path | None = None,
             name_pattern: str | None = None, control: str | None = None, seed: int = 0,
@@ -197,7 +197,8 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
     n_tiles, prob_thresh, nms_thresh, image_scale, preprocessing: as in ``segment`` (None =
     automatic tiles / the model's tuned thresholds). padding, mask_background, min_area,
     exclude_border: as in ``extract-objects`` (pixels; padding None: the padding the classifier
-    was trained with, else 10). batch_size, device, review_below, family: as in ``classify``.
+    was trained with, else 10). context: the fraction of each object's size added around its
+    crop (None: what the classifier was trained with, 0 for classifiers before 0.9). batch_size, device, review_below, family: as in ``classify``.
     pixel_size: µm per pixel (None: each image file's own), as in ``extract-objects``: µm / µm²
     columns in objects.csv and µm measurements in the QuPath files where it is known.
     metadata, name_pattern: the experiment's design (:mod:`orgaseg_core.results.design`): its
@@ -270,14 +271,18 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
     class_names = [str(c) for c in info["class_names"]]
     if padding is None:
         padding = int(info.get("crop_padding") or 10)
-    log.info("classifier %s: %s family, classes %s; crops cut with %d px of padding", classifier,
-             info.get("family", "cnn"), ", ".join(class_names), padding)
+    from ..objects.extract import check_context
+
+    context = check_context((info.get("crop_context") or 0.0) if context is None else context)
+    log.info("classifier %s: %s family, classes %s; crops cut with %d px of padding and %g of the "
+             "object's size around it", classifier, info.get("family", "cnn"), ", ".join(class_names),
+             padding, context)
 
     arguments = {"segmentation_model": segmentation_model, "masks": masks, "classifier": classifier,
                  "images": images, "out": out, "n_tiles": list(n_tiles) if n_tiles else None,
                  "prob_thresh": prob_thresh, "nms_thresh": nms_thresh, "image_scale": float(image_scale),
                  "preprocessing": bool(preprocessing), "padding": int(padding),
-                 "mask_background": bool(mask_background), "min_area": int(min_area),
+                 "context": context, "mask_background": bool(mask_background), "min_area": int(min_area),
                  "exclude_border": bool(exclude_border), "batch_size": int(batch_size),
                  "device": device, "review_below": review_below, "family": family,
                  "pixel_size": pixel_size, "metadata": metadata, "name_pattern": name_pattern,
@@ -307,7 +312,7 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
                     "fingerprint": print_,
                     "segment_options": _segment_options(n_tiles, prob_thresh, nms_thresh, image_scale,
                                                         preprocessing),
-                    "extract": {"padding": padding, "mask_background": mask_background,
+                    "extract": {"padding": padding, "context": context, "mask_background": mask_background,
                                 "min_area": min_area, "exclude_border": exclude_border,
                                 "pixel_size": pixel_size},
                     "classify_options": _classify_options(batch_size, device, review_below, family)}
