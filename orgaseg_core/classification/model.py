@@ -39,7 +39,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from ..common.errors import InputFileError
+from ..common.errors import InputFileError, OptionError
 from .calibration import apply_temperature, probabilities_to_logits
 from .measurement_model import MEASUREMENTS_FILE
 
@@ -126,11 +126,16 @@ def calibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
 
 def _context(value, path: Path) -> float:
     """The crop context a classifier was trained with (0 when not recorded: before 0.9)."""
+    from ..objects.extract import check_context
+
     if value is None:
         return 0.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 2.0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputFileError(path, f"crop_context must be a number within 0-2, got {value!r}")
-    return float(value)
+    try:
+        return check_context(value)  # the same range as --context
+    except OptionError as exc:
+        raise InputFileError(path, f"crop_context: {exc}") from None
 
 
 def _positive_float(value: Any, what: str, path: Path, *, upper: float | None = None) -> float:

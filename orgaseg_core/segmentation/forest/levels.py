@@ -24,16 +24,6 @@ from .regions import RegionParams, regions_from_probabilities
 log = logging.getLogger(__name__)
 
 
-def region_model_pyramid(info) -> tuple[float, ...]:
-    """The pyramid levels a region model (forest, U-Net) chose on validation ((1,) when it
-    chose none, and for models from before 0.9)."""
-    from ..pyramid import parse_pyramid
-
-    stored = (info.metadata or {}).get("pyramid") or {}
-    levels = stored.get("levels") if isinstance(stored, dict) else None
-    return parse_pyramid(",".join(f"{float(v):g}" for v in levels)) if levels else (1.0,)
-
-
 def labels_at_levels(grey: np.ndarray, base: float, levels: Sequence[float],
                      probabilities: Callable[[np.ndarray], np.ndarray], regions: RegionParams,
                      percentiles: Sequence[float], shape: tuple[int, int], *,

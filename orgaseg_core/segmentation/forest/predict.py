@@ -7,11 +7,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..predict import Segmentation, blank_segmentation, is_blank, network_input, preprocessed_grey
+from ..predict import Segmentation, blank_segmentation, is_blank, model_pyramid, network_input, preprocessed_grey
 from ...common.errors import OrgasegError
 from .features import MIN_SIDE, TILE, FeatureSpec, tiled_features
 from .model import LoadedForest
-from .levels import labels_at_levels, region_model_pyramid
+from .levels import labels_at_levels
 from .regions import RegionParams
 
 
@@ -67,7 +67,7 @@ def segment_by_regions(image: np.ndarray, loaded, probabilities: Callable[[np.nd
     from ..outlines import label_outlines
 
     info = loaded.info
-    levels = region_model_pyramid(info) if levels is None else tuple(float(m) for m in levels)
+    levels = model_pyramid(loaded) if levels is None else tuple(float(m) for m in levels)
     grey = preprocessed_grey(image, loaded, preprocessing=preprocessing)
     base = info.scale / float(image_scale)
     small = network_input(grey, base, info.norm_percentiles)
