@@ -279,7 +279,8 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
     if train.n_objects == 0:
         raise InputFileError(data / "train" / "masks", "the training masks hold no objects at all")
     multiple = 2 ** arch["depth"]
-    choice = choose_unet_resize(object_diameters(train.masks), 256 if patch_size is None else int(patch_size))
+    train_diameters = object_diameters(train.masks)
+    choice = choose_unet_resize(train_diameters, 256 if patch_size is None else int(patch_size))
     if factor is None:
         factor = choice["factor"]
         choice["chosen"] = "auto"
@@ -438,8 +439,7 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
         # the pyramid (the image enlarged 2x, 4x as well: small organoids), on the same images
         pyramid = choose_region_pyramid(
             [g.astype(np.float32) for g in val.images], truths, factor,
-            lambda small: class_probabilities(loaded, small), params, percentiles,
-            object_diameters(train.masks))
+            lambda small: class_probabilities(loaded, small), params, percentiles, train_diameters)
         log.info("pyramid %s: %s", ", ".join(f"{m:g}x" for m in pyramid["levels"]), pyramid["reason"])
         result.pyramid = pyramid
         result.weights = chosen
