@@ -192,7 +192,7 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
     with PyTorch, the same boundary regions, :mod:`orgaseg_core.segmentation.unet`; outlines
     that need not be star-convex; takes the budget options, ``batch_size``, ``patch_size``
     (a multiple of 32), ``resize``, ``learning_rate``, ``augment``, normalisation, ``seed``,
-    ``scale`` and ``device``; its presets are "quick" (20 x 25 steps) and "real" (up to
+    ``scale``, ``device`` and ``pyramid``; its presets are "quick" (20 x 25 steps) and "real" (up to
     200 x 50 steps, early stopping after 30 epochs, at most 30 minutes)).
     ``learning_rate``: None/"auto" = the backend's (3e-4 StarDist, 2e-3 U-Net). ``device``:
     the U-Net's ("cpu", "cuda"; None/"auto": a CUDA GPU when there is one).
@@ -209,7 +209,8 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
     blur, noise. ``refine``: outline refinement ("auto": the best of none, probability, edges
     on the validation images). ``pyramid``: scales to predict at (the network trains at one), as factors of the
     model's scale ("auto": 1,2,4... when the small organoids are too small at the model's scale,
-    kept only if better on the validation images; "none": one; "1,2,4": these).
+    kept only if better on the validation images (the U-Net keeps the most levels within 0.01 of
+    the best); "none": one; "1,2,4": these).
     ``norm_low``/``norm_high``: percentiles of the per-image
     intensity normalisation. ``scale``: pixel scale of the training images relative to the
     originals (None/"auto": read from the preprocess run, else 1). ``init_model``: a local
@@ -234,7 +235,6 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
     if backend == "unet":
         stardist_only = {"n_rays": (n_rays, 32), "n_trees": (n_trees, 100),
                          "refine": ("auto" if str(refine).strip().lower() in auto else refine, "auto"),
-                         "pyramid": ("auto" if str(pyramid).strip().lower() in auto else pyramid, "auto"),
                          "init_model": (_path(init_model), None)}
         given = [k for k, (value, default) in stardist_only.items() if value != default]
         if _pair(grid, "--grid") != (2, 2):
@@ -256,7 +256,8 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
                           patch_size=size, resize=resize,
                           learning_rate=DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate,
                           augment=augment, norm_percentiles=(norm_low, norm_high), seed=seed,
-                          scale=_optional_float(scale, "--scale"), device=device, overwrite=overwrite)
+                          scale=_optional_float(scale, "--scale"), device=device,
+                          pyramid="auto" if pyramid is None else pyramid, overwrite=overwrite)
     if backend == "forest":
         # compared after parsing, so "auto" (album, the CLI) counts as not given
         network = {"preset": (str(preset).strip().lower(), "quick"),

@@ -14,7 +14,7 @@ from scipy import ndimage
 from skimage.draw import disk
 
 from orgaseg_core.segmentation.evaluation import segmentation_metrics
-from orgaseg_core.segmentation.forest.levels import choose_region_pyramid, labels_at_levels
+from orgaseg_core.segmentation.forest.levels import PYRAMID_TOLERANCE, choose_region_pyramid, labels_at_levels
 from orgaseg_core.segmentation.forest.regions import RegionParams
 
 PARAMS = RegionParams(boundary_threshold=0.35, smoothing=0.0, min_foreground=0.5, min_area=4)
@@ -79,3 +79,32 @@ def test_ties_go_to_more_levels():
     chosen = choose_region_pyramid([grey], [truth], 0.25, threshold_probabilities, PARAMS, PERCENTILES,
                                    np.array([80.0, 6.0, 6.0, 6.0]))
     assert len(set(chosen["scores"].values())) == 1 and chosen["levels"] == [1.0, 2.0, 4.0]
+
+
+def test_a_small_validation_loss_keeps_the_finer_levels_and_a_clear_one_does_not(scene):
+    """The finer levels are proposed from the training organoids' sizes: a validation score a
+    little lower (under PYRAMID_TOLERANCE) keeps them, a clearly lower one drops them."""
+    grey, truth = scene
+    diameters = np.array([80.0] + [6.0] * len(SMALL))
+    both = choose_region_pyramid([grey], [truth], 0.25, threshold_probabilities, PARAMS, PERCENTILES, diameters)
+    scores = both["scores"]
+    # with the small organoids left out of the truth, every finer level only adds false objects
+    large_only = np.where(truth == 1, 1, 0).astype(truth.dtype)
+    worse = choose_region_pyramid([grey], [large_only], 0.25, threshold_probabilities, PARAMS, PERCENTILES,
+                                  diameters)
+    # (at 2x they are still under the smallest area kept: 1,2 ties with 1 and is kept; at 4x
+    # they are found, and 1,2,4 loses clearly)
+    assert worse["scores"]["1,2"] == worse["scores"]["1"] > worse["scores"]["1,2,4"] + PYRAMID_TOLERANCE
+    assert worse["levels"] == [1.0, 2.0]
+    # a tolerance as large as the loss keeps them
+    lenient = choose_region_pyramid([grey], [large_only], 0.25, threshold_probabilities, PARAMS, PERCENTILES,
+                                    diameters, tolerance=1.0)
+    assert lenient["levels"] == [1.0, 2.0, 4.0] and "within 1" in lenient["reason"]
+    assert both["levels"] == [1.0, 2.0, 4.0] and scores["1,2,4"] == max(scores.values())
+
+
+def test_given_levels_are_kept_and_scored(scene):
+    grey, truth = scene
+    given = choose_region_pyramid([grey], [truth], 0.25, threshold_probabilities, PARAMS, PERCENTILES,
+                                  np.array([80.0, 40.0]), given=(1.0, 2.0))
+    assert given["levels"] == [1.0, 2.0] and given["chosen"] == "given" and list(given["scores"]) == ["1,2"]

@@ -27,6 +27,7 @@ from orgaseg_core.common.errors import InputFileError, OrgasegError  # noqa: E40
 from orgaseg_core.common.images import read_labels  # noqa: E402
 from orgaseg_core.segmentation.evaluation import segmentation_metrics  # noqa: E402
 from orgaseg_core.segmentation.forest.features import BACKGROUND, BOUNDARY, INTERIOR  # noqa: E402
+from orgaseg_core.segmentation.forest.levels import PYRAMID_TOLERANCE  # noqa: E402
 from orgaseg_core.segmentation.forest.regions import RegionParams, regions_from_probabilities  # noqa: E402
 from orgaseg_core.segmentation.model import check_segmentation_model, is_region_model  # noqa: E402
 from orgaseg_core.segmentation.unet.model import (  # noqa: E402
@@ -169,10 +170,14 @@ def test_tiny_training_writes_a_complete_model(tiny):
     networks = 1 if weights["lowest_val_loss_epoch"] == weights["epochs"] else 2
     assert meta["regions"]["h_minima"] > 0 and len(meta["region_scores"]) == 18 * networks
     assert "torch" in meta["versions"]
-    # the pyramid kept is the best of those its small discs suggested, on the validation images
+    # the pyramid kept: the most of the levels its small discs suggested that score within
+    # PYRAMID_TOLERANCE of the best on the validation images
     pyramid = meta["pyramid"]
     kept = ",".join(f"{v:g}" for v in pyramid["levels"])
-    assert list(pyramid["scores"])[0] == "1" and pyramid["scores"][kept] == max(pyramid["scores"].values())
+    scores = pyramid["scores"]
+    assert list(scores)[0] == "1" and kept in scores and pyramid["chosen"] == "auto"
+    assert scores[kept] >= max(scores.values()) - PYRAMID_TOLERANCE
+    assert all(scores[k] < max(scores.values()) - PYRAMID_TOLERANCE for k in list(scores)[list(scores).index(kept) + 1:])
     history = pd.read_csv(model / "history.csv")
     assert list(history["epoch"]) == list(range(1, 9)) and history["loss"].iloc[-1] < history["loss"].iloc[0]
     info = check_segmentation_model(model)
@@ -260,6 +265,8 @@ def test_options_of_other_backends_are_refused(tmp_path):
                           ({"patch_size": (64, 96)}, "square")):
         with pytest.raises(OrgasegError, match=words):
             steps.train_segmentation(data, tmp_path / "never", backend="unet", **kwargs)
+    with pytest.raises(OrgasegError, match="pyramid factors must start at 1"):
+        steps.train_segmentation(data, tmp_path / "never", backend="unet", pyramid="2,4")
     with pytest.raises(OrgasegError, match="multiple of 32"):
         steps.train_segmentation(data, tmp_path / "never", backend="unet", patch_size=48)
     with pytest.raises(OrgasegError, match="--device applies to --backend unet only"):

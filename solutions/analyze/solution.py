@@ -23,7 +23,7 @@ def run():
         args.segmentation_model, args.classifier, args.images, args.out, masks=args.masks,
         n_tiles=args.n_tiles,
         prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh, image_scale=args.image_scale,
-        preprocessing=args.preprocessing, padding=args.padding,
+        preprocessing=args.preprocessing, padding=args.padding, context=args.context,
         mask_background=args.mask_background, min_area=args.min_area,
         exclude_border=args.exclude_border, batch_size=args.batch_size, device=args.device,
         review_below=args.review_below, family=args.family, pixel_size=args.pixel_size,
@@ -119,7 +119,7 @@ def test():
 setup(
     group="orgaseg",
     name="analyze",
-    version="0.8.0",
+    version="0.9.0",
     album_api_version="0.7.3",
     title="Analyze new images: find, measure and classify every organoid",
     description=(
@@ -140,7 +140,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.8.0 (the source "
+                 "classification for brightfield microscopy, version 0.9.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},
@@ -193,6 +193,10 @@ setup(
          "description": "Pixels of surroundings included around each organoid for the "
                         "classifier, e.g. 10; 'auto' uses the padding the classifier was trained "
                         "with, else 10."},
+        {"name": "context", "type": "string", "default": "auto",
+         "description": "And this fraction of the organoid's size on every side of its crop "
+                        "(0-2), e.g. 0.25; 'auto' uses what the classifier was trained with (0 "
+                        "for classifiers before 0.9.0)."},
         {"name": "mask_background", "type": "boolean", "default": False,
          "description": "Hide everything around each organoid (set it to the background level) "
                         "before classifying (True/False)."},

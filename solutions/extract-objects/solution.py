@@ -13,7 +13,7 @@ def run():
 
     args = get_args()
     run_step(lambda: steps.extract_objects(
-        args.images, args.masks, args.out, padding=args.padding,
+        args.images, args.masks, args.out, padding=args.padding, context=args.context,
         mask_background=args.mask_background, min_area=args.min_area,
         exclude_border=args.exclude_border, class_folders=args.class_folders,
         pixel_size=args.pixel_size, overwrite=args.overwrite))
@@ -101,7 +101,7 @@ def test():
 setup(
     group="orgaseg",
     name="extract-objects",
-    version="0.8.0",
+    version="0.9.0",
     album_api_version="0.7.3",
     title="Cut out and measure every organoid",
     description=(
@@ -116,7 +116,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.8.0 (the source "
+                 "classification for brightfield microscopy, version 0.9.0 (the source "
                  "repository of this album catalog)."},
     ],
     tags=["organoids", "brightfield", "crops", "measurements", "morphology", "orgaseg"],
@@ -136,6 +136,10 @@ setup(
         {"name": "padding", "type": "integer", "default": 10,
          "description": "Pixels of surrounding image added on every side of each organoid's "
                         "bounding box (0 or more), e.g. 10."},
+        {"name": "context", "type": "float", "default": 0.0,
+         "description": "And this fraction of the box's longer side on every side (0-2), e.g. "
+                        "0.25: a crop around an outline that misses an organoid's thin branches "
+                        "still shows them (orgaseg:train-classifier and orgaseg:analyze use 0.25)."},
         {"name": "mask_background", "type": "boolean", "default": False,
          "description": "Replace everything in a crop that is not the organoid itself "
                         "(background, neighbours) by the image's background grey (True/False)."},

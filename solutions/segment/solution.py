@@ -71,7 +71,7 @@ def test():
 setup(
     group="orgaseg",
     name="segment",
-    version="0.8.0",
+    version="0.9.0",
     album_api_version="0.7.3",
     title="Segment organoids with a trained model (StarDist, pixel forest or U-Net)",
     description=(
@@ -86,7 +86,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.8.0 (the source "
+                 "classification for brightfield microscopy, version 0.9.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},
@@ -136,8 +136,8 @@ setup(
          "description": "For organoids of very different sizes: segment at these factors of the "
                         "model's scale, e.g. '1,2,4', and keep each organoid from the scale where "
                         "it is best seen (small ones at the finer scales). 'auto': what the model "
-                        "chose on its validation images; 'none': one scale. StarDist models "
-                        "only: leave 'auto' with a pixel-forest or U-Net model."},
+                        "chose on its validation images; 'none': one scale. Any model (since "
+                        "0.9.0 also a pixel forest or a U-Net)."},
         {"name": "overwrite", "type": "boolean", "default": False,
          "description": "Allow writing into an output folder that already holds files "
                         "(True/False); files of the same name are replaced."},

@@ -16,6 +16,7 @@ def run():
     run_step(lambda: steps.train_classifier(
         args.data, args.model_out, images=args.images, masks=args.masks, families=args.families,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, padding=args.padding,
+        context=args.context,
         n_trees=args.n_trees, outline_augmentation=args.outline_augmentation,
         architectures=args.architectures, learning_rates=args.learning_rates,
         batch_sizes=args.batch_sizes, weight_decays=args.weight_decays,
@@ -99,7 +100,7 @@ def test():
 setup(
     group="orgaseg",
     name="train-classifier",
-    version="0.8.0",
+    version="0.9.0",
     album_api_version="0.7.3",
     title="Train an organoid morphology classifier",
     description=(
@@ -116,7 +117,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.8.0 (the source "
+                 "classification for brightfield microscopy, version 0.9.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Paszke A., Gross S., Massa F., Lerer A., Bradbury J., Chanan G., Killeen T., "
                  "Lin Z., Gimelshein N., Antiga L., et al. PyTorch: An Imperative Style, "
@@ -167,6 +168,11 @@ setup(
         {"name": "padding", "type": "integer", "default": 10,
          "description": "With images: pixels of context around each object's crop (as "
                         "orgaseg:extract-objects cuts them; orgaseg:analyze uses the same)."},
+        {"name": "context", "type": "float", "default": 0.25,
+         "description": "With images: and this fraction of the object's size on every side of "
+                        "its crop (0-2; stored with the classifier, orgaseg:analyze uses the "
+                        "same). A segmented outline that misses thin branches still shows them "
+                        "in the crop."},
         {"name": "n_trees", "type": "integer", "default": 300,
          "description": "Trees of the measurement random forest, e.g. 300."},
         {"name": "outline_augmentation", "type": "boolean", "default": True,

@@ -71,7 +71,7 @@ def test():
 setup(
     group="orgaseg",
     name="train-segmentation",
-    version="0.8.0",
+    version="0.9.0",
     album_api_version="0.7.3",
     title="Train an organoid segmentation model (StarDist, pixel forest or U-Net)",
     description=(
@@ -91,7 +91,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.8.0 (the source "
+                 "classification for brightfield microscopy, version 0.9.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},
@@ -164,8 +164,9 @@ setup(
                         "organoids are found at the finer scales, each organoid is kept from "
                         "the coarsest scale where it is at least 8 px across). 'auto': tried when "
                         "the small organoids are under 16 px at the model's scale and kept only "
-                        "if it does better than one scale on the validation images; 'none': "
-                        "one scale."},
+                        "if it does better than one scale on the validation images (the U-Net "
+                        "keeps the finer scales unless they score more than 0.01 lower: its "
+                        "validation image may hold no small organoids); 'none': one scale."},
         {"name": "norm_low", "type": "float", "default": 1.0,
          "description": "Lower percentile of the per-image intensity normalisation (0-100)."},
         {"name": "norm_high", "type": "float", "default": 99.8,
@@ -195,8 +196,8 @@ setup(
                         "forest from far more context; its outlines follow buds and need not be "
                         "star-convex. It uses the budget options (preset, epochs, "
                         "steps_per_epoch, early_stopping, max_minutes), batch_size, patch_size, "
-                        "resize, learning_rate, augment, norm_low, norm_high, seed, scale and "
-                        "device; the StarDist-only options (n_rays, grid, refine, pyramid, "
+                        "resize, learning_rate, augment, norm_low, norm_high, seed, scale, "
+                        "device and pyramid; the StarDist-only options (n_rays, grid, refine, "
                         "init_model) and n_trees must stay at their defaults."},
         {"name": "n_trees", "type": "integer", "default": 100,
          "description": "Number of trees of the pixel forest (backend 'forest' only; leave 100 "

@@ -16,7 +16,7 @@ from digests import tree_digest
 
 pytestmark = pytest.mark.integration
 
-STEP = "orgaseg:analyze:0.8.0"
+STEP = "orgaseg:analyze:0.9.0"
 
 
 def test_analyze(album, story, tmp_path):
@@ -64,6 +64,7 @@ def test_analyze(album, story, tmp_path):
             "segment", "extract-objects", "classify"}
         # padding 'auto': the crops are cut as the classifier's training crops were
         assert record["arguments"]["padding"] == classifier["crop_padding"]
+        assert record["arguments"]["context"] == classifier["crop_context"]
 
         # label images of another tool instead of the model: their objects, under their ids
         masks = demo / "evaluation" / "true-masks"

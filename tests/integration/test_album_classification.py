@@ -24,7 +24,7 @@ from digests import tree_digest
 
 pytestmark = pytest.mark.integration
 
-VERSION = "0.8.0"
+VERSION = "0.9.0"
 # the columns of objects.csv that a user reads first (the rest are crop window and intensities)
 MEASUREMENTS = ["image", "stem", "label", "crop", "bbox_min_row", "bbox_min_col", "bbox_max_row",
                 "bbox_max_col", "centroid_row", "centroid_col", "area_px", "perimeter",
@@ -81,7 +81,7 @@ def test_extract_objects(album, demo, tmp_path):
         before = tree_digest(images), tree_digest(masks)
         out = album.workdir / "objects"
         run = album("run", step, "--images", images, "--masks", masks, "--out", out,
-                    "--padding", "4", "--min_area", "150", "--exclude_border", "True")
+                    "--padding", "4", "--context", "0.5", "--min_area", "150", "--exclude_border", "True")
         assert "extract-objects: 4 image/mask pairs" in run.output
         objects = pd.read_csv(out / "objects.csv")
         skipped = pd.read_csv(out / "skipped.csv")
@@ -108,10 +108,12 @@ def test_extract_objects(album, demo, tmp_path):
             assert [area[label] for label in rows["label"]] == rows["area_px"].tolist()
             for row in rows.itertuples():
                 assert row.crop == f"crops/{stem}_{row.label}.tif"
-                # the bounding box grown by 4 px on every side, clipped to the image
-                window = (max(row.bbox_min_row - 4, 0), max(row.bbox_min_col - 4, 0),
-                          min(row.bbox_max_row + 4, labels.shape[0]),
-                          min(row.bbox_max_col + 4, labels.shape[1]))
+                # the bounding box grown by 4 px plus half its longer side on every side,
+                # clipped to the image
+                grow = 4 + round(0.5 * max(row.bbox_max_row - row.bbox_min_row, row.bbox_max_col - row.bbox_min_col))
+                window = (max(row.bbox_min_row - grow, 0), max(row.bbox_min_col - grow, 0),
+                          min(row.bbox_max_row + grow, labels.shape[0]),
+                          min(row.bbox_max_col + grow, labels.shape[1]))
                 assert (row.crop_min_row, row.crop_min_col, row.crop_max_row, row.crop_max_col) == window
                 crop = tifffile.imread(out / row.crop)
                 assert crop.shape[:2] == (window[2] - window[0], window[3] - window[1])
@@ -122,6 +124,7 @@ def test_extract_objects(album, demo, tmp_path):
         assert {p.name for p in (out / "crops").iterdir()} == expected_crops and len(expected_crops) > 50
         record = json.loads((out / "run.json").read_text())
         assert record["arguments"]["exclude_border"] is True and record["arguments"]["min_area"] == 150
+        assert record["arguments"]["context"] == 0.5
         assert (tree_digest(images), tree_digest(masks)) == before
 
         # masks whose names match no image: one ERROR line naming the folders, nothing written
@@ -165,6 +168,7 @@ def test_train_classifier_then_classify(album, demo, tmp_path):
         family = description["family"]
         assert family in families and description["class_names"] == classes
         assert description["review_below"] == 0.7 and description["crop_padding"] == 10
+        assert description["crop_context"] == 0.25  # the default: a quarter of the object's size
         assert set(description["candidates"]) == set(families)
         if family in ("cnn", "combined"):
             assert zipfile.is_zipfile(model / "model.pt")  # torch's format (not loaded here)

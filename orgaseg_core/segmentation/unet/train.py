@@ -22,8 +22,9 @@
    own size) are kept and reported.
 5. The pyramid (:mod:`..forest.levels`): when the training organoids' small ones are under
    16 px at the model's scale, the validation images are also segmented at 2x (and 4x) the
-   scale, each organoid kept from the level where it is well seen; the levels with the best
-   mean F1 are stored, and ``segment`` predicts at them.
+   scale, each organoid kept from the level where it is well seen; the most levels whose mean
+   F1 is within :data:`..forest.levels.PYRAMID_TOLERANCE` of the best are stored (or the levels
+   given as ``pyramid``), and ``segment`` predicts at them.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -64,6 +65,7 @@ from ..train import (
     validation_lines,
 )
 from ..forest.levels import choose_region_pyramid
+from ..pyramid import parse_pyramid
 from .model import UNET_FILE, UNET_FORMAT_VERSION, UNET_KIND, LoadedUNet, UNetInfo, check_architecture, import_torch
 
 log = logging.getLogger(__name__)
@@ -235,6 +237,7 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
                augment: bool = True, architecture: dict[str, int] | None = None,
                norm_percentiles: tuple[float, float] = DEFAULT_NORM_PERCENTILES, seed: int = 0,
                scale: float | None = None, device: str | None = None,
+               pyramid: str | Sequence[float] | None = "auto",
                overwrite: bool = False) -> TrainUNetResult:
     """Train a U-Net on ``data`` (a ``split`` folder: ``train/`` and ``val/`` with ``images/``
     and ``masks/``) and write the model folder ``model_out`` (see :mod:`.model`).
@@ -247,7 +250,8 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
     (None: 16 channels, depth 5). norm_percentiles: per-image normalisation. seed: patches,
     augmentation and the network's initial weights. scale: pixel scale of the data relative to
     the originals (None: from the preprocess run record, else 1). device: "cpu", "cuda" (None:
-    a CUDA GPU when there is one).
+    a CUDA GPU when there is one). pyramid: the levels ``segment`` predicts at ("auto": chosen
+    on the validation images, step 5; "none"; or factors like "1,2").
     """
     start = time.perf_counter()
     data, model_out = Path(data), Path(model_out)
@@ -255,6 +259,10 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
                                  early_stopping=early_stopping, max_minutes=max_minutes)
     percentiles = check_percentiles(norm_percentiles)
     factor = parse_resize(resize)
+    try:
+        pyramid_given = parse_pyramid(pyramid)
+    except ValueError as exc:
+        raise OptionError(str(exc)) from None
     arch = dict(DEFAULT_ARCHITECTURE, **(architecture or {}))
     try:
         arch = check_architecture(arch)
@@ -307,7 +315,8 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
                  "batch_size": int(batch_size), "patch_size": patch, "resize": resize,
                  "learning_rate": float(learning_rate), "augment": bool(augment), "architecture": arch,
                  "norm_percentiles": list(percentiles), "seed": int(seed), "scale": scale,
-                 "device": device, "overwrite": overwrite}
+                 "device": device, "pyramid": "auto" if pyramid_given is None else list(pyramid_given),
+                 "overwrite": overwrite}
     with step_run("train-segmentation", model_out, arguments, overwrite=overwrite, inputs=[data]) as record:
         result = TrainUNetResult(model_out=model_out, n_train=len(train.names), n_val=len(val.names),
                                  n_train_objects=train.n_objects, n_val_objects=val.n_objects,
@@ -439,7 +448,8 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
         # the pyramid (the image enlarged 2x, 4x as well: small organoids), on the same images
         pyramid = choose_region_pyramid(
             [g.astype(np.float32) for g in val.images], truths, factor,
-            lambda small: class_probabilities(loaded, small), params, percentiles, train_diameters)
+            lambda small: class_probabilities(loaded, small), params, percentiles, train_diameters,
+            given=pyramid_given)
         log.info("pyramid %s: %s", ", ".join(f"{m:g}x" for m in pyramid["levels"]), pyramid["reason"])
         result.pyramid = pyramid
         result.weights = chosen
