@@ -94,6 +94,16 @@ def parse_pyramid(value) -> tuple[float, ...] | None:
     return tuple(factors)
 
 
+def levels_key(levels: Sequence[float]) -> str:
+    """Pyramid levels as ``parse_pyramid`` reads them and model files store their scores: "1,2,4"."""
+    return ",".join(f"{float(v):g}" for v in levels)
+
+
+def describe_levels(levels: Sequence[float]) -> str:
+    """Pyramid levels for people: "1x, 2x, 4x"."""
+    return ", ".join(f"{float(v):g}x" for v in levels)
+
+
 def choose_pyramid(diameters: np.ndarray, resize: float, *, min_diameter: float = COMFORTABLE_DIAMETER,
                    max_levels: int = MAX_LEVELS, max_enlarge: float = MAX_ENLARGE) -> PyramidChoice:
     """Levels for training objects of these ``diameters`` (px of the training data) at ``resize``.
@@ -119,7 +129,7 @@ def choose_pyramid(diameters: np.ndarray, resize: float, *, min_diameter: float 
                       f"{max_enlarge:g}x the data's resolution adds no detail: one level")
     else:
         reason = (f"the small objects (5th percentile {p5:.1f} px at the model's scale) are under "
-                  f"{min_diameter:g} px: also at {', '.join(f'{m:g}x' for m in levels[1:])} the scale "
+                  f"{min_diameter:g} px: also at {describe_levels(levels[1:])} the scale "
                   f"({p5 * levels[-1]:.1f} px at the finest)")
     return PyramidChoice(levels=tuple(levels), reason=reason)
 

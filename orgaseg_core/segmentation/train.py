@@ -72,7 +72,7 @@ from .model import (
     quiet_stardist,
     read_json_file,
 )
-from .pyramid import PyramidChoice, choose_pyramid, parse_pyramid
+from .pyramid import PyramidChoice, choose_pyramid, describe_levels, levels_key, parse_pyramid
 from .refine import REFINEMENTS, check_refinement, refine_labels
 from .sizing import (
     MIN_DIAMETER,
@@ -337,7 +337,7 @@ class TrainSegmentationResult:
                  f"NMS {self.thresholds.get('nms', float('nan')):.2f}",
                  f"  outlines: {self.refinement} (validation mean F1 over IoU 0.5-0.9: "
                  + ", ".join(f"{k} {v:.3f}" for k, v in self.refinement_scores.items()) + ")",
-                 f"  pyramid: {', '.join(f'{m:g}x' for m in self.pyramid.get('levels', [1.0]))} the model "
+                 f"  pyramid: {describe_levels(self.pyramid.get('levels', [1.0]))} the model "
                  f"scale ({self.pyramid.get('reason', '')})",
                  "  validation:"]
         lines += validation_lines(self.metrics)
@@ -731,7 +731,7 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
         pyramid_info = PyramidChoice(pyramid_given, "given").as_dict()
         pyramid_info["chosen"] = "given"
     levels = tuple(pyramid_info["levels"])
-    log.info("pyramid %s: %s", ", ".join(f"{m:g}x" for m in levels), pyramid_info["reason"])
+    log.info("pyramid %s: %s", describe_levels(levels), pyramid_info["reason"])
     # the sizes resize_split will give (rescale_image's rounding)
     resized_shapes = [(output_length(h, resize_factor), output_length(w, resize_factor))
                       for h, w in train.shapes + val.shapes]
@@ -869,7 +869,7 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
         tables = {m: all_tables[(best_levels, m)] for m in methods}
         result.refinement_scores = {m: scores[(best_levels, m)] for m in methods}
         pyramid_info["levels"] = list(best_levels)
-        pyramid_info["scores"] = {",".join(f"{v:g}" for v in p): max(scores[(p, m)] for m in methods)
+        pyramid_info["scores"] = {levels_key(p): max(scores[(p, m)] for m in methods)
                                   for p in pyramids}
         if len(pyramids) > 1:
             pyramid_info["reason"] += ("; kept: it beat one level on the validation images"
@@ -878,7 +878,7 @@ def train_segmentation(data: Path, model_out: Path, *, preset: str = "quick", ep
         result.pyramid = pyramid_info
         for (p, m), score in scores.items():
             log.info("pyramid %s, outlines %s: validation mean F1 over IoU 0.5-0.9 %.3f%s",
-                     ",".join(f"{v:g}" for v in p), m, score,
+                     levels_key(p), m, score,
                      " (chosen)" if (p, m) == (best_levels, result.refinement) else "")
         table = tables[result.refinement]
         seconds_validation = time.perf_counter() - t2

@@ -84,7 +84,7 @@ def choose_region_pyramid(greys: Sequence[np.ndarray], truths: Sequence[np.ndarr
     "chosen": "auto" or "given"}.
     """
     from ..evaluation import DEFAULT_THRESHOLDS, segmentation_metrics
-    from ..pyramid import choose_pyramid
+    from ..pyramid import choose_pyramid, levels_key
     from ..train import mean_f1
 
     if given is not None:
@@ -98,19 +98,15 @@ def choose_region_pyramid(greys: Sequence[np.ndarray], truths: Sequence[np.ndarr
         preds = [labels_at_levels(g, factor, levels, probabilities, regions, percentiles, t.shape)[0]
                  for g, t in zip(greys, truths)]
         scores[levels] = round(mean_f1(segmentation_metrics(list(truths), preds, thresholds=DEFAULT_THRESHOLDS)), 4)
-        log.info("pyramid %s: validation mean F1 over IoU 0.5-0.9 %.3f", _text(levels), scores[levels])
+        log.info("pyramid %s: validation mean F1 over IoU 0.5-0.9 %.3f", levels_key(levels), scores[levels])
     if proposal is None:
-        return {"levels": list(candidates[0]), "reason": "given", "scores": {_text(candidates[0]): scores[candidates[0]]},
+        return {"levels": list(candidates[0]), "reason": "given", "scores": {levels_key(candidates[0]): scores[candidates[0]]},
                 "chosen": "given"}
     top = max(scores.values())
     best = max((p for p in candidates if scores[p] >= top - tolerance), key=len)
     reason = proposal.reason
     if len(candidates) > 1:
-        reason += (f"; kept {_text(best)}: the most levels within {tolerance:g} of the best validation "
+        reason += (f"; kept {levels_key(best)}: the most levels within {tolerance:g} of the best validation "
                    f"mean F1 ({scores[best]:.3f} against {top:.3f})")
-    return {"levels": list(best), "reason": reason, "scores": {_text(p): s for p, s in scores.items()},
+    return {"levels": list(best), "reason": reason, "scores": {levels_key(p): s for p, s in scores.items()},
             "chosen": "auto"}
-
-
-def _text(levels: Sequence[float]) -> str:
-    return ",".join(f"{float(v):g}" for v in levels)

@@ -65,7 +65,7 @@ from ..train import (
     validation_lines,
 )
 from ..forest.levels import choose_region_pyramid
-from ..pyramid import parse_pyramid
+from ..pyramid import describe_levels, parse_pyramid
 from .model import UNET_FILE, UNET_FORMAT_VERSION, UNET_KIND, LoadedUNet, UNetInfo, check_architecture, import_torch
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class TrainUNetResult:
                  f"  regions: {RegionParams.from_dict(self.regions).describe() if self.regions else '-'} "
                  f"(best of {len(self.region_scores)} on the validation images, mean F1 over IoU "
                  f"0.5-0.9 {best:.3f})",
-                 f"  pyramid: {', '.join(f'{m:g}x' for m in self.pyramid.get('levels', [1.0]))} the model "
+                 f"  pyramid: {describe_levels(self.pyramid.get('levels', [1.0]))} the model "
                  f"scale ({self.pyramid.get('reason', '')})",
                  "  validation:"]
         lines += validation_lines(self.metrics)
@@ -450,7 +450,7 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
             [g.astype(np.float32) for g in val.images], truths, factor,
             lambda small: class_probabilities(loaded, small), params, percentiles, train_diameters,
             given=pyramid_given)
-        log.info("pyramid %s: %s", ", ".join(f"{m:g}x" for m in pyramid["levels"]), pyramid["reason"])
+        log.info("pyramid %s: %s", describe_levels(pyramid["levels"]), pyramid["reason"])
         result.pyramid = pyramid
         result.weights = chosen
         result.regions, result.region_scores = params.as_dict(), scores
