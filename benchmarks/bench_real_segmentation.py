@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
     images = goat_images()
     folds = list(images) if args.folds == "all" else [f.strip() for f in args.folds.split(",")]
+    from orgaseg_core.segmentation.pyramid import levels_key
     from orgaseg_core.segmentation.refine import REFINEMENTS
 
     rows, truths, preds = [], [], []
@@ -191,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         # the model's pyramid choice against every pyramid on the same model (the same three
         # for every fold, so that each pools over all five images), outlines as chosen
         pyramid = meta.get("pyramid", {})
-        pyramid_label = ",".join(f"{v:g}" for v in pyramid.get("levels", [1.0]))
+        pyramid_label = levels_key(pyramid.get("levels", [1.0]))
+        if pyramid.get("scores"):
+            print(f"  {held}, pyramid kept {pyramid_label}; validation mean F1 over IoU 0.5-0.9: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in pyramid["scores"].items()), flush=True)
         for candidate in PYRAMIDS:
             if candidate == pyramid_label:
                 found = pred
