@@ -4,8 +4,9 @@ model calls on the same images in the same run.
 Generates ``--small`` images of 1008x760 and ``--large`` images of 4032x3040 (demo-data), then
 for each image size:
 
-1. **bare**: in one process, ``StarDist2D.predict_instances`` on every image (normalised as
-   segment does, tiles as segment chooses; loading the model and reading the images not timed),
+1. **bare**: in one process, ``StarDist2D.predict_instances`` on every image as segment feeds
+   it to the network (resized to the model's scale and normalised, tiles as segment chooses;
+   loading the model, reading and resizing the images not timed),
    and in another process (torch) the classifier network's forward pass on as many crops as
    analyze found (at its input size, batches of 64; loading not timed). Their sum is the cost
    of the model calls alone.
@@ -38,11 +39,13 @@ BARE_SEGMENT = r"""
 import json, sys, time
 from pathlib import Path
 from orgaseg_core.common.images import input_images, read_image
-from orgaseg_core.segmentation.model import auto_n_tiles, load_model, normalize_image
-from orgaseg_core.segmentation.predict import preprocessed_grey
+from orgaseg_core.segmentation.model import auto_n_tiles, load_model
+from orgaseg_core.segmentation.predict import network_input, preprocessed_grey
 loaded = load_model(Path(sys.argv[1]))
 stems, _ = input_images(Path(sys.argv[2]))
-inputs = [normalize_image(preprocessed_grey(read_image(p), loaded)) for p in stems.values()]
+# the network's input as segment makes it: at the model's scale, normalised as in training
+inputs = [network_input(preprocessed_grey(read_image(p), loaded), loaded.info.scale, loaded.info.norm_percentiles)
+          for p in stems.values()]
 seconds = 0.0
 for x in inputs:
     t0 = time.perf_counter()

@@ -10,6 +10,7 @@ from orgaseg_core.segmentation.evaluation import segmentation_metrics
 from orgaseg_core.segmentation.refine import (
     REFINEMENTS,
     check_refinement,
+    edge_seeds,
     refine_by_edges,
     refine_by_probability,
     refine_labels,
@@ -98,3 +99,23 @@ def test_edges_refinement_is_local():
     refined = refine_by_edges(guess, grey)
     far = ndimage.distance_transform_edt(guess == 0) > 40
     assert not refined[far].any()
+
+
+def test_edges_flood_of_the_band_equals_a_flood_of_the_whole_image():
+    """The watershed runs only on the band between the seeds (the speed of large images): the
+    outlines are those of a watershed over every pixel from the same seeds."""
+    from skimage.filters import sobel
+    from skimage.segmentation import watershed
+
+    truth, guess, grey = budded()
+    rng = np.random.default_rng(4)
+    # more objects, some touching, on a larger noisy image
+    tiled_guess = np.block([[guess, np.where(guess > 0, guess + 2, 0)], [np.where(guess > 0, guess + 4, 0), np.where(guess > 0, guess + 6, 0)[:, ::-1]]])
+    tiled_grey = np.block([[grey, grey], [grey, grey[:, ::-1]]]) + rng.normal(0, 0.05, (320, 400)).astype(np.float32)
+    tiled_guess = tiled_guess.astype(np.uint16)
+    refined = refine_by_edges(tiled_guess, tiled_grey)
+    seeds = edge_seeds(tiled_guess)
+    assert set(np.unique(seeds)) == set(range(int(tiled_guess.max()) + 2))
+    whole = watershed(sobel(ndimage.gaussian_filter(tiled_grey, 1.0)), markers=seeds)
+    whole[whole == tiled_guess.max() + 1] = 0
+    np.testing.assert_array_equal(refined, whole)

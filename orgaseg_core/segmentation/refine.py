@@ -14,8 +14,9 @@ id, so that the labels, the traced outlines and the measurements follow the refi
 * ``"none"``: StarDist's polygons as they are.
 
 ``train-segmentation`` measures all of them on the validation images and stores the best in
-the model (:func:`choose_refinement`); ``segment --refine`` overrides it. Cost: one distance
-transform and one watershed over the image, linear in pixels (up to the watershed's log).
+the model (:func:`choose_refinement`); ``segment --refine`` overrides it. Cost: distance
+transforms over the image and a watershed over the band around the objects, linear in pixels
+(up to the watershed's log).
 """
 
 from __future__ import annotations
@@ -94,20 +95,46 @@ def refine_by_probability(labels: np.ndarray, prob: np.ndarray, *,
     return _keep_ids(refined, labels)
 
 
+def edge_seeds(labels: np.ndarray, *, core_fraction: float = CORE_FRACTION,
+               band_fraction: float = BAND_FRACTION, min_band: float = MIN_BAND_PX) -> np.ndarray:
+    """The seeds of :func:`refine_by_edges` (int64, the shape of ``labels``): each object's core
+    (pixels deeper inside than ``core_fraction`` of its largest inner distance) under its own
+    id, the background farther than ``band_fraction`` x the nearest object's equivalent radius
+    (at least ``min_band`` px) from every object as N + 1, and 0 in the band between them."""
+    from skimage.segmentation import find_boundaries
+
+    n = int(labels.max())
+    areas = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
+    radius = np.sqrt(areas / np.pi)
+    # inner distance to the object's own edge (touching objects count as edges too)
+    foreground = labels > 0
+    depth = ndimage.distance_transform_edt(foreground & ~find_boundaries(labels, mode="inner"))
+    # each object's largest inner distance, over its own pixels only (ndimage.maximum with an
+    # index per object scans the whole image: 3 s of 4032x3040 px against 0.01 s)
+    deepest = np.zeros(n + 1, dtype=np.float64)
+    np.maximum.at(deepest, labels[foreground], depth[foreground])
+    core = foreground & (depth >= np.maximum(1.0, core_fraction * deepest[labels]))
+    # distance outside, and which object is nearest
+    outside, (ri, ci) = ndimage.distance_transform_edt(~foreground, return_indices=True)
+    band = np.maximum(min_band, band_fraction * radius[labels[ri, ci]])
+    markers = np.where(core, labels, 0).astype(np.int64)
+    markers[~foreground & (outside > band)] = n + 1
+    return markers
+
+
 def refine_by_edges(labels: np.ndarray, grey: np.ndarray, *, core_fraction: float = CORE_FRACTION,
                     band_fraction: float = BAND_FRACTION, min_band: float = MIN_BAND_PX,
                     smooth: float = 1.0) -> np.ndarray:
     """Move StarDist's outlines onto the strongest grey-level edges nearby, at full resolution.
 
-    labels: (Y, X) objects 1..N; grey: the image (Y, X), any range. Seeds: each object's core
-    (pixels deeper inside than ``core_fraction`` of its largest inner distance) and the
-    background farther than ``band_fraction`` x the nearest object's equivalent radius (at
-    least ``min_band`` px) from every object. A watershed of the gradient magnitude (Gaussian
-    of ``smooth`` px, Sobel) between these seeds places each outline on the strongest edge in
-    between, so buds and crypts within the band are taken in. Same dtype and ids as ``labels``.
+    labels: (Y, X) objects 1..N; grey: the image (Y, X), any range. Seeds
+    (:func:`edge_seeds`): each object's core and the background beyond a band around every
+    object. A watershed of the gradient magnitude (Gaussian of ``smooth`` px, Sobel) between
+    these seeds places each outline on the strongest edge in between, so buds and crypts within
+    the band are taken in. Same dtype and ids as ``labels``.
     """
     from skimage.filters import sobel
-    from skimage.segmentation import find_boundaries, watershed
+    from skimage.segmentation import watershed
 
     labels = np.asarray(labels)
     n = int(labels.max()) if labels.size else 0
@@ -116,25 +143,15 @@ def refine_by_edges(labels: np.ndarray, grey: np.ndarray, *, core_fraction: floa
     grey = np.asarray(grey, dtype=np.float32)
     if grey.shape != labels.shape:
         raise ValueError(f"grey image {grey.shape} and labels {labels.shape} differ in shape")
-    areas = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
-    radius = np.sqrt(areas / np.pi)
-    # inner distance to the object's own edge (touching objects count as edges too)
-    inside = (labels > 0) & ~find_boundaries(labels, mode="inner")
-    depth = ndimage.distance_transform_edt(inside)
-    deepest = ndimage.maximum(depth, labels, index=np.arange(n + 1))
-    deepest = np.asarray(deepest, dtype=np.float64)
-    core = (labels > 0) & (depth >= np.maximum(1.0, core_fraction * deepest[labels]))
-    # distance outside, and which object is nearest
-    outside, (ri, ci) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
-    nearest = labels[ri, ci]
-    band = np.maximum(min_band, band_fraction * radius[nearest])
-    background = (labels == 0) & (outside > band)
-    markers = np.where(core, labels, 0).astype(np.int64)
-    bg_id = n + 1
-    markers[background] = bg_id
+    markers = edge_seeds(labels, core_fraction=core_fraction, band_fraction=band_fraction, min_band=min_band)
     edges = sobel(ndimage.gaussian_filter(grey, smooth) if smooth > 0 else grey)
-    refined = watershed(edges, markers=markers)
-    refined[refined == bg_id] = 0
+    # Only the band between the seeds is undecided. The flood runs there and on the seed pixels
+    # that touch it (where a flood of the whole image spreads from, so the result is the same);
+    # a flood of the whole image queues every seed pixel: 16 s instead of 1 s for 4032x3040 px
+    # with 200 organoids. The band's rim has the watershed's connectivity (4 neighbours).
+    region = ndimage.binary_dilation(markers == 0)
+    refined = np.where(region, watershed(edges, markers=np.where(region, markers, 0), mask=region), markers)
+    refined[refined == n + 1] = 0
     return _keep_ids(refined.astype(labels.dtype), labels)
 
 
