@@ -238,6 +238,9 @@ def save_png(path: Path, rgb: np.ndarray) -> Path:
     """Write an RGB (Y, X, 3) uint8 array as PNG atomically."""
     from PIL import Image
 
+    # zlib level 3, not Pillow's 6: an overlay of 1008x760 px is written in 0.06 s instead of
+    # 0.17 s (and here no larger); analyze writes one per image
     with atomic_path(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(tmp, format="PNG", optimize=False)
+        Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(tmp, format="PNG", optimize=False,
+                                                                        compress_level=3)
     return Path(path)
