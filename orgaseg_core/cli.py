@@ -280,7 +280,7 @@ def extract_objects_cmd(
     masks: Path = typer.Option(..., help="Folder with label images (masks) of the same names, e.g. from segment."),
     out: Path = typer.Option(..., help="Folder for crops/, objects.csv and skipped.csv."),
     padding: int = typer.Option(10, min=0, help="Pixels of context added around each object's bounding box."),
-    context: float = typer.Option(0.0, min=0.0, max=2.0, help="And this fraction of the box's longer side on each side (a crop around an outline that misses thin branches still shows them; train-classifier and analyze use 0.25)."),
+    context: float = typer.Option(0.25, min=0.0, max=2.0, help="And this fraction of the box's longer side on each side (a crop around an outline that misses thin branches still shows them; train-classifier cuts its crops the same way; 0: the box and padding only, as before 0.9)."),
     mask_background: bool = typer.Option(False, "--mask-background", help="Set crop pixels outside the object to the image's background level."),
     min_area: int = typer.Option(0, "--min-area", min=0, help="Skip objects smaller than this many pixels."),
     exclude_border: bool = typer.Option(False, "--exclude-border", help="Skip objects touching the image border."),

@@ -357,7 +357,8 @@ def evaluate_segmentation(truth: PathLike, pred: PathLike, out: PathLike, *,
 # ------------------------------------------------------------------------------ objects
 
 def extract_objects(images: PathLike, masks: PathLike, out: PathLike, *, padding: int = 10,
-                    context: float | str = 0.0, mask_background: bool = False, min_area: int = 0, exclude_border: bool = False,
+                    context: float | str = 0.25, mask_background: bool = False, min_area: int = 0,
+                    exclude_border: bool = False,
                     class_folders: bool = False, pixel_size: float | str | None = None,
                     overwrite: bool = False):
     """Cut one crop per object out of each image and measure every object.

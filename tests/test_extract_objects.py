@@ -143,6 +143,21 @@ def test_context_shows_a_quarter_of_the_object_around_it(scene):
         extract_objects(root / "images", root / "masks", root / "other", context=3)
 
 
+def test_crops_cut_unlike_the_classifiers_are_named(scene):
+    """classify warns when extract-objects cut the crops otherwise than the classifier's
+    training crops (the default of both is the same: padding 10, context 0.25)."""
+    from orgaseg_core.classification.predict import crop_mismatch
+
+    root, _, _ = scene
+    extract_objects(root / "images", root / "masks", root / "default")
+    assert json.loads((root / "default" / "run.json").read_text())["arguments"]["context"] == DEFAULT_CONTEXT
+    assert crop_mismatch(root / "default", 10, DEFAULT_CONTEXT) is None
+    extract_objects(root / "images", root / "masks", root / "tight", context=0)
+    why = crop_mismatch(root / "tight", 10, DEFAULT_CONTEXT)
+    assert str(root / "tight") in why and "context 0," in why and "--context 0.25" in why
+    assert crop_mismatch(root / "images", 10, DEFAULT_CONTEXT) is None  # no extract-objects record
+
+
 def test_object_crop_masks_background_and_other_objects():
     image = np.arange(100, dtype=np.uint8).reshape(10, 10)
     labels = np.zeros((10, 10), np.uint8)

@@ -110,6 +110,31 @@ def collect_crops(objects: Path) -> tuple[pd.DataFrame, list[Path], str]:
     return table, files, str(folder)
 
 
+def crop_mismatch(objects: Path, padding: int, context: float) -> str | None:
+    """Why the crops of an extract-objects folder differ from a classifier's training crops, or
+    None. Read from the folder's run.json (padding in px, context as a fraction of the object's
+    size; folders of 0.8 and before record no context: 0); a folder without one: None."""
+    import json
+
+    record_path = Path(objects) / "run.json"
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("step") != "extract-objects":
+        return None
+    arguments = record.get("arguments") or {}
+    try:
+        cut = (int(arguments.get("padding", 10)), float(arguments.get("context") or 0.0))
+    except (TypeError, ValueError):
+        return None
+    if cut == (int(padding), float(context)):
+        return None
+    return (f"{objects}: its crops were cut with padding {cut[0]} and context {cut[1]:g}, the classifier's "
+            f"training crops with padding {int(padding)} and context {float(context):g}; its results are "
+            f"best on crops cut like those (extract-objects --padding {int(padding)} --context {float(context):g})")
+
+
 @dataclass
 class ClassifyResult:
     """What :func:`classify` read and predicted."""
@@ -202,6 +227,10 @@ def classify(model: Path, objects: Path, out: Path, *, batch_size: int = 64, dev
         raise OutputError(f"{out}: is the model's folder; write the predictions to another folder")
     table, files, source = collect_crops(objects)
     log.info("read %s: %d objects to classify with the %s", source, len(files), classifier.describe())
+    mismatch = (crop_mismatch(objects, classifier.crop_padding, classifier.crop_context)
+                if classifier.needs_crops and classifier.crop_padding is not None else None)
+    if mismatch:
+        log.warning("%s", mismatch)
     if classifier.needs_measurements:
         from .measurement_model import feature_matrix
 
@@ -247,6 +276,7 @@ def classify(model: Path, objects: Path, out: Path, *, batch_size: int = 64, dev
         if result.unreadable:
             write_csv(out / UNREADABLE_CSV, pd.DataFrame(result.unreadable, columns=["crop", "error"]))
         record.results["unreadable"] = [{"crop": c, "error": e} for c, e in result.unreadable]
+        record.results["crop_mismatch"] = mismatch
         if not ok.any():
             raise OrgasegError(f"{source}: none of the {len(files)} crops could be read (see "
                                f"{out / UNREADABLE_CSV}); first: {result.unreadable[0][1]}")

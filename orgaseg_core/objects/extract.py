@@ -333,7 +333,8 @@ def _with_class(columns: list[str]) -> list[str]:
 
 
 def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
-                    context: float = 0.0, mask_background: bool = False, min_area: int = 0, exclude_border: bool = False,
+                    context: float = DEFAULT_CONTEXT, mask_background: bool = False, min_area: int = 0,
+                    exclude_border: bool = False,
                     class_folders: bool = False, pixel_size: float | str | None = None,
                     overwrite: bool = False) -> ExtractResult:
     """Cut one crop per object out of every image and measure every object.
@@ -342,8 +343,8 @@ def extract_objects(images: Path, masks: Path, out: Path, *, padding: int = 10,
     folder of label images (0 = background, one integer label per object) named like their
     images (same stem; e.g. ``a.jpg`` and ``a.tif``). out: new or empty folder (or ``overwrite``).
     padding: pixels added around each bounding box (clipped at the image border), >= 0.
-    context: and this fraction of the box's longer side on each side, 0-2 (0 by default, as
-    before 0.9; train-classifier and analyze default to :data:`DEFAULT_CONTEXT`).
+    context: and this fraction of the box's longer side on each side, 0-2 (default
+    :data:`DEFAULT_CONTEXT`, as train-classifier cuts its training crops; 0 before 0.9).
     mask_background: set crop pixels outside the object to the image's background median.
     min_area: drop objects with fewer pixels. exclude_border: drop objects touching the image
     border. class_folders: sort the crops into ``crops/<class>/`` by the class tables

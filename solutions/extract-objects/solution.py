@@ -63,7 +63,7 @@ def test():
 
     args = get_args()
     images, masks, out = Path(args.images), Path(args.masks), Path(args.out)
-    padding, min_area = int(args.padding), int(args.min_area)
+    padding, context, min_area = int(args.padding), float(args.context), int(args.min_area)
     objects = pd.read_csv(out / "objects.csv")
     skipped = pd.read_csv(out / "skipped.csv")
     assert list(objects.columns) == object_table_columns, list(objects.columns)
@@ -86,8 +86,11 @@ def test():
         for row in rows.itertuples():
             assert row.crop == f"crops/{stem}_{row.label}.tif"
             assert row.area_px == area[row.label]
-            assert row.crop_min_row == max(row.bbox_min_row - padding, 0)
-            assert row.crop_max_col == min(row.bbox_max_col + padding, labels.shape[1])
+            # the box grown by the padding plus the context times its longer side, clipped
+            grow = padding + round(context * max(row.bbox_max_row - row.bbox_min_row,
+                                                 row.bbox_max_col - row.bbox_min_col))
+            assert row.crop_min_row == max(row.bbox_min_row - grow, 0)
+            assert row.crop_max_col == min(row.bbox_max_col + grow, labels.shape[1])
             crop = tifffile.imread(out / row.crop)
             window = image[row.crop_min_row:row.crop_max_row, row.crop_min_col:row.crop_max_col]
             assert crop.dtype == image.dtype and np.array_equal(crop, window), row.crop
@@ -136,10 +139,11 @@ setup(
         {"name": "padding", "type": "integer", "default": 10,
          "description": "Pixels of surrounding image added on every side of each organoid's "
                         "bounding box (0 or more), e.g. 10."},
-        {"name": "context", "type": "float", "default": 0.0,
-         "description": "And this fraction of the box's longer side on every side (0-2), e.g. "
-                        "0.25: a crop around an outline that misses an organoid's thin branches "
-                        "still shows them (orgaseg:train-classifier and orgaseg:analyze use 0.25)."},
+        {"name": "context", "type": "float", "default": 0.25,
+         "description": "And this fraction of the box's longer side on every side (0-2): a crop "
+                        "around an outline that misses an organoid's thin branches still shows "
+                        "them, as orgaseg:train-classifier cuts its training crops (0: the box "
+                        "and padding only, as up to 0.8.0)."},
         {"name": "mask_background", "type": "boolean", "default": False,
          "description": "Replace everything in a crop that is not the organoid itself "
                         "(background, neighbours) by the image's background grey (True/False)."},
