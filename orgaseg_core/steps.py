@@ -257,7 +257,7 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
                           learning_rate=DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate,
                           augment=augment, norm_percentiles=(norm_low, norm_high), seed=seed,
                           scale=_optional_float(scale, "--scale"), device=device,
-                          pyramid="auto" if pyramid is None else pyramid, overwrite=overwrite)
+                          pyramid=pyramid, overwrite=overwrite)
     if backend == "forest":
         # compared after parsing, so "auto" (album, the CLI) counts as not given
         network = {"preset": (str(preset).strip().lower(), "quick"),

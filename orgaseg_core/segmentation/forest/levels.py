@@ -88,7 +88,6 @@ def choose_region_pyramid(greys: Sequence[np.ndarray], truths: Sequence[np.ndarr
     from ..train import mean_f1
 
     if given is not None:
-        proposal = None
         candidates = [tuple(float(v) for v in given)]
     else:
         proposal = choose_pyramid(train_diameters, factor)
@@ -99,7 +98,7 @@ def choose_region_pyramid(greys: Sequence[np.ndarray], truths: Sequence[np.ndarr
                  for g, t in zip(greys, truths)]
         scores[levels] = round(mean_f1(segmentation_metrics(list(truths), preds, thresholds=DEFAULT_THRESHOLDS)), 4)
         log.info("pyramid %s: validation mean F1 over IoU 0.5-0.9 %.3f", levels_key(levels), scores[levels])
-    if proposal is None:
+    if given is not None:
         return {"levels": list(candidates[0]), "reason": "given", "scores": {levels_key(candidates[0]): scores[candidates[0]]},
                 "chosen": "given"}
     top = max(scores.values())
