@@ -226,12 +226,13 @@ def train_segmentation_cmd(
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random flips, rotations, scale jitter, brightness, contrast, gamma, blur and noise of the training patches."),
     refine: str = typer.Option("auto", help="Outline refinement stored in the model: none, probability, edges, or auto (the best on the validation images)."),
     pyramid: str = typer.Option("auto", help="Scales to predict at, as factors of the model's scale, e.g. 1,2,4 (small organoids are found at the finer ones; the network is trained at one); 'auto': chosen from the small organoids' size and kept only if better on the validation images; 'none': one scale."),
+    tta: str = typer.Option("auto", help="--backend unet: test-time views stored in the model, its probabilities averaged over 1, 2, 4 or 8 flipped and turned copies of each image; 'auto': 1 or 8, the most within 0.01 of the best validation mean F1."),
     norm_low: float = typer.Option(1.0, "--norm-low", help="Lower percentile of the per-image intensity normalisation."),
     norm_high: float = typer.Option(99.8, "--norm-high", help="Upper percentile of the per-image intensity normalisation."),
     seed: int = typer.Option(0, help="Random seed (patches, augmentation, network initialisation)."),
     init_model: Optional[Path] = typer.Option(None, "--init-model", help="Local model folder to continue training from (same rays and grid)."),
     scale: Optional[float] = typer.Option(None, help="Pixel scale of the training images relative to the originals (default: read from the preprocess run, else 1)."),
-    backend: str = typer.Option("stardist", help="'stardist': a StarDist2D network (TensorFlow; the options above). 'forest': a random forest on multi-scale pixel features that finds organoid interiors and boundaries (CPU, seconds to minutes; takes --resize, --norm-low/--norm-high, --seed, --scale, --n-trees). 'unet': a U-Net trained from scratch (PyTorch, a GPU when there is one) that finds the same interiors and boundaries, outlines of any shape (takes the budget options, --batch-size, --patch-size, --resize, --learning-rate, --augment, --norm-low/--norm-high, --seed, --scale, --device)."),
+    backend: str = typer.Option("stardist", help="'stardist': a StarDist2D network (TensorFlow; the options above). 'forest': a random forest on multi-scale pixel features that finds organoid interiors and boundaries (CPU, seconds to minutes; takes --resize, --norm-low/--norm-high, --seed, --scale, --n-trees). 'unet': a U-Net trained from scratch (PyTorch, a GPU when there is one) that finds the same interiors and boundaries, outlines of any shape (takes the budget options, --batch-size, --patch-size, --resize, --learning-rate, --augment, --norm-low/--norm-high, --seed, --scale, --device, --pyramid, --tta)."),
     n_trees: int = typer.Option(100, "--n-trees", min=1, help="Trees of the pixel forest (--backend forest)."),
     device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda' for --backend unet (default: cuda when available)."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
@@ -242,7 +243,7 @@ def train_segmentation_cmd(
                                       max_minutes=max_minutes, batch_size=batch_size,
                                       patch_size=patch_size, resize=resize, n_rays=n_rays,
                                       grid=grid, learning_rate=learning_rate, augment=augment,
-                                      refine=refine, pyramid=pyramid, norm_low=norm_low, norm_high=norm_high,
+                                      refine=refine, pyramid=pyramid, tta=tta, norm_low=norm_low, norm_high=norm_high,
                                       seed=seed, init_model=init_model, scale=scale,
                                       backend=backend, n_trees=n_trees, device=device, overwrite=overwrite)
     typer.echo(result.summary())
@@ -260,14 +261,15 @@ def segment_cmd(
     preprocessing: bool = typer.Option(True, "--preprocessing/--no-preprocessing", help="Repeat the model's training preprocessing (vignette removal, background flattening); use --no-preprocessing for images that were preprocessed already (e.g. the test split)."),
     refine: str = typer.Option("auto", help="Outline refinement: none (StarDist's polygons), probability (grown into StarDist's probability map), edges (onto the image's edges), or auto (the model's choice on its validation images)."),
     pyramid: str = typer.Option("auto", help="Predict at these factors of the model's scale, e.g. 1,2,4, keeping each organoid from the scale where it is best seen; 'none': one scale; 'auto': the model's choice."),
+    tta: str = typer.Option("auto", help="Test-time views of a U-Net or pixel forest: its probabilities averaged over 1, 2, 4 or 8 flipped and turned copies of each image (n times the prediction time); 'auto': the model's choice on its validation images."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
-    """Segment images with a trained StarDist model: label images, QuPath GeoJSON and object tables."""
+    """Segment images with a trained model (StarDist, U-Net or pixel forest): label images, QuPath GeoJSON and object tables."""
     try:
         result = steps.segment(model, images, out, n_tiles=_tiles(n_tiles),
                                prob_thresh=prob_thresh, nms_thresh=nms_thresh, image_scale=image_scale,
                                preprocessing=preprocessing, refine=refine, pyramid=pyramid,
-                               overwrite=overwrite)
+                               tta=tta, overwrite=overwrite)
     except OrgasegError as exc:
         _echo_partial_result(exc)
         raise

@@ -180,7 +180,8 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
                        batch_size: int = 4, patch_size: int | Pair | None = None,
                        resize: float | str | None = "auto", n_rays: int = 32, grid: Pair = (2, 2),
                        learning_rate: float | str | None = None, augment: bool = True, refine: str = "auto",
-                       pyramid: str = "auto", norm_low: float = 1.0, norm_high: float = 99.8, seed: int = 0,
+                       pyramid: str = "auto", tta: str | int | None = "auto",
+                       norm_low: float = 1.0, norm_high: float = 99.8, seed: int = 0,
                        init_model: PathLike | None = None, scale: float | str | None = None,
                        backend: str = "stardist", n_trees: int = 100, device: str | None = None,
                        overwrite: bool = False):
@@ -192,7 +193,7 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
     with PyTorch, the same boundary regions, :mod:`orgaseg_core.segmentation.unet`; outlines
     that need not be star-convex; takes the budget options, ``batch_size``, ``patch_size``
     (a multiple of 32), ``resize``, ``learning_rate``, ``augment``, normalisation, ``seed``,
-    ``scale``, ``device`` and ``pyramid``; its presets are "quick" (20 x 25 steps) and "real" (up to
+    ``scale``, ``device``, ``pyramid`` and ``tta``; its presets are "quick" (20 x 25 steps) and "real" (up to
     200 x 50 steps, early stopping after 30 epochs, at most 30 minutes)).
     ``learning_rate``: None/"auto" = the backend's (3e-4 StarDist, 2e-3 U-Net). ``device``:
     the U-Net's ("cpu", "cuda"; None/"auto": a CUDA GPU when there is one).
@@ -210,7 +211,9 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
     on the validation images). ``pyramid``: scales to predict at (the network trains at one), as factors of the
     model's scale ("auto": 1,2,4... when the small organoids are too small at the model's scale,
     kept only if better on the validation images (the U-Net keeps the most levels within 0.01 of
-    the best); "none": one; "1,2,4": these).
+    the best); "none": one; "1,2,4": these). ``tta``: the U-Net's test-time views, its
+    probabilities averaged over 1, 2, 4 or 8 flipped/turned copies of each image ("auto": 1 or
+    8, the most within 0.01 of the best validation mean F1).
     ``norm_low``/``norm_high``: percentiles of the per-image
     intensity normalisation. ``scale``: pixel scale of the training images relative to the
     originals (None/"auto": read from the preprocess run, else 1). ``init_model``: a local
@@ -257,7 +260,11 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
                           learning_rate=DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate,
                           augment=augment, norm_percentiles=(norm_low, norm_high), seed=seed,
                           scale=_optional_float(scale, "--scale"), device=device,
-                          pyramid=pyramid, overwrite=overwrite)
+                          pyramid=pyramid, tta=tta, overwrite=overwrite)
+    tta_given = "auto" if tta is None or str(tta).strip().lower() in auto else tta
+    if tta_given != "auto":
+        raise OrgasegError(f"--tta applies to --backend unet only (got --backend {backend}); "
+                           "segment --tta averages views for any U-Net or pixel forest")
     if backend == "forest":
         # compared after parsing, so "auto" (album, the CLI) counts as not given
         network = {"preset": (str(preset).strip().lower(), "quick"),
@@ -305,7 +312,7 @@ def segment(model: PathLike, images: PathLike, out: PathLike, *,
             n_tiles: Pair | int | None = None, prob_thresh: float | str | None = None,
             nms_thresh: float | str | None = None, image_scale: float = 1.0,
             preprocessing: bool = True, refine: str | None = "auto", pyramid: str | None = "auto",
-            overwrite: bool = False):
+            tta: str | int | None = "auto", overwrite: bool = False):
     """Segment an image file or a folder of images of any size with a trained model (StarDist, or a
     pixel forest from ``train_segmentation(backend="forest")``: then leave ``n_tiles``,
     ``prob_thresh``, ``nms_thresh``, ``refine`` and ``pyramid`` at their defaults).
@@ -319,7 +326,9 @@ def segment(model: PathLike, images: PathLike, out: PathLike, *,
     StarDist's probability map), "edges" (onto the image's edges) or "auto" (the model's choice
     on its validation images). ``pyramid``: predict at these factors of the model's scale and
     keep each organoid from the level where it is best seen ("1,2,4"; "none": one level;
-    "auto": the model's choice). Writes per
+    "auto": the model's choice). ``tta``: test-time views of a U-Net or pixel forest, the
+    probabilities averaged over 1, 2, 4 or 8 flipped/turned copies of the image ("auto": the
+    model's choice). Writes per
     image ``out/<stem>.tif`` (uint16 labels), ``out/<stem>.geojson`` (QuPath detections with
     label and probability) and ``out/<stem>_objects.csv``. Unreadable images are reported and
     skipped, then ``SegmentFailed`` is raised. Imports TensorFlow. Returns a ``SegmentResult``.
@@ -329,7 +338,7 @@ def segment(model: PathLike, images: PathLike, out: PathLike, *,
     return run(Path(model), Path(images), Path(out), n_tiles=_optional_pair(n_tiles, "--n-tiles"),
                prob_thresh=_optional_float(prob_thresh, "--prob-thresh"),
                nms_thresh=_optional_float(nms_thresh, "--nms-thresh"), image_scale=image_scale,
-               preprocessing=preprocessing, refine=refine, pyramid=pyramid, overwrite=overwrite)
+               preprocessing=preprocessing, refine=refine, pyramid=pyramid, tta=tta, overwrite=overwrite)
 
 
 def evaluate_segmentation(truth: PathLike, pred: PathLike, out: PathLike, *,

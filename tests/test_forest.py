@@ -266,6 +266,15 @@ def test_cli_trains_and_segments_with_the_forest(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "(pixel forest): boundary threshold" in done.stdout
     assert len(list((tmp_path / "seg").glob("*.geojson"))) == 2
+    # test-time views work for the forest too: 2 views, recorded; the same discs found
+    two = subprocess.run(run + ["segment", "--model", str(model), "--images", str(data / "val" / "images"),
+                                "--out", str(tmp_path / "seg2"), "--image-scale", "0.5", "--tta", "2"],
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    record = json.loads((tmp_path / "seg2" / "run.json").read_text())
+    assert {r["views"] for r in record["results"]["images"].values()} == {2}
+    first = json.loads((tmp_path / "seg" / "run.json").read_text())["results"]["images"]
+    assert {k: r["objects"] for k, r in record["results"]["images"].items()} == {k: r["objects"] for k, r in first.items()}
 
 
 def test_analyze_segments_with_a_forest(story, tmp_path):

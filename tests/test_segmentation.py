@@ -514,6 +514,9 @@ def test_segment_with_an_image_pyramid(tiny, tmp_path, unchanged):
         assert f1 >= 0.8, (pyramid, f1)  # no organoid found twice, none lost
     done = run_cli("segment", "--model", model, "--images", path, "--out", tmp_path / "bad", "--pyramid", "2,4")
     assert done.returncode != 0 and "pyramid" in done.stderr and not (tmp_path / "bad").exists()
+    # test-time views are the U-Net's and the pixel forest's: refused for StarDist, nothing written
+    done = run_cli("segment", "--model", model, "--images", path, "--out", tmp_path / "bad", "--tta", "8")
+    assert done.returncode != 0 and "is a StarDist model: --tta" in done.stderr and not (tmp_path / "bad").exists()
     check()
 
 

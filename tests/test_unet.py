@@ -38,6 +38,7 @@ from orgaseg_core.segmentation.unet.model import (  # noqa: E402
 )
 from orgaseg_core.segmentation.unet.network import UNet  # noqa: E402
 from orgaseg_core.segmentation.unet.predict import class_probabilities  # noqa: E402
+from orgaseg_core.segmentation.views import VIEWS_TOLERANCE  # noqa: E402
 from orgaseg_core.segmentation.unet.train import (  # noqa: E402
     WARMUP_STEPS,
     choose_unet_resize,
@@ -178,6 +179,12 @@ def test_tiny_training_writes_a_complete_model(tiny):
     assert list(scores)[0] == "1" and kept in scores and pyramid["chosen"] == "auto"
     assert scores[kept] >= max(scores.values()) - PYRAMID_TOLERANCE
     assert all(scores[k] < max(scores.values()) - PYRAMID_TOLERANCE for k in list(scores)[list(scores).index(kept) + 1:])
+    # the test-time views kept: 1 or 8, the most within VIEWS_TOLERANCE of the best
+    views = meta["test_time_views"]
+    assert set(views["scores"]) == {"1", "8"} and views["chosen"] == "auto"
+    assert views["scores"][str(views["views"])] >= max(views["scores"].values()) - VIEWS_TOLERANCE
+    assert views["views"] == 8 or views["scores"]["8"] < views["scores"]["1"] - VIEWS_TOLERANCE
+    assert f"test-time views: {views['views']}" in done.stdout
     history = pd.read_csv(model / "history.csv")
     assert list(history["epoch"]) == list(range(1, 9)) and history["loss"].iloc[-1] < history["loss"].iloc[0]
     info = check_segmentation_model(model)
@@ -215,6 +222,17 @@ def test_segment_with_a_unet_finds_the_discs(tiny, tmp_path):
     pyramid_labels = read_labels(tmp_path / "two" / "discs.tif")
     assert segmentation_metrics([truth], [pyramid_labels], thresholds=(0.5,)).loc[0, "f1"] >= 0.8
     assert json.loads((tmp_path / "two" / "run.json").read_text())["results"]["images"]["discs.tif"]["pyramid"] == [1, 2]
+    # test-time views as given: the discs again, the views recorded per image
+    eight = run_cli("segment", "--model", model, "--images", tmp_path / "in" / "discs.tif", "--out",
+                    tmp_path / "eight", "--tta", 8, "--pyramid", "none")
+    assert eight.returncode == 0, eight.stderr[-3000:]
+    assert segmentation_metrics([truth], [read_labels(tmp_path / "eight" / "discs.tif")],
+                                thresholds=(0.5,)).loc[0, "f1"] >= 0.8
+    record = json.loads((tmp_path / "eight" / "run.json").read_text())
+    assert record["arguments"]["tta"] == 8 and record["results"]["images"]["discs.tif"]["views"] == 8
+    bad = run_cli("segment", "--model", model, "--images", tmp_path / "in", "--out", tmp_path / "no", "--tta", 3)
+    assert bad.returncode != 0 and "test-time views must be auto or one of 1, 2, 4, 8, got '3'" in bad.stderr
+    assert not (tmp_path / "no").exists()
     # StarDist's options do not apply to it: refused before anything is written
     refused = run_cli("segment", "--model", model, "--images", tmp_path / "in", "--out", tmp_path / "no",
                       "--refine", "edges")
@@ -267,6 +285,10 @@ def test_options_of_other_backends_are_refused(tmp_path):
             steps.train_segmentation(data, tmp_path / "never", backend="unet", **kwargs)
     with pytest.raises(OrgasegError, match="pyramid factors must start at 1"):
         steps.train_segmentation(data, tmp_path / "never", backend="unet", pyramid="2,4")
+    with pytest.raises(OrgasegError, match="test-time views must be auto or one of"):
+        steps.train_segmentation(data, tmp_path / "never", backend="unet", tta="16")
+    with pytest.raises(OrgasegError, match="--tta applies to --backend unet only"):
+        steps.train_segmentation(data, tmp_path / "never", backend="forest", tta=8)
     with pytest.raises(OrgasegError, match="multiple of 32"):
         steps.train_segmentation(data, tmp_path / "never", backend="unet", patch_size=48)
     with pytest.raises(OrgasegError, match="--device applies to --backend unet only"):

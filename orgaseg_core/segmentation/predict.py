@@ -96,6 +96,8 @@ class Segmentation:
     geometries: dict | None = None
     #: the pyramid levels predicted at (factors of the model's scale)
     pyramid: tuple[float, ...] = (1.0,)
+    #: the test-time views averaged (:mod:`.views`; U-Net and pixel forest)
+    views: int = 1
 
     @property
     def n_objects(self) -> int:
@@ -459,7 +461,8 @@ def _check_threshold(value: float | None, name: str) -> float | None:
 def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | None = None,
             prob_thresh: float | None = None, nms_thresh: float | None = None,
             image_scale: float = 1.0, preprocessing: bool = True, refine: str | None = "auto",
-            pyramid: str | Sequence[float] | None = "auto", overwrite: bool = False) -> SegmentResult:
+            pyramid: str | Sequence[float] | None = "auto", tta: str | int | None = "auto",
+            overwrite: bool = False) -> SegmentResult:
     """Segment an image file or every image in a folder with a trained orgaseg model.
 
     model: folder written by ``train-segmentation`` (StarDist, or a pixel forest: then
@@ -472,7 +475,9 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
     flattening). refine: outline refinement, one of :data:`~.refine.REFINEMENTS` (None or
     "auto": the one the model chose on its validation images). pyramid: factors of the model's
     scale to predict at and merge (:mod:`.pyramid`), e.g. "1,2,4"; "none" = one level; None
-    or "auto": the model's choice. Files that cannot be read are skipped and named in the
+    or "auto": the model's choice. tta: test-time views of a U-Net or pixel forest (:mod:`.views`:
+    the probabilities averaged over 1, 2, 4 or 8 flipped/turned copies; None or "auto": the
+    model's choice). Files that cannot be read are skipped and named in the
     summary; the step raises :class:`SegmentFailed` at the end if there were any.
     """
     start = time.perf_counter()
@@ -498,6 +503,12 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
         levels = parse_pyramid(pyramid)
     except ValueError as exc:
         raise OptionError(str(exc)) from None
+    from .views import parse_views
+
+    try:
+        views = parse_views(tta)
+    except ValueError as exc:
+        raise OptionError(str(exc)) from None
     stems, input_folder = input_images(images)
     jobs = list(stems.items())
     from .forest.model import FOREST_KIND
@@ -512,6 +523,9 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
         if given:
             raise OrgasegError(f"{model} is a {'pixel-forest' if forest else 'U-Net'} model: "
                                f"{', '.join(given)} set(s) how a StarDist model segments and does not apply to it")
+    elif views is not None:
+        raise OrgasegError(f"{model} is a StarDist model: --tta (test-time views) applies to U-Net and "
+                           "pixel-forest models")
     # before anything is written; no TensorFlow yet
     info = check_segmentation_model(model)
     if forest or unet:
@@ -523,7 +537,8 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
                  "n_tiles": list(n_tiles) if n_tiles else None, "prob_thresh": prob_thresh,
                  "nms_thresh": nms_thresh, "image_scale": float(image_scale),
                  "preprocessing": bool(preprocessing), "refine": refine,
-                 "pyramid": list(levels) if levels else "auto", "overwrite": overwrite}
+                 "pyramid": list(levels) if levels else "auto", "tta": views or "auto",
+                 "overwrite": overwrite}
     if forest:  # cheap, so a forest that cannot be used is refused before anything is written
         from .forest.model import load_forest
         from .forest.predict import segment_forest_array
@@ -547,10 +562,10 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
                 image = read_image(path)
                 if forest:
                     seg = segment_forest_array(image, loaded, image_scale=image_scale,
-                                               preprocessing=preprocessing, levels=levels)
+                                               preprocessing=preprocessing, levels=levels, views=views)
                 elif unet:
                     seg = segment_unet_array(image, loaded, image_scale=image_scale,
-                                             preprocessing=preprocessing, levels=levels)
+                                             preprocessing=preprocessing, levels=levels, views=views)
                 else:
                     seg = segment_array(image, loaded, image_scale=image_scale, n_tiles=n_tiles,
                                         prob_thresh=thresholds["prob"], nms_thresh=thresholds["nms"],
@@ -573,6 +588,7 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
             per_image[path.name] = {"objects": seg.n_objects, "shape": list(labels.shape),
                                     "model_shape": list(seg.model_shape), "n_tiles": list(seg.n_tiles),
                                     "refinement": seg.refinement, "pyramid": list(seg.pyramid),
+                                    "views": seg.views,
                                     "seconds": round(seconds, 3)}
             log.info("%s: %d objects (%dx%d px, network input %dx%d in %dx%d tiles, %.1f s) -> %s",
                      path, seg.n_objects, labels.shape[0], labels.shape[1], seg.model_shape[0],

@@ -17,7 +17,7 @@ def run():
         args.model, args.images, args.out, n_tiles=args.n_tiles, prob_thresh=args.prob_thresh,
         nms_thresh=args.nms_thresh, image_scale=args.image_scale,
         preprocessing=args.preprocessing, refine=args.refine, pyramid=args.pyramid,
-        overwrite=args.overwrite))
+        tta=args.tta, overwrite=args.overwrite))
 
 
 def pre_test():
@@ -71,7 +71,7 @@ def test():
 setup(
     group="orgaseg",
     name="segment",
-    version="0.9.0",
+    version="0.10.0",
     album_api_version="0.7.3",
     title="Segment organoids with a trained model (StarDist, pixel forest or U-Net)",
     description=(
@@ -86,7 +86,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.9.0 (the source "
+                 "classification for brightfield microscopy, version 0.10.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},
@@ -138,6 +138,12 @@ setup(
                         "it is best seen (small ones at the finer scales). 'auto': what the model "
                         "chose on its validation images; 'none': one scale. Any model (since "
                         "0.9.0 also a pixel forest or a U-Net)."},
+        {"name": "tta", "type": "string", "default": "auto",
+         "description": "Test-time views of a U-Net or pixel-forest model: its probabilities "
+                        "averaged over 1, 2, 4 or 8 flipped and turned copies of each image "
+                        "(better outlines and more organoids found on real images; n times the "
+                        "prediction time). 'auto': what the model chose on its validation "
+                        "images (1 for models before 0.10.0). StarDist models: leave 'auto'."},
         {"name": "overwrite", "type": "boolean", "default": False,
          "description": "Allow writing into an output folder that already holds files "
                         "(True/False); files of the same name are replaced."},

@@ -22,7 +22,7 @@ def run():
         steps_per_epoch=args.steps_per_epoch, early_stopping=args.early_stopping,
         max_minutes=args.max_minutes, batch_size=args.batch_size, patch_size=args.patch_size,
         resize=args.resize, n_rays=args.n_rays, grid=args.grid, learning_rate=args.learning_rate,
-        augment=args.augment, refine=args.refine, pyramid=args.pyramid, norm_low=args.norm_low,
+        augment=args.augment, refine=args.refine, pyramid=args.pyramid, tta=args.tta, norm_low=args.norm_low,
         norm_high=args.norm_high, seed=args.seed, init_model=args.init_model, scale=args.scale,
         backend=args.backend, n_trees=args.n_trees, device=args.device, overwrite=args.overwrite))
 
@@ -71,7 +71,7 @@ def test():
 setup(
     group="orgaseg",
     name="train-segmentation",
-    version="0.9.0",
+    version="0.10.0",
     album_api_version="0.7.3",
     title="Train an organoid segmentation model (StarDist, pixel forest or U-Net)",
     description=(
@@ -91,7 +91,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.9.0 (the source "
+                 "classification for brightfield microscopy, version 0.10.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},
@@ -167,6 +167,13 @@ setup(
                         "if it does better than one scale on the validation images (the U-Net "
                         "keeps the finer scales unless they score more than 0.01 lower: its "
                         "validation image may hold no small organoids); 'none': one scale."},
+        {"name": "tta", "type": "string", "default": "auto",
+         "description": "Backend 'unet' only: the test-time views stored in the model, its "
+                        "probabilities averaged over 1, 2, 4 or 8 flipped and turned copies of "
+                        "each image when it segments (n times the prediction time). 'auto': "
+                        "1 or 8 views, whichever scores better on the validation images (8 "
+                        "unless they score more than 0.01 lower). Leave 'auto' with the other "
+                        "backends."},
         {"name": "norm_low", "type": "float", "default": 1.0,
          "description": "Lower percentile of the per-image intensity normalisation (0-100)."},
         {"name": "norm_high", "type": "float", "default": 99.8,
@@ -197,7 +204,7 @@ setup(
                         "star-convex. It uses the budget options (preset, epochs, "
                         "steps_per_epoch, early_stopping, max_minutes), batch_size, patch_size, "
                         "resize, learning_rate, augment, norm_low, norm_high, seed, scale, "
-                        "device and pyramid; the StarDist-only options (n_rays, grid, refine, "
+                        "device, pyramid and tta; the StarDist-only options (n_rays, grid, refine, "
                         "init_model) and n_trees must stay at their defaults."},
         {"name": "n_trees", "type": "integer", "default": 100,
          "description": "Number of trees of the pixel forest (backend 'forest' only; leave 100 "

@@ -7,7 +7,8 @@ keeping each organoid from the level where it is well seen (:func:`..pyramid.mer
 coarse level first, finer levels add only small objects where nothing was found) finds them:
 held-out GOAT lung image, the same U-Net, F1 at IoU 0.5 0.21 at one scale, 0.57 at 1,2.
 
-:func:`choose_region_pyramid` picks the levels on the validation images in training. Everything
+:func:`choose_region_pyramid` picks the levels on the validation images in training, and
+:func:`choose_region_views` the test-time views (:mod:`..views`) at them. Everything
 here takes the model's class probabilities as a function: no framework is imported.
 """
 
@@ -83,9 +84,7 @@ def choose_region_pyramid(greys: Sequence[np.ndarray], truths: Sequence[np.ndarr
     are (scored for the report). Returns {"levels", "reason", "scores" (levels text -> score),
     "chosen": "auto" or "given"}.
     """
-    from ..evaluation import DEFAULT_THRESHOLDS, segmentation_metrics
     from ..pyramid import choose_pyramid, levels_key
-    from ..train import mean_f1
 
     if given is not None:
         candidates = [tuple(float(v) for v in given)]
@@ -94,9 +93,8 @@ def choose_region_pyramid(greys: Sequence[np.ndarray], truths: Sequence[np.ndarr
         candidates = [tuple(proposal.levels[:k]) for k in range(1, len(proposal.levels) + 1)]
     scores = {}
     for levels in candidates:
-        preds = [labels_at_levels(g, factor, levels, probabilities, regions, percentiles, t.shape)[0]
-                 for g, t in zip(greys, truths)]
-        scores[levels] = round(mean_f1(segmentation_metrics(list(truths), preds, thresholds=DEFAULT_THRESHOLDS)), 4)
+        scores[levels] = round(validation_score(greys, truths, factor, levels, probabilities, regions,
+                                                percentiles), 4)
         log.info("pyramid %s: validation mean F1 over IoU 0.5-0.9 %.3f", levels_key(levels), scores[levels])
     if given is not None:
         return {"levels": list(candidates[0]), "reason": "given", "scores": {levels_key(candidates[0]): scores[candidates[0]]},
@@ -109,3 +107,34 @@ def choose_region_pyramid(greys: Sequence[np.ndarray], truths: Sequence[np.ndarr
                    f"mean F1 ({scores[best]:.3f} against {top:.3f})")
     return {"levels": list(best), "reason": reason, "scores": {levels_key(p): s for p, s in scores.items()},
             "chosen": "auto"}
+
+
+def validation_score(greys: Sequence[np.ndarray], truths: Sequence[np.ndarray], factor: float,
+                     levels: Sequence[float], probabilities: Callable[[np.ndarray], np.ndarray],
+                     regions: RegionParams, percentiles: Sequence[float]) -> float:
+    """Mean F1 over IoU 0.5-0.9 of a region model on validation images (see
+    :func:`choose_region_pyramid` for the arguments), predicting at ``levels``."""
+    from ..evaluation import DEFAULT_THRESHOLDS, segmentation_metrics
+    from ..train import mean_f1
+
+    preds = [labels_at_levels(g, factor, levels, probabilities, regions, percentiles, t.shape)[0]
+             for g, t in zip(greys, truths)]
+    return float(mean_f1(segmentation_metrics(list(truths), preds, thresholds=DEFAULT_THRESHOLDS)))
+
+
+def choose_region_views(greys: Sequence[np.ndarray], truths: Sequence[np.ndarray], factor: float,
+                        probabilities: Callable[[np.ndarray], np.ndarray], regions: RegionParams,
+                        percentiles: Sequence[float], levels: Sequence[float], *,
+                        given: int | None = None, tolerance: float | None = None) -> dict:
+    """The test-time views a region model keeps (:func:`..views.choose_views`), scored on its
+    validation images at its pyramid ``levels`` (arguments as :func:`choose_region_pyramid`).
+    Returns {"views", "reason", "scores", "chosen"}."""
+    from ..views import VIEWS_TOLERANCE, choose_views, with_views
+
+    def score(views: int) -> float:
+        value = validation_score(greys, truths, factor, levels, with_views(probabilities, views), regions,
+                                 percentiles)
+        log.info("test-time views %d: validation mean F1 over IoU 0.5-0.9 %.3f", views, value)
+        return value
+
+    return choose_views(score, given=given, tolerance=VIEWS_TOLERANCE if tolerance is None else tolerance)

@@ -36,24 +36,26 @@ def class_probabilities(forest, image: np.ndarray, spec: FeatureSpec, tile: int 
 
 def segment_forest_array(image: np.ndarray, loaded: LoadedForest, *, image_scale: float = 1.0,
                          preprocessing: bool = True, regions: RegionParams | None = None,
-                         tile: int = TILE, levels: Sequence[float] | None = None) -> Segmentation:
+                         tile: int = TILE, levels: Sequence[float] | None = None,
+                         views: int | None = None) -> Segmentation:
     """Segment one image (Y, X) or (Y, X, C) with a loaded pixel forest.
 
     image_scale: the input's pixel scale relative to the original images. regions: None = the
-    parameters chosen on the model's validation images. levels: pyramid levels (None = the
-    model's choice, see :func:`segment_by_regions`). The labels come back at the input's
-    size; ``probabilities`` are each object's mean foreground probability.
+    parameters chosen on the model's validation images. levels, views: pyramid levels and
+    test-time views (None = the model's choice, see :func:`segment_by_regions`). The labels
+    come back at the input's size; ``probabilities`` are each object's mean foreground
+    probability.
     """
     return segment_by_regions(
         image, loaded, lambda small: class_probabilities(loaded.forest, small, loaded.info.features, tile),
         image_scale=image_scale, preprocessing=preprocessing, regions=regions, tile=tile,
-        levels=levels, what="the pixel forest")
+        levels=levels, views=views, what="the pixel forest")
 
 
 def segment_by_regions(image: np.ndarray, loaded, probabilities: Callable[[np.ndarray], np.ndarray], *,
                        image_scale: float = 1.0, preprocessing: bool = True,
                        regions: RegionParams | None = None, tile: int = TILE,
-                       levels: Sequence[float] | None = None,
+                       levels: Sequence[float] | None = None, views: int | None = None,
                        what: str = "the model") -> Segmentation:
     """Segment one image (Y, X) or (Y, X, C) with a model that gives class probabilities per
     pixel (the pixel forest, the U-Net): the model's grey-level preprocessing, its scale and
@@ -75,9 +77,9 @@ def segment_by_regions(image: np.ndarray, loaded, probabilities: Callable[[np.nd
         raise OrgasegError(f"image of {image.shape[0]}x{image.shape[1]} px is {small.shape[0]}x{small.shape[1]} px "
                            f"at the model's scale; {what} needs at least {MIN_SIDE} px on each side")
     if is_blank(image):
-        return blank_segmentation(image, model_shape=small.shape, n_tiles=(1, 1), pyramid=levels)
+        return blank_segmentation(image, model_shape=small.shape, n_tiles=(1, 1), pyramid=levels, views=views)
     labels, confidence = labels_at_levels(grey, base, levels, probabilities, regions or info.regions,
                                           info.norm_percentiles, image.shape[:2], first=small)
     return Segmentation(labels=labels, polygons=[], probabilities=np.asarray(confidence),
                         model_shape=tuple(small.shape), n_tiles=(-(-small.shape[0] // tile), -(-small.shape[1] // tile)),
-                        refinement="none", geometries=label_outlines(labels), pyramid=levels)
+                        refinement="none", geometries=label_outlines(labels), pyramid=levels, views=views)

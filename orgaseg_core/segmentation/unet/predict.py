@@ -54,14 +54,16 @@ def class_probabilities(loaded: LoadedUNet, image: np.ndarray, *, tile: int = TI
 
 def segment_unet_array(image: np.ndarray, loaded: LoadedUNet, *, image_scale: float = 1.0,
                        preprocessing: bool = True, regions: RegionParams | None = None,
-                       tile: int = TILE, levels: Sequence[float] | None = None) -> Segmentation:
+                       tile: int = TILE, levels: Sequence[float] | None = None,
+                       views: int | None = None) -> Segmentation:
     """Segment one image (Y, X) or (Y, X, C) with a loaded U-Net.
 
     image_scale: the input's pixel scale relative to the original images. regions: None = the
-    parameters chosen on the model's validation images. levels: pyramid levels (None = the
-    model's choice, see :func:`..forest.predict.segment_by_regions`). The labels come back at the input's
-    size; ``probabilities`` are each object's mean foreground probability.
+    parameters chosen on the model's validation images. levels, views: pyramid levels and
+    test-time views (None = the model's choice, see :func:`..forest.predict.segment_by_regions`).
+    The labels come back at the input's size; ``probabilities`` are each object's mean
+    foreground probability.
     """
     return segment_by_regions(image, loaded, lambda small: class_probabilities(loaded, small, tile=tile),
                               image_scale=image_scale, preprocessing=preprocessing, regions=regions,
-                              tile=tile, levels=levels, what="the U-Net")
+                              tile=tile, levels=levels, views=views, what="the U-Net")

@@ -25,6 +25,10 @@
    scale, each organoid kept from the level where it is well seen; the most levels whose mean
    F1 is within :data:`..forest.levels.PYRAMID_TOLERANCE` of the best are stored (or the levels
    given as ``pyramid``), and ``segment`` predicts at them.
+6. The test-time views (:mod:`..views`): the validation images segmented at the kept pyramid
+   with the probabilities of 1 and of 8 flipped/turned copies averaged; the most views within
+   :data:`..views.VIEWS_TOLERANCE` of the best are stored (or ``tta`` as given), and
+   ``segment`` averages them.
 """
 
 from __future__ import annotations
@@ -64,8 +68,9 @@ from ..train import (
     resolve_data_scale,
     validation_lines,
 )
-from ..forest.levels import choose_region_pyramid
+from ..forest.levels import choose_region_pyramid, choose_region_views
 from ..pyramid import describe_levels, parse_pyramid
+from ..views import parse_views
 from .model import UNET_FILE, UNET_FORMAT_VERSION, UNET_KIND, LoadedUNet, UNetInfo, check_architecture, import_torch
 
 log = logging.getLogger(__name__)
@@ -106,6 +111,7 @@ class TrainUNetResult:
     regions: dict[str, float] = field(default_factory=dict)
     region_scores: dict[str, float] = field(default_factory=dict)
     pyramid: dict[str, Any] = field(default_factory=dict)
+    views: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds_training: float = 0.0
     seconds: float = 0.0
@@ -129,6 +135,7 @@ class TrainUNetResult:
                  f"0.5-0.9 {best:.3f})",
                  f"  pyramid: {describe_levels(self.pyramid.get('levels', [1.0]))} the model "
                  f"scale ({self.pyramid.get('reason', '')})",
+                 f"  test-time views: {self.views.get('views', 1)} ({self.views.get('reason', '')})",
                  "  validation:"]
         lines += validation_lines(self.metrics)
         lines.append(f"  report: {self.model_out / 'report.csv'}")
@@ -237,7 +244,7 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
                augment: bool = True, architecture: dict[str, int] | None = None,
                norm_percentiles: tuple[float, float] = DEFAULT_NORM_PERCENTILES, seed: int = 0,
                scale: float | None = None, device: str | None = None,
-               pyramid: str | Sequence[float] | None = "auto",
+               pyramid: str | Sequence[float] | None = "auto", tta: str | int | None = "auto",
                overwrite: bool = False) -> TrainUNetResult:
     """Train a U-Net on ``data`` (a ``split`` folder: ``train/`` and ``val/`` with ``images/``
     and ``masks/``) and write the model folder ``model_out`` (see :mod:`.model`).
@@ -251,7 +258,9 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
     augmentation and the network's initial weights. scale: pixel scale of the data relative to
     the originals (None: from the preprocess run record, else 1). device: "cpu", "cuda" (None:
     a CUDA GPU when there is one). pyramid: the levels ``segment`` predicts at ("auto": chosen
-    on the validation images, step 5; "none"; or factors like "1,2").
+    on the validation images, step 5; "none"; or factors like "1,2"). tta: the test-time views
+    ``segment`` averages (:mod:`..views`; "auto": 1 or 8 chosen on the validation images, step
+    6; or 1, 2, 4, 8).
     """
     start = time.perf_counter()
     data, model_out = Path(data), Path(model_out)
@@ -261,6 +270,7 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
     factor = parse_resize(resize)
     try:
         pyramid_given = parse_pyramid(pyramid)
+        views_given = parse_views(tta)
     except ValueError as exc:
         raise OptionError(str(exc)) from None
     arch = dict(DEFAULT_ARCHITECTURE, **(architecture or {}))
@@ -316,6 +326,7 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
                  "learning_rate": float(learning_rate), "augment": bool(augment), "architecture": arch,
                  "norm_percentiles": list(percentiles), "seed": int(seed), "scale": scale,
                  "device": device, "pyramid": "auto" if pyramid_given is None else list(pyramid_given),
+                 "tta": views_given or "auto",
                  "overwrite": overwrite}
     with step_run("train-segmentation", model_out, arguments, overwrite=overwrite, inputs=[data]) as record:
         result = TrainUNetResult(model_out=model_out, n_train=len(train.names), n_val=len(val.names),
@@ -452,6 +463,13 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
             given=pyramid_given)
         log.info("pyramid %s: %s", describe_levels(pyramid["levels"]), pyramid["reason"])
         result.pyramid = pyramid
+        # the test-time views, at the kept pyramid, on the same images
+        views = choose_region_views(
+            [g.astype(np.float32) for g in val.images], truths, factor,
+            lambda small: class_probabilities(loaded, small), params, percentiles,
+            pyramid["levels"], given=views_given)
+        log.info("test-time views %d: %s", views["views"], views["reason"])
+        result.views = views
         result.weights = chosen
         result.regions, result.region_scores = params.as_dict(), scores
         result.metrics = _metrics_at(table, REPORT_THRESHOLDS)
@@ -465,7 +483,7 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
             "regions": {"chosen": params.as_dict(), "network": chosen,
                         "criterion": "mean F1 over IoU 0.5-0.9", "scores": scores},
             "metrics": result.metrics, "resize": choice, "pyramid": pyramid,
-            "definition": "pooled over the validation images at their size in the split; "
+            "test_time_views": views, "definition": "pooled over the validation images at their size in the split; "
                           "ap = tp / (tp + fp + fn), see orgaseg_core.segmentation.evaluation"})
         for key, m in result.metrics.items():
             log.info("validation at IoU %s: precision %.3f, recall %.3f, F1 %.3f, AP %.3f", key,
@@ -477,7 +495,7 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
                 "preprocessing": provenance["preprocessing"], "classes": list(CLASS_NAMES),
                 "boundary_width": BOUNDARY_WIDTH, "class_weights": [round(float(w), 4) for w in weights],
                 "regions": params.as_dict(), "region_scores": scores, "pyramid": pyramid,
-                "weights": {"chosen": chosen, "lowest_val_loss": round(best_loss, 5),
+                "test_time_views": views, "weights": {"chosen": chosen, "lowest_val_loss": round(best_loss, 5),
                             "lowest_val_loss_epoch": best_epoch, "epochs": len(history)},
                 "budget": budget, "steps": step, "stopped": stopped, "history": history,
                 "training": {k: (str(v) if isinstance(v, Path) else v) for k, v in arguments.items()},
@@ -492,6 +510,7 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
         record.results.update(backend="unet", n_train=result.n_train, n_val=result.n_val,
                               scale=model_scale, resize=choice, steps=step, stopped=stopped,
                               weights=chosen, regions=params.as_dict(), pyramid=pyramid,
+                              test_time_views=views,
                               validation=result.metrics,
                               timings_s=meta["timings_s"], warnings=warnings_out)
     return result
