@@ -26,7 +26,8 @@ Each held-out image is segmented with every outline refinement (none, probabilit
 the main table uses the one the model chose on its validation image, a second table compares
 them all, pooled. The model's choice of pyramid (several scales, ``--pyramid``) is compared
 with one scale and with the pyramids 1,2 and 1,2,4 on the same models in a third table
-(outlines as chosen).
+(outlines as chosen), and for the U-Net and the pixel forest the model's choice of test-time
+views (``--tta``) with 1 and 8 views in a fourth.
 
 Each fold trains a model (minutes to tens of minutes on 2 CPU cores): run it in the background
 and read the log. TensorFlow runs in child processes (the orgaseg CLI). Without
@@ -48,6 +49,8 @@ THRESHOLDS = (0.5, 0.75, 0.9)
 #: The peers' figures on GOAT images (issue 10): F1 at IoU 0.5.
 #: the pyramids every held-out image is also segmented with (the same for every fold)
 PYRAMIDS = ("1", "1,2", "1,2,4")
+#: the test-time views every held-out image is also segmented with (U-Net, pixel forest)
+VIEWS = (1, 8)
 PEERS = {"OrganoID pretrained (2022)": 0.35, "threshold + watershed baseline": 0.32}
 
 
@@ -140,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", default="all", help="held-out image ids, comma-separated (default: all)")
     parser.add_argument("--unannotated", action="store_true",
                         help="also segment realdata/unannotated with the first fold's model")
+    parser.add_argument("--no-pyramid-table", action="store_true",
+                        help="skip segmenting with the other pyramids (each is one more segment run per fold)")
     parser.add_argument("train_args", nargs="*", help="arguments for orgaseg train-segmentation")
     args = parser.parse_args(argv)
     if not GOAT.is_dir():
@@ -159,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, truths, preds = [], [], []
     by_method: dict[str, list] = {}
     by_pyramid: dict[str, list] = {}
+    by_views: dict[str, list] = {}
     first_model = None
     for held in folds:
         split = fold_data(args.work, held, images, scale=args.scale, tiles=args.tiles)
@@ -196,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         if pyramid.get("scores"):
             print(f"  {held}, pyramid kept {pyramid_label}; validation mean F1 over IoU 0.5-0.9: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in pyramid["scores"].items()), flush=True)
-        for candidate in PYRAMIDS:
+        for candidate in () if args.no_pyramid_table else PYRAMIDS:
             if candidate == pyramid_label:
                 found = pred
             else:
@@ -211,7 +217,25 @@ def main(argv: list[str] | None = None) -> int:
                   f"F1@0.5 {one['f1']:.3f}, {one['n_pred']} found, mean matched IoU "
                   f"{one['mean_matched_iou']:.3f}", flush=True)
         by_pyramid.setdefault("chosen on validation", []).append(pred)
-        rows.append({"held_out": held, "outlines": chosen, "pyramid": pyramid_label,
+        # the model's test-time views (U-Net, pixel forest) against 1 and 8 views, same model and pyramid
+        views = meta.get("test_time_views", {}).get("views", 1)
+        for candidate in (VIEWS if forest else ()):
+            if candidate == views:
+                found = pred
+            else:
+                seg = args.work / args.name / f"segmented-{held}-views-{candidate}"
+                run_step("segment", "--model", model, "--images", images[held][0], "--out", seg,
+                         "--tta", candidate, "--overwrite")
+                found = read_labels(seg / f"{held}.tif")
+                write_overlay(images[held][0], seg / f"{held}.tif", seg / f"{held}_overlay.png")
+            by_views.setdefault(f"{candidate} view{'s' if candidate > 1 else ''}", []).append(found)
+            one = segmentation_metrics([truth], [found], thresholds=THRESHOLDS).iloc[0]
+            print(f"  {held}, {candidate} test-time view(s){' (chosen)' if candidate == views else ''}: "
+                  f"F1@0.5 {one['f1']:.3f}, {one['n_pred']} found, mean matched IoU "
+                  f"{one['mean_matched_iou']:.3f}", flush=True)
+        if forest:
+            by_views.setdefault("chosen on validation", []).append(pred)
+        rows.append({"held_out": held, "outlines": chosen, "pyramid": pyramid_label, "views": views,
                      "resize": meta.get("resize", {}).get("factor"), "model_scale": meta["scale"],
                      "epochs": meta.get("epochs_run", len(meta.get("history", []))), **scores([truth], [pred]),
                      "training_min": meta["timings_s"]["total"] / 60, "run_min": t_train / 60})
@@ -227,8 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     print("\nevery outline refinement, pooled over the held-out images:")
     print(pd.DataFrame(compare).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     scales = [{"pyramid": name, **scores(truths, found)} for name, found in by_pyramid.items()]
-    print("\none scale against the pyramids (same models, chosen outlines), pooled:")
-    print(pd.DataFrame(scales).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if not args.no_pyramid_table:
+        print("\none scale against the pyramids (same models, chosen outlines), pooled:")
+        print(pd.DataFrame(scales).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if by_views:
+        viewed = [{"views": name, **scores(truths, found)} for name, found in by_views.items()]
+        print("\ntest-time views (same models, chosen pyramid), pooled:")
+        print(pd.DataFrame(viewed).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        (args.work / args.name).mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(viewed).to_csv(args.work / args.name / "views.csv", index=False)
     for peer, f1 in PEERS.items():
         print(f"  peer: {peer}: F1@0.5 {f1:.2f} (3 of these images, issue 10)")
     (args.work / args.name).mkdir(parents=True, exist_ok=True)

@@ -239,6 +239,29 @@ def test_segment_with_a_unet_finds_the_discs(tiny, tmp_path):
     assert refused.returncode != 0 and "U-Net model" in refused.stderr and not (tmp_path / "no").exists()
 
 
+def test_the_views_are_predicted_and_the_models_choice_is_used(tiny, monkeypatch):
+    """Every view is one prediction (transposed views have the transposed shape); without
+    ``views`` the model's stored choice is used."""
+    from orgaseg_core.segmentation.unet import predict as unet_predict
+
+    _, model, _ = tiny
+    loaded = load_unet(model, device="cpu")
+    image, _ = disc_pair(np.random.default_rng(5), (96, 160), n=3, radius=(10, 16))
+    shapes = []
+    real = unet_predict.class_probabilities
+    monkeypatch.setattr(unet_predict, "class_probabilities",
+                        lambda net, small, **kw: shapes.append(small.shape) or real(net, small, **kw))
+    for views in (1, 2, 4, 8):
+        shapes.clear()
+        seg = unet_predict.segment_unet_array(image, loaded, levels=(1.0,), views=views)
+        assert seg.views == views and len(shapes) == views
+        assert sum(s != shapes[0] for s in shapes) == (4 if views == 8 else 0)  # the transposed ones
+    shapes.clear()
+    stored = json.loads((model / "orgaseg_model.json").read_text())["test_time_views"]["views"]
+    seg = unet_predict.segment_unet_array(image, loaded, levels=(1.0,))
+    assert seg.views == stored and len(shapes) == stored
+
+
 def test_unet_folders_that_cannot_be_used_are_refused_by_name(tiny, tmp_path):
     _, model, _ = tiny
     import shutil

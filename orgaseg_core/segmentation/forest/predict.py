@@ -65,11 +65,15 @@ def segment_by_regions(image: np.ndarray, loaded, probabilities: Callable[[np.nd
 
     levels: factors of the model's scale to predict at (:mod:`..pyramid`: the objects of every
     level merged, each from the level where it is well seen; None = the model's choice, (1,) =
-    one scale)."""
+    one scale). views: the probabilities averaged over this many flipped/turned copies of each
+    level's image (:mod:`..views`; None = the model's choice, 1 = none)."""
     from ..outlines import label_outlines
+    from ..views import stored_views, with_views
 
     info = loaded.info
     levels = model_pyramid(loaded) if levels is None else tuple(float(m) for m in levels)
+    views = stored_views(info.metadata) if views is None else int(views)
+    probabilities = with_views(probabilities, views)
     grey = preprocessed_grey(image, loaded, preprocessing=preprocessing)
     base = info.scale / float(image_scale)
     small = network_input(grey, base, info.norm_percentiles)
