@@ -109,15 +109,3 @@ def test_given_levels_are_kept_and_scored(scene):
                                   np.array([80.0, 40.0]), given=(1.0, 2.0))
     assert given["levels"] == [1.0, 2.0] and given["chosen"] == "given" and list(given["scores"]) == ["1,2"]
 
-
-def test_test_time_views_are_scored_at_the_kept_levels(scene):
-    from orgaseg_core.segmentation.forest.levels import choose_region_views
-
-    grey, truth = scene
-    # threshold probabilities do not depend on orientation: the same score, so 8 views are kept
-    chosen = choose_region_views([grey], [truth], 0.25, threshold_probabilities, PARAMS, PERCENTILES,
-                                 (1.0, 2.0, 4.0))
-    assert chosen["views"] == 8 and chosen["scores"]["1"] == chosen["scores"]["8"] > 0
-    # at one level the small organoids are missed, whatever the views
-    one = choose_region_views([grey], [truth], 0.25, threshold_probabilities, PARAMS, PERCENTILES, (1.0,), given=4)
-    assert one["views"] == 4 and one["chosen"] == "given" and one["scores"]["4"] < chosen["scores"]["8"]

@@ -165,11 +165,13 @@ def test_tiny_training_writes_a_complete_model(tiny):
     assert meta["steps"] == 120 and len(meta["history"]) == 8
     assert meta["training"]["seed"] == 1 and meta["training"]["device"] == "cpu"
     assert meta["weights"]["chosen"] in ("last", "lowest validation loss")
-    # 18 region settings per candidate network: the last, and the lowest validation loss when
-    # that is another epoch (training on 2 CPU threads is not bit-reproducible, so either happens)
+    # 18 region settings per candidate network and number of test-time views (1, 8): the last
+    # network, and the lowest validation loss when that is another epoch (training on 2 CPU
+    # threads is not bit-reproducible, so either happens)
     weights = meta["weights"]
     networks = 1 if weights["lowest_val_loss_epoch"] == weights["epochs"] else 2
-    assert meta["regions"]["h_minima"] > 0 and len(meta["region_scores"]) == 18 * networks
+    assert meta["regions"]["h_minima"] > 0 and len(meta["region_scores"]) == 2 * 18 * networks
+    assert sum(", 8 views: " in k for k in meta["region_scores"]) == 18 * networks
     assert "torch" in meta["versions"]
     # the pyramid kept: the most of the levels its small discs suggested that score within
     # PYRAMID_TOLERANCE of the best on the validation images
@@ -182,6 +184,9 @@ def test_tiny_training_writes_a_complete_model(tiny):
     # the test-time views kept: 1 or 8, the most within VIEWS_TOLERANCE of the best
     views = meta["test_time_views"]
     assert set(views["scores"]) == {"1", "8"} and views["chosen"] == "auto"
+    # each number of views scored by its best setting; the kept one is the stored setting's
+    for n, score in views["scores"].items():
+        assert score == max(v for k, v in meta["region_scores"].items() if f", {n} view" in k)
     assert views["scores"][str(views["views"])] >= max(views["scores"].values()) - VIEWS_TOLERANCE
     assert views["views"] == 8 or views["scores"]["8"] < views["scores"]["1"] - VIEWS_TOLERANCE
     assert f"test-time views: {views['views']}" in done.stdout

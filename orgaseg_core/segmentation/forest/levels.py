@@ -7,8 +7,7 @@ keeping each organoid from the level where it is well seen (:func:`..pyramid.mer
 coarse level first, finer levels add only small objects where nothing was found) finds them:
 held-out GOAT lung image, the same U-Net, F1 at IoU 0.5 0.21 at one scale, 0.57 at 1,2.
 
-:func:`choose_region_pyramid` picks the levels on the validation images in training, and
-:func:`choose_region_views` the test-time views (:mod:`..views`) at them. Everything
+:func:`choose_region_pyramid` picks the levels on the validation images in training. Everything
 here takes the model's class probabilities as a function: no framework is imported.
 """
 
@@ -121,20 +120,3 @@ def validation_score(greys: Sequence[np.ndarray], truths: Sequence[np.ndarray], 
              for g, t in zip(greys, truths)]
     return float(mean_f1(segmentation_metrics(list(truths), preds, thresholds=DEFAULT_THRESHOLDS)))
 
-
-def choose_region_views(greys: Sequence[np.ndarray], truths: Sequence[np.ndarray], factor: float,
-                        probabilities: Callable[[np.ndarray], np.ndarray], regions: RegionParams,
-                        percentiles: Sequence[float], levels: Sequence[float], *,
-                        given: int | None = None, tolerance: float | None = None) -> dict:
-    """The test-time views a region model keeps (:func:`..views.choose_views`), scored on its
-    validation images at its pyramid ``levels`` (arguments as :func:`choose_region_pyramid`).
-    Returns {"views", "reason", "scores", "chosen"}."""
-    from ..views import VIEWS_TOLERANCE, choose_views, with_views
-
-    def score(views: int) -> float:
-        value = validation_score(greys, truths, factor, levels, with_views(probabilities, views), regions,
-                                 percentiles)
-        log.info("test-time views %d: validation mean F1 over IoU 0.5-0.9 %.3f", views, value)
-        return value
-
-    return choose_views(score, given=given, tolerance=VIEWS_TOLERANCE if tolerance is None else tolerance)

@@ -16,19 +16,19 @@
    epochs without a lower validation loss.
 3. After each epoch the validation loss (whole validation images); the network of the lowest
    validation loss and the last one are kept.
-4. On the validation images, for both networks, every :data:`REGION_GRID` setting (basin depth,
-   smoothing, foreground threshold) of :func:`..forest.regions.regions_from_probabilities`;
-   the network and setting with the best mean F1 over IoU 0.5-0.9 (at the validation images'
-   own size) are kept and reported.
+4. On the validation images, for both networks and for the class probabilities of 1 and of 8
+   test-time views (:mod:`..views`: flipped/turned copies averaged), every :data:`REGION_GRID`
+   setting (basin depth, smoothing, foreground threshold) of
+   :func:`..forest.regions.regions_from_probabilities`; per number of views the network and
+   setting with the best mean F1 over IoU 0.5-0.9 (at the validation images' own size), then
+   the most views within :data:`..views.VIEWS_TOLERANCE` of the best (or ``tta`` as given) are
+   kept and reported: averaged probabilities are smoother, and the smoothing and basin depth
+   that suit them differ.
 5. The pyramid (:mod:`..forest.levels`): when the training organoids' small ones are under
    16 px at the model's scale, the validation images are also segmented at 2x (and 4x) the
-   scale, each organoid kept from the level where it is well seen; the most levels whose mean
-   F1 is within :data:`..forest.levels.PYRAMID_TOLERANCE` of the best are stored (or the levels
-   given as ``pyramid``), and ``segment`` predicts at them.
-6. The test-time views (:mod:`..views`): the validation images segmented at the kept pyramid
-   with the probabilities of 1 and of 8 flipped/turned copies averaged; the most views within
-   :data:`..views.VIEWS_TOLERANCE` of the best are stored (or ``tta`` as given), and
-   ``segment`` averages them.
+   scale (with the kept views), each organoid kept from the level where it is well seen; the
+   most levels whose mean F1 is within :data:`..forest.levels.PYRAMID_TOLERANCE` of the best
+   are stored (or the levels given as ``pyramid``), and ``segment`` predicts at them.
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ from ..train import (
     resolve_data_scale,
     validation_lines,
 )
-from ..forest.levels import choose_region_pyramid, choose_region_views
+from ..forest.levels import choose_region_pyramid
 from ..pyramid import describe_levels, parse_pyramid
-from ..views import parse_views
+from ..views import choose_views, mean_over_views, parse_views, with_views
 from .model import UNET_FILE, UNET_FORMAT_VERSION, UNET_KIND, LoadedUNet, UNetInfo, check_architecture, import_torch
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
     a CUDA GPU when there is one). pyramid: the levels ``segment`` predicts at ("auto": chosen
     on the validation images, step 5; "none"; or factors like "1,2"). tta: the test-time views
     ``segment`` averages (:mod:`..views`; "auto": 1 or 8 chosen on the validation images, step
-    6; or 1, 2, 4, 8).
+    4; or 1, 2, 4, 8).
     """
     start = time.perf_counter()
     data, model_out = Path(data), Path(model_out)
@@ -439,36 +439,39 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
             candidates["lowest validation loss"] = best_state
         tables, scores = {}, {}
         network.eval()
+        view_counts = (1, 8) if views_given is None else (views_given,)
         for name, state in candidates.items():
             network.load_state_dict(state)
-            probs = [class_probabilities(loaded, g).astype(np.float16) for g in val_small]
-            for h, smoothing, fg in itertools.product(*REGION_GRID.values()):
-                params = RegionParams(h_minima=h, smoothing=smoothing, min_foreground=fg)
-                preds = [upscale_labels(regions_from_probabilities(p.astype(np.float32), params)[0], t.shape)
-                         for p, t in zip(probs, truths)]
-                key = f"{name}: {params.describe()}"
-                tables[key] = (name, params, segmentation_metrics(truths, preds, thresholds=DEFAULT_THRESHOLDS))
-                scores[key] = round(mean_f1(tables[key][2]), 4)
-                log.debug("%s: validation mean F1 over IoU 0.5-0.9 %.3f", key, scores[key])
-        # ties go to the first (the last network, deepest basins first) in the grid's order
-        best = max(scores, key=lambda k: (scores[k], -list(scores).index(k)))
-        chosen, params, table = tables[best]
-        log.info("kept the %s network with %s (validation mean F1 over IoU 0.5-0.9 %.3f of %d settings)",
-                 chosen, params.describe(), scores[best], len(scores))
+            for n_views in view_counts:
+                probs = [mean_over_views(lambda small: class_probabilities(loaded, small), g, n_views
+                                         ).astype(np.float16) for g in val_small]
+                for h, smoothing, fg in itertools.product(*REGION_GRID.values()):
+                    params = RegionParams(h_minima=h, smoothing=smoothing, min_foreground=fg)
+                    preds = [upscale_labels(regions_from_probabilities(p.astype(np.float32), params)[0], t.shape)
+                             for p, t in zip(probs, truths)]
+                    key = f"{name}, {n_views} view{'s' if n_views > 1 else ''}: {params.describe()}"
+                    tables[key] = (name, n_views, params,
+                                   segmentation_metrics(truths, preds, thresholds=DEFAULT_THRESHOLDS))
+                    scores[key] = round(mean_f1(tables[key][3]), 4)
+                    log.debug("%s: validation mean F1 over IoU 0.5-0.9 %.3f", key, scores[key])
+        # per number of views the best network and setting (ties go to the first in the grid's
+        # order: the last network, deepest basins first); then the views (most within the tolerance)
+        best_at = {v: max((k for k in scores if tables[k][1] == v),
+                          key=lambda k: (scores[k], -list(scores).index(k))) for v in view_counts}
+        views = choose_views(lambda v: scores[best_at[v]], candidates=view_counts, given=views_given)
+        best = best_at[views["views"]]
+        chosen, _, params, table = tables[best]
+        log.info("kept the %s network, %d test-time view(s) and %s (validation mean F1 over IoU 0.5-0.9 "
+                 "%.3f of %d settings)", chosen, views["views"], params.describe(), scores[best], len(scores))
+        log.info("test-time views %d: %s", views["views"], views["reason"])
         network.load_state_dict(candidates[chosen])
         # the pyramid (the image enlarged 2x, 4x as well: small organoids), on the same images
         pyramid = choose_region_pyramid(
             [g.astype(np.float32) for g in val.images], truths, factor,
-            lambda small: class_probabilities(loaded, small), params, percentiles, train_diameters,
-            given=pyramid_given)
+            with_views(lambda small: class_probabilities(loaded, small), views["views"]), params,
+            percentiles, train_diameters, given=pyramid_given)
         log.info("pyramid %s: %s", describe_levels(pyramid["levels"]), pyramid["reason"])
         result.pyramid = pyramid
-        # the test-time views, at the kept pyramid, on the same images
-        views = choose_region_views(
-            [g.astype(np.float32) for g in val.images], truths, factor,
-            lambda small: class_probabilities(loaded, small), params, percentiles,
-            pyramid["levels"], given=views_given)
-        log.info("test-time views %d: %s", views["views"], views["reason"])
         result.views = views
         result.weights = chosen
         result.regions, result.region_scores = params.as_dict(), scores
