@@ -115,6 +115,26 @@ def write_overlay(image_path: Path, labels_path: Path, png: Path) -> None:
     save_png(png, overlay)
 
 
+def segment_held_out(model: Path, image: Path, seg: Path, *options):
+    """``orgaseg segment`` of one held-out image into ``seg`` with ``options``; its label image
+    (an outline overlay written beside it)."""
+    from orgaseg_core.common.images import read_labels
+
+    stem = image.stem
+    run_step("segment", "--model", model, "--images", image, "--out", seg, *options, "--overwrite")
+    write_overlay(image, seg / f"{stem}.tif", seg / f"{stem}_overlay.png")
+    return read_labels(seg / f"{stem}.tif")
+
+
+def print_fold(held: str, what: str, truth, found) -> None:
+    """One line of figures for one held-out image segmented one way."""
+    from orgaseg_core.segmentation.evaluation import segmentation_metrics
+
+    one = segmentation_metrics([truth], [found], thresholds=THRESHOLDS).iloc[0]
+    print(f"  {held}, {what}: F1@0.5 {one['f1']:.3f}, {one['n_pred']} found, mean matched IoU "
+          f"{one['mean_matched_iou']:.3f}", flush=True)
+
+
 def segment_unannotated(work: Path, model: Path) -> None:
     """``segment`` over every folder of realdata/unannotated, with an overlay per image."""
     from orgaseg_core.common.images import image_stem, list_images
@@ -154,7 +174,6 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from orgaseg_core.common.images import read_labels
-    from orgaseg_core.segmentation.evaluation import segmentation_metrics
 
     images = goat_images()
     folds = list(images) if args.folds == "all" else [f.strip() for f in args.folds.split(",")]
@@ -184,15 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         # every outline refinement on the held-out image; the table uses the one the model
         # chose on its validation image, the second table compares them all
         for method in ["none"] if forest else REFINEMENTS:
-            seg = args.work / args.name / f"segmented-{held}-{method}"
-            run_step("segment", "--model", model, "--images", images[held][0], "--out", seg,
-                     *([] if forest else ["--refine", method]), "--overwrite")
-            pred = read_labels(seg / f"{held}.tif")
+            pred = segment_held_out(model, images[held][0], args.work / args.name / f"segmented-{held}-{method}",
+                                    *([] if forest else ["--refine", method]))
             by_method.setdefault(method, []).append(pred)
-            write_overlay(images[held][0], seg / f"{held}.tif", seg / f"{held}_overlay.png")
-            one = segmentation_metrics([truth], [pred], thresholds=THRESHOLDS).iloc[0]
-            print(f"  {held}, outlines {method}{' (chosen)' if method == chosen else ''}: F1@0.5 "
-                  f"{one['f1']:.3f}, mean matched IoU {one['mean_matched_iou']:.3f}", flush=True)
+            print_fold(held, f"outlines {method}{' (chosen)' if method == chosen else ''}", truth, pred)
         pred = by_method[chosen][-1]
         preds.append(pred)
         # the model's pyramid choice against every pyramid on the same model (the same three
@@ -203,36 +217,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {held}, pyramid kept {pyramid_label}; validation mean F1 over IoU 0.5-0.9: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in pyramid["scores"].items()), flush=True)
         for candidate in () if args.no_pyramid_table else PYRAMIDS:
-            if candidate == pyramid_label:
-                found = pred
-            else:
-                seg = args.work / args.name / f"segmented-{held}-pyramid-{candidate.replace(',', '-')}"
-                run_step("segment", "--model", model, "--images", images[held][0], "--out", seg,
-                         *([] if forest else ["--refine", chosen]), "--pyramid", candidate, "--overwrite")
-                found = read_labels(seg / f"{held}.tif")
-                write_overlay(images[held][0], seg / f"{held}.tif", seg / f"{held}_overlay.png")
+            found = pred if candidate == pyramid_label else segment_held_out(
+                model, images[held][0], args.work / args.name / f"segmented-{held}-pyramid-{candidate.replace(',', '-')}",
+                *([] if forest else ["--refine", chosen]), "--pyramid", candidate)
             by_pyramid.setdefault(f"levels {candidate}", []).append(found)
-            one = segmentation_metrics([truth], [found], thresholds=THRESHOLDS).iloc[0]
-            print(f"  {held}, pyramid {candidate}{' (chosen)' if candidate == pyramid_label else ''}: "
-                  f"F1@0.5 {one['f1']:.3f}, {one['n_pred']} found, mean matched IoU "
-                  f"{one['mean_matched_iou']:.3f}", flush=True)
+            print_fold(held, f"pyramid {candidate}{' (chosen)' if candidate == pyramid_label else ''}", truth, found)
         by_pyramid.setdefault("chosen on validation", []).append(pred)
         # the model's test-time views (U-Net, pixel forest) against 1 and 8 views, same model and pyramid
         views = meta.get("test_time_views", {}).get("views", 1)
         for candidate in (VIEWS if forest else ()):
-            if candidate == views:
-                found = pred
-            else:
-                seg = args.work / args.name / f"segmented-{held}-views-{candidate}"
-                run_step("segment", "--model", model, "--images", images[held][0], "--out", seg,
-                         "--tta", candidate, "--overwrite")
-                found = read_labels(seg / f"{held}.tif")
-                write_overlay(images[held][0], seg / f"{held}.tif", seg / f"{held}_overlay.png")
+            found = pred if candidate == views else segment_held_out(
+                model, images[held][0], args.work / args.name / f"segmented-{held}-views-{candidate}",
+                "--tta", candidate)
             by_views.setdefault(f"{candidate} view{'s' if candidate > 1 else ''}", []).append(found)
-            one = segmentation_metrics([truth], [found], thresholds=THRESHOLDS).iloc[0]
-            print(f"  {held}, {candidate} test-time view(s){' (chosen)' if candidate == views else ''}: "
-                  f"F1@0.5 {one['f1']:.3f}, {one['n_pred']} found, mean matched IoU "
-                  f"{one['mean_matched_iou']:.3f}", flush=True)
+            print_fold(held, f"{candidate} test-time view(s){' (chosen)' if candidate == views else ''}",
+                       truth, found)
         if forest:
             by_views.setdefault("chosen on validation", []).append(pred)
         rows.append({"held_out": held, "outlines": chosen, "pyramid": pyramid_label, "views": views,

@@ -83,7 +83,9 @@ def choose_region_pyramid(greys: Sequence[np.ndarray], truths: Sequence[np.ndarr
     are (scored for the report). Returns {"levels", "reason", "scores" (levels text -> score),
     "chosen": "auto" or "given"}.
     """
+    from ..evaluation import DEFAULT_THRESHOLDS, segmentation_metrics
     from ..pyramid import choose_pyramid, levels_key
+    from ..train import mean_f1
 
     if given is not None:
         candidates = [tuple(float(v) for v in given)]
@@ -92,8 +94,9 @@ def choose_region_pyramid(greys: Sequence[np.ndarray], truths: Sequence[np.ndarr
         candidates = [tuple(proposal.levels[:k]) for k in range(1, len(proposal.levels) + 1)]
     scores = {}
     for levels in candidates:
-        scores[levels] = round(validation_score(greys, truths, factor, levels, probabilities, regions,
-                                                percentiles), 4)
+        preds = [labels_at_levels(g, factor, levels, probabilities, regions, percentiles, t.shape)[0]
+                 for g, t in zip(greys, truths)]
+        scores[levels] = round(mean_f1(segmentation_metrics(list(truths), preds, thresholds=DEFAULT_THRESHOLDS)), 4)
         log.info("pyramid %s: validation mean F1 over IoU 0.5-0.9 %.3f", levels_key(levels), scores[levels])
     if given is not None:
         return {"levels": list(candidates[0]), "reason": "given", "scores": {levels_key(candidates[0]): scores[candidates[0]]},
@@ -106,17 +109,3 @@ def choose_region_pyramid(greys: Sequence[np.ndarray], truths: Sequence[np.ndarr
                    f"mean F1 ({scores[best]:.3f} against {top:.3f})")
     return {"levels": list(best), "reason": reason, "scores": {levels_key(p): s for p, s in scores.items()},
             "chosen": "auto"}
-
-
-def validation_score(greys: Sequence[np.ndarray], truths: Sequence[np.ndarray], factor: float,
-                     levels: Sequence[float], probabilities: Callable[[np.ndarray], np.ndarray],
-                     regions: RegionParams, percentiles: Sequence[float]) -> float:
-    """Mean F1 over IoU 0.5-0.9 of a region model on validation images (see
-    :func:`choose_region_pyramid` for the arguments), predicting at ``levels``."""
-    from ..evaluation import DEFAULT_THRESHOLDS, segmentation_metrics
-    from ..train import mean_f1
-
-    preds = [labels_at_levels(g, factor, levels, probabilities, regions, percentiles, t.shape)[0]
-             for g, t in zip(greys, truths)]
-    return float(mean_f1(segmentation_metrics(list(truths), preds, thresholds=DEFAULT_THRESHOLDS)))
-

@@ -440,11 +440,14 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
         tables, scores = {}, {}
         network.eval()
         view_counts = (1, 8) if views_given is None else (views_given,)
+
+        def predict(small: np.ndarray) -> np.ndarray:  # the network loaded now
+            return class_probabilities(loaded, small)
+
         for name, state in candidates.items():
             network.load_state_dict(state)
             for n_views in view_counts:
-                probs = [mean_over_views(lambda small: class_probabilities(loaded, small), g, n_views
-                                         ).astype(np.float16) for g in val_small]
+                probs = [mean_over_views(predict, g, n_views).astype(np.float16) for g in val_small]
                 for h, smoothing, fg in itertools.product(*REGION_GRID.values()):
                     params = RegionParams(h_minima=h, smoothing=smoothing, min_foreground=fg)
                     preds = [upscale_labels(regions_from_probabilities(p.astype(np.float32), params)[0], t.shape)
@@ -468,7 +471,7 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
         # the pyramid (the image enlarged 2x, 4x as well: small organoids), on the same images
         pyramid = choose_region_pyramid(
             [g.astype(np.float32) for g in val.images], truths, factor,
-            with_views(lambda small: class_probabilities(loaded, small), views["views"]), params,
+            with_views(predict, views["views"]), params,
             percentiles, train_diameters, given=pyramid_given)
         log.info("pyramid %s: %s", describe_levels(pyramid["levels"]), pyramid["reason"])
         result.pyramid = pyramid
