@@ -21,7 +21,7 @@ the bare calls at 40+ images, and 2 workers at least 1.7x the throughput of 1 wh
 has the cores (2 workers x ``--threads-per-worker`` cores).
 
 Usage:  python benchmarks/bench_distributed.py --example orgaseg-demo [--small 40] [--large 8]
-            [--workers 1,2] [--threads-per-worker 1] [--work DIR]
+            [--workers 1,2] [--threads-per-worker 1] [--chunk-size N] [--work DIR]
 """
 
 from __future__ import annotations
@@ -89,9 +89,12 @@ def bare(script: str, args: list, threads: int) -> float:
     return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
 
 
-def analyze(seg: Path, clf: Path, images: Path, out: Path, workers: int, threads: int) -> tuple[float, dict]:
+def analyze(seg: Path, clf: Path, images: Path, out: Path, workers: int, threads: int,
+            chunk_size: int | None = None) -> tuple[float, dict]:
     command = [sys.executable, "-m", "orgaseg_core", "analyze", "--segmentation-model", seg, "--classifier", clf,
                "--images", images, "--out", out, "--workers", workers, "--threads-per-worker", threads]
+    if chunk_size:
+        command += ["--chunk-size", chunk_size]
     t0 = time.perf_counter()
     done = subprocess.run(list(map(str, command)), capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -109,6 +112,9 @@ def main() -> None:
     parser.add_argument("--threads-per-worker", type=int, default=1)
     parser.add_argument("--work", type=Path, default=None, help="folder for the images and outputs (default: temporary)")
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="analyze --chunk-size (default: analyze's own; smaller chunks show what the "
+                             "warm step processes save from chunk to chunk)")
     args = parser.parse_args()
     seg = args.example / "models" / "segmentation"
     clf = args.example / "models" / "classifier"
@@ -130,7 +136,8 @@ def main() -> None:
             images = data / "images"
             runs = {}
             for w in workers:
-                runs[w] = analyze(seg, clf, images, work / f"analysis-{name}-{w}", w, threads)
+                out = work / (f"analysis-{name}-{w}" + (f"-chunks{args.chunk_size}" if args.chunk_size else ""))
+                runs[w] = analyze(seg, clf, images, out, w, threads, args.chunk_size)
             n_objects = runs[workers[0]][1]["objects"]
             bare_seg = bare(BARE_SEGMENT, [seg, images], threads)
             bare_cls = bare(BARE_CLASSIFY, [clf, n_objects], threads)

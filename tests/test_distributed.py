@@ -147,8 +147,9 @@ def test_a_rerun_with_other_arguments_does_not_mix_results(setup, tmp_path):
 
 
 def test_a_killed_worker_costs_only_its_chunk(setup, tmp_path):
-    """SIGKILL to a Dask worker process while it runs a chunk's step: the chunk runs again on a
-    new worker, its step child dies with the worker, and the result is as if nothing happened."""
+    """SIGKILL to a Dask worker process once it has a warm step process: the chunk it runs runs
+    again on a new worker, its step process dies with the worker, and the result is as if nothing
+    happened."""
     root, images, reference = setup
     out = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-m", "orgaseg_core",
@@ -162,7 +163,7 @@ def test_a_killed_worker_costs_only_its_chunk(setup, tmp_path):
             return True
         for child in me.children(recursive=True):
             try:
-                line = child.cmdline()
+                line = child.cmdline()  # a warm step process: python -m orgaseg_core --warm-step-server <step>
                 if "orgaseg_core" in line and ("segment" in line or "classify" in line):
                     worker = child.parent()
                     if worker is not None and worker.pid != process.pid:
@@ -183,6 +184,26 @@ def test_a_killed_worker_costs_only_its_chunk(setup, tmp_path):
     assert sorted(c["chunk"] for c in record["results"]["chunks"]) == [0, 1, 2]
     assert all(len(runs) == 3 for runs in record["results"]["steps"].values())
     assert_same_analysis(out, reference)
+
+
+def test_a_worker_runs_its_chunks_in_one_warm_process_per_step(setup, tmp_path):
+    """Three chunks on one worker: each step runs in one process that served them in turn (its
+    framework imported and its model loaded once), and the tables are those of one chunk."""
+    root, images, reference = setup
+    out = tmp_path / "warm"
+    done = _cli(*command(root, images, out), "--workers", 1, "--chunk-size", 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    chunks = sorted(json.loads((out / "run.json").read_text())["results"]["chunks"], key=lambda c: c["chunk"])
+    assert len(chunks) == 3
+    for step in ("segment", "classify"):
+        served = [(c["servers"][step]["pid"], c["servers"][step]["request"]) for c in chunks]
+        assert len({pid for pid, _ in served}) == 1, served
+        assert sorted(n for _, n in served) == [1, 2, 3]
+    assert_same_analysis(out, reference)
+    # ended with the run
+    assert not any(psutil.pid_exists(c["servers"][s]["pid"]) and
+                   psutil.Process(c["servers"][s]["pid"]).status() != "zombie"
+                   for c in chunks for s in ("segment", "classify"))
 
 
 def test_worker_options_are_checked_before_any_work(setup, tmp_path):

@@ -103,7 +103,7 @@ def test_the_import_checker_sees_relative_and_function_level_imports(tmp_path):
     # the rule test above is only as good as this parser: check it on a known module
     found = dict(orgaseg_imports(PACKAGE / "pipelines" / "chunks.py"))
     modules = set(found.values())
-    assert "orgaseg_core.pipelines.processes.run_step_process" in modules
+    assert "orgaseg_core.pipelines.step_server.run_warm_step" in modules
     assert any(m.startswith("orgaseg_core.objects.extract.") for m in modules)  # inside a function
     assert any(m.startswith("orgaseg_core.common.") for m in modules)
 

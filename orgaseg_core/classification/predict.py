@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from ..common.errors import InputFileError, OptionError, OrgasegError, OutputError
 from ..common.images import image_stem, list_images
+from ..common.kept_models import keep_loaded
 from ..common.outputs import step_run, write_csv
 from ..common.params import check_device
 
@@ -215,7 +216,7 @@ def classify(model: Path, objects: Path, out: Path, *, batch_size: int = 64, dev
         raise OptionError(f"review_below must be a confidence between 0 and 1, got {review_below!r}")
     device = check_device(device)  # before the model is loaded
     batch_size = int(batch_size)
-    classifier = load_classifier(model, family)
+    classifier = keep_loaded("classifier", model, lambda: load_classifier(model, family), family)
     review = classifier.review_below if review_below is None else float(review_below)
     if classifier.needs_crops:
         from .networks import resolve_device

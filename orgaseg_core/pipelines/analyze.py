@@ -5,9 +5,12 @@ of ``train-segmentation`` (or label images of another tool, ``--masks``) and a c
 ``train-classifier``. The images are cut into chunks that run on Dask workers (:mod:`.cluster`:
 a local cluster by default, or an existing scheduler); each chunk (:mod:`.chunks`) runs
 
-1. ``segment`` in its own process (TensorFlow; the model loaded once per chunk)
+1. ``segment`` in its own process (TensorFlow)
 2. ``extract-objects`` in the worker (numpy only): crops and measurements
 3. ``classify`` in its own process (torch)
+
+(the step processes are warm: a worker keeps them, their models loaded, from chunk to chunk,
+and ends them when the run ends; :mod:`.step_server`)
 
 and publishes each image as it is done, with a completion record (:mod:`.progress`), so a rerun
 of the same command resumes. When every chunk has ended, this process merges:
@@ -61,6 +64,7 @@ from .image_results import (OVERLAYS_DIR, QUPATH_DIR, QUPATH_MEASUREMENTS,  # no
                             QUPATH_PHYSICAL_MEASUREMENTS, classified_features, objects_table)
 from .processes import orgaseg_command
 from .progress import PROGRESS_DIR
+from .step_server import close_step_servers
 
 log = logging.getLogger(__name__)
 
@@ -352,8 +356,15 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
                     chunk_runs.append({"chunk": spec.index, "host": outcome.host, "images": len(spec.images),
                                        "published": len(outcome.published),
                                        "seconds": {k: round(v, 3) for k, v in outcome.seconds.items()},
-                                       "steps": outcome.steps})
+                                       "steps": outcome.steps, "servers": outcome.servers})
                     log.debug("chunk %d: %d image(s) published", spec.index, len(outcome.published))
+                # the workers' warm step processes hold models in memory: not beyond this run
+                # (a cluster of the caller's lives on; a local one ends, and they with it)
+                try:
+                    log.debug("warm step processes ended: %s", client.run(close_step_servers))
+                except Exception as exc:  # noqa: BLE001 - a worker lost just now: its processes end with it
+                    log.warning("could not end the warm step processes of every worker (%s); they end "
+                                "with their workers", exc)
             shutil.rmtree(out / CHUNKS_DIR, ignore_errors=True)  # attempts of lost workers
         done = completed(out, stems, print_)
         record.results["steps"] = _step_records(chunk_runs)

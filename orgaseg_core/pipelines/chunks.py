@@ -1,9 +1,9 @@
 """One chunk of analyze's images, run on a Dask worker: segment, cut out, classify, publish.
 
 :func:`run_chunk` is the task. The worker process itself imports neither TensorFlow nor torch:
-the chunk's segmentation runs in one child process (``orgaseg segment``: TensorFlow, the model
-loaded once for all images of the chunk) and its classification in another (``orgaseg
-classify``: torch), so the two frameworks never meet in one process on any kind of cluster,
+the chunk's segmentation runs in one child process (``orgaseg segment``: TensorFlow) and its
+classification in another (``orgaseg classify``: torch), warm processes that the worker keeps
+for its next chunks, their models loaded (:mod:`.step_server`), so the two frameworks never meet in one process on any kind of cluster,
 without special worker pools. Cutting out and measuring runs in the worker (numpy only).
 
 Each attempt works in its own folder ``out/chunks/<index>-<token>/`` (links to the chunk's
@@ -31,8 +31,9 @@ from ..common.errors import OrgasegError
 from ..common.images import image_stem
 from ..common.logs import LOG_LEVEL_VARIABLE
 from .image_results import objects_table, write_image_results
-from .processes import StepProcessError, run_step_process
+from .processes import StepProcessError
 from .progress import write_record
+from .step_server import run_warm_step
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,14 @@ class ChunkSpec:
 @dataclass
 class ChunkOutcome:
     """What a chunk did: the stems it published, the images that failed (messages), the run
-    records of its steps, seconds per stage."""
+    records of its steps, the warm step processes that ran them (pid, request number, seconds),
+    seconds per stage."""
 
     index: int
     published: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     steps: dict[str, Any] = field(default_factory=dict)
+    servers: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     host: str = ""
 
@@ -150,8 +153,9 @@ def run_chunk(spec: ChunkSpec) -> ChunkOutcome:
     else:
         options = ["--model", s["segmentation_model"], "--images", images_dir, "--out", seg_out,
                    *s["segment_options"]]
-        seg = run_step_process("segment", options, out=seg_out, env=env)
+        seg, server = run_warm_step("segment", options, model=s["segmentation_model"], out=seg_out, env=env)
         outcome.steps["segment"] = seg.record
+        outcome.servers["segment"] = server
         done = (seg.record.get("results") or {}).get("images") or {}
         if seg.returncode != 0:
             failed = (seg.record.get("results") or {}).get("failed")
@@ -185,8 +189,9 @@ def run_chunk(spec: ChunkSpec) -> ChunkOutcome:
     unreadable: dict[tuple[str, int], str] = {}
     if len(objects):
         options = ["--model", s["classifier"], "--objects", obj_out, "--out", cls_out, *s["classify_options"]]
-        cls = run_step_process("classify", options, out=cls_out, env=env)
+        cls, server = run_warm_step("classify", options, model=s["classifier"], out=cls_out, env=env)
         outcome.steps["classify"] = cls.record
+        outcome.servers["classify"] = server
         if cls.returncode != 0:
             raise StepProcessError(_user_paths(f"classify failed (exit status {cls.returncode}): "
                                                f"{cls.message}", links))

@@ -80,21 +80,29 @@ def run_step_process(step: str, options: Sequence[Any], *, out: Path | None = No
             # same signal, so it too records "interrupted" and cleans up, then we go on raising.
             _stop_child(process, getattr(exc, "signum", signal.SIGTERM))
             raise
-    record: dict[str, Any] = {}
-    if out is not None and (Path(out) / "run.json").is_file():
-        try:
-            record = json.loads((Path(out) / "run.json").read_text())
-        except (OSError, ValueError):
-            record = {}
-    lines = tail.decode("utf-8", errors="replace").replace("\r", "\n").splitlines()
-    errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
     if process.returncode in INTERRUPTED_STATUSES or process.returncode < 0:
         # The child alone was stopped (a killed worker, an operator's kill): its results are
         # incomplete, so the pipeline must not go on as if it had finished.
         raise StepProcessError(f"{step} was stopped before it finished (exit status "
                                f"{process.returncode}); its output"
                                + (f" in {out}" if out is not None else "") + " is incomplete")
-    return StepProcess(step, process.returncode, record, errors)
+    return StepProcess(step, process.returncode, read_run_record(out), error_lines(tail))
+
+
+def read_run_record(out: Path | None) -> dict[str, Any]:
+    """The run.json of a step's output folder ({} when there is none or it cannot be read)."""
+    if out is None or not (Path(out) / "run.json").is_file():
+        return {}
+    try:
+        return json.loads((Path(out) / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def error_lines(output: bytes | bytearray) -> list[str]:
+    """The messages of the ``error: ...`` lines of a step's error output."""
+    lines = bytes(output).decode("utf-8", errors="replace").replace("\r", "\n").splitlines()
+    return [line[len("error: "):] for line in lines if line.startswith("error: ")]
 
 
 def _load_prctl():

@@ -51,6 +51,7 @@ from ..common.images import (
     read_image,
     to_grey,
 )
+from ..common.kept_models import keep_loaded
 from ..common.labels import relabel_consecutive
 from ..common.outputs import step_run, whole_or_absent, write_csv, write_tiff
 from ..common.params import parse_pair
@@ -543,17 +544,18 @@ def segment(model: Path, images: Path, out: Path, *, n_tiles: tuple[int, int] | 
         from .forest.model import load_forest
         from .forest.predict import segment_forest_array
 
-        loaded = load_forest(model)
+        loaded = keep_loaded("pixel forest", model, lambda: load_forest(model))
     if unet:  # torch only, never TensorFlow, in this process
         from .unet.model import load_unet
         from .unet.predict import segment_unet_array
 
-        loaded = load_unet(model)
+        loaded = keep_loaded("U-Net", model, lambda: load_unet(model))
     with step_run("segment", out, arguments, overwrite=overwrite, inputs=[input_folder, model]) as record:
         result = SegmentResult(out=out, model=model, thresholds=thresholds,
                                kind="pixel forest" if forest else "U-Net" if unet else "StarDist")
         if not (forest or unet):
-            loaded = load_model(model)  # once for all images
+            # once for all images (and kept for the next run in a warm step process)
+            loaded = keep_loaded("StarDist model", model, lambda: load_model(model))
         per_image = {}
         run_ids = new_run_ids()  # object ids: new for this run, shared by all its files
         for stem, path in tqdm(jobs, desc="segment", unit="image", disable=None):
