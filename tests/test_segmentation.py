@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from scipy import ndimage
 from digests import tree_digest
 from synthetic import SHAPE, disc_pair, write_split  # noqa: E402  (shared with test_analyze)
 
@@ -177,6 +178,38 @@ def test_augmenter_is_seeded_and_keeps_pairs_aligned():
     # non-square patches keep their shape
     xa, ya = Augmenter(seed=1)(np.zeros((16, 32), np.float32), np.zeros((16, 32), np.uint16))
     assert xa.shape == (16, 32) == ya.shape
+
+
+def test_defocus_blurs_and_fades_the_chosen_organoids_only():
+    from skimage.draw import disk
+
+    x = np.full((96, 96), 0.9, np.float32)
+    y = np.zeros((96, 96), np.uint16)
+    for label, centre in ((1, (30, 30)), (2, (66, 66))):
+        rr, cc = disk(centre, 12)
+        y[rr, cc] = label
+        x[rr, cc] = 0.2 + 0.1 * (rr % 2)  # a dark organoid with texture
+    aug = Augmenter(seed=0, p_defocus=1.0, defocus=(3.0, 3.0), fade=(0.5, 0.5))
+    out = aug._defocus(x.copy(), y.copy())
+    inside = y > 0
+    core = ndimage.distance_transform_edt(inside) > 6
+    # faded towards the background grey (0.9): about halfway (0.25 -> 0.575), its texture
+    # (0.2 / 0.3 rows) smoothed away
+    assert 0.5 < out[core].mean() < 0.65 and out[core].std() < 0.3 * x[core].std()
+    # the halo reaches beyond the outline; the background far away is untouched
+    ring = (ndimage.distance_transform_edt(~inside) > 0) & (ndimage.distance_transform_edt(~inside) <= 2)
+    assert out[ring].mean() < 0.88
+    far = ndimage.distance_transform_edt(~inside) > 15
+    assert np.allclose(out[far], 0.9)
+    # off by default: the same transforms, draw for draw, as before the option existed
+    a, b = Augmenter(seed=4), Augmenter(seed=4, p_defocus=0.0, defocus=(9.0, 9.0))
+    for _ in range(5):
+        assert np.array_equal(a(x, y)[0], b(x, y)[0])
+    # on: labels unchanged by the defocus itself, and only chosen organoids change
+    aug = Augmenter(seed=1, p_defocus=0.5)
+    changed = {tuple(sorted(set(np.unique(y[np.abs(aug._defocus(x, y) - x) > 0.05])) - {0}))
+               for _ in range(12)}
+    assert {(1,), (2,)} & changed  # one organoid of the two, not always both
 
 
 def test_normalize_image_matches_csbdeep():

@@ -24,6 +24,11 @@ class Augmenter:
     ``x * a + b`` with a in ``scale`` and b in ``offset``; with probability ``p_blur`` a
     Gaussian blur of sigma uniform in ``blur`` px (out-of-focus organoids), with probability
     ``p_noise`` Gaussian noise of sd uniform in ``noise``.
+    Single organoids out of focus (a microscope focuses on one plane, and organoids lie at many
+    depths): with probability ``p_defocus`` each organoid of the patch is blurred, with one sigma
+    uniform in ``defocus`` px for the patch, and faded towards the background grey by a factor
+    uniform in ``fade``, inside a soft mask that reaches about a sigma beyond its outline (the
+    halo of a defocused object); its label is kept. Off by default (``p_defocus=0``).
     ``brightfield=False`` keeps only flips, rotations and ``x * a + b`` (orgaseg 0.2).
     """
 
@@ -32,7 +37,9 @@ class Augmenter:
                  gamma: tuple[float, float] = (0.7, 1.4), contrast: tuple[float, float] = (0.7, 1.3),
                  blur: tuple[float, float] = (0.5, 2.0), p_blur: float = 0.25,
                  noise: tuple[float, float] = (0.0, 0.05), p_noise: float = 0.25,
-                 zoom: tuple[float, float] = (0.8, 1.25), p_zoom: float = 0.5):
+                 zoom: tuple[float, float] = (0.8, 1.25), p_zoom: float = 0.5,
+                 defocus: tuple[float, float] = (2.0, 6.0), fade: tuple[float, float] = (0.3, 1.0),
+                 p_defocus: float = 0.0):
         self.rng = np.random.default_rng(seed)
         self.brightfield = bool(brightfield)
         self.scale, self.offset = scale, offset
@@ -40,6 +47,22 @@ class Augmenter:
         self.blur, self.p_blur = blur, p_blur
         self.noise, self.p_noise = noise, p_noise
         self.zoom, self.p_zoom = zoom, p_zoom
+        self.defocus, self.fade, self.p_defocus = defocus, fade, p_defocus
+
+    def _defocus(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """``x`` with some of the organoids of ``y`` out of focus (see the class)."""
+        labels = np.unique(y)
+        labels = labels[labels > 0]
+        chosen = labels[self.rng.random(len(labels)) < self.p_defocus]
+        if not len(chosen):
+            return x
+        sigma = float(self.rng.uniform(*self.defocus))
+        fade = np.float32(self.rng.uniform(*self.fade))
+        background = np.float32(np.median(x[y == 0]) if (y == 0).any() else np.median(x))
+        target = background + (ndimage.gaussian_filter(x, sigma) - background) * fade
+        mask = ndimage.gaussian_filter(np.isin(y, chosen).astype(np.float32), sigma)
+        mask = np.minimum(mask * 2.0, 1.0)  # 1 inside the organoid, fading out beyond its outline
+        return x + (target - x) * mask
 
     def _zoom(self, x: np.ndarray, y: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
         shape = x.shape
@@ -78,6 +101,8 @@ class Augmenter:
             if rng.random() < self.p_zoom:
                 factor = float(np.exp(rng.uniform(np.log(self.zoom[0]), np.log(self.zoom[1]))))
                 x, y = self._zoom(np.ascontiguousarray(x), np.ascontiguousarray(y), factor)
+            if self.p_defocus > 0:
+                x = self._defocus(np.ascontiguousarray(x), np.ascontiguousarray(y))
             g = np.float32(rng.uniform(*self.gamma))
             # on the non-negative part only: values above 1 (bright cysts) keep their order
             x = np.power(np.maximum(x, 0.0), g) + np.minimum(x, 0.0)

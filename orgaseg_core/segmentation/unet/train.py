@@ -83,6 +83,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_LEARNING_RATE = 2e-3
 WARMUP_STEPS = 20
 BOUNDARY_WIDTH = 2
+#: probability that each organoid of a training patch is shown out of focus (:class:`..augment.Augmenter`)
+DEFOCUS_PROBABILITY = 0.0
 #: the typical (median) organoid stays at least this many px across when the data is shrunk
 MEDIAN_DIAMETER = 16.0
 #: never shrink the data more than this automatically
@@ -193,7 +195,7 @@ class PatchSampler:
         areas = np.array([g.size for g in images], np.float64)
         self.p = areas / areas.sum()
         self.rng = np.random.default_rng(seed)
-        self.augmenter = Augmenter(seed, zoom=(0.7, 1.4)) if augment else None
+        self.augmenter = Augmenter(seed, zoom=(0.7, 1.4), p_defocus=DEFOCUS_PROBABILITY) if augment else None
 
     def __call__(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
