@@ -76,7 +76,9 @@ def test_a_dead_process_fails_its_request_and_is_replaced(tmp_path):
     with pytest.raises(StepProcessError, match="demo-data was stopped before it finished"):
         server.run(_demo(tmp_path / "x"), tmp_path / "x")
     _, reply1 = run_warm_step("demo-data", _demo(tmp_path / "a"), model=tmp_path, out=tmp_path / "a")
-    os.kill(reply1["pid"], signal.SIGKILL)  # dies while idle: the next request gets a new process
+    # dies while idle: the next request gets a new process (a process being killed can still look
+    # alive for a moment; the request, never begun, then runs again on a new one)
+    os.kill(reply1["pid"], signal.SIGKILL)
     assert _gone(reply1["pid"])
     again, reply2 = run_warm_step("demo-data", _demo(tmp_path / "b"), model=tmp_path, out=tmp_path / "b")
     assert again.returncode == 0 and reply2["pid"] != reply1["pid"] and reply2["request"] == 1

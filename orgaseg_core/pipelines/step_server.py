@@ -17,8 +17,9 @@ within a second of its parent's death (a killed Dask worker leaves nothing runni
 The client side (:func:`run_warm_step`) keeps idle servers per (step, model, environment) in
 this process, starts one when none is idle (two chunks at once in one worker get two), and
 hands back a :class:`~.processes.StepProcess` just as :func:`~.processes.run_step_process` does.
-A server that died is replaced at the next request; one that died during a request makes that
-request fail like a killed step process.
+A server that died is replaced at the next request (also when it died just before it, without
+having begun the request); one that died during a request makes that request fail like a killed
+step process.
 """
 
 from __future__ import annotations
@@ -196,10 +197,23 @@ def run_warm_step(step: str, options: Sequence[Any], *, model: Any, out: Path | 
             del _idle[k]
     for old in others:
         old.close()
+    reused = server is not None
     if server is None:
         server = StepServer(step, env)
     try:
-        ended = server.run(options, out)
+        try:
+            ended = server.run(options, out)
+        except StepProcessError:
+            # An idle process can die between its last request and this one (killed, out of
+            # memory) and still look alive for a moment. If it never began this request (its
+            # output folder was never made), the request runs again on a new process.
+            if not (reused and out is not None and not Path(out).exists() and not server.alive()):
+                raise
+            log.warning("%s: the warm step process %d had ended before this request; starting a new one",
+                        step, server.process.pid)
+            server.close(timeout=5)
+            server = StepServer(step, env)
+            ended = server.run(options, out)
     except BaseException:
         server.close(timeout=5)
         raise
