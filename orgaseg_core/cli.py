@@ -430,7 +430,7 @@ def analyze_cmd(
     seed: int = typer.Option(0, help="Random seed of the bootstrap intervals and permutation tests."),
     workers: str = typer.Option("auto", help="Dask worker processes of the local cluster (default 'auto': one per 2 CPU cores); with --scheduler, only sizes the chunks."),
     scheduler: Optional[str] = typer.Option(None, help="Address of a running Dask scheduler (tcp://host:8786) whose workers run the chunks (they must see the same files under the same paths); default: a local cluster."),
-    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Images per task; a worker loads its models once per chunk (default: the images shared out over the workers, at most 64)."),
+    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Images per task (default: the images shared out over the workers, at most 64); a worker keeps its step processes and models loaded from chunk to chunk."),
     threads_per_worker: Optional[int] = typer.Option(None, "--threads-per-worker", min=1, help="Threads of each chunk's steps (default: the CPU cores shared out over the local workers)."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP + " A rerun of the same command without it resumes an interrupted analysis."),
 ) -> None:

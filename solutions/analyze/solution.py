@@ -245,8 +245,8 @@ setup(
                         "run the chunks instead of a local cluster; they must see the same files "
                         "under the same paths. Leave empty for a local cluster."},
         {"name": "chunk_size", "type": "integer", "default": 0,
-         "description": "Images per task; a worker loads its models once per chunk (0: the "
-                        "images shared out over the workers, at most 64)."},
+         "description": "Images per task (0: the images shared out over the workers, at most "
+                        "64); a worker keeps its step processes and models loaded from chunk to chunk."},
         {"name": "threads_per_worker", "type": "integer", "default": 0,
          "description": "Threads of each chunk's steps (0: the CPU cores shared out over the "
                         "local workers)."},
