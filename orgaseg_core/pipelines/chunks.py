@@ -3,8 +3,9 @@
 :func:`run_chunk` is the task. The worker process itself imports neither TensorFlow nor torch:
 the chunk's segmentation runs in one child process (``orgaseg segment``: TensorFlow) and its
 classification in another (``orgaseg classify``: torch), warm processes that the worker keeps
-for its next chunks, their models loaded (:mod:`.step_server`), so the two frameworks never meet in one process on any kind of cluster,
-without special worker pools. Cutting out and measuring runs in the worker (numpy only).
+for its next chunks, their models loaded (:mod:`.step_server`), so the two frameworks never
+meet in one process on any kind of cluster, without special worker pools. Cutting out and
+measuring runs in the worker (numpy only).
 
 Each attempt works in its own folder ``out/chunks/<index>-<token>/`` (links to the chunk's
 images, the steps' outputs), so a retry after a lost worker never meets the files of the

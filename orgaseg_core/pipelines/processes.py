@@ -83,10 +83,14 @@ def run_step_process(step: str, options: Sequence[Any], *, out: Path | None = No
     if process.returncode in INTERRUPTED_STATUSES or process.returncode < 0:
         # The child alone was stopped (a killed worker, an operator's kill): its results are
         # incomplete, so the pipeline must not go on as if it had finished.
-        raise StepProcessError(f"{step} was stopped before it finished (exit status "
-                               f"{process.returncode}); its output"
-                               + (f" in {out}" if out is not None else "") + " is incomplete")
+        raise stopped_error(step, f"exit status {process.returncode}", out)
     return StepProcess(step, process.returncode, read_run_record(out), error_lines(tail))
+
+
+def stopped_error(step: str, how: str, out: Path | None) -> StepProcessError:
+    """The error of a step stopped before it finished (``how``: its exit status, in words)."""
+    return StepProcessError(f"{step} was stopped before it finished ({how}); its output"
+                            + (f" in {out}" if out is not None else "") + " is incomplete")
 
 
 def read_run_record(out: Path | None) -> dict[str, Any]:

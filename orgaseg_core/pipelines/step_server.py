@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .processes import (_TAIL_BYTES, INTERRUPTED_STATUSES, StepProcess, StepProcessError, _echo_stderr, _stop_child,
-                        error_lines, read_run_record)
+                        error_lines, read_run_record, stopped_error)
 
 log = logging.getLogger(__name__)
 
@@ -153,14 +153,10 @@ class StepServer:
             _stop_child(self.process, getattr(exc, "signum", signal.SIGTERM))
             raise
         if reply is None:  # the server ended during the request (killed, crashed)
-            status = self.process.wait()
-            raise StepProcessError(f"{self.step} was stopped before it finished (its process ended "
-                                   f"with status {status}); its output"
-                                   + (f" in {out}" if out is not None else "") + " is incomplete")
+            raise stopped_error(self.step, f"its process ended with status {self.process.wait()}", out)
         status = int(reply["returncode"])
         if status in INTERRUPTED_STATUSES:
-            raise StepProcessError(f"{self.step} was stopped before it finished (exit status {status}); "
-                                   "its output" + (f" in {out}" if out is not None else "") + " is incomplete")
+            raise stopped_error(self.step, f"exit status {status}", out)
         return StepProcess(self.step, status, read_run_record(out), error_lines(tail)), reply
 
     def close(self, timeout: float = 30.0) -> None:
@@ -192,9 +188,7 @@ def run_warm_step(step: str, options: Sequence[Any], *, model: Any, out: Path | 
             if candidate.alive():
                 server = candidate
         # servers of the same step for another model are not needed again soon: end them
-        others = [s for k, servers in _idle.items() if k[0] == step and k != key for s in servers]
-        for k in [k for k in _idle if k[0] == step and k != key]:
-            del _idle[k]
+        others = [old for k in [k for k in _idle if k[0] == step and k != key] for old in _idle.pop(k)]
     for old in others:
         old.close()
     reused = server is not None
