@@ -21,6 +21,13 @@ model and writes an outline overlay per image into ``WORK/unannotated/<folder>/o
         --tiles 1x1 -- --preset real --max-minutes 8
     python benchmarks/bench_real_segmentation.py --work /tmp/real --name forest --scale 1 \\
         --tiles 1x1 --unannotated -- --backend forest
+    python benchmarks/bench_real_segmentation.py --work /tmp/real --name unet14 --scale 1 \\
+        --tiles 2x2 --split-groups tiles --no-pyramid-table -- --backend unet --preset real \\
+        --max-minutes 10
+
+``--split-groups tiles`` validates on one tile of each of the four training images (split
+``--groups tiles``) instead of one whole image, so the choices made on validation (outline
+setting, pyramid, test-time views) see every kind of organoid in the training data.
 
 Each held-out image is segmented with every outline refinement (none, probability, edges);
 the main table uses the one the model chose on its validation image, a second table compares
@@ -74,9 +81,12 @@ def goat_images() -> dict[str, tuple[Path, Path]]:
 
 
 def fold_data(work: Path, held: str, images: dict[str, tuple[Path, Path]], *, scale: float,
-              tiles: str) -> Path:
-    """The training split of one fold (made once in ``work``, then reused)."""
-    split = work / f"data-s{scale:g}-t{tiles}" / f"without-{held}" / "split"
+              tiles: str, groups: str = "images") -> Path:
+    """The training split of one fold (made once in ``work``, then reused). ``groups`` is
+    split's ``--groups``: 'images' validates on one whole training image, 'tiles' on tiles of
+    every training image."""
+    split = (work / f"data-s{scale:g}-t{tiles}{'' if groups == 'images' else '-g' + groups}"
+             / f"without-{held}" / "split")
     if (split / "run.json").is_file():
         return split
     source = split.parent / "source"
@@ -90,9 +100,10 @@ def fold_data(work: Path, held: str, images: dict[str, tuple[Path, Path]], *, sc
             shutil.copy2(labels, source / "masks" / f"{stem}.tif")
     run_step("preprocess", "--images", source / "images", "--masks", source / "masks",
              "--out", split.parent / "pre", "--scale", scale, "--tiles", tiles, "--overwrite")
-    # one of the four source images (all its tiles) for validation
+    # one of the four source images (all its tiles) for validation, or with --groups tiles a
+    # quarter of the tiles of each
     run_step("split", "--data", split.parent / "pre", "--out", split, "--mode", "segmentation",
-             "--train", 0.75, "--val", 0.25, "--test", 0.0, "--seed", 0, "--overwrite")
+             "--train", 0.75, "--val", 0.25, "--test", 0.0, "--seed", 0, "--groups", groups, "--overwrite")
     return split
 
 
@@ -160,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="name of this configuration's models in --work")
     parser.add_argument("--scale", type=float, default=0.5, help="preprocess --scale of the training images")
     parser.add_argument("--tiles", default="2x2", help="preprocess --tiles of the training images")
+    parser.add_argument("--split-groups", choices=("images", "tiles"), default="images",
+                        help="split --groups of the four training images: 'images' validates on one "
+                             "whole image, 'tiles' on a quarter of the tiles of each (use with --tiles 2x2)")
     parser.add_argument("--folds", default="all", help="held-out image ids, comma-separated (default: all)")
     parser.add_argument("--unannotated", action="store_true",
                         help="also segment realdata/unannotated with the first fold's model")
@@ -186,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     by_views: dict[str, list] = {}
     first_model = None
     for held in folds:
-        split = fold_data(args.work, held, images, scale=args.scale, tiles=args.tiles)
+        split = fold_data(args.work, held, images, scale=args.scale, tiles=args.tiles, groups=args.split_groups)
         model = args.work / args.name / f"model-without-{held}"
         first_model = first_model or model
         t0 = time.perf_counter()
@@ -244,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                  "run_min": sum(r["run_min"] for r in rows)})
     table = pd.DataFrame(rows)
     print(f"\nGOAT leave-one-image-out, {args.name}: preprocess --scale {args.scale:g} --tiles "
-          f"{args.tiles}; train-segmentation {' '.join(args.train_args) or '(defaults)'}")
+          f"{args.tiles}; split --groups {args.split_groups}; train-segmentation {' '.join(args.train_args) or '(defaults)'}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     compare = [{"outlines": method, **scores(truths, found)} for method, found in by_method.items()]
     print("\nevery outline refinement, pooled over the held-out images:")

@@ -165,11 +165,12 @@ def split_cmd(
     val: float = typer.Option(0.15, help="Fraction of source images for validation."),
     test: float = typer.Option(0.15, help="Fraction of source images for the final test."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same split."),
+    groups: str = typer.Option("images", help="What stays together: 'images' (all tiles of a source image in one split, no shared pixels) or 'tiles' (segmentation: each image's tiles shared out over the splits, so that validation sees every image when there are only a few; validation figures are then optimistic)."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Split data into train/val/test, seeded, stratified by class, without leakage between splits."""
     result = steps.split(data, out, mode=mode, train=train, val=val, test=test, seed=seed,
-                         overwrite=overwrite)
+                         groups=groups, overwrite=overwrite)
     typer.echo(result.summary())
 
 

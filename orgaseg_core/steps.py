@@ -157,19 +157,21 @@ def preprocess(images: PathLike, out: PathLike, *, masks: PathLike | None = None
 
 
 def split(data: PathLike, out: PathLike, *, mode: str, train: float = 0.7, val: float = 0.15,
-          test: float = 0.15, seed: int = 0, overwrite: bool = False):
+          test: float = 0.15, seed: int = 0, groups: str = "images", overwrite: bool = False):
     """Split data into train/val/test: seeded, stratified by class, no leakage between splits.
 
     ``mode="segmentation"``: ``data/images/`` + ``data/masks/`` -> ``out/{train,val,test}/
     {images,masks}/`` (the StarDist layout); ``mode="classification"``: one folder per class ->
     ``out/{train,val,test}/<Class>/`` (the torchvision ImageFolder layout). Tiles and crops of
     one source image stay in one split. ``train``/``val``/``test`` are fractions of the source
-    images (summing to 1). Writes ``out/split.csv``. Returns a ``SplitResult``.
+    images (summing to 1). ``groups="tiles"`` (segmentation) shares each source image's tiles out
+    over the splits instead, for a few large images (validation then optimistic). Writes
+    ``out/split.csv``. Returns a ``SplitResult``.
     """
     from .data.split import split_dataset
 
     return split_dataset(Path(data), Path(out), mode=mode, train=train, val=val, test=test,
-                         seed=seed, overwrite=overwrite)
+                         seed=seed, groups=groups, overwrite=overwrite)
 
 
 # ------------------------------------------------------------------------------ segmentation

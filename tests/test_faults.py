@@ -247,9 +247,11 @@ def test_preprocess_skips_bad_images_reports_them_and_goes_on(tmp_path):
      "--val", "0.1", "--test", "0.1"],
     ["split", "--data", "{tmp}", "--out", "{tmp}/o", "--mode", "segmentation", "--train", "nan"],
     ["split", "--data", "{tmp}", "--out", "{tmp}/o", "--mode", "segmentation", "--seed", "-5"],
+    ["split", "--data", "{tmp}", "--out", "{tmp}/o", "--mode", "classification", "--groups", "tiles"],
     ["segment", "--model", "{tmp}", "--images", "{tmp}", "--out", "{tmp}/o", "--prob-thresh", "5"],
     ["classify", "--model", "{tmp}", "--objects", "{tmp}", "--out", "{tmp}/o", "--device", "tpu"],
-], ids=["tiles-0x2", "ratios-sum", "ratio-nan", "seed-negative", "prob-thresh-5", "device-tpu"])
+], ids=["tiles-0x2", "ratios-sum", "ratio-nan", "seed-negative", "groups-tiles-classification",
+     "prob-thresh-5", "device-tpu"])
 def test_out_of_range_option_values_are_usage_errors(tmp_path, args):
     """Exit status 2 and one 'error:' line, like a value of the wrong type; checked before any
     input is read (the folders here do not hold what the steps need)."""

@@ -157,6 +157,52 @@ def test_seed_determinism(tmp_path):
     assert not read_split(tmp_path / "a").split.equals(read_split(tmp_path / "c").split)
 
 
+def test_tiles_grouping_shares_every_image_out_over_the_splits(tmp_path, unchanged):
+    """--groups tiles: 4 images of 4 tiles at 0.75 / 0.25 -> one tile of every image for
+    validation and three for training (validation sees every image), each tile whole in one
+    split, the group column still the source image, the warning that says validation is
+    optimistic."""
+    data = make_segmentation_data(tmp_path / "data", n_sources=4, tiles=4)
+    check = unchanged(data)
+    out = tmp_path / "out"
+    result = split_dataset(data, out, mode="segmentation", train=0.75, val=0.25, test=0.0, seed=2,
+                           groups="tiles")
+    check()
+    table = read_split(out)
+    assert len(table) == 16 and table.file.is_unique
+    assert set(table.group) == {f"plate{s:02d}" for s in range(4)}
+    per_source = table.groupby("group").split.value_counts().unstack(fill_value=0)
+    assert (per_source["val"] == 1).all() and (per_source["train"] == 3).all()
+    assert result.counts == {"train": 12, "val": 4}
+    assert result.group_counts == {"train": 4, "val": 4} and result.n_sources == 4
+    for row in table.itertuples():
+        for rel in (row.file, row.mask):
+            assert (out / row.split / rel).read_bytes() == (data / rel).read_bytes()
+    assert any("optimistic" in w for w in result.warnings)
+    assert "tiles shared out" in result.summary() and "from 4 source images" in result.summary()
+    record = json.loads((out / "run.json").read_text())
+    assert record["arguments"]["groups"] == "tiles"
+    # the same seed gives the same tiles; the default keeps whole images together
+    split_dataset(data, tmp_path / "again", mode="segmentation", train=0.75, val=0.25, test=0.0, seed=2,
+                  groups="tiles")
+    assert (tmp_path / "again" / "split.csv").read_bytes() == (out / "split.csv").read_bytes()
+    split_dataset(data, tmp_path / "whole", mode="segmentation", train=0.75, val=0.25, test=0.0, seed=2)
+    assert read_split(tmp_path / "whole").groupby("group").split.nunique().max() == 1
+
+
+def test_tiles_grouping_names_images_with_too_few_tiles_and_is_for_segmentation(tmp_path):
+    data = make_segmentation_data(tmp_path / "data", n_sources=3, tiles=1)
+    result = split_dataset(data, tmp_path / "out", mode="segmentation", train=0.5, val=0.25, test=0.25,
+                           groups="tiles")
+    assert any("3 of 3 source images have too few tiles" in w for w in result.warnings)
+    with pytest.raises(OrgasegError, match="--groups must be 'images' or 'tiles', got 'pixels'"):
+        split_dataset(data, tmp_path / "o2", mode="segmentation", groups="pixels")
+    classes = make_classification_data(tmp_path / "classes")
+    with pytest.raises(OrgasegError, match="--groups tiles is for --mode segmentation"):
+        split_dataset(classes, tmp_path / "o3", mode="classification", groups="tiles")
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
 # --------------------------------------------------------------------------- classification
 
 def test_classification_stratified_grouped_imagefolder_layout(tmp_path, unchanged):

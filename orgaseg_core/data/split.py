@@ -12,6 +12,12 @@ split was made from. Two modes:
   Whole groups are assigned so that every class is split close to the ratios.
 
 Both write ``out/split.csv`` (file, group, class or mask, split) and ``out/run.json``.
+
+For segmentation data cut from a few large images, ``groups="tiles"`` shares each source
+image's tiles out over the splits in the ratios instead (each tile whole in one split, every
+source image in every split): with four training images, validation then sees all four kinds
+of organoid instead of one whole image. Its validation figures are optimistic (validation
+tiles border training tiles of the same image), which is why it is not the default.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 MODES = ("segmentation", "classification")
+#: what a split keeps together: whole source images (no shared pixels), or single tiles
+GROUPINGS = ("images", "tiles")
 
 _TILE_SUFFIX = re.compile(r"_r\d+c\d+$")
 # QuPath crop: "<imageName><object type> (<Class>)_<i>"; the class is the LAST parenthesised text.
@@ -64,6 +72,17 @@ def validate_mode(mode: str) -> str:
     value = str(mode).strip().lower()
     if value not in MODES:
         raise OptionError(f"--mode must be 'segmentation' or 'classification', got {mode!r}")
+    return value
+
+
+def validate_groups(groups: str, mode: str) -> str:
+    """'images' or 'tiles' (case and surrounding spaces ignored); 'tiles' only for segmentation."""
+    value = str(groups).strip().lower()
+    if value not in GROUPINGS:
+        raise OptionError(f"--groups must be 'images' or 'tiles', got {groups!r}")
+    if value == "tiles" and mode != "segmentation":
+        raise OptionError("--groups tiles is for --mode segmentation (the crops of a classification "
+                          "split are objects, not tiles; their source images stay whole)")
     return value
 
 
@@ -129,14 +148,17 @@ class SplitResult:
     counts: dict[str, int] = field(default_factory=dict)
     class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     group_counts: dict[str, int] = field(default_factory=dict)
+    groups: str = "images"
     unmatched: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    n_sources: int = 0
 
     def summary(self) -> str:
         n = sum(self.counts.values())
-        n_groups = sum(self.group_counts.values())
-        lines = [f"split ({self.mode}, seed {self.seed}): {n} files from {n_groups} source images "
-                 f"into {self.out}"]
+        n_groups = self.n_sources or sum(self.group_counts.values())
+        kept = ", tiles shared out over the splits" if self.groups == "tiles" else ""
+        lines = [f"split ({self.mode}, seed {self.seed}{kept}): {n} files from {n_groups} source "
+                 f"images into {self.out}"]
         for split in SPLITS:
             if self.ratios.get(split, 0) <= 0:
                 continue
@@ -264,10 +286,33 @@ def _class_warnings(rows: list[dict], ratios: Mapping[str, float], warnings: lis
     return warned
 
 
+def _tile_warnings(rows: list[dict], ratios: Mapping[str, float], warnings: list[str]) -> None:
+    """What a split of single tiles (``groups="tiles"``) means for the figures, and the source
+    images it could not share out (too few tiles for the splits)."""
+    nonzero = [s for s in SPLITS if ratios[s] > 0]
+    by_source: dict[str, set] = defaultdict(set)
+    for r in rows:
+        by_source[r["group"]].add(r["split"])
+    whole = sorted(g for g, splits in by_source.items() if len(splits) < len(nonzero))
+    shared = [s for s in nonzero if s != "train"]
+    msg = (f"--groups tiles: the tiles of each source image are shared out over the splits, so the "
+           f"{' and '.join(shared) or 'split'} tiles border training tiles of the same image and "
+           "their figures are optimistic")
+    warnings.append(msg)
+    log.warning(msg)
+    if whole:
+        msg = (f"--groups tiles: {len(whole)} of {len(by_source)} source images have too few tiles to "
+               f"be in every split ({', '.join(whole[:5])}{', ...' if len(whole) > 5 else ''}); "
+               "preprocess --tiles cuts more")
+        warnings.append(msg)
+        log.warning(msg)
+
+
 # --------------------------------------------------------------------------- the step
 
 def split_dataset(data: Path, out: Path, *, mode: str, train: float = 0.7, val: float = 0.15,
-                  test: float = 0.15, seed: int = 0, overwrite: bool = False) -> SplitResult:
+                  test: float = 0.15, seed: int = 0, groups: str = "images",
+                  overwrite: bool = False) -> SplitResult:
     """Copy ``data`` into ``out/train``, ``out/val``, ``out/test`` without leakage.
 
     ``mode`` 'segmentation' reads ``data/images`` + ``data/masks`` (paired by stem) and writes
@@ -276,11 +321,18 @@ def split_dataset(data: Path, out: Path, *, mode: str, train: float = 0.7, val: 
     ``test`` are of files (each in [0, 1], summing to 1); all files of one source image go to
     the same split; classification is stratified per class. A split with fraction 0 gets no
     folder. Same ``seed`` -> same split. Writes ``out/split.csv`` and ``out/run.json``.
+
+    ``groups="tiles"`` (segmentation only): each tile is assigned on its own, stratified by
+    source image, so every source image's tiles are shared out over the splits in the ratios
+    (4 tiles and ``val=0.25``: one tile of every image for validation). For a few large images
+    that each show another kind of organoid; validation tiles border training tiles of the same
+    image, so the validation figures are optimistic (logged as a warning).
     """
     data, out = Path(data), Path(out)
     mode = validate_mode(mode)
     seed = check_seed(seed)
     ratios = validate_ratios(train, val, test)
+    groups = validate_groups(groups, mode)
     warnings: list[str] = []
     unmatched: list[str] = []
     warned: set[str] = set()
@@ -291,17 +343,27 @@ def split_dataset(data: Path, out: Path, *, mode: str, train: float = 0.7, val: 
         warned = _class_warnings(rows, ratios, warnings, data)
 
     group_counts: dict[str, Counter] = defaultdict(Counter)
-    for r in rows:
-        group_counts[r["group"]][r["class"]] += 1
-    assignment = assign_groups(group_counts, ratios, seed)
-    for r in rows:
-        r["split"] = assignment[r["group"]]
+    if groups == "tiles":
+        # every tile is a unit of its own and its source image plays the part of a class, so that
+        # the stratified assignment shares each image's tiles out over the splits in the ratios
+        for r in rows:
+            group_counts[r["file"]][r["group"]] += 1
+        assignment = assign_groups(group_counts, ratios, seed)
+        for r in rows:
+            r["split"] = assignment[r["file"]]
+        _tile_warnings(rows, ratios, warnings)
+    else:
+        for r in rows:
+            group_counts[r["group"]][r["class"]] += 1
+        assignment = assign_groups(group_counts, ratios, seed)
+        for r in rows:
+            r["split"] = assignment[r["group"]]
 
     arguments = {"data": data, "out": out, "mode": mode, "train": ratios["train"], "val": ratios["val"],
-                 "test": ratios["test"], "seed": seed, "overwrite": overwrite}
+                 "test": ratios["test"], "seed": seed, "groups": groups, "overwrite": overwrite}
     with step_run("split", out, arguments, overwrite=overwrite, inputs=[data]) as record:
         result = SplitResult(out=out, mode=mode, seed=seed, ratios=ratios, unmatched=unmatched,
-                             warnings=warnings)
+                             warnings=warnings, groups=groups, n_sources=len({r["group"] for r in rows}))
         for r in tqdm(rows, desc="split", unit="image", disable=None):
             if mode == "segmentation":
                 copy_file(data / r["file"], out / r["split"] / r["file"])
@@ -312,12 +374,13 @@ def split_dataset(data: Path, out: Path, *, mode: str, train: float = 0.7, val: 
         nonzero = [s for s in SPLITS if ratios[s] > 0]
         per_split = Counter(r["split"] for r in rows)
         per_split_class = Counter((r["split"], r["class"]) for r in rows)
-        groups_per_split = Counter(assignment.values())
+        sources_per_split = {s: len({r["group"] for r in rows if r["split"] == s}) for s in nonzero}
         result.counts = {s: per_split[s] for s in nonzero}
-        result.group_counts = {s: groups_per_split[s] for s in nonzero}
+        result.group_counts = sources_per_split
         for s in nonzero:
             if result.counts[s] == 0:
-                msg = (f"split {s!r} is empty: {len(assignment)} source images are too few for the "
+                units = "tiles" if groups == "tiles" else "source images"
+                msg = (f"split {s!r} is empty: {len(assignment)} {units} are too few for the "
                        f"fractions train={ratios['train']}, val={ratios['val']}, test={ratios['test']}")
                 warnings.append(msg)
                 log.warning(msg)
@@ -343,5 +406,5 @@ def split_dataset(data: Path, out: Path, *, mode: str, train: float = 0.7, val: 
                               class_counts=result.class_counts, unmatched=unmatched,
                               warnings=warnings)
         log.info("read %d files (%d source images) from %s; copied them into %s",
-                 len(rows), len(assignment), data, ", ".join(str(out / s) for s in nonzero))
+                 len(rows), result.n_sources, data, ", ".join(str(out / s) for s in nonzero))
     return result
