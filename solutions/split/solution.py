@@ -13,7 +13,8 @@ def run():
 
     args = get_args()
     run_step(lambda: steps.split(args.data, args.out, mode=args.mode, train=args.train, val=args.val,
-                                 test=args.test, seed=args.seed, overwrite=args.overwrite))
+                                 test=args.test, seed=args.seed, groups=args.groups,
+                                 overwrite=args.overwrite))
 
 
 def pre_test():
@@ -60,7 +61,7 @@ def test():
 setup(
     group="orgaseg",
     name="split",
-    version="0.10.0",
+    version="0.11.0",
     album_api_version="0.7.3",
     title="Split data into training, validation and test sets",
     description=(
@@ -74,7 +75,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.10.0 (the source "
+                 "classification for brightfield microscopy, version 0.11.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-Convex "
                  "Polygons. MICCAI 2018.",
@@ -108,6 +109,12 @@ setup(
         {"name": "seed", "type": "integer", "default": 0,
          "description": "Random seed (a whole number). The same seed and data give the same "
                         "split."},
+        {"name": "groups", "type": "string", "default": "images",
+         "description": "What stays together: 'images' (all tiles of one source image in one "
+                        "set, so no set sees pixels of another's images) or 'tiles' "
+                        "(segmentation only: the tiles of every image shared out over the sets, "
+                        "for a few large images that each show other organoids, so that "
+                        "validation sees all of them; its figures are then optimistic)."},
         {"name": "overwrite", "type": "boolean", "default": False,
          "description": "Allow writing into an output folder that already holds files "
                         "(True/False); files of the same name are replaced. False protects "
