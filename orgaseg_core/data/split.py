@@ -342,22 +342,18 @@ def split_dataset(data: Path, out: Path, *, mode: str, train: float = 0.7, val: 
         rows = _classification_items(data, warnings)
         warned = _class_warnings(rows, ratios, warnings, data)
 
+    # the units assigned whole and what the assignment stratifies by: source images by class, or
+    # with groups="tiles" every tile on its own with its source image in the part of a class, so
+    # that each image's tiles are shared out over the splits in the ratios
+    unit, stratum = ("file", "group") if groups == "tiles" else ("group", "class")
     group_counts: dict[str, Counter] = defaultdict(Counter)
+    for r in rows:
+        group_counts[r[unit]][r[stratum]] += 1
+    assignment = assign_groups(group_counts, ratios, seed)
+    for r in rows:
+        r["split"] = assignment[r[unit]]
     if groups == "tiles":
-        # every tile is a unit of its own and its source image plays the part of a class, so that
-        # the stratified assignment shares each image's tiles out over the splits in the ratios
-        for r in rows:
-            group_counts[r["file"]][r["group"]] += 1
-        assignment = assign_groups(group_counts, ratios, seed)
-        for r in rows:
-            r["split"] = assignment[r["file"]]
         _tile_warnings(rows, ratios, warnings)
-    else:
-        for r in rows:
-            group_counts[r["group"]][r["class"]] += 1
-        assignment = assign_groups(group_counts, ratios, seed)
-        for r in rows:
-            r["split"] = assignment[r["group"]]
 
     arguments = {"data": data, "out": out, "mode": mode, "train": ratios["train"], "val": ratios["val"],
                  "test": ratios["test"], "seed": seed, "groups": groups, "overwrite": overwrite}
