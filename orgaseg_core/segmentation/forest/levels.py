@@ -46,7 +46,7 @@ def labels_at_levels(grey: np.ndarray, base: float, levels: Sequence[float],
     found = []
     for index, m in enumerate(levels):
         level_input = first if (index == 0 and first is not None) else network_input(grey, base * m, percentiles)
-        level_labels, level_confidence = regions_from_probabilities(probabilities(level_input), regions)
+        level_labels, level_confidence = regions_from_probabilities(probabilities(level_input), regions.at_level(m))
         found.append(LevelObjects(labels=upscale_labels(level_labels, shape),
                                   probabilities=np.asarray(level_confidence, dtype=np.float64),
                                   diameters=equivalent_diameters(level_labels, len(level_confidence))))

@@ -5,6 +5,15 @@ region is enclosed by boundary; a region becomes an organoid when its mean foreg
 probability (interior + boundary) is above ``min_foreground`` and it has at least ``min_area``
 px. The background is a region too, but its foreground probability is low.
 
+Not always: where the training images have faint, out-of-focus organoids annotated, the network
+gives the background between organoids a foreground probability of 0.5-0.6, and the watershed
+floods it as one region that passes ``min_foreground`` (GOAT image 291, held out: one "organoid"
+of 1.5 million px, half the image, with ten organoids inside it). Two checks drop it
+(:func:`background_regions`): a region that encloses two or more of the other organoids is the
+background seen between them (an organoid does not surround others; one hole is allowed, e.g.
+a lumen segmented on its own), and a region larger than ``max_area`` (set in training from the
+largest training organoid, :data:`MAX_AREA_FACTOR`) is not an organoid.
+
 The basins (watershed markers) are either the connected pixels below ``boundary_threshold``
 (``h_minima`` 0, the pixel forest's default) or the minima at least ``h_minima`` deep
 (:func:`skimage.morphology.h_minima`): a global threshold merges an organoid with the
@@ -17,12 +26,18 @@ reconstruction).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
 
 from .features import BOUNDARY, INTERIOR
+
+#: ``max_area`` is this many times the area of the largest training organoid: organoids larger
+#: than any in training (grown for days longer, 2x across) are still kept
+MAX_AREA_FACTOR = 4.0
+#: a region enclosing this many kept regions (or more) is background, not an organoid
+MIN_ENCLOSED = 2
 
 
 @dataclass(frozen=True)
@@ -34,26 +49,36 @@ class RegionParams:
     min_foreground: float = 0.5
     min_area: float = 10.0
     h_minima: float = 0.0
+    #: regions larger than this (px at the model's scale) are not organoids; 0 = no limit
+    max_area: float = 0.0
 
     def __post_init__(self):
-        values = (self.boundary_threshold, self.smoothing, self.min_foreground, self.min_area, self.h_minima)
+        values = (self.boundary_threshold, self.smoothing, self.min_foreground, self.min_area, self.h_minima,
+                  self.max_area)
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
             raise ValueError(f"region parameters must be finite numbers, got {values}")
         if not (0 <= self.boundary_threshold <= 1 and 0 <= self.min_foreground <= 1
-                and self.smoothing >= 0 and self.min_area >= 0 and 0 <= self.h_minima < 1):
+                and self.smoothing >= 0 and self.min_area >= 0 and 0 <= self.h_minima < 1
+                and self.max_area >= 0):
             raise ValueError("boundary_threshold and min_foreground must be within 0-1, h_minima within "
-                             f"0-1 (exclusive), smoothing and min_area 0 or more, got {values}")
+                             f"0-1 (exclusive), smoothing, min_area and max_area 0 or more, got {values}")
 
     @classmethod
     def from_dict(cls, values: dict) -> "RegionParams":
-        """From :meth:`as_dict` (``h_minima`` may be missing: folders of orgaseg 0.5-0.7)."""
+        """From :meth:`as_dict` (``h_minima`` may be missing: folders of orgaseg 0.5-0.7;
+        ``max_area`` too: folders before 0.12, no limit)."""
         return cls(**{k: values[k] for k in ("boundary_threshold", "smoothing", "min_foreground", "min_area")},
-                   h_minima=values.get("h_minima", 0.0))
+                   h_minima=values.get("h_minima", 0.0), max_area=values.get("max_area", 0.0))
 
     def as_dict(self) -> dict:
         return {"boundary_threshold": self.boundary_threshold, "smoothing": self.smoothing,
                 "min_foreground": self.min_foreground, "min_area": self.min_area,
-                "h_minima": self.h_minima}
+                "h_minima": self.h_minima, "max_area": self.max_area}
+
+    def at_level(self, m: float) -> "RegionParams":
+        """These parameters for the image enlarged ``m`` times (a pyramid level): ``max_area``
+        grows with it (px); ``min_area`` stays (the smallest object a level may add)."""
+        return replace(self, max_area=self.max_area * m * m) if self.max_area and m != 1 else self
 
     def describe(self) -> str:
         basins = (f"basins {self.h_minima:g} deep" if self.h_minima > 0
@@ -87,6 +112,45 @@ def regions_from_probabilities(prob: np.ndarray, params: RegionParams) -> tuple[
     mean_fg = np.bincount(flat, weights=foreground.ravel(), minlength=n + 1) / np.maximum(area, 1)
     keep = (mean_fg > params.min_foreground) & (area >= params.min_area)
     keep[0] = False
+    keep &= ~background_regions(regions, keep, area, params.max_area)
     new_ids = np.zeros(n + 1, np.int32)
     new_ids[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     return new_ids[regions], mean_fg[keep]
+
+
+def max_object_area(diameters: np.ndarray, factor: float = 1.0) -> float:
+    """``max_area`` (px at the model's scale) for training organoids of these equivalent
+    ``diameters`` (px of the data) and a model working at ``factor`` times the data's scale:
+    :data:`MAX_AREA_FACTOR` times the largest one's area. 0 (no limit) without organoids."""
+    d = np.asarray(diameters, dtype=np.float64)
+    if d.size == 0:
+        return 0.0
+    return round(float(MAX_AREA_FACTOR * math.pi / 4 * (d.max() * factor) ** 2), 1)
+
+
+def background_regions(regions: np.ndarray, keep: np.ndarray, area: np.ndarray,
+                       max_area: float = 0.0) -> np.ndarray:
+    """Which watershed regions that passed the foreground test are background: larger than
+    ``max_area`` px (0: no limit), or enclosing :data:`MIN_ENCLOSED` or more of the other
+    kept regions (holes of the region filled, the kept regions inside counted).
+
+    regions: (Y, X) ids 0..n; keep: (n + 1,) bool, the regions kept so far; area: (n + 1,)
+    px per region. Returns (n + 1,) bool. Each kept region with a hole is filled once within
+    its bounding box: linear in pixels for organoids that do not overlap.
+    """
+    out = np.zeros(keep.shape, bool)
+    if max_area > 0:
+        out |= keep & (area > max_area)
+    boxes = ndimage.find_objects(regions, max_label=keep.size - 1)
+    for k in np.flatnonzero(keep & ~out):
+        box = boxes[k - 1]
+        if box is None:
+            continue
+        window = regions[box]
+        inside = ndimage.binary_fill_holes(window == k) & (window != k)
+        if not inside.any():
+            continue
+        enclosed = np.unique(window[inside])
+        if int(np.count_nonzero(keep[enclosed])) >= MIN_ENCLOSED:
+            out[k] = True
+    return out

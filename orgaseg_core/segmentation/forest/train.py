@@ -45,7 +45,7 @@ from ..train import (
 )
 from .features import CLASS_NAMES, MIN_SIDE, FeatureSpec, features_at, pixel_targets, sample_pixels
 from .model import FOREST_FILE, FOREST_FORMAT_VERSION, FOREST_KIND, import_sklearn, save_forest
-from .regions import RegionParams, regions_from_probabilities
+from .regions import MAX_AREA_FACTOR, RegionParams, max_object_area, regions_from_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,8 @@ def train_forest(data: Path, model_out: Path, *, resize: float | str | None = "a
     val = load_split(data, "val")
     if train.n_objects == 0:
         raise InputFileError(data / "train" / "masks", "the training masks hold no objects at all")
-    choice = choose_forest_resize(object_diameters(train.masks))
+    train_diameters = object_diameters(train.masks)
+    choice = choose_forest_resize(train_diameters)
     if factor is None:
         factor = choice["factor"]
         choice["chosen"] = "auto"
@@ -226,8 +227,11 @@ def train_forest(data: Path, model_out: Path, *, resize: float | str | None = "a
         probs = [class_probabilities(forest, normalize_image(g, percentiles), spec).astype(np.float16)
                  for g in tqdm(val_images, desc="validation", unit="image", disable=None)]
         tables, scores = {}, {}
+        max_area = max_object_area(train_diameters, factor)
+        log.info("regions over %.0f px at the model's scale are not organoids (%g x the largest training organoid)",
+                 max_area, MAX_AREA_FACTOR)
         for threshold, smoothing in itertools.product(REGION_GRID["boundary_threshold"], REGION_GRID["smoothing"]):
-            params = RegionParams(boundary_threshold=threshold, smoothing=smoothing)
+            params = RegionParams(boundary_threshold=threshold, smoothing=smoothing, max_area=max_area)
             preds = [upscale_labels(regions_from_probabilities(p, params)[0], t.shape) for p, t in zip(probs, truths)]
             key = f"boundary {threshold:g}, smoothing {smoothing:g}"
             tables[key] = (params, segmentation_metrics(truths, preds, thresholds=DEFAULT_THRESHOLDS))

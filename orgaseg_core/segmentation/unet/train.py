@@ -55,7 +55,7 @@ from ..model import DEFAULT_NORM_PERCENTILES, ORGASEG_MODEL_JSON, check_percenti
 from ..predict import upscale_labels
 from ..sizing import object_diameters
 from ..forest.features import CLASS_NAMES, pixel_targets
-from ..forest.regions import RegionParams, regions_from_probabilities
+from ..forest.regions import MAX_AREA_FACTOR, RegionParams, max_object_area, regions_from_probabilities
 from ..train import (
     REPORT_THRESHOLDS,
     _metrics_at,
@@ -443,6 +443,9 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
         tables, scores = {}, {}
         network.eval()
         view_counts = (1, 8) if views_given is None else (views_given,)
+        max_area = max_object_area(train_diameters, factor)
+        log.info("regions over %.0f px at the model's scale are not organoids (%g x the largest training organoid)",
+                 max_area, MAX_AREA_FACTOR)
 
         def predict(small: np.ndarray) -> np.ndarray:  # the network loaded now
             return class_probabilities(loaded, small)
@@ -452,7 +455,7 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
             for n_views in view_counts:
                 probs = [mean_over_views(predict, g, n_views).astype(np.float16) for g in val_small]
                 for h, smoothing, fg in itertools.product(*REGION_GRID.values()):
-                    params = RegionParams(h_minima=h, smoothing=smoothing, min_foreground=fg)
+                    params = RegionParams(h_minima=h, smoothing=smoothing, min_foreground=fg, max_area=max_area)
                     preds = [upscale_labels(regions_from_probabilities(p.astype(np.float32), params)[0], t.shape)
                              for p, t in zip(probs, truths)]
                     key = f"{name}, {n_views} view{'s' if n_views > 1 else ''}: {params.describe()}"
