@@ -434,7 +434,8 @@ class SegmentResult:
                  (f"  model {self.model}: probability threshold {self.thresholds['prob']:.3f}, "
                   f"NMS threshold {self.thresholds['nms']:.2f}" if "prob" in self.thresholds else
                   f"  model {self.model} ({self.kind}): " + ", ".join(
-                      f"{k.replace('_', ' ')} {v:g}" for k, v in self.thresholds.items())),
+                      f"{k.replace('_', ' ')} {v:g}" if v or k != "max_area" else "max area none"
+                      for k, v in self.thresholds.items())),
                  "  per image: <stem>.tif (labels), <stem>.geojson (QuPath detections), "
                  "<stem>_objects.csv"]
         if self.failed:
