@@ -135,8 +135,9 @@ def background_regions(regions: np.ndarray, keep: np.ndarray, area: np.ndarray,
     kept regions (holes of the region filled, the kept regions inside counted).
 
     regions: (Y, X) ids 0..n; keep: (n + 1,) bool, the regions kept so far; area: (n + 1,)
-    px per region. Returns (n + 1,) bool. Each kept region with a hole is filled once within
-    its bounding box: linear in pixels for organoids that do not overlap.
+    px per region. Returns (n + 1,) bool. Each kept region under ``max_area`` is filled once
+    within its bounding box (one :func:`scipy.ndimage.find_objects` pass first): linear in
+    pixels for organoids whose boxes do not overlap much.
     """
     out = np.zeros(keep.shape, bool)
     if max_area > 0:
