@@ -44,6 +44,8 @@ from orgaseg_core.segmentation.unet.train import (  # noqa: E402
     choose_unet_resize,
     class_weights,
     learning_rate_at,
+    seconds_per_step,
+    steps_within,
 )
 
 
@@ -75,6 +77,20 @@ def test_learning_rate_warms_up_then_falls_to_zero():
     assert max(rates) <= 1e-3 and np.argmax(rates) == WARMUP_STEPS - 1
     assert all(a >= b for a, b in zip(rates[WARMUP_STEPS:], rates[WARMUP_STEPS + 1:]))
     assert learning_rate_at(200, 200, 1e-3) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_time_limit_fitted_from_the_epochs_after_the_first():
+    # the first epoch is slow (warm-up): 50 steps in 50 s, then 50 steps in 25 s each
+    assert seconds_per_step([(50, 50.0)]) == pytest.approx(1.0)
+    times = [(50, 50.0), (50, 25.0), (50, 25.0)]
+    assert seconds_per_step(times) == pytest.approx(0.5)
+    # 150 steps in 100 s of a 300 s limit: 200 s left hold 400 more steps at 0.5 s
+    assert steps_within(300, 100, 150, times, cap=10_000) == 550
+    # the first epoch's speed alone would have stopped far earlier
+    assert steps_within(300, 50, 50, times[:1], cap=10_000) == 300
+    # never more than the preset's steps; the time up: stop where we are
+    assert steps_within(300, 100, 150, times, cap=400) == 400
+    assert steps_within(300, 301, 150, times, cap=10_000) == 150
 
 
 def test_class_weights_favour_the_rare_boundary():

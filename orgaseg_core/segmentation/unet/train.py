@@ -11,9 +11,10 @@
    class-weighted cross-entropy (weights ``1/sqrt(frequency)``: the thin boundary class is
    rare). AdamW; the learning rate rises linearly over the first :data:`WARMUP_STEPS` steps,
    then falls along a cosine to 0 at the last step. The budget is ``epochs`` x
-   ``steps_per_epoch``; with ``max_minutes`` the number of steps is cut after the first epoch
-   to what fits in the time (the cosine follows), and ``early_stopping`` stops after so many
-   epochs without a lower validation loss.
+   ``steps_per_epoch``; with ``max_minutes`` the number of steps is fitted after every epoch
+   to what fits in the time left at the speed of the epochs after the first (the cosine
+   follows), and ``early_stopping`` stops after so many epochs without a lower validation
+   loss.
 3. After each epoch the validation loss (whole validation images); the network of the lowest
    validation loss and the last one are kept.
 4. On the validation images, for both networks and for the class probabilities of 1 and of 8
@@ -221,6 +222,25 @@ def learning_rate_at(step: int, total: int, peak: float) -> float:
     return peak * warm * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def seconds_per_step(epoch_times: list[tuple[int, float]]) -> float:
+    """Seconds per training step (validation included) from ``(steps, seconds)`` per epoch: over
+    the epochs after the first once there are any (the first is slower while memory and caches
+    warm up), else the first."""
+    timed = epoch_times[1:] or epoch_times
+    steps = sum(n for n, _ in timed)
+    return sum(s for _, s in timed) / max(steps, 1)
+
+
+def steps_within(limit_s: float, elapsed_s: float, step: int, epoch_times: list[tuple[int, float]],
+                 cap: int) -> int:
+    """The total number of steps that ends training at ``limit_s`` seconds: the ``step`` steps
+    done in ``elapsed_s`` plus what the time left holds at :func:`seconds_per_step`, at most
+    ``cap`` (the preset's epochs x steps); ``step`` (stop now) when the time is up."""
+    left = max(0.0, limit_s - elapsed_s)
+    more = int(left / max(seconds_per_step(epoch_times), 1e-9))
+    return max(step, min(cap, step + more))
+
+
 def _patch_size(value: int | None, images: list[np.ndarray], multiple: int, warnings_out: list[str]) -> int:
     """The training patch side: ``value`` (default 256), a multiple of ``multiple``, reduced to
     fit the smallest training image."""
@@ -381,11 +401,12 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
         history: list[dict[str, float]] = []
         best_state, best_loss, best_epoch, since_best = None, math.inf, 0, 0
         step, t_train = 0, time.perf_counter()
+        epoch_times: list[tuple[int, float]] = []  # (steps, seconds with the validation) per epoch
         stopped = f"{budget['epochs']} epochs"
         network.train()
         bar = tqdm(range(budget["epochs"]), desc="train-segmentation", unit="epoch", disable=None)
         for epoch in bar:
-            t_epoch, losses = time.perf_counter(), []
+            t_epoch, losses, steps_before = time.perf_counter(), [], step
             for _ in range(budget["steps_per_epoch"]):
                 if step >= total_steps:
                     break
@@ -412,14 +433,17 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
                 best_state = copy.deepcopy(network.state_dict())
             else:
                 since_best += 1
-            if epoch == 0 and budget["max_minutes"]:
-                # fit the schedule into the time: the cosine ends where the time does
-                per_step = (time.perf_counter() - t_train) / step
-                fits = int(budget["max_minutes"] * 60 / per_step)
-                if fits < total_steps:
-                    total_steps = max(step + 1, fits)
+            if budget["max_minutes"]:
+                # fit the schedule into the time after every epoch, from the speed of the epochs
+                # after the first (its first steps are slower: allocation, caches), so that the
+                # cosine ends where the time does
+                epoch_times.append((step - steps_before, time.perf_counter() - t_epoch))
+                fitted = steps_within(budget["max_minutes"] * 60, time.perf_counter() - t_train, step,
+                                      epoch_times, budget["epochs"] * budget["steps_per_epoch"])
+                if fitted != total_steps and (epoch == 0 or abs(fitted - total_steps) > 0.02 * total_steps):
                     log.info("%.2f s per step: %d steps fit in %g minutes; the learning rate schedule "
-                             "ends there", per_step, total_steps, budget["max_minutes"])
+                             "ends there", seconds_per_step(epoch_times), fitted, budget["max_minutes"])
+                total_steps = fitted
             if step >= total_steps:
                 stopped = f"the time limit of {budget['max_minutes']:g} min" \
                     if total_steps < budget["epochs"] * budget["steps_per_epoch"] else stopped
