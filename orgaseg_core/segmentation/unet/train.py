@@ -389,7 +389,8 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
             network.train()
             return total / max(n, 1e-9)
 
-        total_steps = budget["epochs"] * budget["steps_per_epoch"]
+        max_steps = budget["epochs"] * budget["steps_per_epoch"]  # the preset's budget
+        total_steps = max_steps  # where the schedule ends: fitted to max_minutes below
         log.info("training a U-Net (depth %d, %d channels) on %d images (%d objects), validating on %d "
                  "images (%d objects): up to %d epochs x %d steps (preset %s, early stopping %s, time "
                  "limit %s), batch %d, patch %d px, resize %g, on %s",
@@ -439,14 +440,14 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
                 # cosine ends where the time does
                 epoch_times.append((step - steps_before, time.perf_counter() - t_epoch))
                 fitted = steps_within(budget["max_minutes"] * 60, time.perf_counter() - t_train, step,
-                                      epoch_times, budget["epochs"] * budget["steps_per_epoch"])
+                                      epoch_times, max_steps)
                 if fitted != total_steps and (epoch == 0 or abs(fitted - total_steps) > 0.02 * total_steps):
                     log.info("%.2f s per step: %d steps fit in %g minutes; the learning rate schedule "
                              "ends there", seconds_per_step(epoch_times), fitted, budget["max_minutes"])
                 total_steps = fitted
             if step >= total_steps:
                 stopped = f"the time limit of {budget['max_minutes']:g} min" \
-                    if total_steps < budget["epochs"] * budget["steps_per_epoch"] else stopped
+                    if total_steps < max_steps else stopped
                 break
             if budget["early_stopping"] and since_best >= budget["early_stopping"]:
                 stopped = f"early stopping after epoch {epoch + 1}: no lower validation loss for " \
