@@ -101,9 +101,11 @@ def test_edges_refinement_is_local():
     assert not refined[far].any()
 
 
-def test_edges_flood_of_the_band_equals_a_flood_of_the_whole_image():
-    """The watershed runs only on the band between the seeds (the speed of large images): the
-    outlines are those of a watershed over every pixel from the same seeds."""
+@pytest.mark.parametrize("smooth", [1.0, 0.0, 2.5])
+def test_edges_flood_of_the_band_equals_a_flood_of_the_whole_image(smooth):
+    """The watershed runs only on the band between the seeds, one connected part at a time in
+    its own box with the edge map of that box (the speed of large images): the outlines are
+    those of a watershed over every pixel of the whole image's edge map from the same seeds."""
     from skimage.filters import sobel
     from skimage.segmentation import watershed
 
@@ -113,9 +115,71 @@ def test_edges_flood_of_the_band_equals_a_flood_of_the_whole_image():
     tiled_guess = np.block([[guess, np.where(guess > 0, guess + 2, 0)], [np.where(guess > 0, guess + 4, 0), np.where(guess > 0, guess + 6, 0)[:, ::-1]]])
     tiled_grey = np.block([[grey, grey], [grey, grey[:, ::-1]]]) + rng.normal(0, 0.05, (320, 400)).astype(np.float32)
     tiled_guess = tiled_guess.astype(np.uint16)
-    refined = refine_by_edges(tiled_guess, tiled_grey)
+    refined = refine_by_edges(tiled_guess, tiled_grey, smooth=smooth)
     seeds = edge_seeds(tiled_guess)
     assert set(np.unique(seeds)) == set(range(int(tiled_guess.max()) + 2))
-    whole = watershed(sobel(ndimage.gaussian_filter(tiled_grey, 1.0)), markers=seeds)
+    edges = sobel(ndimage.gaussian_filter(tiled_grey, smooth) if smooth else tiled_grey)
+    whole = watershed(edges, markers=seeds)
     whole[whole == tiled_guess.max() + 1] = 0
     np.testing.assert_array_equal(refined, whole)
+
+
+def _whole_image_seeds(labels, core_fraction=0.4, band_fraction=0.75, min_band=3.0):
+    """edge_seeds as one distance transform over the whole image gives them (the reference)."""
+    from skimage.segmentation import find_boundaries
+
+    n = int(labels.max())
+    radius = np.sqrt(np.bincount(labels.ravel(), minlength=n + 1) / np.pi)
+    foreground = labels > 0
+    depth = ndimage.distance_transform_edt(foreground & ~find_boundaries(labels, mode="inner"))
+    deepest = np.zeros(n + 1)
+    np.maximum.at(deepest, labels[foreground], depth[foreground])
+    core = foreground & (depth >= np.maximum(1.0, core_fraction * deepest[labels]))
+    outside, (ri, ci) = ndimage.distance_transform_edt(~foreground, return_indices=True)
+    markers = np.where(core, labels, 0).astype(np.int64)
+    markers[~foreground & (outside > np.maximum(min_band, band_fraction * radius[labels[ri, ci]]))] = n + 1
+    return markers
+
+
+def random_blobs(seed, shape=(240, 300)):
+    """25 random discs and crescents, later ones covering earlier ones (touching objects with
+    shared edges, concave objects, objects cut by the image's border, two ids with no pixels
+    left), and a noisy grey image with darker objects."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.uint16)
+    for k in range(1, 26):
+        cy, cx = rng.integers(-10, shape[0] + 10), rng.integers(-10, shape[1] + 10)
+        r = rng.uniform(3, 30)
+        blob = (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
+        if k % 3 == 0:  # a crescent: concave, its depth not at its centre
+            blob &= (yy - cy - r / 2) ** 2 + (xx - cx) ** 2 > (r / 1.5) ** 2
+        labels[blob] = k
+    labels[np.isin(labels, [4, 11])] = 0
+    grey = (0.8 - 0.3 * (labels > 0) + rng.normal(0, 0.1, shape)).astype(np.float32)
+    return labels, grey
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_edge_seeds_in_object_boxes_equal_a_transform_of_the_whole_image(seed):
+    """Each object's depth is taken in its own box (the speed of large images): the seeds are
+    those of one distance transform over the whole image."""
+    labels, _ = random_blobs(seed)
+    np.testing.assert_array_equal(edge_seeds(labels), _whole_image_seeds(labels))
+    np.testing.assert_array_equal(edge_seeds(labels, core_fraction=0.7, band_fraction=0.3, min_band=5.0),
+                                  _whole_image_seeds(labels, 0.7, 0.3, 5.0))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("smooth", [1.0, 0.0, 2.5])
+def test_edges_flood_in_parts_equals_a_flood_of_the_whole_image(seed, smooth):
+    """The same as the budded image's test on noisy random objects, where an edge map cut at a
+    part's box without the filters' margin would move outlines."""
+    from skimage.filters import sobel
+    from skimage.segmentation import watershed
+
+    labels, grey = random_blobs(seed)
+    seeds = _whole_image_seeds(labels)
+    whole = watershed(sobel(ndimage.gaussian_filter(grey, smooth) if smooth else grey), markers=seeds)
+    whole[whole == labels.max() + 1] = 0
+    np.testing.assert_array_equal(refine_by_edges(labels, grey, smooth=smooth), whole)
