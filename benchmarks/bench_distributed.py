@@ -16,7 +16,9 @@ for each image size:
    threads, and the bare run given the same number.
 
 Prints per run: wall seconds, images per minute, seconds per image, the ratio to the bare model
-calls, and the speed-up of N workers over 1. The goals of issue 14: per-image cost within 1.3x of
+calls, and the speed-up of N workers over 1; where a worker ran more than one chunk
+(``--chunk-size``), also the seconds per image of the chunks after each worker's first (warm
+step processes: the per-image cost of a long run, without start-up and the merged tables). The goals of issue 14: per-image cost within 1.3x of
 the bare calls at 40+ images, and 2 workers at least 1.7x the throughput of 1 where the machine
 has the cores (2 workers x ``--threads-per-worker`` cores).
 
@@ -103,6 +105,20 @@ def analyze(seg: Path, clf: Path, images: Path, out: Path, workers: int, threads
     return wall, json.loads((out / "run.json").read_text())["results"]
 
 
+def warm_chunk_seconds(results: dict) -> tuple[float, int, int] | None:
+    """(seconds, images, chunks) of the chunks whose segment and classify ran in step
+    processes that had served a chunk before (no framework start or model loading), from
+    analyze's run.json; None when there are none (one chunk per worker)."""
+    seconds, images, chunks = 0.0, 0, 0
+    for chunk in results.get("chunks", []):
+        servers = chunk.get("servers") or {}
+        if servers and all(s.get("request", 1) > 1 for s in servers.values()):
+            seconds += sum(chunk["seconds"].values())
+            images += chunk["images"]
+            chunks += 1
+    return (seconds, images, chunks) if chunks else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--example", type=Path, required=True, help="output folder of 'orgaseg example' (its models)")
@@ -154,6 +170,12 @@ def main() -> None:
                 if w != workers[0]:
                     line += f", throughput {base / wall:.2f}x of {workers[0]} worker(s)"
                 print(line)
+                warm = warm_chunk_seconds(results)
+                if warm:
+                    seconds, images, chunks = warm
+                    print(f"    warm chunks ({chunks}, each worker's after its first): {seconds / images:.2f} s "
+                          f"per image = {seconds / images / (bare_total / n):.2f}x the bare calls per image "
+                          f"(what each of thousands of images costs, without start-up and tables)")
 
 
 if __name__ == "__main__":
