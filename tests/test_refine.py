@@ -183,3 +183,26 @@ def test_edges_flood_in_parts_equals_a_flood_of_the_whole_image(seed, smooth):
     whole = watershed(sobel(ndimage.gaussian_filter(grey, smooth) if smooth else grey), markers=seeds)
     whole[whole == labels.max() + 1] = 0
     np.testing.assert_array_equal(refine_by_edges(labels, grey, smooth=smooth), whole)
+
+
+@pytest.mark.parametrize("smooth", [1.0, 0.0])
+def test_nested_boxes_are_done_at_once_with_the_same_outlines(smooth):
+    """A ring-shaped organoid whose box holds the others (the boxes together larger than the
+    image): its depth and the flood are taken over the whole image at once, with the outlines
+    and seeds of the whole-image computation."""
+    from skimage.filters import sobel
+    from skimage.segmentation import watershed
+
+    from orgaseg_core.segmentation.refine import _pieces
+
+    labels, grey = random_blobs(5)
+    ring = np.zeros(labels.shape, bool)
+    ring[4:-4, 4:-4] = True
+    ring[14:-14, 14:-14] = False
+    labels[ring] = labels.max() + 1
+    assert _pieces(labels) == [(None, (slice(0, 240), slice(0, 300)))]
+    seeds = edge_seeds(labels)
+    np.testing.assert_array_equal(seeds, _whole_image_seeds(labels))
+    whole = watershed(sobel(ndimage.gaussian_filter(grey, smooth) if smooth else grey), markers=seeds)
+    whole[whole == labels.max() + 1] = 0
+    np.testing.assert_array_equal(refine_by_edges(labels, grey, smooth=smooth), whole)
