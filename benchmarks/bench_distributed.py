@@ -18,7 +18,9 @@ for each image size:
 Prints per run: wall seconds, images per minute, seconds per image, the ratio to the bare model
 calls, and the speed-up of N workers over 1; where a worker ran more than one chunk
 (``--chunk-size``), also the seconds per image of the chunks after each worker's first (warm
-step processes: the per-image cost of a long run, without start-up and the merged tables). The goals of issue 14: per-image cost within 1.3x of
+step processes: the per-image cost of a long run, without start-up and the merged tables) and
+the throughput that gives with N workers side by side (choose images and chunks so that every
+worker has the same number of warm chunks, e.g. 80 images in chunks of 8 for 1 and 2 workers). The goals of issue 14: per-image cost within 1.3x of
 the bare calls at 40+ images, and 2 workers at least 1.7x the throughput of 1 where the machine
 has the cores (2 workers x ``--threads-per-worker`` cores).
 
@@ -162,6 +164,7 @@ def main() -> None:
             print(f"  bare model calls: {bare_total:7.1f} s ({bare_total / n:.2f} s per image: "
                   f"predict_instances {bare_seg:.1f} s, classifier forward {bare_cls:.1f} s)")
             base = runs[workers[0]][0]
+            warm_base = None
             for w, (wall, results) in runs.items():
                 per_image = wall / n
                 line = (f"  analyze, {w} worker(s): {wall:7.1f} s, {60 * n / wall:6.1f} images/min, "
@@ -173,9 +176,16 @@ def main() -> None:
                 warm = warm_chunk_seconds(results)
                 if warm:
                     seconds, images, chunks = warm
-                    print(f"    warm chunks ({chunks}, each worker's after its first): {seconds / images:.2f} s "
-                          f"per image = {seconds / images / (bare_total / n):.2f}x the bare calls per image "
-                          f"(what each of thousands of images costs, without start-up and tables)")
+                    # each worker spends seconds / images on an image of a warm chunk, side by side
+                    # with the others: w workers finish w images in that time
+                    throughput = 60 * w * images / seconds
+                    warm_base = warm_base or (w, throughput)
+                    line = (f"    warm chunks ({chunks}, each worker's after its first): {seconds / images:.2f} s "
+                            f"per image per worker = {seconds / images / (bare_total / n):.2f}x the bare calls, "
+                            f"{throughput:.1f} images/min")
+                    if w != warm_base[0]:
+                        line += f" = {throughput / warm_base[1]:.2f}x the throughput of {warm_base[0]} worker(s)"
+                    print(line + " (what each of thousands of images costs: no start-up, no merged tables)")
 
 
 if __name__ == "__main__":
