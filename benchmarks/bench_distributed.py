@@ -20,9 +20,10 @@ calls, and the speed-up of N workers over 1; where a worker ran more than one ch
 (``--chunk-size``), also the seconds per image of the chunks after each worker's first (warm
 step processes: the per-image cost of a long run, without start-up and the merged tables) and
 the throughput that gives with N workers side by side (choose images and chunks so that every
-worker has the same number of warm chunks, e.g. 80 images in chunks of 8 for 1 and 2 workers). The goals of issue 14: per-image cost within 1.3x of
-the bare calls at 40+ images, and 2 workers at least 1.7x the throughput of 1 where the machine
-has the cores (2 workers x ``--threads-per-worker`` cores).
+worker has the same number of warm chunks, e.g. 80 images in chunks of 8 for 1 and 2 workers).
+The goals of issue 14: per-image cost within 1.3x of the bare calls at 40+ images, and 2
+workers at least 1.7x the throughput of 1 where the machine has the cores (2 workers x
+``--threads-per-worker`` cores).
 
 Usage:  python benchmarks/bench_distributed.py --example orgaseg-demo [--small 40] [--large 8]
             [--workers 1,2] [--threads-per-worker 1] [--chunk-size N] [--work DIR]
