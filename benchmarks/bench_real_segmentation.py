@@ -25,6 +25,15 @@ model and writes an outline overlay per image into ``WORK/unannotated/<folder>/o
         --tiles 2x2 --split-groups tiles --no-pyramid-table -- --backend unet --preset real \\
         --max-minutes 10
 
+``--rechoose FROM`` trains nothing: each fold's U-Net of ``WORK/FROM`` is copied to
+``WORK/NAME`` and what training chooses on the validation image (region setting, test-time
+views, pyramid) is chosen again with this checkout on the network as saved (the one that
+training kept), then the held-out image is segmented. It measures a change of those choices
+(e.g. the growing of 0.15) on the same networks, without the minutes and the noise of training:
+
+    python benchmarks/bench_real_segmentation.py --work /tmp/real --name unet30-grow --scale 1 \\
+        --tiles 1x1 --no-pyramid-table --rechoose unet30
+
 ``--split-groups tiles`` validates on one tile of each of the four training images (split
 ``--groups tiles``) instead of one whole image, so the choices made on validation (outline
 setting, pyramid, test-time views) see every kind of organoid in the training data.
@@ -126,6 +135,62 @@ def write_overlay(image_path: Path, labels_path: Path, png: Path) -> None:
     save_png(png, overlay)
 
 
+def rechoose_unet(source: Path, target: Path, split: Path) -> None:
+    """A copy of the U-Net folder ``source`` in ``target`` whose region setting, test-time views
+    and pyramid are chosen again on the validation images of ``split`` with this checkout's
+    :func:`orgaseg_core.segmentation.unet.train.choose_regions_and_views` and pyramid choice,
+    on the network as saved (``max_area`` as stored). Imports torch (this process runs no TensorFlow)."""
+    import numpy as np
+
+    from orgaseg_core import __version__
+    from orgaseg_core.common.images import read_labels
+    from orgaseg_core.common.resample import rescale_image
+    from orgaseg_core.segmentation.forest.levels import choose_region_pyramid
+    from orgaseg_core.segmentation.model import normalize_image
+    from orgaseg_core.segmentation.sizing import object_diameters
+    from orgaseg_core.segmentation.train import load_split
+    from orgaseg_core.segmentation.unet.model import load_unet
+    from orgaseg_core.segmentation.unet.predict import class_probabilities
+    from orgaseg_core.segmentation.unet.train import choose_regions_and_views
+    from orgaseg_core.segmentation.views import mean_over_views, with_views
+
+    meta = json.loads((source / "orgaseg_model.json").read_text())
+    if meta.get("backend") != "unet":
+        raise SystemExit(f"{source}: --rechoose needs U-Net models, this is {meta.get('backend')!r}")
+    loaded = load_unet(source)
+    factor, percentiles = float(meta["resize"]["factor"]), meta["norm_percentiles"]
+    train, val = load_split(split, "train"), load_split(split, "val")
+    val_small = [normalize_image(g if factor == 1.0 else rescale_image(g.astype(np.float32), factor), percentiles)
+                 for g in val.images]
+    truths = [read_labels(mask) for _, mask in val.files]
+    train_diameters = object_diameters(train.masks)
+    # as stored (0, no limit, in folders before 0.12), so that only the choice differs
+    max_area = float(meta["regions"].get("max_area", 0.0))
+
+    def predict(small):
+        return class_probabilities(loaded, small)
+
+    t0 = time.perf_counter()
+    choice = choose_regions_and_views(
+        lambda _name, views: [mean_over_views(predict, g, views).astype(np.float16) for g in val_small],
+        [meta["weights"]["chosen"]], truths, max_area)
+    pyramid = choose_region_pyramid([g.astype(np.float32) for g in val.images], truths, factor,
+                                    with_views(predict, choice.views["views"]), choice.params, percentiles,
+                                    train_diameters)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target)
+    before = {k: meta.get(k) for k in ("regions", "test_time_views", "pyramid")}
+    meta.update(regions=choice.params.as_dict(), region_scores=choice.scores, test_time_views=choice.views,
+                pyramid=pyramid, rechosen={"from": str(source), "orgaseg-core": __version__, "before": before,
+                                           "seconds": round(time.perf_counter() - t0, 1)})
+    (target / "orgaseg_model.json").write_text(json.dumps(meta, indent=2))
+    print(f"  {target.name}: chose again on {', '.join(val.names)}: {choice.params.describe()}, "
+          f"{choice.views['views']} view(s), pyramid {pyramid['levels']} (was "
+          f"{before['regions']}, {before['test_time_views'].get('views')} view(s), {before['pyramid'].get('levels')})",
+          flush=True)
+
+
 def segment_held_out(model: Path, image: Path, seg: Path, *options):
     """``orgaseg segment`` of one held-out image into ``seg`` with ``options``; its label image
     (an outline overlay written beside it)."""
@@ -179,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also segment realdata/unannotated with the first fold's model")
     parser.add_argument("--no-pyramid-table", action="store_true",
                         help="skip segmenting with the other pyramids (each is one more segment run per fold)")
+    parser.add_argument("--rechoose", metavar="FROM",
+                        help="train nothing: copy the U-Nets of WORK/FROM and choose their region setting, "
+                             "views and pyramid again on the validation image with this checkout")
     parser.add_argument("train_args", nargs="*", help="arguments for orgaseg train-segmentation")
     args = parser.parse_args(argv)
     if not GOAT.is_dir():
@@ -204,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         model = args.work / args.name / f"model-without-{held}"
         first_model = first_model or model
         t0 = time.perf_counter()
-        if not (model / "orgaseg_model.json").is_file():
+        if args.rechoose and not (model / "orgaseg_model.json").is_file():
+            rechoose_unet(args.work / args.rechoose / f"model-without-{held}", model, split)
+        elif not (model / "orgaseg_model.json").is_file():
             run_step("train-segmentation", "--data", split, "--model-out", model, "--seed", 0,
                      "--overwrite", *args.train_args)
         t_train = time.perf_counter() - t0

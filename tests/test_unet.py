@@ -181,13 +181,13 @@ def test_tiny_training_writes_a_complete_model(tiny):
     assert meta["steps"] == 120 and len(meta["history"]) == 8
     assert meta["training"]["seed"] == 1 and meta["training"]["device"] == "cpu"
     assert meta["weights"]["chosen"] in ("last", "lowest validation loss")
-    # 18 region settings per candidate network and number of test-time views (1, 8): the last
+    # 36 region settings per candidate network and number of test-time views (1, 8): the last
     # network, and the lowest validation loss when that is another epoch (training on 2 CPU
     # threads is not bit-reproducible, so either happens)
     weights = meta["weights"]
     networks = 1 if weights["lowest_val_loss_epoch"] == weights["epochs"] else 2
-    assert meta["regions"]["h_minima"] > 0 and len(meta["region_scores"]) == 2 * 18 * networks
-    assert sum(", 8 views: " in k for k in meta["region_scores"]) == 18 * networks
+    assert meta["regions"]["h_minima"] > 0 and len(meta["region_scores"]) == 2 * 36 * networks
+    assert sum(", 8 views: " in k for k in meta["region_scores"]) == 36 * networks
     assert "torch" in meta["versions"]
     # the pyramid kept: the most of the levels its small discs suggested that score within
     # PYRAMID_TOLERANCE of the best on the validation images

@@ -19,7 +19,7 @@
    validation loss and the last one are kept.
 4. On the validation images, for both networks and for the class probabilities of 1 and of 8
    test-time views (:mod:`..views`: flipped/turned copies averaged), every :data:`REGION_GRID`
-   setting (basin depth, smoothing, foreground threshold) of
+   setting (basin depth, smoothing, foreground threshold, growing) of
    :func:`..forest.regions.regions_from_probabilities`; per number of views the network and
    setting with the best mean F1 over IoU 0.5-0.9 (at the validation images' own size), then
    the most views within :data:`..views.VIEWS_TOLERANCE` of the best (or ``tta`` as given) are
@@ -41,7 +41,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -92,7 +92,8 @@ MEDIAN_DIAMETER = 16.0
 #: never shrink the data more than this automatically
 MIN_FACTOR = 0.1
 #: how class probabilities become organoids, tried on the validation images
-REGION_GRID = {"h_minima": (0.05, 0.1, 0.2), "smoothing": (1.0, 2.0, 4.0), "min_foreground": (0.5, 0.65)}
+REGION_GRID = {"h_minima": (0.05, 0.1, 0.2), "smoothing": (1.0, 2.0, 4.0), "min_foreground": (0.5, 0.65),
+               "grow": (0.0, 1.0)}
 DEFAULT_ARCHITECTURE = {"base": 16, "depth": 5, "n_classes": 3, "in_channels": 1}
 
 
@@ -459,15 +460,11 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
         log.info("trained %d steps in %.1f min (%s); lowest validation loss %.4f after epoch %d",
                  step, result.seconds_training / 60, stopped, best_loss, best_epoch)
 
-        from ..evaluation import DEFAULT_THRESHOLDS, segmentation_metrics
-
         truths = [read_labels(mask_path) for _, mask_path in val.files]
         candidates = {"last": copy.deepcopy(network.state_dict())}
         if best_state is not None and best_epoch != len(history):
             candidates["lowest validation loss"] = best_state
-        tables, scores = {}, {}
         network.eval()
-        view_counts = (1, 8) if views_given is None else (views_given,)
         max_area = max_object_area(train_diameters, factor)
         log.info("regions over %.0f px at the model's scale are not organoids (%g x the largest training organoid)",
                  max_area, MAX_AREA_FACTOR)
@@ -475,26 +472,15 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
         def predict(small: np.ndarray) -> np.ndarray:  # the network loaded now
             return class_probabilities(loaded, small)
 
-        for name, state in candidates.items():
-            network.load_state_dict(state)
-            for n_views in view_counts:
-                probs = [mean_over_views(predict, g, n_views).astype(np.float16) for g in val_small]
-                for h, smoothing, fg in itertools.product(*REGION_GRID.values()):
-                    params = RegionParams(h_minima=h, smoothing=smoothing, min_foreground=fg, max_area=max_area)
-                    preds = [upscale_labels(regions_from_probabilities(p.astype(np.float32), params)[0], t.shape)
-                             for p, t in zip(probs, truths)]
-                    key = f"{name}, {n_views} view{'s' if n_views > 1 else ''}: {params.describe()}"
-                    tables[key] = (name, n_views, params,
-                                   segmentation_metrics(truths, preds, thresholds=DEFAULT_THRESHOLDS))
-                    scores[key] = round(mean_f1(tables[key][3]), 4)
-                    log.debug("%s: validation mean F1 over IoU 0.5-0.9 %.3f", key, scores[key])
-        # per number of views the best network and setting (ties go to the first in the grid's
-        # order: the last network, deepest basins first); then the views (most within the tolerance)
-        best_at = {v: max((k for k in scores if tables[k][1] == v),
-                          key=lambda k: (scores[k], -list(scores).index(k))) for v in view_counts}
-        views = choose_views(lambda v: scores[best_at[v]], candidates=view_counts, given=views_given)
-        best = best_at[views["views"]]
-        chosen, _, params, table = tables[best]
+        def validation_probabilities(name: str, n_views: int) -> list[np.ndarray]:
+            network.load_state_dict(candidates[name])
+            return [mean_over_views(predict, g, n_views).astype(np.float16) for g in val_small]
+
+        choice_made = choose_regions_and_views(validation_probabilities, list(candidates), truths, max_area,
+                                               views_given=views_given)
+        chosen, views, params, table, scores = (choice_made.network, choice_made.views, choice_made.params,
+                                                choice_made.table, choice_made.scores)
+        best = choice_made.key
         log.info("kept the %s network, %d test-time view(s) and %s (validation mean F1 over IoU 0.5-0.9 "
                  "%.3f of %d settings)", chosen, views["views"], params.describe(), scores[best], len(scores))
         log.info("test-time views %d: %s", views["views"], views["reason"])
@@ -551,6 +537,59 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
                               validation=result.metrics,
                               timings_s=meta["timings_s"], warnings=warnings_out)
     return result
+
+
+@dataclass
+class RegionChoice:
+    """What :func:`choose_regions_and_views` kept: the network's name, the test-time views
+    (:func:`..views.choose_views`'s dict), the region parameters, their validation metrics
+    table, the key of that setting in ``scores`` (setting -> mean F1 over IoU 0.5-0.9)."""
+
+    network: str
+    views: dict[str, Any]
+    params: RegionParams
+    table: pd.DataFrame
+    key: str
+    scores: dict[str, float]
+
+
+def choose_regions_and_views(probabilities: Callable[[str, int], list[np.ndarray]], networks: Sequence[str],
+                             truths: Sequence[np.ndarray], max_area: float, *,
+                             views_given: int | None = None) -> RegionChoice:
+    """The network, test-time views and :data:`REGION_GRID` setting a U-Net keeps, chosen on
+    its validation images.
+
+    probabilities(network, views): the class probabilities (Y, X, 3) of every validation image
+    at the model's scale, from that network averaged over that many views. truths: the
+    validation label images at their own size (the labels are resized to them). Per number of
+    views the best network and setting by mean F1 over IoU 0.5-0.9 (ties go to the first in
+    the grid's order: the first network, shallowest basins first), then the views (the most
+    within :data:`..views.VIEWS_TOLERANCE`, or ``views_given``).
+    """
+    from ..evaluation import DEFAULT_THRESHOLDS, segmentation_metrics
+
+    view_counts = (1, 8) if views_given is None else (views_given,)
+    tables, scores = {}, {}
+    for name in networks:
+        for n_views in view_counts:
+            probs = probabilities(name, n_views)
+            for h, smoothing, fg, grow in itertools.product(*REGION_GRID.values()):
+                params = RegionParams(h_minima=h, smoothing=smoothing, min_foreground=fg, max_area=max_area,
+                                      grow=grow)
+                preds = [upscale_labels(regions_from_probabilities(p.astype(np.float32), params)[0], t.shape)
+                         for p, t in zip(probs, truths)]
+                key = f"{name}, {n_views} view{'s' if n_views > 1 else ''}: {params.describe()}"
+                tables[key] = (name, n_views, params, segmentation_metrics(list(truths), preds,
+                                                                          thresholds=DEFAULT_THRESHOLDS))
+                scores[key] = round(mean_f1(tables[key][3]), 4)
+                log.debug("%s: validation mean F1 over IoU 0.5-0.9 %.3f", key, scores[key])
+    order = list(scores)
+    best_at = {v: max((k for k in scores if tables[k][1] == v), key=lambda k: (scores[k], -order.index(k)))
+               for v in view_counts}
+    views = choose_views(lambda v: scores[best_at[v]], candidates=view_counts, given=views_given)
+    best = best_at[views["views"]]
+    name, _, params, table = tables[best]
+    return RegionChoice(network=name, views=views, params=params, table=table, key=best, scores=scores)
 
 
 def resolve_budget_unet(preset: str, **given) -> dict[str, Any]:
