@@ -92,9 +92,9 @@ class TrainForestResult:
                  "training pixels",
                  f"  resize {self.resize.get('factor', 1.0):g} (model scale {self.scale:g}): "
                  f"{self.resize.get('reason', '')}",
-                 f"  regions: boundary threshold {self.regions.get('boundary_threshold')}, smoothing "
-                 f"{self.regions.get('smoothing')} px (best of {len(self.region_scores)} on the "
-                 f"validation images, mean F1 over IoU 0.5-0.9 {best:.3f})",
+                 f"  regions: {RegionParams.from_dict(self.regions).describe() if self.regions else '-'} "
+                 f"(best of {len(self.region_scores)} on the validation images, mean F1 over IoU 0.5-0.9 "
+                 f"{best:.3f})",
                  "  validation:"]
         lines += validation_lines(self.metrics)
         lines.append(f"  report: {self.model_out / 'report.csv'}")
