@@ -140,7 +140,7 @@ def test_training_writes_a_complete_forest_folder(forest):
     meta = json.loads((model / "orgaseg_model.json").read_text())
     assert meta["kind"] == FOREST_KIND and meta["backend"] == "forest"
     assert meta["scale"] == pytest.approx(0.5)  # the split's provenance says 0.5, discs need every pixel
-    assert meta["regions"] == result.regions and len(meta["region_scores"]) == 24
+    assert meta["regions"] == result.regions and len(meta["region_scores"]) == 12 and meta["regions"]["grow"] == 0.0
     assert "scikit-learn" in meta["versions"] and "skops" in meta["versions"]
     assert result.metrics["0.5"]["f1"] >= 0.9
     info = check_segmentation_model(model)

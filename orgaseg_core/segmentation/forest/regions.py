@@ -27,8 +27,9 @@ The watershed's lines lie along the middle of the boundary class, and the traini
 organoid: so each region ends about half the band's width inside the organoid's true outline.
 ``grow`` px (at the model's scale) gives each organoid the background within that distance of
 it (:func:`skimage.segmentation.expand_labels`: into background only, never into a neighbour),
-at the first pyramid level only (``at_level``). Training scores 0 and 1 px on its validation
-images with the other parameters. GOAT leave-one-image-out, the 30-minute U-Nets with their
+at the first pyramid level only (``at_level``). U-Net training scores 0 and 1 px (half its
+2 px boundary class) on its validation images with the other parameters; the pixel forest's
+boundary class is 1 px wide and it does not grow. GOAT leave-one-image-out, the 30-minute U-Nets with their
 settings chosen again (``benchmarks/bench_real_segmentation.py --rechoose``; 4 of 5 folds
 chose 1 px): pooled F1 at IoU 0.5 0.655 -> 0.670, mean IoU of the organoids matched before
 and after 0.776 -> 0.784.
