@@ -97,3 +97,29 @@ def test_grow_is_stored_described_and_checked():
         RegionParams(grow=-1.0)
     with pytest.raises(ValueError):
         RegionParams(grow=float("nan"))
+
+
+def test_the_unet_choice_scores_growing_and_keeps_it_where_it_fits_better():
+    """``choose_regions_and_views`` (what U-Net training keeps): on probabilities shaped like the
+    U-Net's training targets, the kept setting grows 1 px; every setting is scored with and
+    without growing, for each network and number of views."""
+    from orgaseg_core.segmentation.unet.train import REGION_GRID, choose_regions_and_views
+
+    truth = _truth()
+    prob = _probabilities(truth).astype(np.float16)
+    asked = []
+
+    def probabilities(network, views):
+        asked.append((network, views))
+        return [prob]
+
+    choice = choose_regions_and_views(probabilities, ["last", "lowest validation loss"], [truth], 0.0)
+    n_settings = int(np.prod([len(v) for v in REGION_GRID.values()]))
+    assert REGION_GRID["grow"] == (0.0, 1.0)
+    assert asked == [("last", 1), ("last", 8), ("lowest validation loss", 1), ("lowest validation loss", 8)]
+    assert len(choice.scores) == 4 * n_settings
+    assert choice.params.grow == 1.0 and choice.network == "last"  # a tie between the networks: the first
+    assert choice.views["views"] == 8  # the same probabilities: a tie keeps the views
+    plain = {k: v for k, v in choice.scores.items() if "grown" not in k}
+    assert len(plain) == 2 * n_settings and choice.scores[choice.key] > max(plain.values())
+    assert choice.table.set_index("threshold").loc[0.5, "f1"] == 1.0
