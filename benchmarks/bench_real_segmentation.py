@@ -144,14 +144,12 @@ def rechoose_unet(source: Path, target: Path, split: Path) -> None:
 
     from orgaseg_core import __version__
     from orgaseg_core.common.images import read_labels
-    from orgaseg_core.common.resample import rescale_image
     from orgaseg_core.segmentation.forest.levels import choose_region_pyramid
-    from orgaseg_core.segmentation.model import normalize_image
     from orgaseg_core.segmentation.sizing import object_diameters
     from orgaseg_core.segmentation.train import load_split
     from orgaseg_core.segmentation.unet.model import load_unet
     from orgaseg_core.segmentation.unet.predict import class_probabilities
-    from orgaseg_core.segmentation.unet.train import choose_regions_and_views
+    from orgaseg_core.segmentation.unet.train import choose_regions_and_views, validation_inputs
     from orgaseg_core.segmentation.views import mean_over_views, with_views
 
     meta = json.loads((source / "orgaseg_model.json").read_text())
@@ -160,8 +158,7 @@ def rechoose_unet(source: Path, target: Path, split: Path) -> None:
     loaded = load_unet(source)
     factor, percentiles = float(meta["resize"]["factor"]), meta["norm_percentiles"]
     train, val = load_split(split, "train"), load_split(split, "val")
-    val_small = [normalize_image(g if factor == 1.0 else rescale_image(g.astype(np.float32), factor), percentiles)
-                 for g in val.images]
+    val_small = validation_inputs(val.images, factor, percentiles)
     truths = [read_labels(mask) for _, mask in val.files]
     train_diameters = object_diameters(train.masks)
     # as stored (0, no limit, in folders before 0.12), so that only the choice differs

@@ -92,8 +92,10 @@ MEDIAN_DIAMETER = 16.0
 #: never shrink the data more than this automatically
 MIN_FACTOR = 0.1
 #: how class probabilities become organoids, tried on the validation images
+#: (growing by half the boundary class's width: the watershed's lines lie along its middle,
+#: inside the organoids, see :mod:`..forest.regions`)
 REGION_GRID = {"h_minima": (0.05, 0.1, 0.2), "smoothing": (1.0, 2.0, 4.0), "min_foreground": (0.5, 0.65),
-               "grow": (0.0, 1.0)}
+               "grow": (0.0, BOUNDARY_WIDTH / 2)}
 DEFAULT_ARCHITECTURE = {"base": 16, "depth": 5, "n_classes": 3, "in_channels": 1}
 
 
@@ -367,8 +369,7 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
                  ", ".join(f"{w:.2f}" for w in weights))
         sampler = PatchSampler(normalised, train_masks, patch, seed=int(seed), augment=bool(augment))
         # the validation loss on the validation images at the model's scale; F1 at their own size
-        val_small = [normalize_image(g if factor == 1.0 else rescale_image(g.astype(np.float32), factor),
-                                     percentiles) for g in val.images]
+        val_small = validation_inputs(val.images, factor, percentiles)
         val_targets = [pixel_targets(m, BOUNDARY_WIDTH) for m in resize_split(val, factor)[1]]
         network = UNet(**arch).to(device)
         optimiser = torch.optim.AdamW(network.parameters(), lr=float(learning_rate), weight_decay=1e-4)
@@ -537,6 +538,14 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
                               validation=result.metrics,
                               timings_s=meta["timings_s"], warnings=warnings_out)
     return result
+
+
+def validation_inputs(images: Sequence[np.ndarray], factor: float, percentiles: Sequence[float]) -> list[np.ndarray]:
+    """The validation images (Y, X) as the network sees them in training: resized by ``factor``
+    (as float32, so that shrinking averages without rounding) and normalised with
+    ``percentiles``. What the validation loss and the choice of regions and views predict on."""
+    return [normalize_image(g if factor == 1.0 else rescale_image(g.astype(np.float32), factor), percentiles)
+            for g in images]
 
 
 @dataclass
