@@ -152,6 +152,8 @@ def rechoose_unet(source: Path, target: Path, split: Path) -> None:
     from orgaseg_core.segmentation.unet.train import choose_regions_and_views, validation_inputs
     from orgaseg_core.segmentation.views import mean_over_views, with_views
 
+    if not (source / "orgaseg_model.json").is_file():
+        raise SystemExit(f"{source}: no model folder (orgaseg_model.json missing) to choose again from")
     meta = json.loads((source / "orgaseg_model.json").read_text())
     if meta.get("backend") != "unet":
         raise SystemExit(f"{source}: --rechoose needs U-Net models, this is {meta.get('backend')!r}")
