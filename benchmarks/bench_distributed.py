@@ -4,9 +4,10 @@ model calls on the same images in the same run.
 Generates ``--small`` images of 1008x760 and ``--large`` images of 4032x3040 (demo-data), then
 for each image size:
 
-1. **bare**: in one process, ``StarDist2D.predict_instances`` on every image as segment feeds
-   it to the network (resized to the model's scale and normalised, tiles as segment chooses;
-   loading the model, reading and resizing the images not timed),
+1. **bare**: in one process, ``StarDist2D.predict_instances`` of a model loaded by StarDist
+   itself (``StarDist2D(None, name, basedir)``, the model's thresholds) on every image as
+   segment feeds it to the network (resized to the model's scale and normalised, tiles as
+   segment chooses; loading the model, reading and resizing the images not timed),
    and in another process (torch) the classifier network's forward pass on as many crops as
    analyze found (at its input size, batches of 64; loading not timed). Their sum is the cost
    of the model calls alone.
@@ -46,7 +47,12 @@ from pathlib import Path
 from orgaseg_core.common.images import input_images, read_image
 from orgaseg_core.segmentation.model import auto_n_tiles, load_model
 from orgaseg_core.segmentation.predict import network_input, preprocessed_grey
-loaded = load_model(Path(sys.argv[1]))
+from stardist.models import StarDist2D
+folder = Path(sys.argv[1]).resolve()
+loaded = load_model(folder)
+# StarDist's own model object (orgaseg's load_model makes Keras' predict leaner: not bare)
+bare = StarDist2D(None, name=folder.name, basedir=str(folder.parent))
+bare.thresholds = dict(loaded.model.thresholds._asdict())
 stems, _ = input_images(Path(sys.argv[2]))
 # the network's input as segment makes it: at the model's scale, normalised as in training
 inputs = [network_input(preprocessed_grey(read_image(p), loaded), loaded.info.scale, loaded.info.norm_percentiles)
@@ -54,7 +60,7 @@ inputs = [network_input(preprocessed_grey(read_image(p), loaded), loaded.info.sc
 seconds = 0.0
 for x in inputs:
     t0 = time.perf_counter()
-    loaded.model.predict_instances(x, n_tiles=auto_n_tiles(x.shape))
+    bare.predict_instances(x, n_tiles=auto_n_tiles(x.shape), show_tile_progress=False)
     seconds += time.perf_counter() - t0
 print(json.dumps({"seconds": seconds}))
 """

@@ -40,6 +40,10 @@ from orgaseg_core.common.images import to_grey
 from orgaseg_core.segmentation.model import auto_n_tiles, load_model, normalize_image
 loaded = load_model(model)  # imports TensorFlow
 load = time.perf_counter() - t0
+from stardist.models import StarDist2D
+# StarDist's own model object for the bare calls (orgaseg's load_model makes Keras' predict leaner)
+plain = StarDist2D(None, name=model.resolve().name, basedir=str(model.resolve().parent))
+plain.thresholds = dict(loaded.model.thresholds._asdict())
 info = loaded.info
 files = list_images(images) if images.is_dir() else [images]
 seg_module.load_model = lambda folder: loaded  # segment() reuses the network loaded above
@@ -55,7 +59,7 @@ def bare(preprocessing):
             grey = process_image(grey, vignette=info.preprocessing.get("remove_vignette", False),
                                  flatten=info.preprocessing.get("flatten_background", False))
         x = normalize_image(rescale_image(grey, info.scale), info.norm_percentiles)
-        labels, details = loaded.model.predict_instances(x, n_tiles=auto_n_tiles(x.shape),
+        labels, details = plain.predict_instances(x, n_tiles=auto_n_tiles(x.shape),
                                                          show_tile_progress=False)
         n += len(details["prob"])
     return n

@@ -553,6 +553,55 @@ def test_segment_with_an_image_pyramid(tiny, tmp_path, unchanged):
     check()
 
 
+LEAN_PREDICT_CHECK = r"""
+import json, sys
+from pathlib import Path
+import numpy as np
+from stardist.models import StarDist2D
+from orgaseg_core.segmentation.model import load_model
+folder = Path(sys.argv[1]).resolve()
+loaded = load_model(folder)
+plain = StarDist2D(None, name=folder.name, basedir=str(folder.parent))
+plain.thresholds = dict(loaded.model.thresholds._asdict())
+keras = loaded.model.keras_model
+calls = {"on_batch": 0}
+on_batch = keras.predict_on_batch
+def counted(x):
+    calls["on_batch"] += 1
+    return on_batch(x)
+keras.predict_on_batch = counted
+rng = np.random.default_rng(5)
+same, objects, per_call = [], 0, []
+for tiles in ((1, 1), (2, 2)):
+    before = calls["on_batch"]
+    x = rng.random((96, 128)).astype(np.float32)
+    x[20:50, 30:60] += 2.0
+    a, da = loaded.model.predict_instances(x, n_tiles=tiles, show_tile_progress=False)
+    b, db = plain.predict_instances(x, n_tiles=tiles, show_tile_progress=False)
+    same.append(bool(np.array_equal(a, b)) and np.allclose(da["prob"], db["prob"]))
+    per_call.append(calls["on_batch"] - before)
+    objects += int(a.max())
+batch = rng.random((40, 96, 128, 1)).astype(np.float32)  # more than one batch: Keras' own predict
+before = calls["on_batch"]
+big = [np.asarray(y) for y in keras.predict(batch, verbose=0)]
+print(json.dumps({"same": same, "objects": objects, "on_batch": per_call, "big_on_batch": calls["on_batch"] - before,
+                  "big_shapes": [list(y.shape) for y in big]}))
+"""
+
+
+def test_loaded_model_predicts_without_keras_per_call_pipeline(tiny):
+    """load_model runs StarDist's one-image Keras calls as predict_on_batch: the same labels and
+    probabilities as StarDist's own model object, with and without tiles."""
+    data, model = tiny
+    done = subprocess.run([sys.executable, "-c", LEAN_PREDICT_CHECK, str(model)], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["same"] == [True, True]
+    assert result["on_batch"][0] == 1 and result["on_batch"][1] >= 2  # untiled: one call; tiled: per tile
+    assert result["big_on_batch"] == 0 and result["big_shapes"][0][0] == 40
+
+
 def test_segment_folder_with_corrupt_file(tiny, tmp_path, unchanged, capsys):
     data, model = tiny
     inputs = tmp_path / "inputs"
