@@ -433,6 +433,7 @@ def analyze_cmd(
     scheduler: Optional[str] = typer.Option(None, help="Address of a running Dask scheduler (tcp://host:8786) whose workers run the chunks (they must see the same files under the same paths); default: a local cluster."),
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Images per task (default: the images shared out over the workers, at most 64); a worker keeps its step processes and models loaded from chunk to chunk."),
     threads_per_worker: Optional[int] = typer.Option(None, "--threads-per-worker", min=1, help="Threads of each chunk's steps (default: the CPU cores shared out over the local workers)."),
+    overlays: str = typer.Option("png", help="Picture of each image's outlines coloured by class: 'png' (lossless), 'jpeg' (.jpg: faster to write and smaller, for thousands of images) or 'none'."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP + " A rerun of the same command without it resumes an interrupted analysis."),
 ) -> None:
     """Segment (or take --masks), measure and classify every organoid in new images; QuPath files, overlays and tables."""
@@ -446,7 +447,8 @@ def analyze_cmd(
                                review_below=review_below, family=family, pixel_size=pixel_size,
                                metadata=metadata, name_pattern=name_pattern, control=control,
                                seed=seed, workers=workers, scheduler=scheduler, chunk_size=chunk_size,
-                               threads_per_worker=threads_per_worker, overwrite=overwrite)
+                               threads_per_worker=threads_per_worker, overlays=overlays,
+                               overwrite=overwrite)
     except OrgasegError as exc:
         _echo_partial_result(exc)
         raise

@@ -488,7 +488,7 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
             pixel_size: float | str | None = None, metadata: PathLike | None = None,
             name_pattern: str | None = None, control: str | None = None, seed: int = 0,
             workers: int | str = "auto", scheduler: Any = None, chunk_size: int | str | None = None,
-            threads_per_worker: int | str | None = None, overwrite: bool = False):
+            threads_per_worker: int | str | None = None, overlays: str = "png", overwrite: bool = False):
     """Segment, measure and classify every organoid of an image file or a folder of images.
 
     Runs :func:`segment` and :func:`classify` in child processes (TensorFlow and torch never
@@ -498,7 +498,8 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
     integers, the images' height and width; ids are kept); an image without one is reported
     and the others are analysed. Writes
     ``out/qupath/<image>.geojson`` (classified detections for QuPath),
-    ``out/overlays/<image>.png``, ``out/objects.csv`` (one row per classified object),
+    ``out/overlays/<image>.png`` (``overlays``: "png", "jpeg" for ``.jpg`` files, faster to
+    write and smaller, or "none"), ``out/objects.csv`` (one row per classified object),
     ``out/summary.csv`` (per image: objects found, classified, excluded, count and fraction
     per class) and each step's own folder. ``pixel_size``: µm per pixel (None/"auto": each image
     file's own): µm / µm² columns and QuPath measurements where it is known. ``metadata`` (a
@@ -536,7 +537,7 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
                seed=seed, workers=workers, scheduler=parse_optional_text(scheduler) if isinstance(scheduler, str)
                else scheduler, chunk_size=parse_optional_int(chunk_size, what="--chunk-size"),
                threads_per_worker=parse_optional_int(threads_per_worker, what="--threads-per-worker"),
-               overwrite=overwrite)
+               overlays=overlays, overwrite=overwrite)
 
 
 def example(out: PathLike = "orgaseg-demo", *, n_images: int = 24, seed: int = 0,

@@ -67,13 +67,18 @@ def tables(out: Path) -> dict[str, pd.DataFrame]:
     return read
 
 
-def assert_same_analysis(out: Path, reference: Path) -> None:
+def assert_same_analysis(out: Path, reference: Path, overlay: str | None = ".png") -> None:
     mine, theirs = tables(out), tables(reference)
     for name in theirs:
         pd.testing.assert_frame_equal(mine[name], theirs[name], check_exact=False, rtol=1e-9, obj=name)
     stems = sorted(theirs["summary.csv"]["stem"])
-    for folder, suffix in (("qupath", ".geojson"), ("overlays", ".png"), ("segmentation", ".tif")):
-        assert sorted(p.name for p in (out / folder).glob(f"*{suffix}")) == [s + suffix for s in stems]
+    for folder, suffix in (("qupath", ".geojson"), ("overlays", overlay), ("segmentation", ".tif")):
+        if suffix is None:
+            assert not (out / folder).exists()
+            continue
+        # the overlays folder holds the overlays of the chosen format only
+        found = (out / folder).iterdir() if folder == "overlays" else (out / folder).glob(f"*{suffix}")
+        assert sorted(p.name for p in found) == [s + suffix for s in stems]
     crops = sorted(p.name for p in (out / "objects" / "crops").iterdir())
     assert crops == sorted(p.name for p in (reference / "objects" / "crops").iterdir())
     assert len(list((out / "progress" / "images").glob("*.json"))) == len(stems)
@@ -206,9 +211,37 @@ def test_a_worker_runs_its_chunks_in_one_warm_process_per_step(setup, tmp_path):
                    for c in chunks for s in ("segment", "classify"))
 
 
+def test_overlays_as_jpeg_or_none_leave_the_tables_unchanged(setup, tmp_path):
+    """--overlays jpeg writes <stem>.jpg (the PNG's picture up to JPEG's rounding), --overlays none
+    no overlay; the tables, QuPath files and the report's links follow."""
+    import numpy as np
+    from PIL import Image
+
+    root, images, reference = setup
+    for fmt, suffix in (("jpeg", ".jpg"), ("none", None)):
+        out = tmp_path / fmt
+        done = _cli(*command(root, images, out), "--workers", 1, "--overlays", fmt)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert_same_analysis(out, reference, overlay=suffix)
+        report = (out / "report.html").read_text()
+        assert json.loads((out / "run.json").read_text())["arguments"]["overlays"] == fmt
+        if suffix is None:
+            assert "no overlay" in report and "overlays/" not in report
+            continue
+        for png in sorted((reference / "overlays").glob("*.png")):
+            jpeg = out / "overlays" / f"{png.stem}.jpg"
+            with Image.open(jpeg) as picture:
+                assert picture.format == "JPEG"
+                mine = np.asarray(picture.convert("RGB"), dtype=np.float64)
+            theirs = np.asarray(Image.open(png).convert("RGB"), dtype=np.float64)
+            assert mine.shape == theirs.shape and np.abs(mine - theirs).mean() < 3.0
+            assert f"overlays/{png.stem}.jpg" in report
+
+
 def test_worker_options_are_checked_before_any_work(setup, tmp_path):
     root, images, _ = setup
-    for option, value in (("--workers", "0"), ("--workers", "many"), ("--chunk-size", "0")):
+    for option, value in (("--workers", "0"), ("--workers", "many"), ("--chunk-size", "0"),
+                          ("--overlays", "gif")):
         done = _cli(*command(root, images, tmp_path / "never"), option, value)
         assert done.returncode == 2, (option, value, done.stderr[-2000:])
     assert not (tmp_path / "never").exists()

@@ -234,6 +234,41 @@ def segmentation_overlay(image: np.ndarray | None, truth: np.ndarray, pred: np.n
                            max_side=max_side, agree_colour=AGREE_COLOUR, legend=legend)
 
 
+#: Overlay file formats (analyze's ``overlays``) -> the overlay file's suffix ("none": no overlay is written)
+OVERLAY_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "none": None}
+
+
+def check_overlay_format(value: str) -> str:
+    """``value`` lower-cased if it is one of :data:`OVERLAY_SUFFIXES` ("jpg" = "jpeg"), else
+    ValueError naming them."""
+    fmt = str(value).strip().lower()
+    fmt = "jpeg" if fmt == "jpg" else fmt
+    if fmt not in OVERLAY_SUFFIXES:
+        raise ValueError(f"overlays must be one of {', '.join(OVERLAY_SUFFIXES)}, got {value!r}")
+    return fmt
+
+
+def overlay_path(folder: Path, stem: str) -> Path | None:
+    """The overlay of ``stem`` in ``folder`` in whichever format it was written, or None."""
+    for suffix in (s for s in OVERLAY_SUFFIXES.values() if s):
+        path = Path(folder) / f"{stem}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def save_jpeg(path: Path, rgb: np.ndarray, quality: int = 95) -> Path:
+    """Write an RGB (Y, X, 3) uint8 array as JPEG atomically: full colour resolution (no chroma
+    subsampling, so one-pixel outlines keep their colour), ``quality`` 95. A tenth of the PNG's
+    encoding time and a third to a quarter of its size; the grey levels are not exact."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(tmp, format="JPEG", quality=int(quality),
+                                                                        subsampling=0)
+    return Path(path)
+
+
 def save_png(path: Path, rgb: np.ndarray) -> Path:
     """Write an RGB (Y, X, 3) uint8 array as PNG atomically."""
     from PIL import Image

@@ -21,7 +21,8 @@ of the same command resumes. When every chunk has ended, this process merges:
   were not classified (dropped by ``--min-area`` / ``--exclude-border``, unreadable crop)
   stay in the file as detections without a class, named with the reason. (Written per image.)
 - ``out/overlays/<stem>.png``: outlines coloured by class over the image, with a legend of
-  the classes and their counts. (Written per image.)
+  the classes and their counts (``.jpg`` with ``overlays="jpeg"``, none with "none"). (Written
+  per image.)
 - ``out/segmentation/``, ``out/objects/`` (crops, objects.csv, skipped.csv),
   ``out/classification/predictions.csv``: the steps' outputs of all chunks.
 - ``out/objects.csv``: one row per classified object: image, stem, label, predicted class,
@@ -190,7 +191,8 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
             pixel_size: float | str | None = None, metadata: Path | None = None,
             name_pattern: str | None = None, control: str | None = None, seed: int = 0,
             workers: int | str | None = "auto", scheduler: Any = None, chunk_size: int | None = None,
-            threads_per_worker: int | None = None, overwrite: bool = False) -> AnalyzeResult:
+            threads_per_worker: int | None = None, overlays: str = "png",
+            overwrite: bool = False) -> AnalyzeResult:
     """Segment, measure and classify every organoid of an image file or a folder of images.
 
     segmentation_model: folder of ``train-segmentation``; or None with ``masks``: a folder of
@@ -217,7 +219,9 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
     a ``distributed.Client`` / cluster object); each step of a chunk gets
     ``threads_per_worker`` threads (default: the cores shared out over the local workers).
     Rerunning the same call into the same ``out`` after a crash or an interrupt resumes it
-    (:mod:`.progress`); ``overwrite`` starts over.
+    (:mod:`.progress`); ``overwrite`` starts over. overlays: the picture of each image's
+    outlines, "png" (lossless), "jpeg" (``.jpg``: faster and smaller, for thousands of images)
+    or "none".
     """
     from ..common.params import parse_pair
     from ..segmentation.model import check_segmentation_model, is_region_model
@@ -225,8 +229,14 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
     from .cluster import check_workers, dask_client, local_workers, run_tasks, threads_for
     from .progress import completed, fingerprint, resumable, write_plan
 
+    from ..common.overlays import check_overlay_format
+
     start = time.perf_counter()
     workers = check_workers(workers)
+    try:
+        overlays = check_overlay_format(overlays)
+    except ValueError as exc:
+        raise OptionError(str(exc)) from None
     if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
         raise OptionError(f"--chunk-size must be a whole number >= 1, got {chunk_size!r}")
     if (segmentation_model is None) == (masks is None):
@@ -292,7 +302,8 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
                  "pixel_size": pixel_size, "metadata": metadata, "name_pattern": name_pattern,
                  "control": control, "seed": seed, "workers": workers,
                  "scheduler": scheduler if scheduler is None or isinstance(scheduler, str) else repr(scheduler),
-                 "chunk_size": chunk_size, "threads_per_worker": threads_per_worker, "overwrite": overwrite}
+                 "chunk_size": chunk_size, "threads_per_worker": threads_per_worker, "overlays": overlays,
+                 "overwrite": overwrite}
     print_ = fingerprint(arguments)
     # The same command into the folder of an unfinished run resumes it (checked before the lock,
     # which a live run still holds and a dead one left stale).
@@ -319,7 +330,8 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
                     "extract": {"padding": padding, "context": context, "mask_background": mask_background,
                                 "min_area": min_area, "exclude_border": exclude_border,
                                 "pixel_size": pixel_size},
-                    "classify_options": _classify_options(batch_size, device, review_below, family)}
+                    "classify_options": _classify_options(batch_size, device, review_below, family),
+                    "overlays": overlays}
         mask_files: dict[str, Path] = {}
         if masks is not None:
             from ..common.images import index_by_stem, list_images

@@ -215,7 +215,8 @@ def run_chunk(spec: ChunkSpec) -> ChunkOutcome:
         reasons = {int(r.label): str(r.reason) for r in skipped[skipped["stem"] == stem].itertuples()}
         reasons.update({label: why for (st, label), why in unreadable.items() if st == stem})
         mine = table[table["stem"] == stem]
-        n_objects = write_image_results(path, stem, seg_out, out, mine, reasons, class_names)
+        n_objects = write_image_results(path, stem, seg_out, out, mine, reasons, class_names,
+                                        overlays=s.get("overlays", "png"))
         _move_files(seg_out, out / SEGMENTATION_DIR, [f"{stem}.tif", f"{stem}.geojson", f"{stem}_objects.csv"])
         _move_files(obj_out, out / OBJECTS_DIR, list(objects.loc[objects["stem"] == stem, "crop"]))
         row = {"image": path.name, "stem": stem, "objects": n_objects,

@@ -104,20 +104,24 @@ def objects_table(predictions: pd.DataFrame, seg_out: Path, class_names: Sequenc
 
 
 def write_image_results(path: Path, stem: str, seg_out: Path, out: Path, objects: pd.DataFrame,
-                         reasons: dict[int, str], class_names: Sequence[str]) -> int:
-    """qupath/<stem>.geojson and overlays/<stem>.png of one image; returns its object count."""
-    from ..common.overlays import class_overlay, save_png
+                        reasons: dict[int, str], class_names: Sequence[str], overlays: str = "png") -> int:
+    """qupath/<stem>.geojson and the overlay overlays/<stem>.png (or .jpg with ``overlays``
+    "jpeg", none with "none") of one image; returns its object count."""
+    from ..common.overlays import OVERLAY_SUFFIXES, check_overlay_format, class_overlay, save_jpeg, save_png
     from ..qupath.geojson import load_features, write_feature_collection
 
-    labels = read_labels(seg_out / f"{stem}.tif")
     features = load_features(seg_out / f"{stem}.geojson")
     geojson = out / QUPATH_DIR / f"{stem}.geojson"
     geojson.parent.mkdir(exist_ok=True)
     write_feature_collection(geojson, classified_features(features, objects, reasons, class_names))
-    label_classes = {int(l): str(c) for l, c in zip(objects["label"], objects["predicted_class"])}
-    overlay = class_overlay(read_image(path), labels, label_classes, class_names=class_names)
-    png = out / OVERLAYS_DIR / f"{stem}.png"
-    png.parent.mkdir(exist_ok=True)
-    save_png(png, overlay)
-    log.info("%s: %d objects, %d classified -> %s, %s", path.name, len(features), len(objects), geojson, png)
+    suffix = OVERLAY_SUFFIXES[check_overlay_format(overlays)]
+    picture = out / OVERLAYS_DIR / f"{stem}{suffix}" if suffix else None
+    if picture is not None:
+        label_classes = {int(l): str(c) for l, c in zip(objects["label"], objects["predicted_class"])}
+        overlay = class_overlay(read_image(path), read_labels(seg_out / f"{stem}.tif"), label_classes,
+                                class_names=class_names)
+        picture.parent.mkdir(exist_ok=True)
+        (save_jpeg if suffix == ".jpg" else save_png)(picture, overlay)
+    log.info("%s: %d objects, %d classified -> %s%s", path.name, len(features), len(objects), geojson,
+             f", {picture}" if picture else "")
     return len(features)

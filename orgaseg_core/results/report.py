@@ -83,7 +83,7 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def write_thumbnail(source: Path, target: Path, side: int = THUMBNAIL_SIDE) -> Path:
-    """A JPEG of ``source`` (a PNG overlay) whose longest side is ``side`` px."""
+    """A JPEG of ``source`` (an overlay, PNG or JPEG) whose longest side is ``side`` px."""
     from PIL import Image
 
     with Image.open(source) as image:
@@ -151,7 +151,7 @@ def write_report(out: Path, *, objects: pd.DataFrame, summary: pd.DataFrame, con
     objects, summary, conditions: analyze's tables. run: what was run (``arguments``,
     ``versions``, ``pixel_size``, free-form ``inputs``). plots: PNG files of the plots. crops_root:
     the folder that objects' ``crop`` paths are relative to. overlays_dir / qupath_dir: the
-    per-image overlays (``<stem>.png``) and QuPath files. Returns the report's path.
+    per-image overlays (``<stem>.png`` or ``.jpg``) and QuPath files. Returns the report's path.
     """
     out = Path(out)
     pictures = out / REPORT_DIR
@@ -193,11 +193,13 @@ def write_report(out: Path, *, objects: pd.DataFrame, summary: pd.DataFrame, con
     if len(summary):
         parts.append("<h2>Images</h2><p class='note'>Click a thumbnail for the full-size overlay; the QuPath "
                      "file goes onto the same image in QuPath.</p>")
+        from ..common.overlays import overlay_path
+
         rows = summary.copy()
         thumbs = []
         for stem in rows["stem"]:
-            overlay = Path(overlays_dir or out / "overlays") / f"{stem}.png"
-            if overlay.is_file():
+            overlay = overlay_path(Path(overlays_dir or out / "overlays"), stem)
+            if overlay is not None:
                 thumb = write_thumbnail(overlay, pictures / "thumbnails" / f"{stem}.jpg")
                 thumbs.append(f"<a href='{_relative(overlay, out)}'><img class='thumb' src='{_relative(thumb, out)}' "
                               f"alt='overlay of {_e(stem)}'></a>")

@@ -30,7 +30,7 @@ def run():
         metadata=args.metadata, name_pattern=args.name_pattern, control=args.control,
         seed=args.seed, workers=args.workers, scheduler=args.scheduler or None,
         chunk_size=args.chunk_size or None, threads_per_worker=args.threads_per_worker or None,
-        overwrite=args.overwrite))
+        overlays=args.overlays, overwrite=args.overwrite))
 
 
 def pre_test():
@@ -250,6 +250,10 @@ setup(
         {"name": "threads_per_worker", "type": "integer", "default": 0,
          "description": "Threads of each chunk's steps (0: the CPU cores shared out over the "
                         "local workers)."},
+        {"name": "overlays", "type": "string", "default": "png",
+         "description": "Picture of each image's outlines coloured by class: png (lossless), "
+                        "jpeg (.jpg files, faster to write and smaller: for thousands of images) "
+                        "or none."},
         {"name": "overwrite", "type": "boolean", "default": False,
          "description": "Allow writing into an output folder that already holds files "
                         "(True/False); files of the same name are replaced. Without it, the same "
