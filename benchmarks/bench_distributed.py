@@ -27,7 +27,7 @@ workers at least 1.7x the throughput of 1 where the machine has the cores (2 wor
 ``--threads-per-worker`` cores).
 
 Usage:  python benchmarks/bench_distributed.py --example orgaseg-demo [--small 40] [--large 8]
-            [--workers 1,2] [--threads-per-worker 1] [--chunk-size N] [--work DIR]
+            [--workers 1,2] [--threads-per-worker 1] [--chunk-size N] [--overlays jpeg] [--work DIR]
 """
 
 from __future__ import annotations
@@ -101,11 +101,13 @@ def bare(script: str, args: list, threads: int) -> float:
 
 
 def analyze(seg: Path, clf: Path, images: Path, out: Path, workers: int, threads: int,
-            chunk_size: int | None = None) -> tuple[float, dict]:
+            chunk_size: int | None = None, overlays: str | None = None) -> tuple[float, dict]:
     command = [sys.executable, "-m", "orgaseg_core", "analyze", "--segmentation-model", seg, "--classifier", clf,
                "--images", images, "--out", out, "--workers", workers, "--threads-per-worker", threads]
     if chunk_size:
         command += ["--chunk-size", chunk_size]
+    if overlays:
+        command += ["--overlays", overlays]
     t0 = time.perf_counter()
     done = subprocess.run(list(map(str, command)), capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -140,6 +142,7 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="analyze --chunk-size (default: analyze's own; smaller chunks show what the "
                              "warm step processes save from chunk to chunk)")
+    parser.add_argument("--overlays", default=None, help="analyze --overlays (png, jpeg, none; default: analyze's own, png)")
     args = parser.parse_args()
     seg = args.example / "models" / "segmentation"
     clf = args.example / "models" / "classifier"
@@ -161,8 +164,9 @@ def main() -> None:
             images = data / "images"
             runs = {}
             for w in workers:
-                out = work / (f"analysis-{name}-{w}" + (f"-chunks{args.chunk_size}" if args.chunk_size else ""))
-                runs[w] = analyze(seg, clf, images, out, w, threads, args.chunk_size)
+                out = work / (f"analysis-{name}-{w}" + (f"-chunks{args.chunk_size}" if args.chunk_size else "")
+                              + (f"-{args.overlays}" if args.overlays else ""))
+                runs[w] = analyze(seg, clf, images, out, w, threads, args.chunk_size, args.overlays)
             n_objects = runs[workers[0]][1]["objects"]
             bare_seg = bare(BARE_SEGMENT, [seg, images], threads)
             bare_cls = bare(BARE_CLASSIFY, [clf, n_objects], threads)

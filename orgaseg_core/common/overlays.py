@@ -259,8 +259,8 @@ def overlay_path(folder: Path, stem: str) -> Path | None:
 
 def save_jpeg(path: Path, rgb: np.ndarray, quality: int = 95) -> Path:
     """Write an RGB (Y, X, 3) uint8 array as JPEG atomically: full colour resolution (no chroma
-    subsampling, so one-pixel outlines keep their colour), ``quality`` 95. A tenth of the PNG's
-    encoding time and a third to a quarter of its size; the grey levels are not exact."""
+    subsampling, so one-pixel outlines keep their colour), ``quality`` 95: a 1008x760 overlay in
+    3 ms and 0.33 MB against 46 ms and 0.73 MB as PNG; the grey levels are not exact."""
     from PIL import Image
 
     with atomic_path(path) as tmp:
