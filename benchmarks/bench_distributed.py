@@ -45,14 +45,15 @@ BARE_SEGMENT = r"""
 import json, sys, time
 from pathlib import Path
 from orgaseg_core.common.images import input_images, read_image
-from orgaseg_core.segmentation.model import auto_n_tiles, load_model
+from orgaseg_core.segmentation.model import LoadedModel, auto_n_tiles, check_model_folder
 from orgaseg_core.segmentation.predict import network_input, preprocessed_grey
 from stardist.models import StarDist2D
 folder = Path(sys.argv[1]).resolve()
-loaded = load_model(folder)
+info = check_model_folder(folder)
 # StarDist's own model object (orgaseg's load_model makes Keras' predict leaner: not bare)
 bare = StarDist2D(None, name=folder.name, basedir=str(folder.parent))
-bare.thresholds = dict(loaded.model.thresholds._asdict())
+bare.thresholds = dict(info.thresholds)
+loaded = LoadedModel(model=bare, info=info)  # the model's preprocessing and scale
 stems, _ = input_images(Path(sys.argv[2]))
 # the network's input as segment makes it: at the model's scale, normalised as in training
 inputs = [network_input(preprocessed_grey(read_image(p), loaded), loaded.info.scale, loaded.info.norm_percentiles)

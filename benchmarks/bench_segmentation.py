@@ -37,14 +37,16 @@ from orgaseg_core.common.images import list_images, read_image
 from orgaseg_core.common.illumination import process_image
 from orgaseg_core.common.resample import rescale_image
 from orgaseg_core.common.images import to_grey
-from orgaseg_core.segmentation.model import auto_n_tiles, load_model, normalize_image
-loaded = load_model(model)  # imports TensorFlow
+from orgaseg_core.segmentation.model import auto_n_tiles, check_model_folder, load_model, normalize_image
+info = check_model_folder(model)
+# only the network(s) this mode runs, so that its peak memory is theirs: orgaseg's (load_model,
+# whose Keras predict is leaner) for segment(), StarDist's own model object for the bare calls
+loaded = load_model(model) if mode in ("all", "orgaseg") else None  # imports TensorFlow
+if mode != "orgaseg":
+    from stardist.models import StarDist2D
+    plain = StarDist2D(None, name=model.resolve().name, basedir=str(model.resolve().parent))
+    plain.thresholds = dict(info.thresholds)
 load = time.perf_counter() - t0
-from stardist.models import StarDist2D
-# StarDist's own model object for the bare calls (orgaseg's load_model makes Keras' predict leaner)
-plain = StarDist2D(None, name=model.resolve().name, basedir=str(model.resolve().parent))
-plain.thresholds = dict(loaded.model.thresholds._asdict())
-info = loaded.info
 files = list_images(images) if images.is_dir() else [images]
 seg_module.load_model = lambda folder: loaded  # segment() reuses the network loaded above
 
@@ -60,7 +62,7 @@ def bare(preprocessing):
                                  flatten=info.preprocessing.get("flatten_background", False))
         x = normalize_image(rescale_image(grey, info.scale), info.norm_percentiles)
         labels, details = plain.predict_instances(x, n_tiles=auto_n_tiles(x.shape),
-                                                         show_tile_progress=False)
+                                                  show_tile_progress=False)
         n += len(details["prob"])
     return n
 
