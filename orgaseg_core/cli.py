@@ -236,6 +236,7 @@ def train_segmentation_cmd(
     backend: str = typer.Option("stardist", help="'stardist': a StarDist2D network (TensorFlow; the options above). 'forest': a random forest on multi-scale pixel features that finds organoid interiors and boundaries (CPU, seconds to minutes; takes --resize, --norm-low/--norm-high, --seed, --scale, --n-trees). 'unet': a U-Net trained from scratch (PyTorch, a GPU when there is one) that finds the same interiors and boundaries, outlines of any shape (takes the budget options, --batch-size, --patch-size, --resize, --learning-rate, --augment, --norm-low/--norm-high, --seed, --scale, --device, --pyramid, --tta)."),
     n_trees: int = typer.Option(100, "--n-trees", min=1, help="Trees of the pixel forest (--backend forest)."),
     device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda' for --backend unet (default: cuda when available)."),
+    refit: bool = typer.Option(False, "--refit/--no-refit", help="--backend unet: once the network, outlines, views and pyramid are chosen on the validation images, train the stored network again on the training and validation images together, for as many steps (twice the training time)."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Train a segmentation model (StarDist, a pixel forest or a U-Net) on split image/mask pairs; choose thresholds and outlines; report validation quality."""
@@ -246,7 +247,8 @@ def train_segmentation_cmd(
                                       grid=grid, learning_rate=learning_rate, augment=augment,
                                       refine=refine, pyramid=pyramid, tta=tta, norm_low=norm_low, norm_high=norm_high,
                                       seed=seed, init_model=init_model, scale=scale,
-                                      backend=backend, n_trees=n_trees, device=device, overwrite=overwrite)
+                                      backend=backend, n_trees=n_trees, device=device, refit=refit,
+                                      overwrite=overwrite)
     typer.echo(result.summary())
 
 

@@ -186,7 +186,7 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
                        norm_low: float = 1.0, norm_high: float = 99.8, seed: int = 0,
                        init_model: PathLike | None = None, scale: float | str | None = None,
                        backend: str = "stardist", n_trees: int = 100, device: str | None = None,
-                       overwrite: bool = False):
+                       refit: bool = False, overwrite: bool = False):
     """Train a segmentation model on the split made by :func:`split` (mode segmentation):
     ``backend`` "stardist" (a StarDist2D network, TensorFlow; the options below), "forest" (a
     pixel random forest with boundary regions, :mod:`orgaseg_core.segmentation.forest`; seconds
@@ -215,7 +215,9 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
     kept only if better on the validation images (the U-Net keeps the most levels within 0.01 of
     the best); "none": one; "1,2,4": these). ``tta``: the U-Net's test-time views, its
     probabilities averaged over 1, 2, 4 or 8 flipped/turned copies of each image ("auto": 1 or
-    8, the most within 0.01 of the best validation mean F1).
+    8, the most within 0.01 of the best validation mean F1). ``refit`` (U-Net only): once
+    everything is chosen on the validation images, train the stored network again on the
+    training and validation images together (twice the training time).
     ``norm_low``/``norm_high``: percentiles of the per-image
     intensity normalisation. ``scale``: pixel scale of the training images relative to the
     originals (None/"auto": read from the preprocess run, else 1). ``init_model``: a local
@@ -262,7 +264,9 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
                           learning_rate=DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate,
                           augment=augment, norm_percentiles=(norm_low, norm_high), seed=seed,
                           scale=_optional_float(scale, "--scale"), device=device,
-                          pyramid=pyramid, tta=tta, overwrite=overwrite)
+                          pyramid=pyramid, tta=tta, refit=bool(refit), overwrite=overwrite)
+    if refit:
+        raise OrgasegError(f"--refit applies to --backend unet only (got --backend {backend})")
     tta_given = "auto" if tta is None or str(tta).strip().lower() in auto else tta
     if tta_given != "auto":
         raise OrgasegError(f"--tta applies to --backend unet only (got --backend {backend}); "

@@ -338,3 +338,49 @@ def test_options_of_other_backends_are_refused(tmp_path):
     with pytest.raises(OrgasegError, match="--device applies to --backend unet only"):
         steps.train_segmentation(data, tmp_path / "never", backend="forest", device="cpu")
     assert not (tmp_path / "never").exists()
+
+
+def test_refit_trains_the_stored_network_on_training_and_validation_images(tmp_path, monkeypatch):
+    """``--refit``: after the choices, a new network is trained on the training and validation
+    images for as many steps as the kept network had, and that network is the one stored."""
+    from orgaseg_core.segmentation.unet import train as unet_train
+
+    data = write_split(tmp_path / "split", n_train=3, n_val=1)
+    samplers, refits = [], []
+
+    class Recording(unet_train.PatchSampler):
+        def __init__(self, images, masks, *args, **kwargs):
+            samplers.append((len(images), len(masks), [g.shape for g in images]))
+            super().__init__(images, masks, *args, **kwargs)
+
+    real_train_steps = unet_train.train_steps
+
+    def recording_train_steps(network, sampler, loss_fn, **kwargs):
+        losses = real_train_steps(network, sampler, loss_fn, **kwargs)
+        refits.append(({k: v.detach().clone() for k, v in network.state_dict().items()}, kwargs, losses))
+        return losses
+
+    monkeypatch.setattr(unet_train, "PatchSampler", Recording)
+    monkeypatch.setattr(unet_train, "train_steps", recording_train_steps)
+    model = tmp_path / "model"
+    steps.train_segmentation(data, model, backend="unet", epochs=3, steps_per_epoch=4, batch_size=2,
+                             patch_size=64, learning_rate=3e-3, device="cpu", seed=2, pyramid="none",
+                             tta=1, refit=True)
+    # the first sampler holds the 3 training images, the refit's the 3 + the validation image
+    assert [(n, m) for n, m, _ in samplers] == [(3, 3), (4, 4)]
+    assert samplers[1][2][:3] == samplers[0][2]
+    meta = json.loads((model / "orgaseg_model.json").read_text())
+    refit = meta["weights"]["refit"]
+    kept = meta["steps"] if refit["of"] == "last" else meta["history"][meta["weights"]["lowest_val_loss_epoch"] - 1]["steps"]
+    assert refit["steps"] == kept and len(refits) == 1 and len(refits[0][2]) == kept
+    assert refits[0][1]["steps"] == kept and len(refit["images"]) == 4
+    assert meta["weights"]["chosen"].startswith("refit") and meta["training"]["refit"] is True
+    stored = torch.load(model / UNET_FILE, map_location="cpu")
+    assert set(stored) == set(refits[0][0])
+    assert all(torch.equal(stored[k], refits[0][0][k]) for k in stored)
+    validated = torch.load(model / unet_train.VALIDATED_UNET_FILE, map_location="cpu")
+    assert set(validated) == set(stored) and not all(torch.equal(stored[k], validated[k]) for k in stored)
+    # the refit network segments like any U-Net model
+    assert check_unet_folder(model) is not None
+    with pytest.raises(OrgasegError, match="--refit applies to --backend unet only"):
+        steps.train_segmentation(data, tmp_path / "never", backend="forest", refit=True)
