@@ -43,7 +43,13 @@ the main table uses the one the model chose on its validation image, a second ta
 them all, pooled. The model's choice of pyramid (several scales, ``--pyramid``) is compared
 with one scale and with the pyramids 1,2 and 1,2,4 on the same models in a third table
 (outlines as chosen), and for the U-Net and the pixel forest the model's choice of test-time
-views (``--tta``) with 1 and 8 views in a fourth.
+views (``--tta``) with 1 and 8 views in a fourth. Folds trained with ``-- --refit`` (U-Net)
+are also segmented with the network the choices were made with (trained without the
+validation image, kept as ``unet_validated.pt``), a fifth table: the refit's own effect, same
+run, same choices:
+
+    python benchmarks/bench_real_segmentation.py --work /tmp/real --name unet30-refit --scale 1 \
+        --tiles 1x1 --no-pyramid-table --folds 668 -- --backend unet --preset real --refit
 
 Each fold trains a model (minutes to tens of minutes on 2 CPU cores): run it in the background
 and read the log. TensorFlow runs in child processes (the orgaseg CLI). Without
@@ -190,6 +196,23 @@ def rechoose_unet(source: Path, target: Path, split: Path) -> None:
           flush=True)
 
 
+def validated_copy(model: Path) -> Path | None:
+    """For a U-Net trained with ``--refit``: a copy of its folder beside it whose network is the
+    one the choices were made with (``unet_validated.pt`` as ``unet.pt``), so that the held-out
+    image is also segmented without the refit, same choices, same run. None for other models."""
+    meta = json.loads((model / "orgaseg_model.json").read_text())
+    refit = (meta.get("weights") or {}).get("refit")
+    if not refit:
+        return None
+    target = model.with_name(model.name + "-validated")
+    if not (target / "orgaseg_model.json").is_file():
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(model, target, ignore=shutil.ignore_patterns("unet.pt", refit["validated_network"]))
+        shutil.copy2(model / refit["validated_network"], target / "unet.pt")
+    return target
+
+
 def segment_held_out(model: Path, image: Path, seg: Path, *options):
     """``orgaseg segment`` of one held-out image into ``seg`` with ``options``; its label image
     (an outline overlay written beside it)."""
@@ -265,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     by_method: dict[str, list] = {}
     by_pyramid: dict[str, list] = {}
     by_views: dict[str, list] = {}
+    by_refit: dict[str, list] = {}
+    refit_truths: list = []
     first_model = None
     for held in folds:
         split = fold_data(args.work, held, images, scale=args.scale, tiles=args.tiles, groups=args.split_groups)
@@ -317,6 +342,14 @@ def main(argv: list[str] | None = None) -> int:
                        truth, found)
         if forest:
             by_views.setdefault("chosen on validation", []).append(pred)
+        # --refit: the network the choices were made with, on the same held-out image
+        validated = validated_copy(model)
+        if validated is not None:
+            found = segment_held_out(validated, images[held][0], args.work / args.name / f"segmented-{held}-validated")
+            by_refit.setdefault("validated network (trained without the validation image)", []).append(found)
+            by_refit.setdefault("refit network (the stored one)", []).append(pred)
+            refit_truths.append(truth)
+            print_fold(held, "validated network, before the refit", truth, found)
         rows.append({"held_out": held, "outlines": chosen, "pyramid": pyramid_label, "views": views,
                      "resize": meta.get("resize", {}).get("factor"), "model_scale": meta["scale"],
                      "epochs": meta.get("epochs_run", len(meta.get("history", []))), **scores([truth], [pred]),
@@ -342,6 +375,13 @@ def main(argv: list[str] | None = None) -> int:
         print(pd.DataFrame(viewed).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         (args.work / args.name).mkdir(parents=True, exist_ok=True)
         pd.DataFrame(viewed).to_csv(args.work / args.name / "views.csv", index=False)
+    if by_refit:
+        refits = [{"network": name, **scores(refit_truths, found)} for name, found in by_refit.items()]
+        print("\n--refit: the stored network against the one the choices were made with (folds trained "
+              "with --refit), pooled:")
+        print(pd.DataFrame(refits).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        (args.work / args.name).mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(refits).to_csv(args.work / args.name / "refit.csv", index=False)
     for peer, f1 in PEERS.items():
         print(f"  peer: {peer}: F1@0.5 {f1:.2f} (3 of these images, issue 10)")
     (args.work / args.name).mkdir(parents=True, exist_ok=True)

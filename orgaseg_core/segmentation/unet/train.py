@@ -31,8 +31,8 @@
    most levels whose mean F1 is within :data:`..forest.levels.PYRAMID_TOLERANCE` of the best
    are stored (or the levels given as ``pyramid``), and ``segment`` predicts at them.
 6. ``refit`` (off by default): a new network is trained on the training *and* validation
-   images for as many steps as the kept network had (same seed, learning rate and schedule,
-   no validation), and stored with the choices of steps 4-5 in its place. With a few images
+   images for as many steps as the kept network had (same seed and peak learning rate, the
+   warm-up and cosine ending at the last of those steps; no validation), and stored with the choices of steps 4-5 in its place. With a few images
    of different tissues the validation image is a quarter of the data; the refit network
    learns from it too, at twice the training time. Its validation figures are those of the
    network the choices were made with (the refit one has seen the validation images), kept
@@ -425,12 +425,7 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
                     break
                 for group in optimiser.param_groups:
                     group["lr"] = learning_rate_at(step, total_steps, float(learning_rate))
-                x, y = sampler(int(batch_size))
-                optimiser.zero_grad(set_to_none=True)
-                loss = loss_fn(network(torch.from_numpy(x).to(device)), torch.from_numpy(y).to(device))
-                loss.backward()
-                optimiser.step()
-                losses.append(float(loss.detach()))
+                losses.append(training_step(network, optimiser, loss_fn, sampler(int(batch_size)), device))
                 step += 1
             if not losses:
                 break
@@ -590,13 +585,21 @@ def train_steps(network, sampler: "PatchSampler", loss_fn, *, steps: int, batch_
     for step in tqdm(range(int(steps)), desc=desc, unit="step", disable=None):
         for group in optimiser.param_groups:
             group["lr"] = learning_rate_at(step, int(steps), float(learning_rate))
-        x, y = sampler(int(batch_size))
-        optimiser.zero_grad(set_to_none=True)
-        loss = loss_fn(network(torch.from_numpy(x).to(device)), torch.from_numpy(y).to(device))
-        loss.backward()
-        optimiser.step()
-        losses.append(float(loss.detach()))
+        losses.append(training_step(network, optimiser, loss_fn, sampler(int(batch_size)), device))
     return losses
+
+
+def training_step(network, optimiser, loss_fn, batch: tuple[np.ndarray, np.ndarray], device: str) -> float:
+    """One optimiser step on ``batch`` (patches (B, 1, Y, X) float32, pixel classes (B, Y, X)
+    int64, as :class:`PatchSampler` gives them); the batch's loss."""
+    import torch
+
+    x, y = batch
+    optimiser.zero_grad(set_to_none=True)
+    loss = loss_fn(network(torch.from_numpy(x).to(device)), torch.from_numpy(y).to(device))
+    loss.backward()
+    optimiser.step()
+    return float(loss.detach())
 
 
 def validation_inputs(images: Sequence[np.ndarray], factor: float, percentiles: Sequence[float]) -> list[np.ndarray]:
