@@ -24,7 +24,8 @@ def run():
         resize=args.resize, n_rays=args.n_rays, grid=args.grid, learning_rate=args.learning_rate,
         augment=args.augment, refine=args.refine, pyramid=args.pyramid, tta=args.tta, norm_low=args.norm_low,
         norm_high=args.norm_high, seed=args.seed, init_model=args.init_model, scale=args.scale,
-        backend=args.backend, n_trees=args.n_trees, device=args.device, overwrite=args.overwrite))
+        backend=args.backend, n_trees=args.n_trees, device=args.device, refit=args.refit,
+        overwrite=args.overwrite))
 
 
 def pre_test():
@@ -71,7 +72,7 @@ def test():
 setup(
     group="orgaseg",
     name="train-segmentation",
-    version="0.16.0",
+    version="0.17.0",
     album_api_version="0.7.3",
     title="Train an organoid segmentation model (StarDist, pixel forest or U-Net)",
     description=(
@@ -91,7 +92,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.16.0 (the source "
+                 "classification for brightfield microscopy, version 0.17.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},
@@ -213,6 +214,12 @@ setup(
          "description": "Where the U-Net trains (backend 'unet' only): 'cpu', 'cuda' (an NVIDIA "
                         "GPU), 'cuda:1' or 'auto' (the GPU when there is one). StarDist uses "
                         "TensorFlow's device; leave 'auto' with the other backends."},
+        {"name": "refit", "type": "boolean", "default": False,
+         "description": "Backend 'unet' only: once the network, outlines, test-time views and "
+                        "pyramid are chosen on the validation images, train the stored network "
+                        "again on the training and validation images together, for as many steps "
+                        "(twice the training time). For a few annotated images, where the "
+                        "validation image is a large part of the data (True/False)."},
         {"name": "overwrite", "type": "boolean", "default": False,
          "description": "Allow writing into a model folder that already holds files "
                         "(True/False); files of the same name are replaced."},
