@@ -582,10 +582,15 @@ def train_steps(network, sampler: "PatchSampler", loss_fn, *, steps: int, batch_
     optimiser = torch.optim.AdamW(network.parameters(), lr=float(learning_rate), weight_decay=1e-4)
     network.train()
     losses: list[float] = []
+    every = max(1, int(steps) // 10)  # a log line per tenth (the bar is off in a log file)
+    t0 = time.perf_counter()
     for step in tqdm(range(int(steps)), desc=desc, unit="step", disable=None):
         for group in optimiser.param_groups:
             group["lr"] = learning_rate_at(step, int(steps), float(learning_rate))
         losses.append(training_step(network, optimiser, loss_fn, sampler(int(batch_size)), device))
+        if (step + 1) % every == 0 or step + 1 == int(steps):
+            log.info("%s: step %d/%d, loss %.4f (mean of the last %d), %.1f min", desc, step + 1, int(steps),
+                     float(np.mean(losses[-every:])), min(every, len(losses)), (time.perf_counter() - t0) / 60)
     return losses
 
 
