@@ -374,7 +374,7 @@ def test_refit_trains_the_stored_network_on_training_and_validation_images(tmp_p
     kept = meta["steps"] if refit["of"] == "last" else meta["history"][meta["weights"]["lowest_val_loss_epoch"] - 1]["steps"]
     assert refit["steps"] == kept and len(refits) == 1 and len(refits[0][2]) == kept
     assert refits[0][1]["steps"] == kept and len(refit["images"]) == 4
-    assert meta["weights"]["chosen"].startswith("refit") and meta["training"]["refit"] is True
+    assert meta["weights"]["chosen"].startswith("network refit on the training and validation images") and meta["training"]["refit"] is True
     stored = torch.load(model / UNET_FILE, map_location="cpu")
     assert set(stored) == set(refits[0][0])
     assert all(torch.equal(stored[k], refits[0][0][k]) for k in stored)

@@ -145,7 +145,8 @@ class TrainUNetResult:
                  f"{self.n_val} validation images ({self.n_val_objects} objects)",
                  f"  resize {self.resize.get('factor', 1.0):g} (model scale {self.scale:g}): "
                  f"{self.resize.get('reason', '')}",
-                 f"  training: {self.steps} steps ({self.stopped}); kept the {self.weights} network",
+                 f"  training: {self.steps} steps ({self.stopped}); kept the "
+                 f"{self.weights if self.weights.startswith('network') else self.weights + ' network'}",
                  f"  regions: {RegionParams.from_dict(self.regions).describe() if self.regions else '-'} "
                  f"(best of {len(self.region_scores)} on the validation images, mean F1 over IoU "
                  f"0.5-0.9 {best:.3f})",
@@ -521,8 +522,8 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
                             "final_loss": round(float(np.mean(refit_losses[-50:])), 5) if refit_losses else None,
                             "seconds": round(time.perf_counter() - t_refit, 2)}
             result.seconds_training += refit_record["seconds"]
-            chosen = f"refit ({refit_steps} steps on the training and validation images; choices made with " \
-                     f"the {chosen} network)"
+            chosen = f"network refit on the training and validation images ({refit_steps} steps; the choices " \
+                     f"made with the {chosen} network)"
         result.pyramid = pyramid
         result.views = views
         result.weights = chosen
