@@ -195,7 +195,7 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
     with PyTorch, the same boundary regions, :mod:`orgaseg_core.segmentation.unet`; outlines
     that need not be star-convex; takes the budget options, ``batch_size``, ``patch_size``
     (a multiple of 32), ``resize``, ``learning_rate``, ``augment``, normalisation, ``seed``,
-    ``scale``, ``device``, ``pyramid`` and ``tta``; its presets are "quick" (20 x 25 steps) and "real" (up to
+    ``scale``, ``device``, ``pyramid``, ``tta`` and ``refit``; its presets are "quick" (20 x 25 steps) and "real" (up to
     200 x 50 steps, early stopping after 30 epochs, at most 30 minutes)).
     ``learning_rate``: None/"auto" = the backend's (3e-4 StarDist, 2e-3 U-Net). ``device``:
     the U-Net's ("cpu", "cuda"; None/"auto": a CUDA GPU when there is one).

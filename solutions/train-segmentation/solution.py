@@ -205,7 +205,7 @@ setup(
                         "star-convex. It uses the budget options (preset, epochs, "
                         "steps_per_epoch, early_stopping, max_minutes), batch_size, patch_size, "
                         "resize, learning_rate, augment, norm_low, norm_high, seed, scale, "
-                        "device, pyramid and tta; the StarDist-only options (n_rays, grid, refine, "
+                        "device, pyramid, tta and refit; the StarDist-only options (n_rays, grid, refine, "
                         "init_model) and n_trees must stay at their defaults."},
         {"name": "n_trees", "type": "integer", "default": 100,
          "description": "Number of trees of the pixel forest (backend 'forest' only; leave 100 "
