@@ -32,8 +32,9 @@
    are stored (or the levels given as ``pyramid``), and ``segment`` predicts at them.
 6. ``refit`` (off by default): a new network is trained on the training *and* validation
    images for as many steps as the kept network had (same seed and peak learning rate, the
-   warm-up and cosine ending at the last of those steps; no validation), and stored with the choices of steps 4-5 in its place. With a few images
-   of different tissues the validation image is a quarter of the data; the refit network
+   warm-up and cosine ending at the last of those steps; no validation), and stored with the
+   choices of steps 4-5 in its place. With a few images of different tissues the validation
+   image is a quarter of the data; the refit network
    learns from it too, at twice the training time. Its validation figures are those of the
    network the choices were made with (the refit one has seen the validation images), kept
    beside it as :data:`VALIDATED_UNET_FILE`.
@@ -381,7 +382,8 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
         sampler = PatchSampler(normalised, train_masks, patch, seed=int(seed), augment=bool(augment))
         # the validation loss on the validation images at the model's scale; F1 at their own size
         val_small = validation_inputs(val.images, factor, percentiles)
-        val_targets = [pixel_targets(m, BOUNDARY_WIDTH) for m in resize_split(val, factor)[1]]
+        val_masks = resize_split(val, factor)[1]  # at the model's scale, also the refit's
+        val_targets = [pixel_targets(m, BOUNDARY_WIDTH) for m in val_masks]
         network = UNet(**arch).to(device)
         optimiser = torch.optim.AdamW(network.parameters(), lr=float(learning_rate), weight_decay=1e-4)
         loss_fn = torch.nn.CrossEntropyLoss(weight=torch.from_numpy(weights).to(device))
@@ -502,9 +504,7 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
         if refit:
             refit_steps = step if chosen == "last" else int(history[best_epoch - 1]["steps"])
             # the network the choices and the report's validation figures were made with
-            with atomic_path(model_out / VALIDATED_UNET_FILE) as tmp:
-                torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, tmp)
-            val_images, val_masks = resize_split(val, factor)
+            save_weights(network, model_out / VALIDATED_UNET_FILE)
             t_refit = time.perf_counter()
             torch.manual_seed(int(seed))
             network = UNet(**arch).to(device)
@@ -529,8 +529,7 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
         result.weights = chosen
         result.regions, result.region_scores = params.as_dict(), scores
         result.metrics = _metrics_at(table, REPORT_THRESHOLDS)
-        with atomic_path(model_out / UNET_FILE) as tmp:
-            torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, tmp)
+        save_weights(network, model_out / UNET_FILE)
         write_csv(model_out / "report.csv", table)
         write_csv(model_out / "history.csv", pd.DataFrame(history, columns=["epoch", "steps", "loss", "val_loss", "seconds"]))
         write_json(model_out / "report.json", {
@@ -571,6 +570,14 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
                               validation=result.metrics,
                               timings_s=meta["timings_s"], warnings=warnings_out)
     return result
+
+
+def save_weights(network, path: Path) -> None:
+    """``network``'s weights as a plain state dict of CPU tensors at ``path``, written atomically."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, tmp)
 
 
 def train_steps(network, sampler: "PatchSampler", loss_fn, *, steps: int, batch_size: int,
