@@ -11,6 +11,12 @@ Measured on 2 CPU cores: about 7 minutes in all on idle cores (33 minutes when t
 shared), F1 ~0.94-0.97 at IoU 0.5. Marked ``slow``: not part of CI's run (which must stay under
 30 minutes), run it with ``pytest -m slow``; CI keeps the pixel forest's quality guard
 (tests/test_forest.py) and the tiny StarDist training of tests/test_segmentation.py.
+
+The same data trains the U-Net with its default (``quick``) budget in
+:func:`test_unet_default_training_segments_unseen_images` (also ``slow``; about 6 minutes on 2
+idle CPU cores, F1 0.96 at IoU 0.5, mean matched IoU 0.93, branched organoids 0.81, measured
+with orgaseg-core 0.17.0): issue 10's targets on generated images, for the backend that is
+far better on real ones. CI's guard for the U-Net is the tiny training of tests/test_unet.py.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from orgaseg_core.common.images import read_labels
 from orgaseg_core.data.demo import make_demo_data
 from orgaseg_core.data.masks import annotations_to_masks
 from orgaseg_core.pipelines.example import run_example
-from orgaseg_core.segmentation.evaluation import segmentation_metrics
+from orgaseg_core.segmentation.evaluation import match_objects, matched_pairs, segmentation_metrics
 
 N_SOURCE_IMAGES = 36  # 70 % for training: 25 source images, 100 tiles
 N_HELD_OUT = 6
@@ -93,3 +99,55 @@ def test_default_training_segments_unseen_images(tmp_path):
     # orgaseg 0.2.0); a fall below 0.85 means the refinement or its choice broke
     assert metrics.loc[0.5, "mean_matched_iou"] >= 0.85, metrics
     assert meta["refinement"] in ("none", "probability", "edges")
+
+
+def held_out_scores(tmp_path, model):
+    """Segment the held-out images (another seed) with ``model`` at full resolution and score
+    them: (metrics by threshold, per-class table of recall at IoU 0.5 and mean matched IoU)."""
+    held = make_demo_data(tmp_path / "held-out", n_images=N_HELD_OUT, seed=HELD_OUT_SEED)
+    annotations_to_masks(tmp_path / "held-out" / "geojsons", tmp_path / "held-out" / "images",
+                         tmp_path / "held-out-masks")
+    done = run_cli("segment", "--model", model, "--images", tmp_path / "held-out" / "images",
+                   "--out", tmp_path / "seg", "--image-scale", 1.0)
+    assert done.returncode == 0, done.stderr[-5000:]
+    truths, preds, rows = [], [], []
+    for image in held.images:
+        stem = image.name.split(".")[0]
+        truth = read_labels(tmp_path / "held-out-masks" / f"{stem}.tif")
+        pred = read_labels(tmp_path / "seg" / f"{stem}.tif")
+        assert pred.shape == truth.shape  # back at full resolution
+        truths.append(truth)
+        preds.append(pred)
+        classes = pd.read_csv(tmp_path / "held-out-masks" / f"{stem}_objects.csv").set_index("label")["class"]
+        found = {t: iou for t, _, iou in matched_pairs(match_objects(truth, pred), 0.5)}
+        rows += [{"class": name, "found": label in found, "iou": found.get(label)} for label, name in classes.items()]
+    metrics = segmentation_metrics(truths, preds, thresholds=(0.5, 0.7, 0.9)).set_index("threshold")
+    per_class = pd.DataFrame(rows).groupby("class").agg(recall=("found", "mean"), iou=("iou", "mean"))
+    return metrics, per_class
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                    reason="the U-Net needs torch (the classification or analysis extra)")
+def test_unet_default_training_segments_unseen_images(tmp_path):
+    example = run_example(tmp_path / "example", n_images=N_SOURCE_IMAGES, seed=0, data_only=True)
+    split = example.folders["split (segmentation)"]
+    done = run_cli("train-segmentation", "--data", split, "--model-out", tmp_path / "model", "--seed", 0,
+                   "--backend", "unet")
+    assert done.returncode == 0, done.stderr[-5000:]
+    print(done.stdout)
+    meta = json.loads((tmp_path / "model" / "orgaseg_model.json").read_text())
+    assert meta["backend"] == "unet" and meta["scale"] == 0.5 and meta["budget"]["preset"] == "quick"
+
+    metrics, per_class = held_out_scores(tmp_path, tmp_path / "model")
+    print(metrics[["n_true", "n_pred", "tp", "precision", "recall", "f1", "ap", "mean_matched_iou"]]
+          .to_string(float_format=lambda v: f"{v:.3f}"))
+    print(per_class.to_string(float_format=lambda v: f"{v:.3f}"))
+    assert metrics.loc[0.5, "n_true"] > 50
+    # measured 0.960 and 0.930 (orgaseg-core 0.17.0); issue 10's target for the outlines is 0.88
+    assert metrics.loc[0.5, "f1"] >= 0.9, metrics
+    assert metrics.loc[0.5, "mean_matched_iou"] >= 0.88, metrics
+    # no class missed systematically; the buds of branched organoids are what the outlines
+    # lose first (0.810 measured, target 0.80; a little margin for differences between machines)
+    assert (per_class["recall"] >= 0.8).all(), per_class
+    assert per_class.loc["Branched", "iou"] >= 0.78, per_class
