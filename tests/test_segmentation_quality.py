@@ -69,28 +69,13 @@ def test_default_training_segments_unseen_images(tmp_path):
     assert meta["scale"] == 0.5  # read from the preprocess run record
     assert meta["preprocessing"] == {"remove_vignette": True, "flatten_background": False}
 
-    held = make_demo_data(tmp_path / "held-out", n_images=N_HELD_OUT, seed=HELD_OUT_SEED)
-    annotations_to_masks(tmp_path / "held-out" / "geojsons", tmp_path / "held-out" / "images",
-                         tmp_path / "held-out-masks")
     t1 = time.perf_counter()
-    done = run_cli("segment", "--model", tmp_path / "model", "--images", tmp_path / "held-out" / "images",
-                   "--out", tmp_path / "seg", "--image-scale", 1.0)
-    assert done.returncode == 0, done.stderr[-5000:]
-    t_segment = time.perf_counter() - t1
-
-    truths, preds = [], []
-    for image in held.images:
-        stem = image.name.split(".")[0]
-        truth = read_labels(tmp_path / "held-out-masks" / f"{stem}.tif")
-        pred = read_labels(tmp_path / "seg" / f"{stem}.tif")
-        assert pred.shape == truth.shape  # back at full resolution
-        truths.append(truth)
-        preds.append(pred)
-    metrics = segmentation_metrics(truths, preds, thresholds=(0.5, 0.7, 0.9)).set_index("threshold")
+    metrics, _ = held_out_scores(tmp_path, tmp_path / "model")
+    t_segment = time.perf_counter() - t1  # with making and annotating the held-out images
     total = time.perf_counter() - t0
     print(f"quality test: data {t_data:.0f} s, training {t_train:.0f} s "
           f"(fit {meta['timings_s']['training']:.0f} s, {meta['timings_s']['per_epoch']:.1f} s per epoch), "
-          f"segmenting {N_HELD_OUT} held-out images {t_segment:.0f} s, total {total:.0f} s")
+          f"making and segmenting {N_HELD_OUT} held-out images {t_segment:.0f} s, total {total:.0f} s")
     print(metrics[["n_true", "n_pred", "tp", "precision", "recall", "f1", "ap", "mean_matched_iou"]]
           .to_string(float_format=lambda v: f"{v:.3f}"))
     assert metrics.loc[0.5, "n_true"] > 50
