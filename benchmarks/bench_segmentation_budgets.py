@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  U-Net, {meta['steps']} steps ({meta['stopped']}), scale {meta['scale']:g}, regions "
               f"{meta['regions']}, pyramid {meta['pyramid']['levels']}, "
               f"{meta['test_time_views']['views']} test-time view(s), the {meta['weights']['chosen']} network: "
-              f"training {t_train / 60:.1f} min on this machine ({meta['timings_s']['training'] / 60:.1f} of it training)")
+              f"train-segmentation {t_train / 60:.1f} min on this machine ({meta['timings_s']['training'] / 60:.1f} min of it training)")
     else:
         print(f"  {training.get('epochs')} epochs x {training.get('steps_per_epoch')} steps, "
               f"n_rays {meta['n_rays']}, patch {meta['patch_size']}: "
