@@ -106,17 +106,11 @@ def per_class(masks: Path, truths: list, preds: list):
     missed systematically (issue 10)."""
     import pandas as pd
 
-    from orgaseg_core.segmentation.evaluation import match_objects, matched_pairs
+    from orgaseg_core.segmentation.evaluation import recall_by_class
 
-    rows = []
-    for truth_file, truth, pred in zip(sorted(masks.glob("*.tif")), truths, preds):
-        classes = pd.read_csv(masks / f"{truth_file.stem}_objects.csv").set_index("label")["class"]
-        found = {t: iou for t, _, iou in matched_pairs(match_objects(truth, pred), 0.5)}
-        for label, name in classes.items():
-            rows.append({"class": name, "found": label in found, "iou": found.get(label)})
-    table = pd.DataFrame(rows)
-    return (table.groupby("class").agg(objects=("found", "size"), recall_at_0_5=("found", "mean"),
-                                        mean_matched_iou=("iou", "mean")).reset_index())
+    classes = [pd.read_csv(masks / f"{f.stem}_objects.csv").set_index("label")["class"].to_dict()
+               for f in sorted(masks.glob("*.tif"))]
+    return recall_by_class(truths, preds, classes)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from orgaseg_core.segmentation.evaluation import (
     matched_pairs,
     merge_split_counts,
     pooled_metrics,
+    recall_by_class,
     segmentation_metrics,
 )
 
@@ -210,6 +211,19 @@ def test_iou_of_exactly_one_half_is_matched_once():
     assert len(pairs) == 1 and pairs[0][0] == 1 and pairs[0][2] == 0.5
     r = row(image_metrics(truth, pred, [0.5]), 0.5)
     assert (r.tp, r.fp, r.fn) == (1, 1, 0)
+
+
+def test_recall_by_class_counts_matches_per_annotated_class():
+    truth = squares((30, 30), [(0, 10, 0, 10), (0, 10, 20, 30), (20, 30, 0, 10)])
+    pred = squares((30, 30), [(0, 10, 0, 10), (0, 10, 20, 25)])  # 1 exact, 2 at IoU 0.5, 3 missed
+    table = recall_by_class([truth, truth], [pred, np.zeros_like(pred)],
+                            [{1: "Cyst", 2: "Branched", 3: "Cyst"}, {1: "Cyst", 2: "Branched", 3: "Cyst"}])
+    table = table.set_index("class")
+    assert table["objects"].to_dict() == {"Branched": 2, "Cyst": 4}
+    assert table.loc["Cyst", "recall"] == 0.25 and table.loc["Branched", "recall"] == 0.5
+    assert table.loc["Cyst", "mean_matched_iou"] == 1.0 and table.loc["Branched", "mean_matched_iou"] == 0.5
+    none = recall_by_class([truth], [np.zeros_like(pred)], [{1: "Cyst", 2: "Cyst", 3: "Cyst"}]).set_index("class")
+    assert none.loc["Cyst", "recall"] == 0.0 and np.isnan(none.loc["Cyst", "mean_matched_iou"])
 
 
 def test_merges_and_splits():

@@ -262,6 +262,26 @@ def matched_pairs(matching: ObjectMatching, threshold: float) -> list[tuple[int,
 # Metrics
 
 
+def recall_by_class(truths: Sequence[np.ndarray], preds: Sequence[np.ndarray],
+                    classes: Sequence[dict], threshold: float = 0.5) -> pd.DataFrame:
+    """Per annotated class: how many true objects, the fraction matched at IoU ``threshold``
+    (recall) and the mean IoU of those matches; a class the segmentation misses is invisible
+    to every table after it.
+
+    truths, preds: label images (Y, X) in pairs; classes: per pair {true label: class name}
+    (e.g. from ``annotations-to-masks``' ``<stem>_objects.csv``). Returns columns ``class``,
+    ``objects``, ``recall``, ``mean_matched_iou`` (NaN where none matched), one row per class.
+    """
+    rows = []
+    for truth, pred, names in zip(truths, preds, classes, strict=True):
+        found = {t: iou for t, _, iou in matched_pairs(match_objects(truth, pred), threshold)}
+        rows += [{"class": name, "found": label in found, "iou": found.get(label, np.nan)}
+                 for label, name in names.items()]
+    table = pd.DataFrame(rows, columns=["class", "found", "iou"])
+    return (table.groupby("class").agg(objects=("found", "size"), recall=("found", "mean"),
+                                       mean_matched_iou=("iou", "mean")).reset_index())
+
+
 def _validate_thresholds(thresholds: Sequence[float]) -> list[float]:
     values = [_check_threshold(t) for t in np.atleast_1d(np.asarray(thresholds, dtype=float))]
     if not values:
