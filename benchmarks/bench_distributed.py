@@ -26,7 +26,12 @@ The goals of issue 14: per-image cost within 1.3x of the bare calls at 40+ image
 workers at least 1.7x the throughput of 1 where the machine has the cores (2 workers x
 ``--threads-per-worker`` cores).
 
-Usage:  python benchmarks/bench_distributed.py --example orgaseg-demo [--small 40] [--large 8]
+The bare calls are StarDist's, as issue 14 names them, so the example's segmentation model must
+be a StarDist model: ``orgaseg example --seg-backend stardist`` (since 0.18 the example trains
+the default U-Net; the script refuses another model by name).
+
+Usage:  orgaseg example --out orgaseg-demo-stardist --seg-backend stardist
+        python benchmarks/bench_distributed.py --example orgaseg-demo-stardist [--small 40] [--large 8]
             [--workers 1,2] [--threads-per-worker 1] [--chunk-size N] [--overlays jpeg] [--work DIR]
 """
 
@@ -147,6 +152,10 @@ def main() -> None:
     args = parser.parse_args()
     seg = args.example / "models" / "segmentation"
     clf = args.example / "models" / "classifier"
+    kind = json.loads((seg / "orgaseg_model.json").read_text()).get("kind")
+    if kind != "orgaseg-stardist2d":
+        sys.exit(f"error: {seg}: a {kind} model; the bare calls are StarDist's, so make the example with "
+                 "'orgaseg example --seg-backend stardist'")
     workers = [int(w) for w in args.workers.split(",")]
     threads = args.threads_per_worker
 

@@ -181,8 +181,9 @@ def example_cmd(
     seed: int = typer.Option(0, help="Random seed for the data, the splits and the training."),
     size: str = typer.Option("760x1008", help="Example image size as HEIGHTxWIDTH in pixels."),
     n_new_images: int = typer.Option(6, "--n-new-images", min=2, help="New example images to analyse: wells of a generated experiment, half control, half treated (one image per well)."),
-    seg_epochs: int = typer.Option(20, "--seg-epochs", min=1, help="Epochs of the StarDist training."),
-    seg_steps: int = typer.Option(20, "--seg-steps", min=1, help="Steps per epoch of the StarDist training."),
+    seg_backend: str = typer.Option("unet", "--seg-backend", help="Segmentation model to train: 'unet' (the default of train-segmentation), 'stardist' or 'forest'."),
+    seg_epochs: Optional[int] = typer.Option(None, "--seg-epochs", min=1, help="Epochs of the segmentation training (default: the U-Net's quick preset, 20 x 25 steps; StarDist 20 x 20)."),
+    seg_steps: Optional[int] = typer.Option(None, "--seg-steps", min=1, help="Steps per epoch of the segmentation training (default: see --seg-epochs)."),
     clf_grid_epochs: int = typer.Option(3, "--clf-grid-epochs", min=1, help="Epochs per grid point of the classifier's grid search."),
     clf_epochs: int = typer.Option(12, "--clf-epochs", min=1, help="Most epochs of the classifier's final training."),
     data_only: bool = typer.Option(False, "--data-only", help="Stop after the data steps (needs neither TensorFlow nor torch)."),
@@ -190,7 +191,7 @@ def example_cmd(
 ) -> None:
     """Run the whole story on generated example data: data steps, both trainings, analyze, evaluation."""
     result = steps.example(out, n_images=n_images, seed=seed, size=size,
-                           n_new_images=n_new_images, seg_epochs=seg_epochs, seg_steps=seg_steps,
+                           n_new_images=n_new_images, seg_backend=seg_backend, seg_epochs=seg_epochs, seg_steps=seg_steps,
                            clf_grid_epochs=clf_grid_epochs, clf_epochs=clf_epochs, data_only=data_only,
                            overwrite=overwrite)
     typer.echo(result.summary())
@@ -213,7 +214,7 @@ def evaluate_segmentation_cmd(
 def train_segmentation_cmd(
     data: Path = typer.Option(..., help="Folder written by 'orgaseg split --mode segmentation' (train/ and val/ with images/ and masks/)."),
     model_out: Path = typer.Option(..., "--model-out", help="Folder for the trained model (weights, thresholds, report, TensorBoard logs)."),
-    preset: str = typer.Option("quick", help="Training budget: 'quick' (StarDist 40 x 25 steps, the example data, ~5 min on 2 CPU cores; U-Net 20 x 25 steps) or 'real' (StarDist up to 400 x 50 steps, U-Net up to 200 x 50; early stopping, at most 30 min)."),
+    preset: str = typer.Option("quick", help="Training budget: 'quick' (U-Net 20 x 25 steps, StarDist 40 x 25; minutes on 2 CPU cores for the example data) or 'real' (U-Net up to 200 x 50 steps, StarDist up to 400 x 50; early stopping, at most 30 min)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Number of training epochs (default: from the preset)."),
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", min=1, help="Training steps (batches) per epoch (default: from the preset)."),
     early_stopping: Optional[int] = typer.Option(None, "--early-stopping", min=0, help="Stop after this many epochs without a better validation loss; 0: never (default: from the preset)."),
@@ -221,25 +222,25 @@ def train_segmentation_cmd(
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Image patches per training step."),
     patch_size: Optional[str] = typer.Option(None, "--patch-size", help="Training patch size in pixels, N or HEIGHTxWIDTH (multiples of 16; the U-Net: N, a multiple of 32); default: automatic, 256 or twice the large objects (StarDist), fitting the smallest image."),
     resize: str = typer.Option("auto", help="Resize the images by this factor before training; 'auto': chosen from the object sizes so the large organoids fit the network's field of view; 1: as given."),
-    n_rays: int = typer.Option(32, "--n-rays", min=3, help="Number of rays of each object's star-convex polygon."),
-    grid: str = typer.Option("2x2", help="StarDist output grid (subsampling) as ROWSxCOLUMNS."),
+    n_rays: int = typer.Option(32, "--n-rays", min=3, help="--backend stardist: number of rays of each object's star-convex polygon."),
+    grid: str = typer.Option("2x2", help="--backend stardist: output grid (subsampling) as ROWSxCOLUMNS."),
     learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Initial learning rate (default: 3e-4 for StarDist, halved when the validation loss stalls; 2e-3 for the U-Net, the peak of its warm-up and cosine schedule)."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random flips, rotations, scale jitter, brightness, contrast, gamma, blur and noise of the training patches."),
-    refine: str = typer.Option("auto", help="Outline refinement stored in the model: none, probability, edges, or auto (the best on the validation images)."),
+    refine: str = typer.Option("auto", help="--backend stardist: outline refinement stored in the model: none, probability, edges, or auto (the best on the validation images)."),
     pyramid: str = typer.Option("auto", help="Scales to predict at, as factors of the model's scale, e.g. 1,2,4 (small organoids are found at the finer ones; the network is trained at one); 'auto': chosen from the small organoids' size and kept only if better on the validation images; 'none': one scale."),
     tta: str = typer.Option("auto", help="--backend unet: test-time views stored in the model, its probabilities averaged over 1, 2, 4 or 8 flipped and turned copies of each image; 'auto': 1 or 8, the most within 0.01 of the best validation mean F1."),
     norm_low: float = typer.Option(1.0, "--norm-low", help="Lower percentile of the per-image intensity normalisation."),
     norm_high: float = typer.Option(99.8, "--norm-high", help="Upper percentile of the per-image intensity normalisation."),
     seed: int = typer.Option(0, help="Random seed (patches, augmentation, network initialisation)."),
-    init_model: Optional[Path] = typer.Option(None, "--init-model", help="Local model folder to continue training from (same rays and grid)."),
+    init_model: Optional[Path] = typer.Option(None, "--init-model", help="--backend stardist: local StarDist model folder to continue training from (same rays and grid)."),
     scale: Optional[float] = typer.Option(None, help="Pixel scale of the training images relative to the originals (default: read from the preprocess run, else 1)."),
-    backend: str = typer.Option("stardist", help="'stardist': a StarDist2D network (TensorFlow; the options above). 'forest': a random forest on multi-scale pixel features that finds organoid interiors and boundaries (CPU, seconds to minutes; takes --resize, --norm-low/--norm-high, --seed, --scale, --n-trees). 'unet': a U-Net trained from scratch (PyTorch, a GPU when there is one) that finds the same interiors and boundaries, outlines of any shape (takes the budget options, --batch-size, --patch-size, --resize, --learning-rate, --augment, --norm-low/--norm-high, --seed, --scale, --device, --pyramid, --tta, --refit)."),
+    backend: str = typer.Option("unet", help="'unet' (default since 0.18): a U-Net trained from scratch (PyTorch, a GPU when there is one) that finds organoid interiors and boundaries, outlines of any shape (takes the budget options, --batch-size, --patch-size, --resize, --learning-rate, --augment, --norm-low/--norm-high, --seed, --scale, --device, --pyramid, --tta, --refit); on real brightfield organoids it finds far more than StarDist. 'stardist': a StarDist2D network (TensorFlow; also --n-rays, --grid, --refine, --init-model). 'forest': a random forest on multi-scale pixel features that finds the same interiors and boundaries (CPU, seconds to minutes; takes --resize, --norm-low/--norm-high, --seed, --scale, --n-trees)."),
     n_trees: int = typer.Option(100, "--n-trees", min=1, help="Trees of the pixel forest (--backend forest)."),
     device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda' for --backend unet (default: cuda when available)."),
     refit: bool = typer.Option(False, "--refit/--no-refit", help="--backend unet: once the network, outlines, views and pyramid are chosen on the validation images, train the stored network again on the training and validation images together, for as many steps (twice the training time)."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
-    """Train a segmentation model (StarDist, a pixel forest or a U-Net) on split image/mask pairs; choose thresholds and outlines; report validation quality."""
+    """Train a segmentation model (a U-Net, StarDist or a pixel forest) on split image/mask pairs; choose thresholds and outlines; report validation quality."""
     result = steps.train_segmentation(data, model_out, preset=preset, epochs=epochs,
                                       steps_per_epoch=steps_per_epoch, early_stopping=early_stopping,
                                       max_minutes=max_minutes, batch_size=batch_size,

@@ -68,7 +68,9 @@ def test_story_prints_where_everything_is(story):
     assert record["status"] == "ok"
     for step in ("train-segmentation", "train-classifier", "analyze", "evaluate-segmentation"):
         assert step in record["results"]["seconds"], step
-    assert (out / "models" / "segmentation" / "orgaseg_model.json").is_file()
+    # the segmentation model is train-segmentation's default, a U-Net (since 0.18)
+    assert record["arguments"]["seg_backend"] == "unet"
+    assert json.loads((out / "models" / "segmentation" / "orgaseg_model.json").read_text())["kind"] == "orgaseg-unet"
     assert (out / "models" / "classifier" / "classifier.json").is_file()
     assert "classifier (" in printed and "family, chosen on validation)" in printed
     assert (out / "evaluation" / "segmentation" / "metrics.csv").is_file()

@@ -400,7 +400,7 @@ def tiny(tmp_path_factory):
     data = write_split(root / "split", n_train=6, n_val=2)
     before = tree_digest(data)
     model = root / "model"
-    done = run_cli("train-segmentation", "--data", data, "--model-out", model, "--epochs", 12,
+    done = run_cli("train-segmentation", "--data", data, "--model-out", model, "--backend", "stardist", "--epochs", 12,
                    "--steps-per-epoch", 10, "--batch-size", 4, "--patch-size", 256,
                    "--learning-rate", 1e-3, "--seed", 1)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -632,7 +632,7 @@ def test_continue_training_from_init_model(tiny, tmp_path, unchanged):
     data, model = tiny
     check = unchanged(model)
     more = tmp_path / "more"
-    done = run_cli("train-segmentation", "--data", data, "--model-out", more, "--epochs", 1,
+    done = run_cli("train-segmentation", "--data", data, "--model-out", more, "--backend", "stardist", "--epochs", 1,
                    "--steps-per-epoch", 2, "--batch-size", 2, "--patch-size", 64,
                    "--init-model", model, "--seed", 2)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -645,3 +645,50 @@ def test_continue_training_from_init_model(tiny, tmp_path, unchanged):
     with pytest.raises(OrgasegError, match="must not be"):
         train_segmentation(data, model / "inner", epochs=1, steps_per_epoch=1, init_model=model)
     assert "tensorflow" not in sys.modules
+    # Without --backend (the U-Net, the default since 0.18) --init-model is refused, naming the
+    # way back to StarDist, before anything is read or written
+    refused = run_cli("train-segmentation", "--data", data, "--model-out", tmp_path / "never",
+                      "--init-model", model)
+    assert refused.returncode == 1 and "init_model" in refused.stderr
+    assert "--backend stardist" in refused.stderr and not (tmp_path / "never").exists()
+
+
+def test_default_backend_refuses_stardist_options_by_name(split_data, tmp_path):
+    """The default backend is the U-Net (0.18): StarDist's options given without --backend are
+    refused with the way back, before any data is read or a framework is imported."""
+    from orgaseg_core import steps
+
+    for options, name in (({"n_rays": 16}, "n_rays"), ({"grid": "1x1"}, "grid"),
+                          ({"refine": "edges"}, "refine")):
+        with pytest.raises(OrgasegError, match=rf"--backend unet \(the default\): {name} .*--backend stardist"):
+            steps.train_segmentation(split_data, tmp_path / "model", **options)
+    assert not (tmp_path / "model").exists()
+    assert "tensorflow" not in sys.modules
+
+
+@pytest.mark.skipif(importlib.util.find_spec("stardist") is None or importlib.util.find_spec("tensorflow") is None,
+                    reason="the segmentation extra (stardist, tensorflow) is not installed")
+def test_analyze_segments_with_stardist(story, tmp_path):
+    """The story's data with a StarDist model (the example trains the default U-Net): trained on
+    its split, then analyze with the story's classifier, StarDist on TensorFlow in the
+    segmentation process and the classifier on torch in another."""
+    demo, _ = story
+    model = tmp_path / "stardist"
+    done = run_cli("train-segmentation", "--data", demo / "split-segmentation", "--model-out", model,
+                   "--backend", "stardist", "--epochs", 14, "--steps-per-epoch", 15, "--seed", 0)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((model / "orgaseg_model.json").read_text())["kind"] == MODEL_KIND
+    out = tmp_path / "analysis"
+    done = subprocess.run([sys.executable, "-m", "orgaseg_core", "analyze", "--segmentation-model", str(model),
+                           "--classifier", str(demo / "models" / "classifier"),
+                           "--images", str(demo / "new-images" / "images"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    objects = pd.read_csv(out / "objects.csv", dtype={"stem": str})
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 2 and (summary["objects"] > 0).all()
+    assert len(objects) > 0 and objects["predicted_class"].notna().all()
+    assert objects["segmentation_probability"].between(0, 1).all()
+    # StarDist's thresholds from the model: every object at least as probable as the threshold
+    prob = json.loads((model / "thresholds.json").read_text())["prob"]
+    assert (objects["segmentation_probability"] >= prob - 1e-6).all()

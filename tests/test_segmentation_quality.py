@@ -52,7 +52,7 @@ def run_cli(*args) -> subprocess.CompletedProcess:
 @pytest.mark.skipif(importlib.util.find_spec("stardist") is None
                     or importlib.util.find_spec("tensorflow") is None,
                     reason="the segmentation extra (stardist, tensorflow) is not installed")
-def test_default_training_segments_unseen_images(tmp_path):
+def test_stardist_default_training_segments_unseen_images(tmp_path):
     t0 = time.perf_counter()
     example = run_example(tmp_path / "example", n_images=N_SOURCE_IMAGES, seed=0, data_only=True)
     split = example.folders["split (segmentation)"]
@@ -60,8 +60,9 @@ def test_default_training_segments_unseen_images(tmp_path):
     assert table.loc[table.split == "train", "group"].nunique() >= 24
     t_data = time.perf_counter() - t0
 
-    # Default settings: only data, output and seed are given.
-    done = run_cli("train-segmentation", "--data", split, "--model-out", tmp_path / "model", "--seed", 0)
+    # StarDist's default settings: only data, output, backend and seed are given.
+    done = run_cli("train-segmentation", "--data", split, "--model-out", tmp_path / "model", "--seed", 0,
+                   "--backend", "stardist")
     assert done.returncode == 0, done.stderr[-5000:]
     t_train = time.perf_counter() - t0 - t_data
     print(done.stdout)

@@ -155,12 +155,13 @@ def test_network_shapes_and_tiles():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A split of disc images and a small U-Net trained on it through the CLI."""
+    """A split of disc images and a small U-Net trained on it through the CLI, with the default
+    backend (the U-Net since 0.18: no --backend given)."""
     root = tmp_path_factory.mktemp("unet")
     data = write_split(root / "split", n_train=6, n_val=2)
     before = tree_digest(data)
     model = root / "model"
-    done = run_cli("train-segmentation", "--data", data, "--model-out", model, "--backend", "unet",
+    done = run_cli("train-segmentation", "--data", data, "--model-out", model,
                    "--epochs", 8, "--steps-per-epoch", 15, "--batch-size", 4, "--patch-size", 64,
                    "--learning-rate", 3e-3, "--device", "cpu", "--seed", 1)
     assert done.returncode == 0, done.stderr[-3000:]

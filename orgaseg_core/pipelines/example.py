@@ -6,7 +6,8 @@ under ``out``, so a new user sees what every step reads and writes:
 1. ``data``: example images, QuPath GeoJSON annotations and crops (demo-data)
 2. ``sorted-crops``, ``masks``, ``preprocessed``: sort-crops, annotations-to-masks, preprocess
 3. ``split-segmentation``, ``split-classification``: split (by source image, no leakage)
-4. ``models/segmentation``: train-segmentation (StarDist, TensorFlow: its own process)
+4. ``models/segmentation``: train-segmentation (a U-Net on torch by default, or StarDist on
+   TensorFlow with ``seg_backend="stardist"``: its own process)
 5. ``models/classifier``: train-classifier from the annotated images (torch: its own process):
    measurement forest, CNN and their combination, the best on validation kept
 6. ``new-images``: an experiment never seen in training (:mod:`orgaseg_core.data.experiment`):
@@ -36,9 +37,12 @@ from ..common.outputs import step_run
 
 log = logging.getLogger(__name__)
 
-#: Training budgets of the example: about 15 min on 2 CPU cores in all (see the README).
-EXAMPLE_SEG_EPOCHS = 20
-EXAMPLE_SEG_STEPS = 20
+#: Training budgets of the example: minutes on 2 CPU cores in all (see the README). The U-Net
+#: trains with its ``quick`` preset; StarDist (``seg_backend="stardist"``) with these epochs x
+#: steps, the example's budget up to 0.17.
+EXAMPLE_SEG_BACKEND = "unet"
+EXAMPLE_STARDIST_EPOCHS = 20
+EXAMPLE_STARDIST_STEPS = 20
 EXAMPLE_CLF_GRID_EPOCHS = 3
 EXAMPLE_CLF_EPOCHS = 12
 NEW_IMAGES_SEED_OFFSET = 1000
@@ -90,14 +94,15 @@ class ExampleResult:
 
 def run_example(out: Path, *, n_images: int = 24, seed: int = 0, size: tuple[int, int] = (760, 1008),
                 scale: float = 0.5, tiles: tuple[int, int] = (2, 2), n_new_images: int = 6,
-                seg_epochs: int = EXAMPLE_SEG_EPOCHS, seg_steps: int = EXAMPLE_SEG_STEPS,
-                clf_grid_epochs: int = EXAMPLE_CLF_GRID_EPOCHS, clf_epochs: int = EXAMPLE_CLF_EPOCHS,
+                seg_backend: str = EXAMPLE_SEG_BACKEND, seg_epochs: int | None = None,
+                seg_steps: int | None = None, clf_grid_epochs: int = EXAMPLE_CLF_GRID_EPOCHS, clf_epochs: int = EXAMPLE_CLF_EPOCHS,
                 data_only: bool = False, overwrite: bool = False) -> ExampleResult:
     """Generate example data in ``out/data`` and run the whole pipeline on it (see module notes).
 
     n_images: training images; size: (height, width) px; scale, tiles: preprocess settings of the
-    segmentation training data; n_new_images: images for analyze; seg_epochs x seg_steps: the
-    StarDist training budget; clf_grid_epochs, clf_epochs: the classifier's. data_only: stop
+    segmentation training data; n_new_images: images for analyze; seg_backend: the segmentation
+    model, "unet" (default), "stardist" or "forest"; seg_epochs x seg_steps: its training budget
+    (None: the U-Net's ``quick`` preset, StarDist's 20 x 20 steps); clf_grid_epochs, clf_epochs: the classifier's. data_only: stop
     after the data steps (no TensorFlow or torch needed).
     """
     from ..data.demo import make_demo_data
@@ -110,8 +115,16 @@ def run_example(out: Path, *, n_images: int = 24, seed: int = 0, size: tuple[int
     out = Path(out)
     if n_images < 4:
         raise OrgasegError(f"the example needs at least 4 images to split, got {n_images}")
+    seg_backend = str(seg_backend).strip().lower()
+    if seg_backend not in ("unet", "stardist", "forest"):
+        raise OrgasegError(f"--seg-backend must be 'unet', 'stardist' or 'forest', got {seg_backend!r}")
+    if seg_backend == "forest" and (seg_epochs is not None or seg_steps is not None):
+        raise OrgasegError("--seg-backend forest trains no network: --seg-epochs and --seg-steps do not apply")
+    if seg_backend == "stardist":
+        seg_epochs = EXAMPLE_STARDIST_EPOCHS if seg_epochs is None else seg_epochs
+        seg_steps = EXAMPLE_STARDIST_STEPS if seg_steps is None else seg_steps
     arguments = {"out": out, "n_images": n_images, "seed": seed, "size": size, "scale": scale,
-                 "tiles": tiles, "n_new_images": n_new_images, "seg_epochs": seg_epochs,
+                 "tiles": tiles, "n_new_images": n_new_images, "seg_backend": seg_backend, "seg_epochs": seg_epochs,
                  "seg_steps": seg_steps, "clf_grid_epochs": clf_grid_epochs, "clf_epochs": clf_epochs,
                  "data_only": data_only, "overwrite": overwrite}
     with step_run("example", out, arguments, overwrite=overwrite) as record:
@@ -150,7 +163,7 @@ def run_example(out: Path, *, n_images: int = 24, seed: int = 0, size: tuple[int
             seed=seed, overwrite=overwrite).summary())
         if not data_only:
             _models_and_analysis(result, run_step_process, seed=seed, size=size,
-                                 n_new_images=n_new_images, seg_epochs=seg_epochs,
+                                 n_new_images=n_new_images, seg_backend=seg_backend, seg_epochs=seg_epochs,
                                  seg_steps=seg_steps, clf_grid_epochs=clf_grid_epochs,
                                  clf_epochs=clf_epochs, overwrite=overwrite, done=done)
         record.results["folders"] = {k: str(v) for k, v in folders.items()}
@@ -160,7 +173,7 @@ def run_example(out: Path, *, n_images: int = 24, seed: int = 0, size: tuple[int
 
 
 def _models_and_analysis(result: ExampleResult, run_step_process, *, seed, size, n_new_images,
-                         seg_epochs, seg_steps, clf_grid_epochs, clf_epochs, overwrite, done) -> None:
+                         seg_backend, seg_epochs, seg_steps, clf_grid_epochs, clf_epochs, overwrite, done) -> None:
     """Steps 4-8 of the example (see the module notes)."""
     import json
 
@@ -179,9 +192,11 @@ def _models_and_analysis(result: ExampleResult, run_step_process, *, seed, size,
         done(step)
 
     folders["train-segmentation"] = out / "models" / "segmentation"
+    budget = [*(["--epochs", seg_epochs] if seg_epochs is not None else []),
+              *(["--steps-per-epoch", seg_steps] if seg_steps is not None else [])]
     child("train-segmentation", ["--data", folders["split (segmentation)"], "--model-out",
-                                 folders["train-segmentation"], "--epochs", seg_epochs,
-                                 "--steps-per-epoch", seg_steps, "--seed", seed],
+                                 folders["train-segmentation"], "--backend", seg_backend, *budget,
+                                 "--seed", seed],
           folders["train-segmentation"])
     folders["train-classifier"] = out / "models" / "classifier"
     # From the annotated images (not the crops): every family can be trained, and the objects

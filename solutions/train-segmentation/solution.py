@@ -1,5 +1,5 @@
-"""album solution orgaseg:train-segmentation -- train an organoid segmentation model (StarDist2D,
-a pixel random forest or a U-Net) on annotated organoids.
+"""album solution orgaseg:train-segmentation -- train an organoid segmentation model (a U-Net,
+StarDist2D or a pixel random forest) on annotated organoids.
 
 A thin wrapper around ``orgaseg_core.steps.train_segmentation`` (the same function
 as ``orgaseg train-segmentation``). album reads this file before the solution's environment
@@ -54,11 +54,10 @@ def test():
     args = get_args()
     model = Path(args.model_out)
     meta = json.loads((model / "orgaseg_model.json").read_text())
-    assert meta["kind"] == "orgaseg-stardist2d", meta.get("kind")
-    assert (model / "config.json").is_file() and (model / "thresholds.json").is_file()
-    assert any(model.glob("weights_*.h5")), "no weights written"
-    thresholds = json.loads((model / "thresholds.json").read_text())
-    assert 0 < thresholds["prob"] < 1 and 0 < thresholds["nms"] < 1
+    # the default backend (a U-Net since 0.18.0): its weights and the region setting it chose
+    assert meta["kind"] == "orgaseg-unet", meta.get("kind")
+    assert (model / "unet.pt").is_file() and (model / "unet.pt").stat().st_size > 0
+    assert meta["regions"]["h_minima"] > 0, meta.get("regions")
     report = json.loads((model / "report.json").read_text())
     table = pd.read_csv(model / "report.csv")
     for threshold in (0.5, 0.7, 0.9):
@@ -72,16 +71,16 @@ def test():
 setup(
     group="orgaseg",
     name="train-segmentation",
-    version="0.17.0",
+    version="0.18.0",
     album_api_version="0.7.3",
-    title="Train an organoid segmentation model (StarDist, pixel forest or U-Net)",
+    title="Train an organoid segmentation model (U-Net, StarDist or pixel forest)",
     description=(
         "Trains a model that outlines every organoid, from images and label images split into "
         "train/ and val/ (orgaseg:split with mode segmentation), with one of three backends: a "
-        "StarDist2D network (TensorFlow; the default), a pixel forest (a random forest on "
-        "pixel features that finds organoid interiors and boundaries; minutes on a CPU) or a "
-        "U-Net (PyTorch, on a GPU when there is one) that finds the same interiors and "
-        "boundaries with outlines of any shape. Checks "
+        "U-Net (PyTorch, on a GPU when there is one; the default since 0.18.0) that finds "
+        "organoid interiors and boundaries with outlines of any shape, a StarDist2D network "
+        "(TensorFlow; the default up to 0.17.0) or a pixel forest (a random forest on pixel "
+        "features that finds the same interiors and boundaries; minutes on a CPU). Checks "
         "the data first and chooses the image size from the organoid sizes. StarDist: chooses "
         "the patch size, trains from scratch or continues a local model, and tunes the detection "
         "thresholds and the outline refinement on the validation images; forest and U-Net: tune "
@@ -92,7 +91,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.17.0 (the source "
+                 "classification for brightfield microscopy, version 0.18.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},
@@ -113,8 +112,8 @@ setup(
          "description": "New or empty folder for the trained model (weights, thresholds, "
                         "report.json/report.csv, TensorBoard logs)."},
         {"name": "preset", "type": "string", "default": "quick",
-         "description": "Training budget: 'quick' (StarDist 40 rounds x 25 steps, about 6 "
-                        "minutes on 2 CPU cores, the example data; U-Net 20 x 25 steps) or 'real' "
+         "description": "Training budget: 'quick' (U-Net 20 rounds x 25 steps, a few minutes "
+                        "on 2 CPU cores for the example data; StarDist 40 x 25 steps) or 'real' "
                         "(real images: StarDist up to 400 x 50 steps, U-Net up to 200 x 50; stops "
                         "when the validation loss has not improved for 20 rounds (U-Net 30) or "
                         "after 30 minutes)."},
@@ -143,10 +142,10 @@ setup(
                         "16 px across, never enlarged); 1 keeps them as they are. New images "
                         "are resized the same way when they are segmented."},
         {"name": "n_rays", "type": "integer", "default": 32,
-         "description": "Number of rays describing each organoid's outline (StarDist polygon); "
-                        "32 suits round to lobed organoids."},
+         "description": "Backend 'stardist' only: number of rays describing each organoid's "
+                        "outline (StarDist polygon); 32 suits round to lobed organoids."},
         {"name": "grid", "type": "string", "default": "2x2",
-         "description": "StarDist output grid as ROWSxCOLUMNS: 2x2 predicts at half resolution "
+         "description": "Backend 'stardist' only: output grid as ROWSxCOLUMNS: 2x2 predicts at half resolution "
                         "(faster, fine for organoids larger than ~10 px)."},
         {"name": "learning_rate", "type": "string", "default": "auto",
          "description": "Initial learning rate of the optimiser, e.g. 0.0003. 'auto': 0.0003 for "
@@ -157,8 +156,9 @@ setup(
                         "noise changes of the training patches (True/False); keep True unless "
                         "you have a reason."},
         {"name": "refine", "type": "string", "default": "auto",
-         "description": "Outline refinement stored in the model: 'auto' (the best of none, "
-                        "probability and edges on the validation images), or one of them."},
+         "description": "Backend 'stardist' only: outline refinement stored in the model: "
+                        "'auto' (the best of none, probability and edges on the validation "
+                        "images), or one of them."},
         {"name": "pyramid", "type": "string", "default": "auto",
          "description": "For organoids of very different sizes: segment at several "
                         "scales, given as factors of the model's scale, e.g. '1,2,4' (small "
@@ -182,31 +182,30 @@ setup(
         {"name": "seed", "type": "integer", "default": 0,
          "description": "Random seed: the same seed and data give the same training."},
         {"name": "init_model", "type": "directory", "default": None,
-         "description": "Optional folder of an earlier orgaseg StarDist model to continue "
+         "description": "Backend 'stardist' only: optional folder of an earlier orgaseg StarDist model to continue "
                         "training from (same number of rays and grid). Leave empty to train "
                         "from scratch; nothing is downloaded."},
         {"name": "scale", "type": "string", "default": "auto",
          "description": "Pixel scale of the training images relative to the original images "
                         "(e.g. 0.5 after preprocess --scale 0.5). 'auto' reads it from the "
                         "preprocess run that made the data (else 1)."},
-        {"name": "backend", "type": "string", "default": "stardist",
-         "description": "Which kind of model to train. 'stardist': a StarDist network on "
-                        "TensorFlow, set up by the network options above (preset to pyramid, "
-                        "init_model). 'forest': a random forest on pixel features that finds "
-                        "organoid interiors and boundaries and splits touching organoids along "
-                        "the boundaries; it trains in minutes on a CPU and so far segments real "
-                        "brightfield images better (GOAT images, one image left out at a time: "
-                        "F1 about 0.4 at IoU 0.5 against about 0.2 for StarDist). With 'forest' "
-                        "the network options must stay at their defaults (a changed one is "
-                        "refused); it uses resize, norm_low, norm_high, seed, scale and n_trees. "
-                        "'unet': a U-Net trained from scratch with PyTorch (a GPU when there is "
-                        "one, see device) that finds the same interiors and boundaries as the "
-                        "forest from far more context; its outlines follow buds and need not be "
-                        "star-convex. It uses the budget options (preset, epochs, "
-                        "steps_per_epoch, early_stopping, max_minutes), batch_size, patch_size, "
-                        "resize, learning_rate, augment, norm_low, norm_high, seed, scale, "
-                        "device, pyramid, tta and refit; the StarDist-only options (n_rays, grid, refine, "
-                        "init_model) and n_trees must stay at their defaults."},
+        {"name": "backend", "type": "string", "default": "unet",
+         "description": "Which kind of model to train. 'unet' (the default since 0.18.0): a "
+                        "U-Net trained from scratch with PyTorch (a GPU when there is one, see "
+                        "device) that finds organoid interiors and boundaries; its outlines "
+                        "follow buds and need not be star-convex, and on real brightfield "
+                        "images it finds far more organoids than StarDist (GOAT images, one "
+                        "image left out at a time: F1 about 0.5-0.67 at IoU 0.5 against about "
+                        "0.2). It uses the budget options (preset, epochs, steps_per_epoch, "
+                        "early_stopping, max_minutes), batch_size, patch_size, resize, "
+                        "learning_rate, augment, norm_low, norm_high, seed, scale, device, "
+                        "pyramid, tta and refit. 'stardist': a StarDist network on TensorFlow "
+                        "(the default up to 0.17.0), which also uses n_rays, grid, refine and "
+                        "init_model. 'forest': a random forest on pixel features that finds the "
+                        "same interiors and boundaries in minutes on a CPU; it uses resize, "
+                        "norm_low, norm_high, seed, scale and n_trees. Options that do not "
+                        "apply to the chosen backend must stay at their defaults (a changed one "
+                        "is refused, by name)."},
         {"name": "n_trees", "type": "integer", "default": 100,
          "description": "Number of trees of the pixel forest (backend 'forest' only; leave 100 "
                         "with StarDist). More trees are a little steadier and slower."},

@@ -22,7 +22,7 @@ from digests import tree_digest
 
 pytestmark = pytest.mark.integration
 
-VERSION = "0.17.0"
+VERSION = "0.18.0"
 STEPS = ("demo-data", "sort-crops", "annotations-to-masks", "preprocess", "split", "evaluate-segmentation",
          "train-segmentation", "segment", "extract-objects", "train-classifier", "classify", "analyze")
 CLASSES = {"Cyst", "Filled in", "Early branching", "Branched", "Burned out"}
@@ -340,8 +340,9 @@ def test_evaluate_segmentation(album, demo, tmp_path):
 
 
 def test_train_segmentation_then_segment(album, demo, tmp_path):
-    """The StarDist pair: a tiny model trained through album, then used through album; the same
-    for a tiny U-Net (torch, in the same environment: never in one process with TensorFlow)."""
+    """The default pair (since 0.18.0 a U-Net, torch): a tiny model trained through album, then
+    used through album; the same for a tiny StarDist model (TensorFlow, in the same environment:
+    never in one process with torch)."""
     from orgaseg_core.data.masks import annotations_to_masks
     from orgaseg_core.data.preprocess import preprocess
     from orgaseg_core.data.split import split_dataset
@@ -353,30 +354,34 @@ def test_train_segmentation_then_segment(album, demo, tmp_path):
     with installed(album, "train-segmentation"):
         step = coordinates("train-segmentation")
         before = tree_digest(tmp_path / "split")
-        album("run", step, "--data", tmp_path / "split", "--model_out", model, "--epochs", "1",
-              "--steps_per_epoch", "2", "--batch_size", "2", "--patch_size", "64", "--augment", "False")
-        meta = json.loads((model / "orgaseg_model.json").read_text())
-        assert meta["kind"] == "orgaseg-stardist2d" and (model / "thresholds.json").is_file()
-        assert set(pd.read_csv(model / "report.csv")["threshold"].round(2)) >= {0.5, 0.7, 0.9}
+        # the default backend: a U-Net
+        unet = album.workdir / "unet"
+        album("run", step, "--data", tmp_path / "split", "--model_out", unet,
+              "--epochs", "1", "--steps_per_epoch", "2", "--batch_size", "2", "--patch_size", "64",
+              "--device", "cpu")
+        meta = json.loads((unet / "orgaseg_model.json").read_text())
+        assert meta["kind"] == "orgaseg-unet" and (unet / "unet.pt").is_file()
+        assert json.loads((unet / "run.json").read_text())["arguments"]["device"] == "cpu"
         assert tree_digest(tmp_path / "split") == before
+        # StarDist's options without backend 'stardist': refused by their album names
+        bad = album("run", step, "--data", tmp_path / "split", "--model_out", album.workdir / "never",
+                    "--n_rays", "64", expect=1)
+        error_line(bad.output, "n_rays", "--backend stardist")
+        assert not (album.workdir / "never").exists()
         # no validation data: refused with the reason, before any training
         no_val = tmp_path / "no-val"
         shutil.copytree(tmp_path / "split" / "train", no_val / "train")
         bad = album("run", step, "--data", no_val, "--model_out", album.workdir / "never", expect=1)
         error_line(bad.output, "val")
         assert not (album.workdir / "never").exists()
-        # the U-Net backend (since 0.8.0): StarDist's options refused by their album names
-        unet = album.workdir / "unet"
-        album("run", step, "--data", tmp_path / "split", "--model_out", unet, "--backend", "unet",
+        # StarDist (the default up to 0.17.0)
+        album("run", step, "--data", tmp_path / "split", "--model_out", model, "--backend", "stardist",
               "--epochs", "1", "--steps_per_epoch", "2", "--batch_size", "2", "--patch_size", "64",
-              "--device", "cpu")
-        meta = json.loads((unet / "orgaseg_model.json").read_text())
-        assert meta["kind"] == "orgaseg-unet" and (unet / "unet.pt").is_file()
-        assert json.loads((unet / "run.json").read_text())["arguments"]["device"] == "cpu"
-        bad = album("run", step, "--data", tmp_path / "split", "--model_out", album.workdir / "never",
-                    "--backend", "unet", "--n_rays", "64", expect=1)
-        error_line(bad.output, "n_rays")
-        assert not (album.workdir / "never").exists()
+              "--augment", "False")
+        meta = json.loads((model / "orgaseg_model.json").read_text())
+        assert meta["kind"] == "orgaseg-stardist2d" and (model / "thresholds.json").is_file()
+        assert set(pd.read_csv(model / "report.csv")["threshold"].round(2)) >= {0.5, 0.7, 0.9}
+        assert tree_digest(tmp_path / "split") == before
         album("test", step)
 
     with installed(album, "segment"):

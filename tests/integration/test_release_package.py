@@ -32,8 +32,8 @@ PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["
 IMPORTS = {
     "data": [["orgaseg_core.steps", "skimage", "tifffile", "pandas"]],
     "evaluation": [["matplotlib"]],
-    "segmentation": [["stardist", "tensorflow", "sklearn", "skops"]],
-    "segmentation-gpu": [["stardist", "tensorflow", "sklearn", "skops"]],
+    "segmentation": [["stardist", "tensorflow", "sklearn", "skops"], ["torch"]],
+    "segmentation-gpu": [["stardist", "tensorflow", "sklearn", "skops"], ["torch"]],
     "classification": [["torch", "torchvision", "sklearn", "skops"]],
     "distributed": [["distributed"]],
     "cluster": [["distributed", "dask_jobqueue"]],
