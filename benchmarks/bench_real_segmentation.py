@@ -12,6 +12,11 @@ F1 at IoU 0.5 / 0.75 / 0.9, mean IoU of the matches, training time.
 16-bit TIFF, OME-flavoured TIFFs, names with spaces; no ground truth) with the first fold's
 model and writes an outline overlay per image into ``WORK/unannotated/<folder>/overlays/``.
 
+Since 0.18 ``train-segmentation`` trains a U-Net unless told otherwise; the first four commands
+below trained StarDist, the default before: add ``--backend stardist`` after ``--`` to repeat
+them. The default on these images: ``--name unetq --scale 1 --tiles 1x1 --no-pyramid-table --
+--backend unet`` (the ``quick`` preset).
+
     python benchmarks/bench_real_segmentation.py --work /tmp/real --name defaults
     python benchmarks/bench_real_segmentation.py --work /tmp/real --name s025 --scale 0.25 \\
         --tiles 1x1 --unannotated -- --epochs 80 --steps-per-epoch 25

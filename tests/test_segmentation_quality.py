@@ -1,8 +1,8 @@
 """Quality test of issue 3: default training on the example data segments unseen images well.
 
 The example data (``orgaseg example`` settings: 36 generated 760x1008 images, masks, preprocess
-with vignette removal, 2x2 tiles, scale 0.5, split) trains a StarDist model with the DEFAULT
-settings of ``train_segmentation``; held-out images generated with another seed (never seen in
+with vignette removal, 2x2 tiles, scale 0.5, split) trains a StarDist model with StarDist's
+default settings (``--backend stardist``, the default backend up to 0.17); held-out images generated with another seed (never seen in
 training) are segmented at full resolution (image_scale 1.0, so ``segment`` rescales to the
 model's scale 0.5 and back) and compared with their annotations.
 
@@ -12,11 +12,11 @@ shared), F1 ~0.94-0.97 at IoU 0.5. Marked ``slow``: not part of CI's run (which 
 30 minutes), run it with ``pytest -m slow``; CI keeps the pixel forest's quality guard
 (tests/test_forest.py) and the tiny StarDist training of tests/test_segmentation.py.
 
-The same data trains the U-Net with its default (``quick``) budget in
-:func:`test_unet_default_training_segments_unseen_images` (also ``slow``; about 6 minutes on 2
-idle CPU cores, F1 0.96 at IoU 0.5, mean matched IoU 0.93, branched organoids 0.81, measured
-with orgaseg-core 0.17.0): issue 10's targets on generated images, for the backend that is
-far better on real ones. CI's guard for the U-Net is the tiny training of tests/test_unet.py.
+The same data trains the U-Net, the default backend since 0.18, with its default (``quick``)
+budget in :func:`test_unet_default_training_segments_unseen_images` (also ``slow``; about 6
+minutes on 2 idle CPU cores, F1 0.96 at IoU 0.5, mean matched IoU 0.93, branched organoids
+0.81, measured with orgaseg-core 0.17.0): issue 10's targets on generated images, for the
+backend that is far better on real ones. CI's guard for the U-Net is the tiny training of tests/test_unet.py.
 """
 
 from __future__ import annotations
