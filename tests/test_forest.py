@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import tifffile
 from digests import tree_digest
+from story_analysis import analyze_story_images
 from synthetic import write_split
 
 pytest.importorskip("sklearn", reason="the pixel forest needs scikit-learn (segmentation extra)")
@@ -281,14 +282,7 @@ def test_analyze_segments_with_a_forest(story, tmp_path):
     demo, _ = story
     model = tmp_path / "forest"
     steps.train_segmentation(demo / "split-segmentation", model, backend="forest", n_trees=20)
-    out = tmp_path / "analysis"
-    done = subprocess.run([sys.executable, "-m", "orgaseg_core", "analyze", "--segmentation-model", str(model),
-                           "--classifier", str(demo / "models" / "classifier"),
-                           "--images", str(demo / "new-images" / "images"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    objects = pd.read_csv(out / "objects.csv", dtype={"stem": str})
-    assert len(objects) > 0 and objects["predicted_class"].notna().all()
+    objects = analyze_story_images(demo, model, tmp_path / "analysis")
     assert objects["segmentation_probability"].between(0.5, 1).all()
 
 

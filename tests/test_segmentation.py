@@ -19,6 +19,7 @@ import pytest
 import tifffile
 from scipy import ndimage
 from digests import tree_digest
+from story_analysis import analyze_story_images
 from synthetic import SHAPE, disc_pair, write_split  # noqa: E402  (shared with test_analyze)
 
 from orgaseg_core import cli
@@ -679,15 +680,9 @@ def test_analyze_segments_with_stardist(story, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((model / "orgaseg_model.json").read_text())["kind"] == MODEL_KIND
     out = tmp_path / "analysis"
-    done = subprocess.run([sys.executable, "-m", "orgaseg_core", "analyze", "--segmentation-model", str(model),
-                           "--classifier", str(demo / "models" / "classifier"),
-                           "--images", str(demo / "new-images" / "images"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    objects = pd.read_csv(out / "objects.csv", dtype={"stem": str})
+    objects = analyze_story_images(demo, model, out)
     summary = pd.read_csv(out / "summary.csv")
     assert len(summary) == 2 and (summary["objects"] > 0).all()
-    assert len(objects) > 0 and objects["predicted_class"].notna().all()
     assert objects["segmentation_probability"].between(0, 1).all()
     # StarDist's thresholds from the model: every object at least as probable as the threshold
     prob = json.loads((model / "thresholds.json").read_text())["prob"]
