@@ -437,6 +437,7 @@ def analyze_cmd(
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Images per task (default: the images shared out over the workers, at most 64); a worker keeps its step processes and models loaded from chunk to chunk."),
     threads_per_worker: Optional[int] = typer.Option(None, "--threads-per-worker", min=1, help="Threads of each chunk's steps (default: the CPU cores shared out over the local workers)."),
     overlays: str = typer.Option("png", help="Picture of each image's outlines coloured by class: 'png' (lossless), 'jpeg' (.jpg: faster to write and smaller, for thousands of images) or 'none'."),
+    tta: str = typer.Option("auto", help="Test-time views of a U-Net or pixel-forest model: its probabilities averaged over 1, 2, 4 or 8 flipped and turned copies of each image (n predictions per image; 1 is the fast pass for thousands of images); 'auto': the model's choice on its validation images."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP + " A rerun of the same command without it resumes an interrupted analysis."),
 ) -> None:
     """Segment (or take --masks), measure and classify every organoid in new images; QuPath files, overlays and tables."""
@@ -450,7 +451,7 @@ def analyze_cmd(
                                review_below=review_below, family=family, pixel_size=pixel_size,
                                metadata=metadata, name_pattern=name_pattern, control=control,
                                seed=seed, workers=workers, scheduler=scheduler, chunk_size=chunk_size,
-                               threads_per_worker=threads_per_worker, overlays=overlays,
+                               threads_per_worker=threads_per_worker, overlays=overlays, tta=tta,
                                overwrite=overwrite)
     except OrgasegError as exc:
         _echo_partial_result(exc)

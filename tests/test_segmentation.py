@@ -679,6 +679,10 @@ def test_analyze_segments_with_stardist(story, tmp_path):
                    "--backend", "stardist", "--epochs", 14, "--steps-per-epoch", 15, "--seed", 0)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((model / "orgaseg_model.json").read_text())["kind"] == MODEL_KIND
+    refused = run_cli("analyze", "--segmentation-model", model, "--classifier", demo / "models" / "classifier",
+                      "--images", demo / "new-images" / "images", "--out", tmp_path / "never", "--tta", 2)
+    assert refused.returncode == 1 and "is a StarDist model: --tta" in refused.stderr
+    assert not (tmp_path / "never").exists()
     out = tmp_path / "analysis"
     objects = analyze_story_images(demo, model, out)
     summary = pd.read_csv(out / "summary.csv")

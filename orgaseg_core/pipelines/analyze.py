@@ -191,7 +191,7 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
             pixel_size: float | str | None = None, metadata: Path | None = None,
             name_pattern: str | None = None, control: str | None = None, seed: int = 0,
             workers: int | str | None = "auto", scheduler: Any = None, chunk_size: int | None = None,
-            threads_per_worker: int | None = None, overlays: str = "png",
+            threads_per_worker: int | None = None, overlays: str = "png", tta: int | str | None = None,
             overwrite: bool = False) -> AnalyzeResult:
     """Segment, measure and classify every organoid of an image file or a folder of images.
 
@@ -221,7 +221,9 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
     Rerunning the same call into the same ``out`` after a crash or an interrupt resumes it
     (:mod:`.progress`); ``overwrite`` starts over. overlays: the picture of each image's
     outlines, "png" (lossless), "jpeg" (``.jpg``: faster and smaller, for thousands of images)
-    or "none".
+    or "none". tta: test-time views of a U-Net or pixel-forest model, 1, 2, 4 or 8 (None/"auto":
+    the model's choice; each view is one more prediction per image, so ``tta=1`` is the fast
+    pass for thousands of images).
     """
     from ..common.params import parse_pair
     from ..segmentation.model import check_segmentation_model, is_region_model
@@ -242,8 +244,15 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
     if (segmentation_model is None) == (masks is None):
         raise OrgasegError("give either a segmentation model (--segmentation-model) or label images "
                            "from another tool (--masks), not " + ("both" if masks else "neither"))
-    if masks is not None and (n_tiles is not None or prob_thresh is not None or nms_thresh is not None):
-        raise OrgasegError("--n-tiles, --prob-thresh and --nms-thresh set how a model segments; "
+    from ..segmentation.views import parse_views
+
+    try:
+        views = parse_views(tta)
+    except ValueError as exc:
+        raise OptionError(f"--tta: {exc}") from None
+    if masks is not None and (n_tiles is not None or prob_thresh is not None or nms_thresh is not None
+                              or views is not None):
+        raise OrgasegError("--n-tiles, --prob-thresh, --nms-thresh and --tta set how a model segments; "
                            "they do not apply to --masks")
     segmentation_model = Path(segmentation_model) if segmentation_model is not None else None
     masks = Path(masks) if masks is not None else None
@@ -275,6 +284,9 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
             kind = "pixel-forest" if type(seg_info).__name__ == "ForestInfo" else "U-Net"
             raise OrgasegError(f"{segmentation_model} is a {kind} model: --n-tiles, --prob-thresh "
                                "and --nms-thresh set how a StarDist model segments; they do not apply to it")
+        if views is not None and not is_region_model(seg_info):
+            raise OrgasegError(f"{segmentation_model} is a StarDist model: --tta (test-time views) applies "
+                               "to U-Net and pixel-forest models")
     elif not masks.is_dir():
         raise InputFileError(masks, "is not a folder of label images")
     if out.resolve() == classifier.resolve() or out.resolve() in classifier.resolve().parents:
@@ -303,7 +315,7 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
                  "control": control, "seed": seed, "workers": workers,
                  "scheduler": scheduler if scheduler is None or isinstance(scheduler, str) else repr(scheduler),
                  "chunk_size": chunk_size, "threads_per_worker": threads_per_worker, "overlays": overlays,
-                 "overwrite": overwrite}
+                 "tta": views or "auto", "overwrite": overwrite}
     print_ = fingerprint(arguments)
     # The same command into the folder of an unfinished run resumes it (checked before the lock,
     # which a live run still holds and a dead one left stale).
@@ -326,7 +338,7 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
                     "classifier": str(classifier.resolve()), "class_names": class_names,
                     "fingerprint": print_,
                     "segment_options": _segment_options(n_tiles, prob_thresh, nms_thresh, image_scale,
-                                                        preprocessing),
+                                                        preprocessing, views),
                     "extract": {"padding": padding, "context": context, "mask_background": mask_background,
                                 "min_area": min_area, "exclude_border": exclude_border,
                                 "pixel_size": pixel_size},
@@ -408,7 +420,8 @@ def _report(out: Path, table: pd.DataFrame, summary: pd.DataFrame, conditions, c
                         qupath_dir=out / QUPATH_DIR)
 
 
-def _segment_options(n_tiles, prob_thresh, nms_thresh, image_scale: float, preprocessing: bool) -> list:
+def _segment_options(n_tiles, prob_thresh, nms_thresh, image_scale: float, preprocessing: bool,
+                     views: int | None = None) -> list:
     options: list[Any] = ["--image-scale", float(image_scale),
                           "--preprocessing" if preprocessing else "--no-preprocessing"]
     if n_tiles:
@@ -417,6 +430,8 @@ def _segment_options(n_tiles, prob_thresh, nms_thresh, image_scale: float, prepr
         options += ["--prob-thresh", prob_thresh]
     if nms_thresh is not None:
         options += ["--nms-thresh", nms_thresh]
+    if views is not None:
+        options += ["--tta", views]
     return options
 
 

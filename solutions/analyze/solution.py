@@ -30,7 +30,7 @@ def run():
         metadata=args.metadata, name_pattern=args.name_pattern, control=args.control,
         seed=args.seed, workers=args.workers, scheduler=args.scheduler or None,
         chunk_size=args.chunk_size or None, threads_per_worker=args.threads_per_worker or None,
-        overlays=args.overlays, overwrite=args.overwrite))
+        overlays=args.overlays, tta=args.tta, overwrite=args.overwrite))
 
 
 def pre_test():
@@ -254,6 +254,12 @@ setup(
          "description": "Picture of each image's outlines coloured by class: png (lossless), "
                         "jpeg (.jpg files, faster to write and smaller: for thousands of images) "
                         "or none."},
+        {"name": "tta", "type": "string", "default": "auto",
+         "description": "Test-time views of a U-Net or pixel-forest segmentation model: its "
+                        "probabilities averaged over 1, 2, 4 or 8 flipped and turned copies of "
+                        "each image, one prediction each (1: the fast pass for thousands of "
+                        "images). 'auto': the model's choice on its validation images. Leave "
+                        "'auto' for a StarDist model or with masks."},
         {"name": "overwrite", "type": "boolean", "default": False,
          "description": "Allow writing into an output folder that already holds files "
                         "(True/False); files of the same name are replaced. Without it, the same "
