@@ -191,7 +191,7 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
             pixel_size: float | str | None = None, metadata: Path | None = None,
             name_pattern: str | None = None, control: str | None = None, seed: int = 0,
             workers: int | str | None = "auto", scheduler: Any = None, chunk_size: int | None = None,
-            threads_per_worker: int | None = None, overlays: str = "png", tta: int | str | None = None,
+            threads_per_worker: int | None = None, overlays: str = "png", tta: int | str | None = "auto",
             overwrite: bool = False) -> AnalyzeResult:
     """Segment, measure and classify every organoid of an image file or a folder of images.
 
