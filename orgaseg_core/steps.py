@@ -557,14 +557,15 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
 
 def example(out: PathLike = "orgaseg-demo", *, n_images: int = 24, seed: int = 0,
             size: Pair = (760, 1008), n_new_images: int = 6, seg_backend: str = "unet",
-            seg_epochs: int | None = None, seg_steps: int | None = None, clf_grid_epochs: int = 3, clf_epochs: int = 12,
+            seg_epochs: int | None = None, seg_steps: int | None = None, clf_grid_epochs: int = 3,
+            clf_epochs: int = 12,
             data_only: bool = False, overwrite: bool = False) -> Any:
     """Run the whole story on generated example data, each framework in its own process.
 
     ``n_images`` training images of ``size`` (height, width) px -> every data step ->
     segmentation training (``seg_backend`` "unet", "stardist" or "forest"; ``seg_epochs`` x
-    ``seg_steps``, None: the U-Net's quick preset, StarDist 20 x 20) -> classifier training -> :func:`analyze`
-    of ``n_new_images`` new images -> segmentation and class evaluation against their
+    ``seg_steps``, None: the U-Net's quick preset, StarDist 20 x 20) -> classifier training ->
+    :func:`analyze` of ``n_new_images`` new images -> segmentation and class evaluation against their
     annotations. ``data_only`` stops after the data steps. Returns an ``ExampleResult`` whose
     ``summary()`` gives the figures (F1, AP, macro-F1) and where everything is.
     """

@@ -95,15 +95,17 @@ class ExampleResult:
 def run_example(out: Path, *, n_images: int = 24, seed: int = 0, size: tuple[int, int] = (760, 1008),
                 scale: float = 0.5, tiles: tuple[int, int] = (2, 2), n_new_images: int = 6,
                 seg_backend: str = EXAMPLE_SEG_BACKEND, seg_epochs: int | None = None,
-                seg_steps: int | None = None, clf_grid_epochs: int = EXAMPLE_CLF_GRID_EPOCHS, clf_epochs: int = EXAMPLE_CLF_EPOCHS,
+                seg_steps: int | None = None, clf_grid_epochs: int = EXAMPLE_CLF_GRID_EPOCHS,
+                clf_epochs: int = EXAMPLE_CLF_EPOCHS,
                 data_only: bool = False, overwrite: bool = False) -> ExampleResult:
     """Generate example data in ``out/data`` and run the whole pipeline on it (see module notes).
 
     n_images: training images; size: (height, width) px; scale, tiles: preprocess settings of the
     segmentation training data; n_new_images: images for analyze; seg_backend: the segmentation
     model, "unet" (default), "stardist" or "forest"; seg_epochs x seg_steps: its training budget
-    (None: the U-Net's ``quick`` preset, StarDist's 20 x 20 steps); clf_grid_epochs, clf_epochs: the classifier's. data_only: stop
-    after the data steps (no TensorFlow or torch needed).
+    (None: the U-Net's ``quick`` preset, StarDist's 20 x 20 steps); clf_grid_epochs,
+    clf_epochs: the classifier's. data_only: stop after the data steps (no TensorFlow or torch
+    needed).
     """
     from ..data.demo import make_demo_data
     from ..data.masks import annotations_to_masks
