@@ -246,7 +246,9 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
         raise OrgasegError("--device applies to --backend unet only (StarDist uses TensorFlow's device)")
     auto = {None, "", "auto"}
     if backend == "unet":
-        stardist_only = {"n_rays": (n_rays, 32), "n_trees": (n_trees, 100),
+        if n_trees != 100:
+            raise OrgasegError("--n-trees applies to --backend forest only")
+        stardist_only = {"n_rays": (n_rays, 32),
                          "refine": ("auto" if str(refine).strip().lower() in auto else refine, "auto"),
                          "init_model": (_path(init_model), None)}
         given = [k for k, (value, default) in stardist_only.items() if value != default]
