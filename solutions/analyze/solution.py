@@ -51,7 +51,7 @@ def pre_test():
                 test=0.0, seed=0)
     # The test checks what analyze writes, not how good the models are: the fastest models of
     # each step (a pixel forest, the measurement classifier; seconds on a CPU) stand in for
-    # StarDist and the CNN, which the catalog's integration tests run through analyze.
+    # the U-Net, StarDist and the CNN, which the catalog's integration tests run through analyze.
     for step, options in (
             ("train-segmentation", ["--data", root / "split-seg", "--model-out", root / "seg-model",
                                     "--backend", "forest", "--n-trees", 20]),

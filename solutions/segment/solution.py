@@ -31,9 +31,10 @@ def pre_test():
     steps.annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
     steps.preprocess(root / "data" / "images", root / "pre", masks=root / "masks")
     steps.split(root / "pre", root / "split", mode="segmentation", train=0.67, val=0.33, test=0.0, seed=0)
-    # a tiny model: the test checks what segment writes, not how good the model is
-    steps.train_segmentation(root / "split", root / "model", epochs=1, steps_per_epoch=2,
-                             batch_size=2, patch_size=64)
+    # a tiny StarDist model (TensorFlow; the run below tiles its prediction): the test checks what
+    # segment writes, not how good the model is
+    steps.train_segmentation(root / "split", root / "model", backend="stardist", epochs=1,
+                             steps_per_epoch=2, batch_size=2, patch_size=64)
     return {"--model": str(root / "model"), "--images": str(root / "data" / "images"),
             "--out": str(root / "segmented"), "--n_tiles": "2x2"}
 
