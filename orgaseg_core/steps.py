@@ -245,9 +245,9 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
     if device is not None and backend != "unet":
         raise OrgasegError("--device applies to --backend unet only (StarDist uses TensorFlow's device)")
     auto = {None, "", "auto"}
+    if n_trees != 100 and backend != "forest":
+        raise OrgasegError("--n-trees applies to --backend forest only")
     if backend == "unet":
-        if n_trees != 100:
-            raise OrgasegError("--n-trees applies to --backend forest only")
         stardist_only = {"n_rays": (n_rays, 32),
                          "refine": ("auto" if str(refine).strip().lower() in auto else refine, "auto"),
                          "init_model": (_path(init_model), None)}
@@ -307,8 +307,6 @@ def train_segmentation(data: PathLike, model_out: PathLike, *, preset: str = "qu
         return train_forest(Path(data), Path(model_out), resize=resize, n_trees=n_trees,
                             norm_percentiles=(norm_low, norm_high), seed=seed,
                             scale=_optional_float(scale, "--scale"), overwrite=overwrite)
-    if n_trees != 100:
-        raise OrgasegError("--n-trees applies to --backend forest only")
     from .segmentation.train import train_segmentation as run
 
     return run(Path(data), Path(model_out), preset=preset,

@@ -174,15 +174,6 @@ def test_analyze_skips_a_broken_image_and_says_so(story, tmp_path):
     assert (images / "broken.tif").read_bytes() == b"not a tiff at all"
 
 
-def _values(tree, key: str) -> list:
-    """Every value of ``key`` anywhere in a JSON tree."""
-    if isinstance(tree, dict):
-        return [v for k, v in tree.items() if k == key] + [x for v in tree.values() for x in _values(v, key)]
-    if isinstance(tree, list):
-        return [x for v in tree for x in _values(v, key)]
-    return []
-
-
 def test_analyze_takes_the_test_time_views(story, tmp_path):
     """``analyze --tta N`` segments with N views of the story's U-Net (the fast pass for many
     images is 1); a value that is not a number of views is refused before any work."""
@@ -197,8 +188,10 @@ def test_analyze_takes_the_test_time_views(story, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "two" / "run.json").read_text())
     assert record["arguments"]["tta"] == 2
-    segment_runs = record["results"]["steps"]["segment"]
-    assert len(segment_runs) >= 1 and _values(segment_runs, "views") and set(_values(segment_runs, "views")) == {2}
+    # each chunk's segment record: the views of every image it segmented
+    views = [image["views"] for run in record["results"]["steps"]["segment"]
+             for image in run["results"]["images"].values()]
+    assert len(views) == len(list((out / "new-images" / "images").iterdir())) and set(views) == {2}
     assert len(pd.read_csv(tmp_path / "two" / "objects.csv")) > 0
     bad = subprocess.run([*base, "--out", str(tmp_path / "never"), "--tta", "3"], capture_output=True, text=True,
                          timeout=300)
