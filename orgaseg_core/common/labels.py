@@ -97,6 +97,73 @@ def rescale_labels(labels: np.ndarray, scale: float) -> tuple[np.ndarray, LabelR
     return out, report
 
 
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``n_out`` output pixels along an axis: the two input pixels around its
+    centre and the weight of the second (linear interpolation, edges repeated)."""
+    position = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0, n_in - 1.0)
+    first = np.floor(position).astype(np.int64)
+    second = np.minimum(first + 1, n_in - 1)
+    return first, second, (position - first).astype(np.float32)
+
+
+def enlarge_labels(labels: np.ndarray, shape: tuple[int, int], sigma: float = 1.0) -> np.ndarray:
+    """A label image (Y, X) enlarged to ``shape`` (each side at least the input's) with smooth
+    outlines: every object's indicator (1 inside, 0 outside) is interpolated linearly and the
+    object covers the output pixels where it reaches 0.5 and is higher than every other
+    object's (its outline is the 0.5 contour of its enlarged mask).
+
+    Why not nearest neighbour: enlarging by ``f`` turns every outline into steps of ``f`` px,
+    whose perimeter is too long (a disk enlarged 2x: about 10 % longer, so its circularity
+    about 20 % too low, enough to move a classifier's decision between round and budding
+    organoids), while the annotated outlines these are measured against are drawn polygons.
+    Linear in the pixels: each object is interpolated inside its own bounding box (plus one
+    input pixel). No object is lost: one that reaches 0.5 nowhere (a single input pixel
+    between larger neighbours) keeps its nearest-neighbour pixels that no other object took.
+    Same dtype as ``labels``.
+    """
+    from scipy import ndimage
+
+    labels = np.asarray(labels)
+    h, w = labels.shape
+    out_h, out_w = int(shape[0]), int(shape[1])
+    if (out_h, out_w) == (h, w):
+        return labels
+    if out_h < h or out_w < w:
+        raise OrgasegError(f"enlarge_labels: {h}x{w} labels cannot be enlarged to {out_h}x{out_w}")
+    row_taps, col_taps = _linear_taps(h, out_h), _linear_taps(w, out_w)
+    out = np.zeros((out_h, out_w), labels.dtype)
+    best = np.zeros((out_h, out_w), np.float32)
+    missing = []
+    for index, box in enumerate(ndimage.find_objects(labels)):
+        if box is None:
+            continue
+        label = index + 1
+        # output pixels whose centre lies within one input pixel of the object's bounding box
+        y0, y1 = max(0, int((box[0].start - 1) * out_h / h)), min(out_h, -int(-(box[0].stop + 1) * out_h // h))
+        x0, x1 = max(0, int((box[1].start - 1) * out_w / w)), min(out_w, -int(-(box[1].stop + 1) * out_w // w))
+        r_first, r_second, r_weight = (t[y0:y1] for t in row_taps)
+        c_first, c_second, c_weight = (t[x0:x1] for t in col_taps)
+        lo_r, lo_c = int(r_first[0]), int(c_first[0])
+        inside = (labels[lo_r:int(r_second[-1]) + 1, lo_c:int(c_second[-1]) + 1] == label).astype(np.float32)
+        if sigma > 0:
+            inside = ndimage.gaussian_filter(inside, sigma, mode="nearest")
+        rows = (inside[r_first - lo_r] * (1 - r_weight)[:, None] + inside[r_second - lo_r] * r_weight[:, None])
+        value = rows[:, c_first - lo_c] * (1 - c_weight) + rows[:, c_second - lo_c] * c_weight
+        window = (slice(y0, y1), slice(x0, x1))
+        take = (value >= 0.5) & (value > best[window])
+        if not take.any():
+            missing.append((label, window))
+            continue
+        out[window][take] = label
+        best[window][take] = value[take]
+    if missing:
+        rows, cols = nearest_indices(h, out_h), nearest_indices(w, out_w)
+        for label, (ys, xs) in missing:
+            nearest = labels[rows[ys]][:, cols[xs]] == label
+            out[ys, xs][nearest & (out[ys, xs] == 0)] = label
+    return out
+
+
 def short_list(values: list, limit: int = 20) -> str:
     text = ", ".join(str(v) for v in values[:limit])
     return text + (f", ... ({len(values) - limit} more)" if len(values) > limit else "")

@@ -133,9 +133,15 @@ def network_input(grey: np.ndarray, factor: float, percentiles: Sequence[float])
 
 
 def upscale_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize a label image to ``shape`` with nearest neighbour (the label under each centre)."""
+    """Resize a label image (Y, X) to ``shape``: enlarged with smooth outlines
+    (:func:`orgaseg_core.common.labels.enlarge_labels`, each object's mask interpolated
+    linearly), shrunk with nearest neighbour (the label under each centre)."""
     if labels.shape == tuple(shape):
         return labels
+    if shape[0] >= labels.shape[0] and shape[1] >= labels.shape[1]:
+        from ..common.labels import enlarge_labels
+
+        return enlarge_labels(labels, shape)
     rows = nearest_indices(labels.shape[0], shape[0])
     cols = nearest_indices(labels.shape[1], shape[1])
     return labels[rows][:, cols]
