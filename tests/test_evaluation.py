@@ -376,7 +376,13 @@ def test_evaluate_segmentation_end_to_end(folders, unchanged):
         check()
     assert result.n_images == 3 and result.n_true == 9 + 2 + 1 and result.n_pred == 9 + 1 + 2
     assert sorted(p.name for p in out.iterdir()) == ["ap_vs_iou.png", "metrics.csv", "metrics_per_image.csv",
-                                                    "overlays", "run.json", "summary.json"]
+                                                    "overlays", "run.json", "shapes.csv", "summary.json"]
+    shapes = pd.read_csv(out / "shapes.csv")  # the 9 pairs matched at IoU 0.5, measured on both sides
+    assert len(shapes) == 9 and shapes["image"].tolist() == ["a"] * 8 + ["c"]
+    exact = shapes[shapes.image == "a"]
+    assert (exact.true_area_px == exact.pred_area_px).all() and (exact.true_perimeter == exact.pred_perimeter).all()
+    half = shapes[shapes.image == "c"].iloc[0]  # the 10x20 rectangle against its upper 10x10 half
+    assert (half.true_area_px, half.pred_area_px, half.iou) == (200, 100, 0.5)
 
     per_image = pd.read_csv(out / "metrics_per_image.csv")
     assert list(per_image.columns) == ["image"] + METRIC_COLUMNS + ["merges", "splits"]
@@ -399,6 +405,8 @@ def test_evaluate_segmentation_end_to_end(folders, unchanged):
     assert set(summary["at_iou"]["0.9"]) >= {"precision", "recall", "f1", "ap"}
     assert summary["mean_matched_iou_at_0.5"] == pytest.approx((8 + 0.5) / 9)
     assert (summary["merges"], summary["splits"], summary["images"]) == (1, 1, 3)
+    assert summary["shapes"]["pairs"] == 9
+    assert summary["shapes"]["area_px"] == {"median_ratio": 1.0, "median_error": 0.0}
     assert any("only_truth.tif" in u for u in summary["unmatched_files"])
     assert any("only_pred.tif" in u for u in summary["unmatched_files"])
 
@@ -416,10 +424,40 @@ def test_evaluate_segmentation_end_to_end(folders, unchanged):
     assert run["step"] == "evaluate-segmentation" and run["status"] == "ok"
     text = result.summary()
     assert "3 image pairs, 12 true and 12 predicted objects" in text
+    assert "shapes of the 9 organoids matched at IoU >= 0.5, median measured / true: area 1.000" in text
     assert "only_truth.tif" in text and "c: no image" in text  # c has no image: blank background
     with pytest.raises(OutputError, match="not empty"):
         evaluate_segmentation(truth, pred, out)
     evaluate_segmentation(truth, pred, out, overwrite=True)
+
+
+def test_shape_agreement_sees_stepped_outlines():
+    """Outlines enlarged with nearest neighbour (2x steps) overlap the true disks almost fully
+    (IoU > 0.9) but measure 10 % too long and 20 % less round: the shape summary shows it,
+    where F1 and IoU cannot."""
+    from skimage.draw import disk
+
+    from orgaseg_core.segmentation.shapes import shape_pairs, shape_summary
+
+    small, truth = np.zeros((60, 120), np.uint16), np.zeros((120, 240), np.uint16)
+    for label, (r, c) in enumerate([(30, 30), (30, 90)], 1):
+        small[disk((r, c), 20)] = label
+        truth[disk((2 * r + 0.5, 2 * c + 0.5), 40)] = 3 - label  # ids need not agree
+    stepped = small.repeat(2, axis=0).repeat(2, axis=1)
+    matching = match_objects(truth, stepped)
+    pairs = matched_pairs(matching, 0.5)
+    assert [(t, p) for t, p, _ in pairs] == [(1, 2), (2, 1)] and min(i for *_, i in pairs) > 0.9
+    table = shape_pairs(truth, stepped, pairs)
+    assert table["true_label"].tolist() == [1, 2] and table["pred_label"].tolist() == [2, 1]
+    summary = shape_summary(table)
+    assert summary["pairs"] == 2
+    assert summary["perimeter"]["median_ratio"] > 1.05 and summary["circularity"]["median_ratio"] < 0.9
+    assert abs(summary["area_px"]["median_ratio"] - 1) < 0.03
+    assert summary["circularity"]["median_error"] == pytest.approx(1 - summary["circularity"]["median_ratio"], abs=1e-4)
+    assert shape_summary(shape_pairs(truth, truth, [(1, 1, 1.0), (2, 2, 1.0)]))["perimeter"] == {
+        "median_ratio": 1.0, "median_error": 0.0}
+    empty = shape_pairs(truth, stepped, [])
+    assert empty.empty and shape_summary(empty)["area_px"] == {"median_ratio": None, "median_error": None}
 
 
 def test_large_overlays_are_shrunk(tmp_path):

@@ -2,7 +2,9 @@
 
 The rules (README, "Development"): ``common`` imports nothing of orgaseg outside itself;
 ``qupath`` imports ``common``; the step families ``data``, ``segmentation``, ``objects`` and
-``classification`` import ``common`` and ``qupath``, never each other; ``pipelines`` may import
+``classification`` import ``common`` and ``qupath``, never each other, except that
+``segmentation`` (its shape agreement) and ``classification`` measure organoids with
+``objects``, which imports neither; ``pipelines`` may import
 all of them; only the top-level interfaces (``steps``, ``cli``, ``album_support``) sit above.
 Album solutions and the CLI's step commands go through ``orgaseg_core.steps`` only.
 """
@@ -28,7 +30,7 @@ ALLOWED = {
     "common": set(),
     "qupath": {"common"},
     "data": {"common", "qupath"},
-    "segmentation": {"common", "qupath"},
+    "segmentation": {"common", "qupath", "objects"},
     "objects": {"common", "qupath"},
     "classification": {"common", "qupath", "objects"},
     "results": {"common", "qupath"},

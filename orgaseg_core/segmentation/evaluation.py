@@ -412,6 +412,7 @@ class EvaluationResult:
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    shapes: pd.DataFrame | None = None  # matched pairs' measurements (:mod:`.shapes`)
 
     def summary(self) -> str:
         lines = [f"evaluate-segmentation: {self.n_images} image pairs, {self.n_true} true and "
@@ -424,6 +425,10 @@ class EvaluationResult:
         ms = self.merge_split
         lines.append(f"  merges: {ms.merges} (predicted objects covering {ms.merged_truth} true objects); "
                      f"splits: {ms.splits} (true objects cut into {ms.split_pieces} pieces)")
+        if self.key_figures.get("shapes"):
+            from .shapes import shape_line
+
+            lines.append("  " + shape_line(self.key_figures["shapes"]))
         if self.unmatched:
             lines.append(f"  {len(self.unmatched)} files without a partner (not evaluated):")
             lines += [f"    {u}" for u in self.unmatched]
@@ -504,13 +509,16 @@ def evaluate_segmentation(truth: Path, pred: Path, out: Path, *, images: Path | 
     images are shrunk to this longest side (pixels).
 
     Writes to ``out``: ``metrics_per_image.csv`` (image, threshold, metrics, merges, splits),
-    ``metrics.csv`` (pooled over all images), ``summary.json`` (key figures at IoU 0.5, 0.7,
-    0.9), ``ap_vs_iou.png``, ``overlays/<stem>.png`` (true contours green, predicted magenta,
+    ``metrics.csv`` (pooled over all images), ``shapes.csv`` (every pair matched at IoU 0.5:
+    area, perimeter, circularity and solidity of the true and the predicted object,
+    :mod:`.shapes`), ``summary.json`` (key figures at IoU 0.5, 0.7, 0.9 and ``shapes``: the
+    median ratio measured / true of each measurement and its median error), ``ap_vs_iou.png``, ``overlays/<stem>.png`` (true contours green, predicted magenta,
     both white) and ``run.json``. Files without a partner are listed and skipped; a pair that
     cannot be read (or whose shapes differ) is reported and the others evaluated, then an
     OrgasegError lists the failures (so the command exits non-zero).
     """
     from ..common.overlays import save_png, segmentation_overlay
+    from .shapes import SHAPE_IOU, shape_line, shape_pairs, shape_summary
 
     truth, pred, out = Path(truth), Path(pred), Path(out)
     images = Path(images) if images is not None else None
@@ -543,6 +551,7 @@ def evaluate_segmentation(truth: Path, pred: Path, out: Path, *, images: Path | 
         t0 = time.perf_counter()
         matchings: list[ObjectMatching] = []
         rows: list[pd.DataFrame] = []
+        shape_rows: list[pd.DataFrame] = []
         total = MergeSplit()
         warnings: list[str] = []
         errors: list[str] = []
@@ -566,6 +575,9 @@ def evaluate_segmentation(truth: Path, pred: Path, out: Path, *, images: Path | 
             table["merges"] = merge_split.merges
             table["splits"] = merge_split.splits
             rows.append(table)
+            shapes = shape_pairs(t_labels, p_labels, matched_pairs(matching, SHAPE_IOU))
+            shapes.insert(0, "image", stem)
+            shape_rows.append(shapes)
             matchings.append(matching)
             total = total + merge_split
             log.info("%s: %d true objects (%s), %d predicted (%s); AP at IoU %g: %.3f; "
@@ -607,10 +619,13 @@ def evaluate_segmentation(truth: Path, pred: Path, out: Path, *, images: Path | 
             result.metrics["splits"] = total.splits
             write_csv(out / "metrics_per_image.csv", result.per_image)
             write_csv(out / "metrics.csv", result.metrics)
+            result.shapes = pd.concat(shape_rows, ignore_index=True)
+            write_csv(out / "shapes.csv", result.shapes)
             result.key_figures = {
                 "images": result.n_images, "n_true": result.n_true, "n_pred": result.n_pred,
                 **_key_figures(pooled_metrics(matchings, KEY_THRESHOLDS), total, min_fraction),
                 "mean_ap": float(result.metrics["ap"].mean()),
+                "shapes": shape_summary(result.shapes),
                 "thresholds": thresholds,
                 "unmatched_files": unmatched,
                 "failed_files": errors,
@@ -619,7 +634,8 @@ def evaluate_segmentation(truth: Path, pred: Path, out: Path, *, images: Path | 
             title = (f"{result.n_images} image{'s' if result.n_images != 1 else ''}: "
                      f"{result.n_true} true, {result.n_pred} predicted objects")
             _plot_metrics(result.metrics, out / "ap_vs_iou.png", title)
-            log.info("wrote metrics_per_image.csv, metrics.csv, summary.json, ap_vs_iou.png to %s", out)
+            log.info("%s", shape_line(result.key_figures["shapes"]))
+            log.info("wrote metrics_per_image.csv, metrics.csv, shapes.csv, summary.json, ap_vs_iou.png to %s", out)
         result.seconds = time.perf_counter() - t0
         record.results.update({k: v for k, v in result.key_figures.items()
                                if k not in ("thresholds",)})

@@ -62,6 +62,11 @@ def test():
     assert sorted(per_image["image"].unique()) == stems
     summary = json.loads((out / "summary.json").read_text())
     assert summary and (out / "run.json").is_file()
+    # every matched organoid is identical to its annotation: measured / true is 1 for each
+    shapes = pd.read_csv(out / "shapes.csv")
+    assert len(shapes) == n_true - len(stems), len(shapes)
+    assert (shapes["pred_perimeter"] == shapes["true_perimeter"]).all()
+    assert summary["shapes"]["area_px"]["median_ratio"] == 1.0
     with Image.open(out / "ap_vs_iou.png") as plot:
         assert plot.size[0] > 100
     for stem in stems:
@@ -74,21 +79,22 @@ def test():
 setup(
     group="orgaseg",
     name="evaluate-segmentation",
-    version="0.18.0",
+    version="0.19.0",
     album_api_version="0.7.3",
     title="Evaluate a segmentation against annotations",
     description=(
         "Compares predicted label images (e.g. from orgaseg:segment) with annotated ones (e.g. "
         "from orgaseg:annotations-to-masks), matched by file name: precision, recall, F1 and "
         "average precision at IoU thresholds 0.5 to 0.9, mean IoU of matched organoids, and how "
-        "many organoids were merged or split. Writes tables, a plot of AP against the IoU "
-        "threshold, and one overlay picture per image (annotation outlines green, prediction "
-        "outlines magenta)."
+        "many organoids were merged or split, and how the matched organoids' measurements (area, "
+        "perimeter, circularity, solidity) compare with the annotated ones. Writes tables, a "
+        "plot of AP against the IoU threshold, and one overlay picture per image (annotation "
+        "outlines green, prediction outlines magenta)."
     ),
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.18.0 (the source "
+                 "classification for brightfield microscopy, version 0.19.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018 (matching and average precision as in StarDist).",
@@ -107,7 +113,7 @@ setup(
                         "e.g. the output of segment."},
         {"name": "out", "type": "directory", "required": True,
          "description": "New or empty folder for metrics.csv, metrics_per_image.csv, "
-                        "summary.json, ap_vs_iou.png and overlays/."},
+                        "shapes.csv, summary.json, ap_vs_iou.png and overlays/."},
         {"name": "images", "type": "directory", "default": None,
          "description": "Optional folder with the original images (same names), drawn under "
                         "the outlines in the overlay pictures. Leave empty for outlines on black."},
