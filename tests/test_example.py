@@ -74,6 +74,11 @@ def test_story_prints_where_everything_is(story):
     assert (out / "models" / "classifier" / "classifier.json").is_file()
     assert "classifier (" in printed and "family, chosen on validation)" in printed
     assert (out / "evaluation" / "segmentation" / "metrics.csv").is_file()
+    # the matched organoids' measurements against the annotated ones, one per match at IoU 0.5
+    evaluated = json.loads((out / "evaluation" / "segmentation" / "summary.json").read_text())
+    pairs = evaluated["shapes"]["pairs"]
+    assert pairs == evaluated["at_iou"]["0.5"]["tp"] > 0
+    assert f"shapes of the {pairs} organoids matched at IoU >= 0.5, median measured / annotated: area " in printed
     # the experiment of the new images, analysed with its design, ends with the report
     assert "planted treatment effect: Branched fraction treated - control +0.40 planted" in printed
     assert f"report: open {out / 'analysis' / 'report.html'} in a browser" in printed

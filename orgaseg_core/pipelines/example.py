@@ -68,6 +68,10 @@ class ExampleResult:
         if "segmentation_f1" in f:
             lines.append(f"  segmentation: F1 {f['segmentation_f1']:.3f}, AP {f['segmentation_ap']:.3f} at IoU 0.5 "
                          f"({f['true_objects']} annotated organoids, {f['found_objects']} found)")
+        if f.get("shapes"):
+            from ..segmentation.shapes import shape_line
+
+            lines.append("  " + shape_line(f["shapes"]).replace("measured / true", "measured / annotated"))
         if "class_macro_f1" in f:
             lines.append(f"  classes of the matched organoids: macro-F1 {f['class_macro_f1']:.3f}, "
                          f"accuracy {f['class_accuracy']:.3f} ({f['class_n']} organoids)")
@@ -236,7 +240,8 @@ def _models_and_analysis(result: ExampleResult, run_step_process, *, seed, size,
     at_05 = evaluated.metrics.iloc[(evaluated.metrics["threshold"] - 0.5).abs().argmin()]
     result.figures.update(segmentation_f1=round(float(at_05["f1"]), 4),
                           segmentation_ap=round(float(at_05["ap"]), 4),
-                          true_objects=int(evaluated.n_true), found_objects=int(evaluated.n_pred))
+                          true_objects=int(evaluated.n_true), found_objects=int(evaluated.n_pred),
+                          shapes=evaluated.key_figures.get("shapes"))
     classes = class_agreement(truth, folders["analysis"] / "segmentation", folders["analysis"] / "objects.csv",
                               folders["evaluation"] / "classes.csv")
     result.figures.update(classes)
