@@ -108,9 +108,12 @@ def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def enlarge_labels(labels: np.ndarray, shape: tuple[int, int], sigma: float = 1.0) -> np.ndarray:
     """A label image (Y, X) enlarged to ``shape`` (each side at least the input's) with smooth
-    outlines: every object's indicator (1 inside, 0 outside) is interpolated linearly and the
-    object covers the output pixels where it reaches 0.5 and is higher than every other
-    object's (its outline is the 0.5 contour of its enlarged mask).
+    outlines: every object's indicator (1 inside, 0 outside) is blurred (Gaussian, ``sigma``
+    input px) and interpolated linearly, and the object covers the output pixels where it
+    reaches 0.5 and is higher than every other object's (its outline is the 0.5 contour of its
+    enlarged mask). Without the blur, enlarging by an even factor gives nearest neighbour's
+    steps back; ``sigma`` 1 makes disks enlarged 1.5-5x measure as round as disks drawn at the
+    larger size (within 0.01-0.03 circularity).
 
     Why not nearest neighbour: enlarging by ``f`` turns every outline into steps of ``f`` px,
     whose perimeter is too long (a disk enlarged 2x: about 10 % longer, so its circularity
@@ -157,9 +160,9 @@ def enlarge_labels(labels: np.ndarray, shape: tuple[int, int], sigma: float = 1.
         out[window][take] = label
         best[window][take] = value[take]
     if missing:
-        rows, cols = nearest_indices(h, out_h), nearest_indices(w, out_w)
+        near_rows, near_cols = nearest_indices(h, out_h), nearest_indices(w, out_w)
         for label, (ys, xs) in missing:
-            nearest = labels[rows[ys]][:, cols[xs]] == label
+            nearest = labels[near_rows[ys]][:, near_cols[xs]] == label
             out[ys, xs][nearest & (out[ys, xs] == 0)] = label
     return out
 

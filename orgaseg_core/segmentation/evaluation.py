@@ -512,8 +512,9 @@ def evaluate_segmentation(truth: Path, pred: Path, out: Path, *, images: Path | 
     ``metrics.csv`` (pooled over all images), ``shapes.csv`` (every pair matched at IoU 0.5:
     area, perimeter, circularity and solidity of the true and the predicted object,
     :mod:`.shapes`), ``summary.json`` (key figures at IoU 0.5, 0.7, 0.9 and ``shapes``: the
-    median ratio measured / true of each measurement and its median error), ``ap_vs_iou.png``, ``overlays/<stem>.png`` (true contours green, predicted magenta,
-    both white) and ``run.json``. Files without a partner are listed and skipped; a pair that
+    median ratio measured / true of each measurement and its median error), ``ap_vs_iou.png``,
+    ``overlays/<stem>.png`` (true contours green, predicted magenta, both white) and
+    ``run.json``. Files without a partner are listed and skipped; a pair that
     cannot be read (or whose shapes differ) is reported and the others evaluated, then an
     OrgasegError lists the failures (so the command exits non-zero).
     """
