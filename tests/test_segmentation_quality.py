@@ -129,10 +129,12 @@ def test_unet_default_training_segments_unseen_images(tmp_path):
           .to_string(float_format=lambda v: f"{v:.3f}"))
     print(per_class.to_string(float_format=lambda v: f"{v:.3f}"))
     assert metrics.loc[0.5, "n_true"] > 50
-    # measured 0.960 and 0.930 (orgaseg-core 0.17.0); issue 10's target for the outlines is 0.88
+    # measured 0.960 and 0.930 (orgaseg-core 0.17.0), 0.960 and 0.933 (0.19.0); issue 10's
+    # target for the outlines is 0.88
     assert metrics.loc[0.5, "f1"] >= 0.9, metrics
     assert metrics.loc[0.5, "mean_matched_iou"] >= 0.88, metrics
     # no class missed systematically; the buds of branched organoids are what the outlines
-    # lose first (0.810 measured, target 0.80; a little margin for differences between machines)
+    # lose first (0.810 measured with 0.17.0, 0.801 with 0.19.0's smooth enlargement; target
+    # 0.80; a little margin for differences between machines)
     assert (per_class["recall"] >= 0.8).all(), per_class
     assert per_class.loc["Branched", "mean_matched_iou"] >= 0.78, per_class
