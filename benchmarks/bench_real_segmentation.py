@@ -131,15 +131,15 @@ def scores(truths: list, preds: list) -> dict:
     """Pooled figures of ``preds`` against ``truths``: objects, found, F1 at each of THRESHOLDS,
     mean matched IoU (at IoU 0.5), and the median ratio measured / true of the perimeter and
     the circularity of the organoids matched at IoU 0.5 (:mod:`orgaseg_core.segmentation.shapes`)."""
-    from orgaseg_core.segmentation.evaluation import match_objects, matched_pairs, segmentation_metrics
     import pandas as pd
 
+    from orgaseg_core.segmentation.evaluation import match_objects, matched_pairs, pooled_metrics
     from orgaseg_core.segmentation.shapes import SHAPE_IOU, shape_pairs, shape_summary
 
-    m = {round(r["threshold"], 2): r for r in
-         segmentation_metrics(truths, preds, thresholds=THRESHOLDS).to_dict("records")}
-    shapes = shape_summary(pd.concat([shape_pairs(t, p, matched_pairs(match_objects(t, p), SHAPE_IOU))
-                                      for t, p in zip(truths, preds)], ignore_index=True))
+    matchings = [match_objects(t, p) for t, p in zip(truths, preds)]  # once per image, for both
+    m = {round(r["threshold"], 2): r for r in pooled_metrics(matchings, THRESHOLDS).to_dict("records")}
+    shapes = shape_summary(pd.concat([shape_pairs(t, p, matched_pairs(matching, SHAPE_IOU))
+                                      for t, p, matching in zip(truths, preds, matchings)], ignore_index=True))
     return {"objects": m[0.5]["n_true"], "found": m[0.5]["n_pred"],
             **{f"f1@{t}": m[t]["f1"] for t in THRESHOLDS}, "mean_matched_iou": m[0.5]["mean_matched_iou"],
             "perimeter_ratio": shapes["perimeter"]["median_ratio"],

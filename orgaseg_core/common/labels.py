@@ -106,6 +106,12 @@ def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return first, second, (position - first).astype(np.float32)
 
 
+def _output_window(start: int, stop: int, n_in: int, n_out: int) -> tuple[int, int]:
+    """The output pixels (half-open range, clipped to ``n_out``) whose centres lie within one
+    input pixel of the input range ``start:stop`` when an axis of ``n_in`` px becomes ``n_out``."""
+    return max(0, (start - 1) * n_out // n_in), min(n_out, -(-(stop + 1) * n_out // n_in))
+
+
 def enlarge_labels(labels: np.ndarray, shape: tuple[int, int], sigma: float = 1.0) -> np.ndarray:
     """A label image (Y, X) enlarged to ``shape`` (each side at least the input's) with smooth
     outlines: every object's indicator (1 inside, 0 outside) is blurred (Gaussian, ``sigma``
@@ -141,9 +147,8 @@ def enlarge_labels(labels: np.ndarray, shape: tuple[int, int], sigma: float = 1.
         if box is None:
             continue
         label = index + 1
-        # output pixels whose centre lies within one input pixel of the object's bounding box
-        y0, y1 = max(0, int((box[0].start - 1) * out_h / h)), min(out_h, -int(-(box[0].stop + 1) * out_h // h))
-        x0, x1 = max(0, int((box[1].start - 1) * out_w / w)), min(out_w, -int(-(box[1].stop + 1) * out_w // w))
+        y0, y1 = _output_window(box[0].start, box[0].stop, h, out_h)
+        x0, x1 = _output_window(box[1].start, box[1].stop, w, out_w)
         r_first, r_second, r_weight = (t[y0:y1] for t in row_taps)
         c_first, c_second, c_weight = (t[x0:x1] for t in col_taps)
         lo_r, lo_c = int(r_first[0]), int(c_first[0])

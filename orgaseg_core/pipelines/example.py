@@ -71,7 +71,7 @@ class ExampleResult:
         if f.get("shapes"):
             from ..segmentation.shapes import shape_line
 
-            lines.append("  " + shape_line(f["shapes"]).replace("measured / true", "measured / annotated"))
+            lines.append("  " + shape_line(f["shapes"], reference="annotated"))
         if "class_macro_f1" in f:
             lines.append(f"  classes of the matched organoids: macro-F1 {f['class_macro_f1']:.3f}, "
                          f"accuracy {f['class_accuracy']:.3f} ({f['class_n']} organoids)")

@@ -15,7 +15,8 @@ preprocessing the model was trained with (vignette removal, background flattenin
 model folder) -> rescale by ``model scale / image_scale`` to the model's pixel scale ->
 percentile normalisation with the model's percentiles -> StarDist in tiles -> labels back to
 the input size (smooth outlines, :func:`upscale_labels`), polygons scaled back -> the outline
-refinement the model chose on its validation images, or the one asked for (:mod:`orgaseg_core.segmentation.refine`:
+refinement the model chose on its validation images, or the one asked for
+(:mod:`orgaseg_core.segmentation.refine`:
 objects grown into StarDist's probability map or onto the image's edges at the input's
 resolution; the outlines written are then traced from the refined labels).
 

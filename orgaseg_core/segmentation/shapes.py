@@ -64,11 +64,12 @@ def shape_summary(table: pd.DataFrame) -> dict:
     return summary
 
 
-def shape_line(summary: dict) -> str:
-    """One line for a log or a summary: the median ratio measured / true of each measure."""
+def shape_line(summary: dict, reference: str = "true") -> str:
+    """One line for a log or a summary: the median ratio measured / ``reference`` (the word for
+    the outlines compared with, e.g. "annotated") of each measure."""
     def text(m):
         value = summary.get(m, {}).get("median_ratio")
         return f"{m.replace('_px', '')} {'-' if value is None or math.isnan(value) else f'{value:.3f}'}"
 
     return (f"shapes of the {summary.get('pairs', 0)} organoids matched at IoU >= {SHAPE_IOU:g}, median "
-            "measured / true: " + ", ".join(text(m) for m in SHAPE_MEASURES))
+            f"measured / {reference}: " + ", ".join(text(m) for m in SHAPE_MEASURES))
