@@ -112,14 +112,21 @@ def _output_window(start: int, stop: int, n_in: int, n_out: int) -> tuple[int, i
     return max(0, (start - 1) * n_out // n_in), min(n_out, -(-(stop + 1) * n_out // n_in))
 
 
-def enlarge_labels(labels: np.ndarray, shape: tuple[int, int], sigma: float = 1.0) -> np.ndarray:
+# The blur (input px) before each object's mask is enlarged. 0.8 (0.19.0: 1.0): disks enlarged
+# 1.5-5x measure within 0.025 circularity of disks drawn at the larger size either way, and a
+# smaller blur rounds the thinnest buds less (branched organoids of the slow quality test's
+# U-Net: mean matched IoU 0.801 with 1.0, 0.809 with 0.8; GOAT the same: F1 0.456 / 0.457).
+ENLARGE_SIGMA = 0.8
+
+
+def enlarge_labels(labels: np.ndarray, shape: tuple[int, int], sigma: float = ENLARGE_SIGMA) -> np.ndarray:
     """A label image (Y, X) enlarged to ``shape`` (each side at least the input's) with smooth
     outlines: every object's indicator (1 inside, 0 outside) is blurred (Gaussian, ``sigma``
     input px) and interpolated linearly, and the object covers the output pixels where it
     reaches 0.5 and is higher than every other object's (its outline is the 0.5 contour of its
     enlarged mask). Without the blur, enlarging by an even factor gives nearest neighbour's
-    steps back; ``sigma`` 1 makes disks enlarged 1.5-5x measure as round as disks drawn at the
-    larger size (within 0.01-0.03 circularity).
+    steps back; ``sigma`` 0.8 (the default) makes disks enlarged 1.5-5x measure as round as disks
+    drawn at the larger size (within 0.025 circularity).
 
     Why not nearest neighbour: enlarging by ``f`` turns every outline into steps of ``f`` px,
     whose perimeter is too long (a disk enlarged 2x: about 10 % longer, so its circularity
