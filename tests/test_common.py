@@ -247,3 +247,21 @@ def test_enlarged_labels_lose_no_object_and_no_contact():
     with pytest.raises(OrgasegError, match="cannot be enlarged"):
         enlarge_labels(small, (50, 200))
     assert enlarge_labels(small, small.shape) is small
+
+
+def test_stretch_contrast_maps_the_percentiles_to_black_and_white():
+    """The overlays' grey: the 0.5th and 99.5th percentiles of the finite pixels map to 0 and
+    255 (rounded, clipped), NaN pixels to black, a flat image to mid-grey."""
+    from orgaseg_core.common.overlays import stretch_contrast
+
+    grey = np.arange(1000, dtype=np.float32).reshape(20, 50)  # percentiles 4.995 and 994.005
+    out = stretch_contrast(grey)
+    assert out.dtype == np.uint8 and out.shape == grey.shape
+    expected = np.clip(np.rint((grey - 4.995) * 255 / (994.005 - 4.995)), 0, 255)
+    assert np.array_equal(out, expected.astype(np.uint8))
+    grey[0, :3] = np.nan
+    grey[1, 0] = np.inf
+    out = stretch_contrast(grey)
+    assert (out[0, :3] == 0).all() and out[1, 0] == 255 and out[-1, -1] == 255
+    assert (stretch_contrast(np.full((4, 4), 7.0)) == 128).all()
+    assert (stretch_contrast(np.full((4, 4), np.nan)) == 0).all()

@@ -63,6 +63,22 @@ def test_descriptors_tell_cysts_filled_and_budding_organoids_apart():
     assert budding["concavity_depth"] > 0.3 > filled["concavity_depth"]
 
 
+def test_concavity_depth_is_the_deepest_gap_pixel():
+    """A square with two notches cut from its top: two concavities, and the depth is the
+    deepest gap pixel's distance to the object (6 px: the middle of the 11 px wide notch; the
+    other's is 5 px), over the equivalent radius; not a sum or a mean over the gap's pixels."""
+    labels = np.zeros((60, 60), np.uint16)
+    labels[10:51, 10:51] = 1
+    labels[10:18, 25:36] = 0  # 11 px wide, 8 deep: deepest pixel 6 px from the walls
+    labels[10:18, 40:49] = 0  # 9 px wide, 8 deep: 5 px
+    grey = np.full(labels.shape, 200, np.uint8)
+    grey[labels == 1] = 90
+    row = object_descriptors(grey, labels).iloc[0]
+    radius = math.sqrt((labels == 1).sum() / math.pi)
+    assert row["n_concavities"] == 2
+    assert row["concavity_depth"] == pytest.approx(6 / radius)
+
+
 def test_descriptors_do_not_depend_on_the_bit_depth():
     eight = object_descriptors(*organoid_image(cyst=True))
     sixteen = object_descriptors(*organoid_image(cyst=True, dtype=np.uint16))

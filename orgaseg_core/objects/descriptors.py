@@ -91,8 +91,10 @@ def _descriptors_of(grey: np.ndarray, gradient: np.ndarray, mask: np.ndarray, le
         outside = ndimage.distance_transform_edt(~mask)
         regions, n = ndimage.label(deficiency)
         if n:
-            deepest = ndimage.maximum(outside, regions, index=np.arange(1, n + 1))
-            deepest = np.asarray(deepest, dtype=np.float64) / max(radius, 1e-9)
+            # each region's largest distance (ndimage.maximum sorts the labels: 10x slower)
+            deepest = np.zeros(n + 1, dtype=np.float64)
+            np.maximum.at(deepest, regions[deficiency], outside[deficiency])
+            deepest = deepest[1:] / max(radius, 1e-9)
             n_concavities = int((deepest >= CONCAVITY_MIN_DEPTH).sum())
             depth = float(deepest.max())
     return [
