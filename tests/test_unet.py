@@ -385,3 +385,29 @@ def test_refit_trains_the_stored_network_on_training_and_validation_images(tmp_p
     assert check_unet_folder(model) is not None
     with pytest.raises(OrgasegError, match="--refit applies to --backend unet only"):
         steps.train_segmentation(data, tmp_path / "never", backend="forest", refit=True)
+
+
+def test_patch_sampler_centres_patches_on_organoids_when_asked():
+    """``object_fraction`` 1: every patch is centred on an organoid drawn uniformly (the small
+    one as often as the large one); 0: the patches of the plain sampler (same draws)."""
+    from orgaseg_core.segmentation.unet.train import PatchSampler
+
+    rows, cols = np.mgrid[:200, :300]
+    where = (rows * 1000 + cols).astype(np.float32)  # each pixel's grey value is its position
+    labels = np.zeros((200, 300), np.uint16)
+    labels[20:24, 30:34] = 1  # small, in a corner: its patch is clipped at the image's corner
+    labels[120:180, 200:260] = 2  # large: its box centre (150, 230) at the patch's centre
+    sampler = PatchSampler([where], [labels], 64, seed=3, augment=False, object_fraction=1.0)
+    patches, targets = sampler(40)
+    corners = patches[:, 0, 0, 0].astype(int)
+    assert set(corners.tolist()) == {0, 118_198}
+    assert 10 <= int((corners == 0).sum()) <= 30
+    assert (targets[corners > 0, 32, 32] > 0).all()
+    # 0: anywhere, the draws of the plain sampler (an image, a row, a column per patch)
+    off = PatchSampler([where], [labels], 64, seed=3, augment=False, object_fraction=0.0)
+    rng = np.random.default_rng(3)
+    expected = []
+    for _ in range(5):
+        rng.choice(1, p=[1.0])
+        expected.append(int(rng.integers(200 - 64 + 1)) * 1000 + int(rng.integers(300 - 64 + 1)))
+    assert off(5)[0][:, 0, 0, 0].astype(int).tolist() == expected
