@@ -181,6 +181,7 @@ def test_tiny_training_writes_a_complete_model(tiny):
     assert meta["architecture"] == {"base": 16, "depth": 5, "n_classes": 3, "in_channels": 1}
     assert meta["steps"] == 120 and len(meta["history"]) == 8
     assert meta["training"]["seed"] == 1 and meta["training"]["device"] == "cpu"
+    assert meta["object_patch_fraction"] == 0.5  # half the patches centred on an organoid
     assert meta["weights"]["chosen"] in ("last", "lowest validation loss")
     # 36 region settings per candidate network and number of test-time views (1, 8): the last
     # network, and the lowest validation loss when that is another epoch (training on 2 CPU

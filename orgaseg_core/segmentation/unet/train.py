@@ -571,6 +571,7 @@ def train_unet(data: Path, model_out: Path, *, preset: str = "quick", epochs: in
                 "scale": model_scale, "data_scale": data_scale, "resize": choice,
                 "preprocessing": provenance["preprocessing"], "classes": list(CLASS_NAMES),
                 "boundary_width": BOUNDARY_WIDTH, "class_weights": [round(float(w), 4) for w in weights],
+                "object_patch_fraction": sampler.object_fraction,
                 "regions": params.as_dict(), "region_scores": scores, "pyramid": pyramid,
                 "test_time_views": views, "weights": {"chosen": chosen, "lowest_val_loss": round(best_loss, 5),
                             "lowest_val_loss_epoch": best_epoch, "epochs": len(history),
