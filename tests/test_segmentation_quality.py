@@ -16,8 +16,8 @@ The same data trains the U-Net, the default backend since 0.18, with its default
 budget in :func:`test_unet_default_training_segments_unseen_images` (also ``slow``; about 6
 minutes on 2 idle CPU cores, F1 0.96 at IoU 0.5, mean matched IoU 0.93, branched organoids
 0.81 with orgaseg-core 0.17.0, 0.80 with 0.19.0, whose smooth enlargement of the outlines rounds
-the thinnest buds a little, 0.81 with 0.20.0's smaller blur and object-centred patches): issue 10's targets on generated images, for the
-backend that is far better on real ones. CI's guard for the U-Net is the tiny training of tests/test_unet.py.
+the thinnest buds a little, 0.81 with 0.20.0's smaller blur and object-centred patches): issue
+10's targets on generated images, for the backend that is far better on real ones. CI's guard for the U-Net is the tiny training of tests/test_unet.py.
 """
 
 from __future__ import annotations
@@ -130,13 +130,12 @@ def test_unet_default_training_segments_unseen_images(tmp_path):
     print(per_class.to_string(float_format=lambda v: f"{v:.3f}"))
     assert metrics.loc[0.5, "n_true"] > 50
     # measured 0.960 and 0.930 (orgaseg-core 0.17.0), 0.960 and 0.933 (0.19.0), 0.960 and
-    # 0.937 (0.20.0); issue 10's
-    # target for the outlines is 0.88
+    # 0.937 (0.20.0); issue 10's target for the outlines is 0.88
     assert metrics.loc[0.5, "f1"] >= 0.9, metrics
     assert metrics.loc[0.5, "mean_matched_iou"] >= 0.88, metrics
     # no class missed systematically; the buds of branched organoids are what the outlines
     # lose first (0.810 measured with 0.17.0, 0.801 with 0.19.0's smooth enlargement, 0.811
-    # with 0.20.0's 0.8 px blur and object-centred patches; target
-    # 0.80; a little margin for differences between machines)
+    # with 0.20.0's 0.8 px blur and object-centred patches; target 0.80; a little margin for
+    # differences between machines)
     assert (per_class["recall"] >= 0.8).all(), per_class
     assert per_class.loc["Branched", "mean_matched_iou"] >= 0.78, per_class

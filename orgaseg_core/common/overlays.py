@@ -38,8 +38,9 @@ DEFAULT_MAX_SIDE = 2048
 def stretch_contrast(grey: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
     """Map the ``percentiles`` of ``grey`` (Y, X) to 0 and 255, clipped; uint8 (Y, X)."""
     grey = np.asarray(grey, dtype=np.float32)
-    all_finite = bool(np.isfinite(grey).all())  # the usual case: no copy of the finite pixels
-    finite = grey if all_finite else grey[np.isfinite(grey)]
+    finite_pixels = np.isfinite(grey)
+    all_finite = bool(finite_pixels.all())  # the usual case: no copy of the finite pixels
+    finite = grey if all_finite else grey[finite_pixels]
     if finite.size == 0:
         return np.zeros(grey.shape, np.uint8)
     lo, hi = np.percentile(finite, percentiles)
