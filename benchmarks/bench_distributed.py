@@ -107,13 +107,16 @@ def bare(script: str, args: list, threads: int) -> float:
 
 
 def analyze(seg: Path, clf: Path, images: Path, out: Path, workers: int, threads: int,
-            chunk_size: int | None = None, overlays: str | None = None) -> tuple[float, dict]:
+            chunk_size: int | None = None, overlays: str | None = None,
+            chunks_per_worker: int | None = None) -> tuple[float, dict]:
     command = [sys.executable, "-m", "orgaseg_core", "analyze", "--segmentation-model", seg, "--classifier", clf,
                "--images", images, "--out", out, "--workers", workers, "--threads-per-worker", threads]
     if chunk_size:
         command += ["--chunk-size", chunk_size]
     if overlays:
         command += ["--overlays", overlays]
+    if chunks_per_worker:
+        command += ["--chunks-per-worker", chunks_per_worker]
     t0 = time.perf_counter()
     done = subprocess.run(list(map(str, command)), capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -123,16 +126,27 @@ def analyze(seg: Path, clf: Path, images: Path, out: Path, workers: int, threads
 
 
 def warm_chunk_seconds(results: dict) -> tuple[float, int, int] | None:
-    """(seconds, images, chunks) of the chunks whose segment and classify ran in step
-    processes that had served a chunk before (no framework start or model loading), from
-    analyze's run.json; None when there are none (one chunk per worker)."""
-    seconds, images, chunks = 0.0, 0, 0
+    """(seconds, images, chunks) of each worker's steady state, summed over the workers, from
+    analyze's run.json: from the end of the worker's first chunk (its step processes started,
+    their models loaded) to the end of its last, and the images and chunks that ended in that
+    time. Chunks that overlap (``--chunks-per-worker``) are counted by when they end, so the
+    time is wall time, never counted twice. None when no worker ran more than one chunk."""
+    by_worker: dict[tuple, list[tuple[float, int]]] = {}
     for chunk in results.get("chunks", []):
+        spans = chunk.get("spans") or {}
         servers = chunk.get("servers") or {}
-        if servers and all(s.get("request", 1) > 1 for s in servers.values()):
-            seconds += sum(chunk["seconds"].values())
-            images += chunk["images"]
-            chunks += 1
+        if not spans or "segment" not in servers:
+            continue
+        worker = (chunk.get("host"), servers["segment"]["pid"])  # one segment process per worker
+        by_worker.setdefault(worker, []).append((max(end for _, end in spans.values()), chunk["images"]))
+    seconds, images, chunks = 0.0, 0, 0
+    for ends in by_worker.values():
+        ends.sort()
+        if len(ends) < 2:
+            continue
+        seconds += ends[-1][0] - ends[0][0]
+        images += sum(n for _, n in ends[1:])
+        chunks += len(ends) - 1
     return (seconds, images, chunks) if chunks else None
 
 
@@ -149,6 +163,9 @@ def main() -> None:
                         help="analyze --chunk-size (default: analyze's own; smaller chunks show what the "
                              "warm step processes save from chunk to chunk)")
     parser.add_argument("--overlays", default=None, help="analyze --overlays (png, jpeg, none; default: analyze's own, png)")
+    parser.add_argument("--chunks-per-worker", default=None,
+                        help="analyze --chunks-per-worker, comma separated to run each (e.g. 1,2: one chunk "
+                             "at a time against two overlapping; default: analyze's own)")
     args = parser.parse_args()
     seg = args.example / "models" / "segmentation"
     clf = args.example / "models" / "classifier"
@@ -157,6 +174,7 @@ def main() -> None:
         sys.exit(f"error: {seg}: a {kind} model; the bare calls are StarDist's, so make the example with "
                  "'orgaseg example --seg-backend stardist'")
     workers = [int(w) for w in args.workers.split(",")]
+    overlap = [int(c) for c in args.chunks_per_worker.split(",")] if args.chunks_per_worker else [None]
     threads = args.threads_per_worker
 
     from orgaseg_core.data.demo import make_demo_data
@@ -173,40 +191,44 @@ def main() -> None:
                 make_demo_data(data, n_images=n, seed=args.seed, size=size)
             images = data / "images"
             runs = {}
-            for w in workers:
-                out = work / (f"analysis-{name}-{w}" + (f"-chunks{args.chunk_size}" if args.chunk_size else "")
-                              + (f"-{args.overlays}" if args.overlays else ""))
-                runs[w] = analyze(seg, clf, images, out, w, threads, args.chunk_size, args.overlays)
-            n_objects = runs[workers[0]][1]["objects"]
+            for c in overlap:
+                for w in workers:
+                    out = work / (f"analysis-{name}-{w}" + (f"-chunks{args.chunk_size}" if args.chunk_size else "")
+                                  + (f"-{args.overlays}" if args.overlays else "") + (f"-at{c}" if c else ""))
+                    runs[(w, c)] = analyze(seg, clf, images, out, w, threads, args.chunk_size, args.overlays, c)
+            n_objects = next(iter(runs.values()))[1]["objects"]
             bare_seg = bare(BARE_SEGMENT, [seg, images], threads)
             bare_cls = bare(BARE_CLASSIFY, [clf, n_objects], threads)
             bare_total = bare_seg + bare_cls
             print(f"\n{n} images of {name}, {n_objects} objects")
             print(f"  bare model calls: {bare_total:7.1f} s ({bare_total / n:.2f} s per image: "
                   f"predict_instances {bare_seg:.1f} s, classifier forward {bare_cls:.1f} s)")
-            base = runs[workers[0]][0]
-            warm_base = None
-            for w, (wall, results) in runs.items():
-                per_image = wall / n
-                line = (f"  analyze, {w} worker(s): {wall:7.1f} s, {60 * n / wall:6.1f} images/min, "
-                        f"{per_image:.2f} s per image = {per_image * w / (bare_total / n):.2f}x the bare calls "
-                        f"per image per worker")
-                if w != workers[0]:
-                    line += f", throughput {base / wall:.2f}x of {workers[0]} worker(s)"
-                print(line)
-                warm = warm_chunk_seconds(results)
-                if warm:
-                    seconds, images, chunks = warm
-                    # each worker spends seconds / images on an image of a warm chunk, side by side
-                    # with the others: w workers finish w images in that time
-                    throughput = 60 * w * images / seconds
-                    warm_base = warm_base or (w, throughput)
-                    line = (f"    warm chunks ({chunks}, each worker's after its first): {seconds / images:.2f} s "
-                            f"per image per worker = {seconds / images / (bare_total / n):.2f}x the bare calls, "
-                            f"{throughput:.1f} images/min")
-                    if w != warm_base[0]:
-                        line += f" = {throughput / warm_base[1]:.2f}x the throughput of {warm_base[0]} worker(s)"
-                    print(line + " (what each of thousands of images costs: no start-up, no merged tables)")
+            for c in overlap:
+                base = runs[(workers[0], c)][0]
+                warm_base = None
+                at_once = f", {c} chunk(s) per worker at once" if c else ""
+                for w in workers:
+                    wall, results = runs[(w, c)]
+                    per_image = wall / n
+                    line = (f"  analyze, {w} worker(s){at_once}: {wall:7.1f} s, {60 * n / wall:6.1f} images/min, "
+                            f"{per_image:.2f} s per image = {per_image * w / (bare_total / n):.2f}x the bare calls "
+                            f"per image per worker")
+                    if w != workers[0]:
+                        line += f", throughput {base / wall:.2f}x of {workers[0]} worker(s)"
+                    print(line)
+                    warm = warm_chunk_seconds(results)
+                    if warm:
+                        seconds, images_warm, chunks = warm
+                        # each worker spends seconds / images on an image of its steady state, side
+                        # by side with the others: w workers finish w images in that time
+                        throughput = 60 * w * images_warm / seconds
+                        warm_base = warm_base or (w, throughput)
+                        line = (f"    warm ({chunks} chunk(s) ending after each worker's first): "
+                                f"{seconds / images_warm:.2f} s per image per worker = "
+                                f"{seconds / images_warm / (bare_total / n):.2f}x the bare calls, {throughput:.1f} images/min")
+                        if w != warm_base[0]:
+                            line += f" = {throughput / warm_base[1]:.2f}x the throughput of {warm_base[0]} worker(s)"
+                        print(line + " (what each of thousands of images costs: no start-up, no merged tables)")
 
 
 if __name__ == "__main__":

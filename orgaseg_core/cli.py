@@ -436,6 +436,7 @@ def analyze_cmd(
     scheduler: Optional[str] = typer.Option(None, help="Address of a running Dask scheduler (tcp://host:8786) whose workers run the chunks (they must see the same files under the same paths); default: a local cluster."),
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Images per task (default: the images shared out over the workers, at most 64); a worker keeps its step processes and models loaded from chunk to chunk."),
     threads_per_worker: Optional[int] = typer.Option(None, "--threads-per-worker", min=1, help="Threads of each chunk's steps (default: the CPU cores shared out over the local workers)."),
+    chunks_per_worker: Optional[int] = typer.Option(None, "--chunks-per-worker", min=1, help="Chunks each local worker runs at once (default 2: the next chunk segments while the one before it is cut out, classified and written; one warm process per step in each worker); 1: one after another. Not with --scheduler."),
     overlays: str = typer.Option("png", help="Picture of each image's outlines coloured by class: 'png' (lossless), 'jpeg' (.jpg: faster to write and smaller, for thousands of images) or 'none'."),
     tta: str = typer.Option("auto", help="Test-time views of a U-Net or pixel-forest model: its probabilities averaged over 1, 2, 4 or 8 flipped and turned copies of each image (n predictions per image; 1 is the fast pass for thousands of images); 'auto': the model's choice on its validation images."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP + " A rerun of the same command without it resumes an interrupted analysis."),
@@ -451,8 +452,8 @@ def analyze_cmd(
                                review_below=review_below, family=family, pixel_size=pixel_size,
                                metadata=metadata, name_pattern=name_pattern, control=control,
                                seed=seed, workers=workers, scheduler=scheduler, chunk_size=chunk_size,
-                               threads_per_worker=threads_per_worker, overlays=overlays, tta=tta,
-                               overwrite=overwrite)
+                               threads_per_worker=threads_per_worker, chunks_per_worker=chunks_per_worker,
+                               overlays=overlays, tta=tta, overwrite=overwrite)
     except OrgasegError as exc:
         _echo_partial_result(exc)
         raise

@@ -500,8 +500,8 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
             pixel_size: float | str | None = None, metadata: PathLike | None = None,
             name_pattern: str | None = None, control: str | None = None, seed: int = 0,
             workers: int | str = "auto", scheduler: Any = None, chunk_size: int | str | None = None,
-            threads_per_worker: int | str | None = None, overlays: str = "png",
-            tta: str | int | None = "auto", overwrite: bool = False):
+            threads_per_worker: int | str | None = None, chunks_per_worker: int | str | None = None,
+            overlays: str = "png", tta: str | int | None = "auto", overwrite: bool = False):
     """Segment, measure and classify every organoid of an image file or a folder of images.
 
     Runs :func:`segment` and :func:`classify` in child processes (TensorFlow and torch never
@@ -526,7 +526,9 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
     default: shared out over the workers, at most 64) on Dask workers: a local cluster of
     ``workers`` processes (default one per 2 cores) or the workers of ``scheduler`` (an address
     ``tcp://host:8786``, a ``distributed.Client`` or a cluster object such as dask-jobqueue's
-    ``SLURMCluster``); ``threads_per_worker`` sets the threads of each chunk's steps. ``tta``:
+    ``SLURMCluster``); ``threads_per_worker`` sets the threads of each chunk's steps;
+    ``chunks_per_worker`` the chunks each local worker runs at once (default 2: the next
+    chunk segments while the one before is cut out, classified and written). ``tta``:
     test-time views of a U-Net or pixel-forest model (1, 2, 4, 8; "auto": the model's choice;
     each view is one more prediction per image). The same
     call into the same ``out`` after a crash or an interrupt resumes the run. Raises
@@ -552,6 +554,7 @@ def analyze(segmentation_model: PathLike | None, classifier: PathLike, images: P
                seed=seed, workers=workers, scheduler=parse_optional_text(scheduler) if isinstance(scheduler, str)
                else scheduler, chunk_size=parse_optional_int(chunk_size, what="--chunk-size"),
                threads_per_worker=parse_optional_int(threads_per_worker, what="--threads-per-worker"),
+               chunks_per_worker=parse_optional_int(chunks_per_worker, what="--chunks-per-worker"),
                overlays=overlays, tta=tta, overwrite=overwrite)
 
 

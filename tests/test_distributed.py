@@ -32,7 +32,7 @@ def _cli(*args, **kwargs) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """Images, a forest segmentation model and a measurement classifier, and a reference
-    analysis of the images (one worker, one chunk)."""
+    analysis of the images (one worker, its default two chunks)."""
     root = tmp_path_factory.mktemp("distributed")
     steps.demo_data(root / "data", n_images=6, seed=21, size=(360, 480))
     steps.annotations_to_masks(root / "data" / "geojsons", root / "data" / "images", root / "masks")
@@ -93,7 +93,9 @@ def test_reference_analysis_found_and_classified_objects(setup):
     summary = pd.read_csv(reference / "summary.csv")
     assert len(summary) == N_IMAGES and summary["classified"].sum() > 3 * N_IMAGES
     record = json.loads((reference / "run.json").read_text())
-    assert len(record["results"]["chunks"]) == 1 and record["results"]["chunks"][0]["published"] == N_IMAGES
+    # one worker running two chunks at once by default: the images shared out over the two
+    chunks = record["results"]["chunks"]
+    assert sorted(c["published"] for c in chunks) == [N_IMAGES // 2, N_IMAGES // 2]
 
 
 def _wait_for(condition, timeout: float = 300.0, what: str = "") -> None:
@@ -151,10 +153,10 @@ def test_a_rerun_with_other_arguments_does_not_mix_results(setup, tmp_path):
     assert "Traceback" not in done.stderr
 
 
-def test_a_killed_worker_costs_only_its_chunk(setup, tmp_path):
-    """SIGKILL to a Dask worker process once it has a warm step process: the chunk it runs runs
-    again on a new worker, its step process dies with the worker, and the result is as if nothing
-    happened."""
+def test_a_killed_worker_costs_only_its_chunks(setup, tmp_path):
+    """SIGKILL to a Dask worker process once it has a warm step process: the chunks it runs (two
+    at once by default) run again on a new worker, its step processes die with the worker, and
+    the result is as if nothing happened."""
     root, images, reference = setup
     out = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-m", "orgaseg_core",
@@ -184,7 +186,7 @@ def test_a_killed_worker_costs_only_its_chunk(setup, tmp_path):
     assert killed, "no worker was running a step"
     assert process.returncode == 0, stderr[-3000:]
     assert not psutil.pid_exists(killed["step"]) or psutil.Process(killed["step"]).status() == "zombie"
-    # two workers, three chunks of two images, the killed one run again: as if nothing happened
+    # two workers, three chunks of two images, the killed worker's run again: as if nothing happened
     record = json.loads((out / "run.json").read_text())
     assert sorted(c["chunk"] for c in record["results"]["chunks"]) == [0, 1, 2]
     assert all(len(runs) == 3 for runs in record["results"]["steps"].values())
@@ -205,10 +207,34 @@ def test_a_worker_runs_its_chunks_in_one_warm_process_per_step(setup, tmp_path):
         assert len({pid for pid, _ in served}) == 1, served
         assert sorted(n for _, n in served) == [1, 2, 3]
     assert_same_analysis(out, reference)
+    # two chunks at once (the default): one segments while the other is cut out, classified, written
+    assert _overlapping(chunks), [c["spans"] for c in chunks]
     # ended with the run
     assert not any(psutil.pid_exists(c["servers"][s]["pid"]) and
                    psutil.Process(c["servers"][s]["pid"]).status() != "zombie"
                    for c in chunks for s in ("segment", "classify"))
+
+
+def _overlapping(chunks: list[dict]) -> bool:
+    """Whether any two chunks ran at the same time (their spans of segment to publish)."""
+    spans = sorted((min(a for a, _ in c["spans"].values()), max(b for _, b in c["spans"].values()))
+                   for c in chunks)
+    return any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+
+
+def test_chunks_one_after_another_give_the_same_analysis(setup, tmp_path):
+    """--chunks-per-worker 1: each chunk starts when the one before has ended, the warm processes
+    serve them in turn, and the tables are those of the overlapping chunks."""
+    root, images, reference = setup
+    out = tmp_path / "serial"
+    done = _cli(*command(root, images, out), "--workers", 1, "--chunk-size", 2, "--chunks-per-worker", 1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "run.json").read_text())
+    chunks = record["results"]["chunks"]
+    assert len(chunks) == 3 and not _overlapping(chunks), [c["spans"] for c in chunks]
+    assert all(c["servers"][s]["waited"] < 1.0 for c in chunks for s in ("segment", "classify"))
+    assert record["arguments"]["chunks_per_worker"] == 1
+    assert_same_analysis(out, reference)
 
 
 def test_overlays_as_jpeg_or_none_leave_the_tables_unchanged(setup, tmp_path):
@@ -240,8 +266,9 @@ def test_overlays_as_jpeg_or_none_leave_the_tables_unchanged(setup, tmp_path):
 
 def test_worker_options_are_checked_before_any_work(setup, tmp_path):
     root, images, _ = setup
-    for option, value in (("--workers", "0"), ("--workers", "many"), ("--chunk-size", "0"),
-                          ("--overlays", "gif")):
-        done = _cli(*command(root, images, tmp_path / "never"), option, value)
-        assert done.returncode == 2, (option, value, done.stderr[-2000:])
+    for options in (("--workers", "0"), ("--workers", "many"), ("--chunk-size", "0"), ("--overlays", "gif"),
+                    ("--chunks-per-worker", "0"),
+                    ("--chunks-per-worker", "2", "--scheduler", "tcp://127.0.0.1:1")):
+        done = _cli(*command(root, images, tmp_path / "never"), *options)
+        assert done.returncode == 2, (options, done.stderr[-2000:])
     assert not (tmp_path / "never").exists()

@@ -58,6 +58,46 @@ def test_one_warm_process_runs_the_requests_one_after_another(tmp_path):
     assert _gone(reply1["pid"])
 
 
+def _at_once(tmp_path, limit) -> list[dict]:
+    """Two requests sent at the same moment from two threads; their replies."""
+    import threading
+
+    replies, errors = [None, None], []
+    go = threading.Barrier(2)
+
+    def request(i: int) -> None:
+        try:
+            go.wait()
+            done, replies[i] = run_warm_step("demo-data", _demo(tmp_path / f"r{i}"), model=tmp_path,
+                                             out=tmp_path / f"r{i}", limit=limit)
+            assert done.returncode == 0
+        except BaseException as exc:  # noqa: BLE001 - shown by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    return replies
+
+
+def test_with_a_limit_requests_at_once_take_turns_in_one_process(tmp_path):
+    """limit=1 (a worker that overlaps its chunks): the second request waits for the one process
+    instead of starting another; without a limit each gets a process of its own."""
+    turns = _at_once(tmp_path / "limit", 1)
+    assert turns[0]["pid"] == turns[1]["pid"]
+    assert sorted(r["request"] for r in turns) == [1, 2]
+    first, second = sorted(turns, key=lambda r: r["request"])
+    # the second waited about as long as the first ran (both began at the barrier)
+    assert second["waited"] >= 0.5 * first["seconds"] and first["waited"] < second["waited"]
+    assert close_step_servers() == 1
+    apart = _at_once(tmp_path / "free", None)
+    assert apart[0]["pid"] != apart[1]["pid"] and [r["request"] for r in apart] == [1, 1]
+    assert close_step_servers() == 2
+
+
 def test_a_failed_request_brings_its_error_and_the_process_serves_on(tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "mine.txt").write_text("a user's file")

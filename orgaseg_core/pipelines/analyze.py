@@ -191,8 +191,8 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
             pixel_size: float | str | None = None, metadata: Path | None = None,
             name_pattern: str | None = None, control: str | None = None, seed: int = 0,
             workers: int | str | None = "auto", scheduler: Any = None, chunk_size: int | None = None,
-            threads_per_worker: int | None = None, overlays: str = "png", tta: int | str | None = "auto",
-            overwrite: bool = False) -> AnalyzeResult:
+            threads_per_worker: int | None = None, chunks_per_worker: int | None = None,
+            overlays: str = "png", tta: int | str | None = "auto", overwrite: bool = False) -> AnalyzeResult:
     """Segment, measure and classify every organoid of an image file or a folder of images.
 
     segmentation_model: folder of ``train-segmentation``; or None with ``masks``: a folder of
@@ -218,6 +218,11 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
     per 2 cores), or on the workers of ``scheduler`` (an address such as ``tcp://host:8786``, or
     a ``distributed.Client`` / cluster object); each step of a chunk gets
     ``threads_per_worker`` threads (default: the cores shared out over the local workers).
+    chunks_per_worker: chunks each local worker runs at once (default
+    :data:`~.cluster.CHUNKS_PER_WORKER`, 2): one chunk's segmentation runs while the chunk
+    before it is cut out, classified and written, with one warm process (one model in memory)
+    per step that the chunks take turns at; 1 runs the chunks one after another. Not for a
+    ``scheduler``, whose workers' threads decide. The results are the same either way.
     Rerunning the same call into the same ``out`` after a crash or an interrupt resumes it
     (:mod:`.progress`); ``overwrite`` starts over. overlays: the picture of each image's
     outlines, "png" (lossless), "jpeg" (``.jpg``: faster and smaller, for thousands of images)
@@ -228,7 +233,8 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
     from ..common.params import parse_pair
     from ..segmentation.model import check_segmentation_model, is_region_model
 
-    from .cluster import check_workers, dask_client, local_workers, run_tasks, threads_for
+    from .cluster import (CHUNKS_PER_WORKER, check_chunks_per_worker, check_workers, dask_client, local_workers,
+                          run_tasks, threads_for)
     from .progress import completed, fingerprint, resumable, write_plan
 
     from ..common.overlays import check_overlay_format
@@ -241,6 +247,11 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
         raise OptionError(str(exc)) from None
     if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
         raise OptionError(f"--chunk-size must be a whole number >= 1, got {chunk_size!r}")
+    if chunks_per_worker is not None:
+        if scheduler is not None:
+            raise OptionError("--chunks-per-worker sets the workers of the local cluster; the workers of "
+                              "--scheduler run as many chunks at once as they have threads")
+        chunks_per_worker = check_chunks_per_worker(chunks_per_worker)
     if (segmentation_model is None) == (masks is None):
         raise OrgasegError("give either a segmentation model (--segmentation-model) or label images "
                            "from another tool (--masks), not " + ("both" if masks else "neither"))
@@ -314,7 +325,8 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
                  "pixel_size": pixel_size, "metadata": metadata, "name_pattern": name_pattern,
                  "control": control, "seed": seed, "workers": workers,
                  "scheduler": scheduler if scheduler is None or isinstance(scheduler, str) else repr(scheduler),
-                 "chunk_size": chunk_size, "threads_per_worker": threads_per_worker, "overlays": overlays,
+                 "chunk_size": chunk_size, "threads_per_worker": threads_per_worker,
+                 "chunks_per_worker": chunks_per_worker, "overlays": overlays,
                  "tta": views or "auto", "overwrite": overwrite}
     print_ = fingerprint(arguments)
     # The same command into the folder of an unfinished run resumes it (checked before the lock,
@@ -358,14 +370,15 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
         record.results["chunks"] = chunk_runs
         if todo:
             n_workers = local_workers(workers, len(todo)) if scheduler is None else (workers or 1)
-            size = int(chunk_size) if chunk_size else min(64, math.ceil(len(todo) / n_workers))
+            at_once = (chunks_per_worker or CHUNKS_PER_WORKER) if scheduler is None else 1
+            size = int(chunk_size) if chunk_size else min(64, math.ceil(len(todo) / (n_workers * at_once)))
             threads = threads_for(n_workers, threads_per_worker) if scheduler is None else threads_per_worker
             specs = [ChunkSpec(index=i, token=new_token(), out=str(out.resolve()), settings=settings,
                                images=tuple(str(stems[t].resolve()) for t in part),
                                masks=tuple(str(mask_files[t].resolve()) for t in part) if masks else (),
-                               threads=threads)
+                               threads=threads, servers_per_step=1 if scheduler is None else None)
                      for i, part in enumerate(todo[k:k + size] for k in range(0, len(todo), size))]
-            with dask_client(workers=n_workers, scheduler=scheduler) as (client, where):
+            with dask_client(workers=n_workers, scheduler=scheduler, tasks_per_worker=at_once) as (client, where):
                 log.info("analysing %d image(s) in %d chunk(s) of up to %d on %s%s", len(todo), len(specs),
                          size, where, f", {threads} thread(s) per step" if threads else "")
                 for spec, outcome, error in run_tasks(client, run_chunk, specs,
@@ -380,6 +393,7 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
                     chunk_runs.append({"chunk": spec.index, "host": outcome.host, "images": len(spec.images),
                                        "published": len(outcome.published),
                                        "seconds": {k: round(v, 3) for k, v in outcome.seconds.items()},
+                                       "spans": {k: [round(t, 3) for t in v] for k, v in outcome.spans.items()},
                                        "steps": outcome.steps, "servers": outcome.servers})
                     log.debug("chunk %d: %d image(s) published", spec.index, len(outcome.published))
                 # the workers' warm step processes hold models in memory: not beyond this run

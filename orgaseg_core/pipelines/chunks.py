@@ -52,7 +52,9 @@ class ChunkSpec:
 
     images: the chunk's image files. masks: their label images (same order) instead of a
     segmentation model, or empty. settings: the step options (see ``analyze``). threads: the
-    threads each step may use (None: the worker's default).
+    threads each step may use (None: the worker's default). servers_per_step: at most this many
+    warm processes per step in the worker (1: chunks that run at once in one worker take turns
+    at each step, one model in memory; None: one per chunk running).
     """
 
     index: int
@@ -62,13 +64,15 @@ class ChunkSpec:
     settings: dict[str, Any]
     masks: tuple[str, ...] = ()
     threads: int | None = None
+    servers_per_step: int | None = None
 
 
 @dataclass
 class ChunkOutcome:
     """What a chunk did: the stems it published, the images that failed (messages), the run
-    records of its steps, the warm step processes that ran them (pid, request number, seconds),
-    seconds per stage."""
+    records of its steps, the warm step processes that ran them (pid, request number, seconds,
+    seconds waited for the process), seconds per stage and when each stage began and ended
+    (seconds since the epoch)."""
 
     index: int
     published: list[str] = field(default_factory=list)
@@ -76,7 +80,13 @@ class ChunkOutcome:
     steps: dict[str, Any] = field(default_factory=dict)
     servers: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    spans: dict[str, tuple[float, float]] = field(default_factory=dict)
     host: str = ""
+
+    def stage(self, name: str, began: float, clock: float) -> None:
+        """Record stage ``name`` that began at ``began`` (epoch) and ``clock`` (perf_counter)."""
+        self.seconds[name] = time.perf_counter() - clock
+        self.spans[name] = (began, time.time())
 
 
 def new_token() -> str:
@@ -137,7 +147,7 @@ def run_chunk(spec: ChunkSpec) -> ChunkOutcome:
     stems = {image_stem(p.name): p for p in paths}
     env = child_environment(spec.threads)
     seg_out = work / SEGMENTATION_DIR
-    clock = time.perf_counter()
+    began, clock = time.time(), time.perf_counter()
 
     # 1. segmentation: a child process (TensorFlow / torch), or the label images of another tool
     if spec.masks:
@@ -154,7 +164,8 @@ def run_chunk(spec: ChunkSpec) -> ChunkOutcome:
     else:
         options = ["--model", s["segmentation_model"], "--images", images_dir, "--out", seg_out,
                    *s["segment_options"]]
-        seg, server = run_warm_step("segment", options, model=s["segmentation_model"], out=seg_out, env=env)
+        seg, server = run_warm_step("segment", options, model=s["segmentation_model"], out=seg_out, env=env,
+                                    limit=spec.servers_per_step)
         outcome.steps["segment"] = seg.record
         outcome.servers["segment"] = server
         done = (seg.record.get("results") or {}).get("images") or {}
@@ -165,12 +176,12 @@ def run_chunk(spec: ChunkSpec) -> ChunkOutcome:
                                                    f"{seg.message}", links))
             outcome.failed += [f"segment: {_user_paths(str(f), links)}" for f in failed]
         segmented = {stem for stem, p in stems.items() if p.name in done}
-    outcome.seconds["segment"] = time.perf_counter() - clock
+    outcome.stage("segment", began, clock)
 
     # 2. crops and measurements (numpy, this process)
     from ..objects.extract import ExtractFailed, extract_objects
 
-    clock = time.perf_counter()
+    began, clock = time.time(), time.perf_counter()
     obj_out = work / OBJECTS_DIR
     try:
         extracted = extract_objects(images_dir, seg_out, obj_out, **s["extract"])
@@ -181,16 +192,17 @@ def run_chunk(spec: ChunkSpec) -> ChunkOutcome:
     outcome.steps["extract-objects"] = _read_record(obj_out)
     objects = pd.read_csv(obj_out / "objects.csv", dtype=TEXT_COLUMNS)
     skipped = pd.read_csv(obj_out / "skipped.csv", dtype=TEXT_COLUMNS)
-    outcome.seconds["extract"] = time.perf_counter() - clock
+    outcome.stage("extract", began, clock)
 
     # 3. classification (torch, a child process)
-    clock = time.perf_counter()
+    began, clock = time.time(), time.perf_counter()
     class_names = list(s["class_names"])
     cls_out = work / CLASSIFICATION_DIR
     unreadable: dict[tuple[str, int], str] = {}
     if len(objects):
         options = ["--model", s["classifier"], "--objects", obj_out, "--out", cls_out, *s["classify_options"]]
-        cls, server = run_warm_step("classify", options, model=s["classifier"], out=cls_out, env=env)
+        cls, server = run_warm_step("classify", options, model=s["classifier"], out=cls_out, env=env,
+                                    limit=spec.servers_per_step)
         outcome.steps["classify"] = cls.record
         outcome.servers["classify"] = server
         if cls.returncode != 0:
@@ -205,10 +217,10 @@ def run_chunk(spec: ChunkSpec) -> ChunkOutcome:
     else:
         predictions = pd.DataFrame(columns=["image", "stem", "label", "crop", "predicted_class",
                                             "confidence"] + [f"prob_{c}" for c in class_names])
-    outcome.seconds["classify"] = time.perf_counter() - clock
+    outcome.stage("classify", began, clock)
 
     # 4. publish every image that went through, each with its completion record last
-    clock = time.perf_counter()
+    began, clock = time.time(), time.perf_counter()
     table = objects_table(predictions, seg_out, class_names)
     for stem in sorted(segmented):
         path = stems[stem]
@@ -230,7 +242,7 @@ def run_chunk(spec: ChunkSpec) -> ChunkOutcome:
             "predictions": _rows(predictions[predictions["stem"] == stem]),
             "unreadable": [[st, label, why] for (st, label), why in unreadable.items() if st == stem]})
         outcome.published.append(stem)
-    outcome.seconds["publish"] = time.perf_counter() - clock
+    outcome.stage("publish", began, clock)
     shutil.rmtree(work, ignore_errors=True)
     return outcome
 

@@ -1,8 +1,8 @@
 """Where analyze's chunks run: Dask workers of a local cluster or of an existing scheduler.
 
 One code path for both: :func:`dask_client` gives a ``distributed.Client``, either of a
-``LocalCluster`` started here (``workers`` processes with one task thread each, closed at the
-end) or of a running scheduler (``tcp://host:8786``, e.g. one whose workers dask-jobqueue
+``LocalCluster`` started here (``workers`` processes with ``tasks_per_worker`` task threads
+each, closed at the end) or of a running scheduler (``tcp://host:8786``, e.g. one whose workers dask-jobqueue
 submitted as SLURM/PBS/SGE/LSF jobs; its workers must see the same files under the same paths).
 :func:`run_tasks` submits one task per chunk and yields each outcome as it ends, with a progress
 bar over images. A worker that dies (killed, out of memory, its node lost) costs only the chunk
@@ -22,6 +22,11 @@ from tqdm import tqdm
 from ..common.errors import OptionError, OrgasegError
 
 log = logging.getLogger(__name__)
+
+
+#: chunks a local worker runs at once (analyze's ``chunks_per_worker``): the next chunk segments
+#: while the one before it is cut out, classified and written
+CHUNKS_PER_WORKER = 2
 
 
 def available_cores() -> int:
@@ -53,6 +58,17 @@ def local_workers(workers: int | None, n_images: int) -> int:
     return max(1, min(workers or auto, max(1, n_images)))
 
 
+def check_chunks_per_worker(value: Any) -> int:
+    """``--chunks-per-worker``: a whole number >= 1 (OptionError otherwise)."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        number = 0
+    if isinstance(value, bool) or number < 1:
+        raise OptionError(f"--chunks-per-worker must be a whole number >= 1, got {value!r}")
+    return number
+
+
 def threads_for(workers: int, threads_per_worker: int | None) -> int:
     """Threads of each worker's steps: ``threads_per_worker``, or the cores shared out."""
     if threads_per_worker is not None:
@@ -63,12 +79,13 @@ def threads_for(workers: int, threads_per_worker: int | None) -> int:
 
 
 @contextlib.contextmanager
-def dask_client(*, workers: int, scheduler: Any = None) -> Iterator[tuple[Any, str]]:
+def dask_client(*, workers: int, scheduler: Any = None, tasks_per_worker: int = 1) -> Iterator[tuple[Any, str]]:
     """A ``distributed.Client`` and a line saying what it is.
 
-    scheduler: None (start a ``LocalCluster`` of ``workers`` worker processes here, closed at
-    the end), an address (``tcp://host:8786``), or a ``distributed.Client`` / cluster object
-    of the caller (used as it is, not closed).
+    scheduler: None (start a ``LocalCluster`` of ``workers`` worker processes here, each
+    running ``tasks_per_worker`` tasks at once, closed at the end), an address
+    (``tcp://host:8786``), or a ``distributed.Client`` / cluster object of the caller (used as
+    it is, not closed: its workers' own threads decide how many tasks each runs).
     """
     try:
         import distributed
@@ -79,12 +96,15 @@ def dask_client(*, workers: int, scheduler: Any = None) -> Iterator[tuple[Any, s
         # Dask sets its own INFO level when imported; its cluster life is not the user's news
         logging.getLogger("distributed").setLevel(logging.WARNING)
     if scheduler is None:
-        # One task thread per worker process: a task is a whole chunk, and its steps bring their
-        # own threads. No dashboard (nothing to serve on a headless node; no port to clash).
-        with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+        # A task is a whole chunk, and its steps bring their own threads: a worker's task threads
+        # are the chunks it overlaps (see analyze's chunks_per_worker). No dashboard (nothing to
+        # serve on a headless node; no port to clash).
+        with distributed.LocalCluster(n_workers=workers, threads_per_worker=int(tasks_per_worker),
+                                      processes=True, dashboard_address=None,
+                                      silence_logs=logging.ERROR) as cluster, \
                 distributed.Client(cluster) as client:
-            yield client, f"a local Dask cluster of {workers} worker process(es)"
+            yield client, (f"a local Dask cluster of {workers} worker process(es)"
+                           + (f", {tasks_per_worker} chunks at once in each" if tasks_per_worker > 1 else ""))
         return
     if isinstance(scheduler, distributed.Client):
         yield scheduler, f"the Dask client {scheduler.scheduler.address}"

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 PROGRESS_DIR = "progress"
 PLAN_JSON = "plan.json"
 #: Arguments that only decide how the work is spread, not what is computed.
-DISTRIBUTION_ARGUMENTS = frozenset({"overwrite", "workers", "scheduler", "chunk_size", "threads_per_worker"})
+DISTRIBUTION_ARGUMENTS = frozenset({"overwrite", "workers", "scheduler", "chunk_size", "threads_per_worker",
+                                    "chunks_per_worker"})
 
 
 def fingerprint(arguments: dict[str, Any]) -> str:

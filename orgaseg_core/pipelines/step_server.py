@@ -15,8 +15,10 @@ the end of stdin, on SIGTERM / SIGINT (a request then ends as an interrupted ste
 within a second of its parent's death (a killed Dask worker leaves nothing running on).
 
 The client side (:func:`run_warm_step`) keeps idle servers per (step, model, environment) in
-this process, starts one when none is idle (two chunks at once in one worker get two), and
-hands back a :class:`~.processes.StepProcess` just as :func:`~.processes.run_step_process` does.
+this process, starts one when none is idle (two chunks at once in one worker get two), or, with
+``limit``, waits for one when ``limit`` of them are busy (a worker that overlaps its chunks keeps
+one process, one model in memory, per step), and hands back a :class:`~.processes.StepProcess`
+just as :func:`~.processes.run_step_process` does.
 A server that died is replaced at the next request (also when it died just before it, without
 having begun the request); one that died during a request makes that request fail like a killed
 step process.
@@ -170,30 +172,63 @@ class StepServer:
 
 
 _idle: dict[tuple, list[StepServer]] = {}
+#: servers of each key running a request now
+_busy: dict[tuple, int] = {}
 _lock = threading.Lock()
+_released = threading.Condition(_lock)
 
 
 def run_warm_step(step: str, options: Sequence[Any], *, model: Any, out: Path | None = None,
-                  env: dict[str, str] | None = None) -> tuple[StepProcess, dict[str, Any]]:
+                  env: dict[str, str] | None = None, limit: int | None = None) -> tuple[StepProcess, dict[str, Any]]:
     """``orgaseg STEP OPTIONS`` in an idle warm server of this process for ``model`` and
-    ``env`` (started when there is none); (how it ended, the server's reply: pid, request
-    number, seconds). Raises StepProcessError when the server died during the request."""
+    ``env`` (started when there is none, or with ``limit``: when fewer than ``limit`` run a
+    request, else it waits for one); (how it ended, the server's reply: pid, request number,
+    seconds, and ``waited``: seconds spent waiting for a server). Raises StepProcessError when
+    the server died during the request."""
     env = dict(env or {})
     key = (step, str(Path(model).resolve()), tuple(sorted(env.items())))
+    if limit is not None and int(limit) < 1:
+        raise ValueError(f"limit must be None or >= 1, got {limit!r}")
     server = None
-    with _lock:
-        idle = _idle.setdefault(key, [])
-        while idle and server is None:
-            candidate = idle.pop()
-            if candidate.alive():
-                server = candidate
+    t0 = time.perf_counter()
+    with _released:
+        while True:
+            idle = _idle.setdefault(key, [])
+            while idle and server is None:
+                candidate = idle.pop()
+                if candidate.alive():
+                    server = candidate
+            if server is not None or limit is None or _busy.get(key, 0) < int(limit):
+                break
+            _released.wait()
+        _busy[key] = _busy.get(key, 0) + 1
         # servers of the same step for another model are not needed again soon: end them
         others = [old for k in [k for k in _idle if k[0] == step and k != key] for old in _idle.pop(k)]
-    for old in others:
-        old.close()
-    reused = server is not None
-    if server is None:
-        server = StepServer(step, env)
+    waited = time.perf_counter() - t0
+    try:
+        for old in others:
+            old.close()
+        reused = server is not None
+        if server is None:
+            server = StepServer(step, env)
+        ended, reply, server = _run_on(server, step, options, out, env, reused)
+    except BaseException:
+        with _released:
+            _busy[key] -= 1
+            _released.notify_all()
+        raise
+    with _released:
+        _busy[key] -= 1
+        _idle.setdefault(key, []).append(server)
+        _released.notify_all()
+    return ended, {**reply, "waited": round(waited, 3)}
+
+
+def _run_on(server: StepServer, step: str, options: Sequence[Any], out: Path | None, env: dict[str, str],
+            reused: bool) -> tuple[StepProcess, dict[str, Any], StepServer]:
+    """Run one request on ``server`` (on a new server when a ``reused`` one turns out to have
+    died before it); (how it ended, the reply, the server that ran it). A server that failed is
+    closed."""
     try:
         try:
             ended = server.run(options, out)
@@ -211,9 +246,7 @@ def run_warm_step(step: str, options: Sequence[Any], *, model: Any, out: Path | 
     except BaseException:
         server.close(timeout=5)
         raise
-    with _lock:
-        _idle.setdefault(key, []).append(server)
-    return ended
+    return ended[0], ended[1], server
 
 
 def close_step_servers() -> int:
