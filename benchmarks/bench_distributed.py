@@ -125,12 +125,13 @@ def analyze(seg: Path, clf: Path, images: Path, out: Path, workers: int, threads
     return wall, json.loads((out / "run.json").read_text())["results"]
 
 
-def warm_chunk_seconds(results: dict) -> tuple[float, int, int] | None:
+def warm_chunk_seconds(results: dict, at_once: int = 1) -> tuple[float, int, int] | None:
     """(seconds, images, chunks) of each worker's steady state, summed over the workers, from
-    analyze's run.json: from the end of the worker's first chunk (its step processes started,
-    their models loaded) to the end of its last, and the images and chunks that ended in that
-    time. Chunks that overlap (``--chunks-per-worker``) are counted by when they end, so the
-    time is wall time, never counted twice. None when no worker ran more than one chunk."""
+    analyze's run.json: from the end of the worker's ``at_once``-th chunk (its step processes
+    started, their models loaded, and as many chunks in progress as at any later end) to the
+    end of its last, and the images and chunks that ended in that time. Chunks that overlap
+    (``--chunks-per-worker``) are counted by when they end, so the time is wall time, never
+    counted twice. None when no worker ran more than ``at_once`` chunks."""
     by_worker: dict[tuple, list[tuple[float, int]]] = {}
     for chunk in results.get("chunks", []):
         spans = chunk.get("spans") or {}
@@ -142,11 +143,11 @@ def warm_chunk_seconds(results: dict) -> tuple[float, int, int] | None:
     seconds, images, chunks = 0.0, 0, 0
     for ends in by_worker.values():
         ends.sort()
-        if len(ends) < 2:
+        if len(ends) <= at_once:
             continue
-        seconds += ends[-1][0] - ends[0][0]
-        images += sum(n for _, n in ends[1:])
-        chunks += len(ends) - 1
+        seconds += ends[-1][0] - ends[at_once - 1][0]
+        images += sum(n for _, n in ends[at_once:])
+        chunks += len(ends) - at_once
     return (seconds, images, chunks) if chunks else None
 
 
@@ -178,6 +179,7 @@ def main() -> None:
     threads = args.threads_per_worker
 
     from orgaseg_core.data.demo import make_demo_data
+    from orgaseg_core.pipelines.cluster import CHUNKS_PER_WORKER
 
     with tempfile.TemporaryDirectory(prefix="bench-distributed-") as tmp:
         work = args.work or Path(tmp)
@@ -216,14 +218,14 @@ def main() -> None:
                     if w != workers[0]:
                         line += f", throughput {base / wall:.2f}x of {workers[0]} worker(s)"
                     print(line)
-                    warm = warm_chunk_seconds(results)
+                    warm = warm_chunk_seconds(results, c or CHUNKS_PER_WORKER)
                     if warm:
                         seconds, images_warm, chunks = warm
                         # each worker spends seconds / images on an image of its steady state, side
                         # by side with the others: w workers finish w images in that time
                         throughput = 60 * w * images_warm / seconds
                         warm_base = warm_base or (w, throughput)
-                        line = (f"    warm ({chunks} chunk(s) ending after each worker's first): "
+                        line = (f"    warm ({chunks} chunk(s) ending after each worker's first {c or CHUNKS_PER_WORKER}): "
                                 f"{seconds / images_warm:.2f} s per image per worker = "
                                 f"{seconds / images_warm / (bare_total / n):.2f}x the bare calls, {throughput:.1f} images/min")
                         if w != warm_base[0]:

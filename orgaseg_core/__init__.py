@@ -17,4 +17,4 @@ only those below it:
 Heavy frameworks (TensorFlow, torch) are imported only inside the modules that need them.
 """
 
-__version__ = "0.20.0"
+__version__ = "0.21.0"

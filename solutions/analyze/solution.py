@@ -30,7 +30,8 @@ def run():
         metadata=args.metadata, name_pattern=args.name_pattern, control=args.control,
         seed=args.seed, workers=args.workers, scheduler=args.scheduler or None,
         chunk_size=args.chunk_size or None, threads_per_worker=args.threads_per_worker or None,
-        overlays=args.overlays, tta=args.tta, overwrite=args.overwrite))
+        chunks_per_worker=args.chunks_per_worker or None, overlays=args.overlays, tta=args.tta,
+        overwrite=args.overwrite))
 
 
 def pre_test():
@@ -119,7 +120,7 @@ def test():
 setup(
     group="orgaseg",
     name="analyze",
-    version="0.20.0",
+    version="0.21.0",
     album_api_version="0.7.3",
     title="Analyze new images: find, measure and classify every organoid",
     description=(
@@ -140,7 +141,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.20.0 (the source "
+                 "classification for brightfield microscopy, version 0.21.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},
@@ -250,6 +251,10 @@ setup(
         {"name": "threads_per_worker", "type": "integer", "default": 0,
          "description": "Threads of each chunk's steps (0: the CPU cores shared out over the "
                         "local workers)."},
+        {"name": "chunks_per_worker", "type": "integer", "default": 0,
+         "description": "Chunks each local worker runs at once (0: 2, the next chunk segments "
+                        "while the one before it is cut out, classified and written; 1: one "
+                        "after another). Not with a scheduler."},
         {"name": "overlays", "type": "string", "default": "png",
          "description": "Picture of each image's outlines coloured by class: png (lossless), "
                         "jpeg (.jpg files, faster to write and smaller: for thousands of images) "

@@ -86,7 +86,7 @@ def test():
 setup(
     group="orgaseg",
     name="classify",
-    version="0.20.0",
+    version="0.21.0",
     album_api_version="0.7.3",
     title="Classify organoid morphology",
     description=(
@@ -100,7 +100,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.20.0 (the source "
+                 "classification for brightfield microscopy, version 0.21.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Paszke A., Gross S., Massa F., Lerer A., Bradbury J., Chanan G., Killeen T., "
                  "Lin Z., Gimelshein N., Antiga L., et al. PyTorch: An Imperative Style, "

@@ -59,7 +59,7 @@ def test():
 setup(
     group="orgaseg",
     name="demo-data",
-    version="0.20.0",
+    version="0.21.0",
     album_api_version="0.7.3",
     title="Example organoid images (QuPath export layout)",
     description=(
@@ -72,7 +72,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.20.0 (the source "
+                 "classification for brightfield microscopy, version 0.21.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Bankhead P. et al. QuPath: Open source software for digital pathology image "
                  "analysis. Scientific Reports 7, 16878 (2017).",

@@ -79,7 +79,7 @@ def test():
 setup(
     group="orgaseg",
     name="evaluate-segmentation",
-    version="0.20.0",
+    version="0.21.0",
     album_api_version="0.7.3",
     title="Evaluate a segmentation against annotations",
     description=(
@@ -94,7 +94,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.20.0 (the source "
+                 "classification for brightfield microscopy, version 0.21.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018 (matching and average precision as in StarDist).",

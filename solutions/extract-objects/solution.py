@@ -104,7 +104,7 @@ def test():
 setup(
     group="orgaseg",
     name="extract-objects",
-    version="0.20.0",
+    version="0.21.0",
     album_api_version="0.7.3",
     title="Cut out and measure every organoid",
     description=(
@@ -119,7 +119,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.20.0 (the source "
+                 "classification for brightfield microscopy, version 0.21.0 (the source "
                  "repository of this album catalog)."},
     ],
     tags=["organoids", "brightfield", "crops", "measurements", "morphology", "orgaseg"],

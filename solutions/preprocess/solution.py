@@ -71,7 +71,7 @@ def test():
 setup(
     group="orgaseg",
     name="preprocess",
-    version="0.20.0",
+    version="0.21.0",
     album_api_version="0.7.3",
     title="Prepare images for training (grey, clean up, tile, resize)",
     description=(
@@ -84,7 +84,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.20.0 (the source "
+                 "classification for brightfield microscopy, version 0.21.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-Convex "
                  "Polygons. MICCAI 2018.",

@@ -72,7 +72,7 @@ def test():
 setup(
     group="orgaseg",
     name="segment",
-    version="0.20.0",
+    version="0.21.0",
     album_api_version="0.7.3",
     title="Segment organoids with a trained model (StarDist, pixel forest or U-Net)",
     description=(
@@ -87,7 +87,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.20.0 (the source "
+                 "classification for brightfield microscopy, version 0.21.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-convex "
                  "Polygons. MICCAI 2018.", "doi": "10.1007/978-3-030-00934-2_30"},

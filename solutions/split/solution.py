@@ -61,7 +61,7 @@ def test():
 setup(
     group="orgaseg",
     name="split",
-    version="0.20.0",
+    version="0.21.0",
     album_api_version="0.7.3",
     title="Split data into training, validation and test sets",
     description=(
@@ -75,7 +75,7 @@ setup(
     solution_creators=["orgaseg developers"],
     cite=[
         {"text": "orgaseg developers. orgaseg: organoid segmentation and morphological "
-                 "classification for brightfield microscopy, version 0.20.0 (the source "
+                 "classification for brightfield microscopy, version 0.21.0 (the source "
                  "repository of this album catalog)."},
         {"text": "Schmidt U., Weigert M., Broaddus C., Myers G. Cell Detection with Star-Convex "
                  "Polygons. MICCAI 2018.",

@@ -16,7 +16,7 @@ from digests import tree_digest
 
 pytestmark = pytest.mark.integration
 
-STEP = "orgaseg:analyze:0.20.0"
+STEP = "orgaseg:analyze:0.21.0"
 
 
 def test_analyze(album, story, tmp_path):

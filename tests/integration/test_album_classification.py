@@ -24,7 +24,7 @@ from digests import tree_digest
 
 pytestmark = pytest.mark.integration
 
-VERSION = "0.20.0"
+VERSION = "0.21.0"
 # the columns of objects.csv that a user reads first (the rest are crop window and intensities)
 MEASUREMENTS = ["image", "stem", "label", "crop", "bbox_min_row", "bbox_min_col", "bbox_max_row",
                 "bbox_max_col", "centroid_row", "centroid_col", "area_px", "perimeter",

@@ -22,7 +22,7 @@ from digests import tree_digest
 
 pytestmark = pytest.mark.integration
 
-VERSION = "0.20.0"
+VERSION = "0.21.0"
 STEPS = ("demo-data", "sort-crops", "annotations-to-masks", "preprocess", "split", "evaluate-segmentation",
          "train-segmentation", "segment", "extract-objects", "train-classifier", "classify", "analyze")
 CLASSES = {"Cyst", "Filled in", "Early branching", "Branched", "Burned out"}
