@@ -4,7 +4,6 @@ kept loaded only where asked and only while their files are unchanged."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

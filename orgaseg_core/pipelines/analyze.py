@@ -10,7 +10,9 @@ a local cluster by default, or an existing scheduler); each chunk (:mod:`.chunks
 3. ``classify`` in its own process (torch)
 
 (the step processes are warm: a worker keeps them, their models loaded, from chunk to chunk,
-and ends them when the run ends; :mod:`.step_server`)
+and ends them when the run ends; :mod:`.step_server`. A local worker runs two chunks at once,
+``chunks_per_worker``: one segments while the other is cut out, classified and published, the
+two taking turns at the worker's one process per step)
 
 and publishes each image as it is done, with a completion record (:mod:`.progress`), so a rerun
 of the same command resumes. When every chunk has ended, this process merges:
