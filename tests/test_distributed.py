@@ -110,12 +110,14 @@ def test_an_interrupted_analysis_resumes_with_only_the_images_left(setup, tmp_pa
     """Ctrl-C after the first chunk: exit 130, run.json 'interrupted'; the same command again
     (chunks of another size, and the workers of a given scheduler: they only spread the work)
     does only the other images (the records of the first are not rewritten) and ends with the
-    same tables."""
+    same tables. The first run takes its chunks one at a time, so that the interrupt reliably
+    comes before the last: two chunks at once end within moments of each other."""
     root, images, reference = setup
     out = tmp_path / "resumed"
     records = out / "progress" / "images"
     args = [*command(root, images, out), "--workers", 1]
-    process = subprocess.Popen([sys.executable, "-m", "orgaseg_core", *map(str, args), "--chunk-size", "2"],
+    process = subprocess.Popen([sys.executable, "-m", "orgaseg_core", *map(str, args), "--chunk-size", "2",
+                                "--chunks-per-worker", "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: records.is_dir() and len(list(records.glob("*.json"))) >= 2 or process.poll() is not None,
               what="two completion records")
