@@ -208,24 +208,25 @@ def main() -> None:
             for c in overlap:
                 base = runs[(workers[0], c)][0]
                 warm_base = None
-                at_once = f", {c} chunk(s) per worker at once" if c else ""
+                at_once = c or CHUNKS_PER_WORKER  # chunks each worker ran at once
+                label = f", {c} chunk(s) per worker at once" if c else ""
                 for w in workers:
                     wall, results = runs[(w, c)]
                     per_image = wall / n
-                    line = (f"  analyze, {w} worker(s){at_once}: {wall:7.1f} s, {60 * n / wall:6.1f} images/min, "
+                    line = (f"  analyze, {w} worker(s){label}: {wall:7.1f} s, {60 * n / wall:6.1f} images/min, "
                             f"{per_image:.2f} s per image = {per_image * w / (bare_total / n):.2f}x the bare calls "
                             f"per image per worker")
                     if w != workers[0]:
                         line += f", throughput {base / wall:.2f}x of {workers[0]} worker(s)"
                     print(line)
-                    warm = warm_chunk_seconds(results, c or CHUNKS_PER_WORKER)
+                    warm = warm_chunk_seconds(results, at_once)
                     if warm:
                         seconds, images_warm, chunks = warm
                         # each worker spends seconds / images on an image of its steady state, side
                         # by side with the others: w workers finish w images in that time
                         throughput = 60 * w * images_warm / seconds
                         warm_base = warm_base or (w, throughput)
-                        line = (f"    warm ({chunks} chunk(s) ending after each worker's first {c or CHUNKS_PER_WORKER}): "
+                        line = (f"    warm ({chunks} chunk(s) ending after each worker's first {at_once}): "
                                 f"{seconds / images_warm:.2f} s per image per worker = "
                                 f"{seconds / images_warm / (bare_total / n):.2f}x the bare calls, {throughput:.1f} images/min")
                         if w != warm_base[0]:

@@ -235,8 +235,8 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
     from ..common.params import parse_pair
     from ..segmentation.model import check_segmentation_model, is_region_model
 
-    from .cluster import (CHUNKS_PER_WORKER, check_chunks_per_worker, check_workers, dask_client, local_workers,
-                          run_tasks, threads_for)
+    from .cluster import (CHUNKS_PER_WORKER, check_count, check_workers, dask_client, local_workers, run_tasks,
+                          threads_for)
     from .progress import completed, fingerprint, resumable, write_plan
 
     from ..common.overlays import check_overlay_format
@@ -247,13 +247,13 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
         overlays = check_overlay_format(overlays)
     except ValueError as exc:
         raise OptionError(str(exc)) from None
-    if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
-        raise OptionError(f"--chunk-size must be a whole number >= 1, got {chunk_size!r}")
+    if chunk_size is not None:
+        chunk_size = check_count(chunk_size, "--chunk-size")
     if chunks_per_worker is not None:
         if scheduler is not None:
             raise OptionError("--chunks-per-worker sets the workers of the local cluster; the workers of "
                               "--scheduler run as many chunks at once as they have threads")
-        chunks_per_worker = check_chunks_per_worker(chunks_per_worker)
+        chunks_per_worker = check_count(chunks_per_worker, "--chunks-per-worker")
     if (segmentation_model is None) == (masks is None):
         raise OrgasegError("give either a segmentation model (--segmentation-model) or label images "
                            "from another tool (--masks), not " + ("both" if masks else "neither"))
@@ -373,7 +373,7 @@ def analyze(segmentation_model: Path | None, classifier: Path, images: Path, out
         if todo:
             n_workers = local_workers(workers, len(todo)) if scheduler is None else (workers or 1)
             at_once = (chunks_per_worker or CHUNKS_PER_WORKER) if scheduler is None else 1
-            size = int(chunk_size) if chunk_size else min(64, math.ceil(len(todo) / (n_workers * at_once)))
+            size = chunk_size or min(64, math.ceil(len(todo) / (n_workers * at_once)))
             threads = threads_for(n_workers, threads_per_worker) if scheduler is None else threads_per_worker
             specs = [ChunkSpec(index=i, token=new_token(), out=str(out.resolve()), settings=settings,
                                images=tuple(str(stems[t].resolve()) for t in part),

@@ -58,14 +58,15 @@ def local_workers(workers: int | None, n_images: int) -> int:
     return max(1, min(workers or auto, max(1, n_images)))
 
 
-def check_chunks_per_worker(value: Any) -> int:
-    """``--chunks-per-worker``: a whole number >= 1 (OptionError otherwise)."""
+def check_count(value: Any, option: str) -> int:
+    """``value`` of ``option`` (``--chunk-size``, ``--chunks-per-worker``) as a whole number >= 1
+    (OptionError naming the option otherwise)."""
     try:
         number = int(str(value).strip())
     except ValueError:
         number = 0
     if isinstance(value, bool) or number < 1:
-        raise OptionError(f"--chunks-per-worker must be a whole number >= 1, got {value!r}")
+        raise OptionError(f"{option} must be a whole number >= 1, got {value!r}")
     return number
 
 

@@ -205,6 +205,7 @@ def run_warm_step(step: str, options: Sequence[Any], *, model: Any, out: Path | 
         # servers of the same step for another model are not needed again soon: end them
         others = [old for k in [k for k in _idle if k[0] == step and k != key] for old in _idle.pop(k)]
     waited = time.perf_counter() - t0
+    served = False
     try:
         for old in others:
             old.close()
@@ -212,15 +213,13 @@ def run_warm_step(step: str, options: Sequence[Any], *, model: Any, out: Path | 
         if server is None:
             server = StepServer(step, env)
         ended, reply, server = _run_on(server, step, options, out, env, reused)
-    except BaseException:
-        with _released:
+        served = True
+    finally:
+        with _released:  # busy no more; kept for the next request unless it failed (then closed)
             _busy[key] -= 1
+            if served:
+                _idle.setdefault(key, []).append(server)
             _released.notify_all()
-        raise
-    with _released:
-        _busy[key] -= 1
-        _idle.setdefault(key, []).append(server)
-        _released.notify_all()
     return ended, {**reply, "waited": round(waited, 3)}
 
 
